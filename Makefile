@@ -1,0 +1,102 @@
+# cachelayer development tasks. `make help` lists them; docs/development.md explains them.
+#
+# Works on a fresh Debian machine with only python3 and root: `make test` installs the Debian
+# packages it needs, builds .venv, starts the dev stack (scripts/devstack) and runs the checks.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+# Steps of `make test` must run in order even under `make -j`.
+.NOTPARALLEL:
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+EXTRAS      ?= dev,service,bench,msgpack,prometheus
+# pip re-runs only when pyproject.toml is newer than this file.
+STAMP       := $(VENV)/.cachelayer-installed
+PYTEST_ARGS ?=
+# Only the directories that exist (git does not keep empty ones).
+LINT_PATHS  := $(wildcard cachelayer service tests benchmarks)
+DEVSTACK    := scripts/devstack
+# What `make run` runs; a later change will make this serve the web service.
+RUN_CMD     ?= $(PY) examples/demo.py
+
+# Debian packages, as "command:package"; a package is installed only if its command is missing.
+SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server \
+               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_INPUT := 1
+
+.PHONY: help test system-deps venv up down status lint typecheck pytest run bench-codecs clean
+
+help:
+	@echo "make test          system packages, .venv, dev stack, ruff, mypy --strict, pytest (PYTEST_ARGS=...)"
+	@echo "make run           .venv + dev stack, then: $(RUN_CMD)"
+	@echo "make up|down|status  start / stop (only what devstack started) / show the dev stack"
+	@echo "make lint          ruff check $(LINT_PATHS)"
+	@echo "make typecheck     mypy --strict cachelayer"
+	@echo "make bench-codecs  quick codec benchmark"
+	@echo "make clean         remove the .venv install stamp and var/ data of stopped services"
+
+test: system-deps venv up lint typecheck pytest
+
+# (a) Debian packages whose commands are missing; `apt-get update` once, only if needed.
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+	  cmd="$${pair%%:*}"; pkg="$${pair#*:}"; \
+	  if ! command -v "$$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$$cmd" ]; then missing="$$missing $$pkg"; fi; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "system-deps: installing$$missing"; \
+	  $(SUDO) apt-get update -q; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+	  echo "system-deps: all present"; \
+	fi
+
+# (b) the virtualenv; pip runs again only when pyproject.toml changed since the last install.
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+# (c) the dev stack: Redis, MariaDB, SecantusDB (see scripts/devstack).
+up: venv
+	$(PY) $(DEVSTACK) up
+
+down:
+	$(PYTHON) $(DEVSTACK) down
+
+status:
+	@$(PYTHON) $(DEVSTACK) status
+
+# (d) lint
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+# (e) types
+typecheck: venv
+	$(VENV)/bin/mypy --strict cachelayer
+
+# (f) tests
+pytest: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: venv up
+	$(RUN_CMD)
+
+bench-codecs: venv
+	$(PY) -m benchmarks.codecs --quick
+
+clean:
+	rm -f $(STAMP)
+	$(PYTHON) $(DEVSTACK) clean

@@ -1,0 +1,589 @@
+"""Codec benchmark: stored size and encode/decode time per size class x serializer x compression.
+
+Run ``python -m benchmarks.codecs [--quick] [--json PATH]``. Prints a table and writes
+``benchmarks/results/codecs.{md,json,png}``. ``--quick`` uses fewer and shorter repeats (well under a minute on two
+cores); without it the repeats are longer and more of them.
+
+* ratio = stored bytes / the value's raw orjson bytes (so every serializer is compared with the same base).
+* encode = serialize + compress; decode = decompress + parse; medians over repeats (see ``benchmarks._common``).
+* orjson + zstd rows go through the real :class:`cachelayer.Codec` (its 22-byte header counts, its reused
+  compressor objects are what is measured); ``Codec()`` is the library default and its rows are marked
+  ``"default": true`` with ``passthrough_us`` (decompress without parsing, as a cache serving stored bytes does).
+  Every other combination is measured directly with reused compressor objects where the library offers them.
+* floor rows: orjson dumps/loads alone (the orjson + none row) and zstd-1 compress/decompress alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+import orjson
+import zstandard
+
+from benchmarks._common import (
+    RESULTS_DIR,
+    Comparison,
+    compare,
+    environment,
+    format_table,
+    markdown_table,
+    time_call,
+    write_json,
+    write_text,
+)
+from cachelayer import Codec, DictionaryRegistry, train_dictionary
+from service.demo_data import SIZE_CLASSES, TRAINING_SEED_BASE, dictionary_training_samples
+
+Encoder = Callable[[Any], bytes]
+Decoder = Callable[[bytes], Any]
+
+#: The seed of the measured values; dictionary training samples come from seeds >= TRAINING_SEED_BASE.
+VALUE_SEED: Final = 0
+DICTIONARY_SIZE: Final = 32 * 1024
+VIA_CODEC: Final = "cachelayer.Codec"
+VIA_DIRECT: Final = "direct"
+ROW_KEYS: Final = (
+    "serializer",
+    "compression",
+    "size_class",
+    "raw_bytes",
+    "stored_bytes",
+    "ratio",
+    "encode_us",
+    "decode_us",
+)
+
+# Targets: (description, measured-value function name, limit). Evaluated in ``evaluate_targets``.
+TARGET_MEDIUM_DEFAULT_RATIO: Final = 0.37
+TARGET_MEDIUM_DICT_RATIO: Final = 0.28
+TARGET_SMALL_DICT_RATIO: Final = 0.32
+TARGET_DECODE_VS_LOADS: Final = 1.6
+TARGET_DECOMPRESS_VS_LOADS: Final = 0.35
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    name: str
+    repeats: int
+    min_time: float
+    training_samples: int
+    size_classes: tuple[str, ...]
+    json_on_large: bool
+    plot: bool
+
+
+MODES: Final = {
+    "full": Mode("full", 15, 0.02, 2000, tuple(SIZE_CLASSES), True, True),
+    "quick": Mode("quick", 5, 0.004, 2000, tuple(SIZE_CLASSES), True, True),
+    # For the test suite: seconds, not minutes; the numbers mean little.
+    "smoke": Mode("smoke", 1, 0.0005, 600, ("small", "medium"), False, False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Combo:
+    serializer: str
+    compression: str
+    via: str
+    encode: Encoder
+    decode: Decoder
+    passthrough: Callable[[bytes], object] | None = None
+    default: bool = False
+    floor: str | None = None
+    takes_serialized: bool = False  # encode takes the orjson bytes rather than the value (the zstd-alone floor)
+
+
+# -- serializers and compressors ---------------------------------------------------------------------------------
+
+
+def _json_dumps(value: Any) -> bytes:
+    # Compact and UTF-8 like orjson, so sizes compare fairly (the default ensure_ascii=True triples CJK text).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _msgpack_dumps(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def _msgpack_loads(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+SERIALIZERS: Final[dict[str, tuple[Encoder, Decoder]]] = {
+    "json": (_json_dumps, json.loads),
+    "orjson": (orjson.dumps, orjson.loads),
+    "msgpack": (_msgpack_dumps, _msgpack_loads),
+}
+
+Compressor = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _zlib6(data: bytes) -> bytes:
+    return zlib.compress(data, 6)
+
+
+def compressors(dictionary: Dictionary) -> dict[str, Compressor]:
+    """The direct compressors, by name; optional libraries (lz4, brotli) only when importable."""
+    registry, dict_id = dictionary.registry, dictionary.dict_id
+    plain = zstandard.ZstdDecompressor()
+    found: dict[str, Compressor] = {
+        "none": (_identity, _identity),
+        "zlib-6": (_zlib6, zlib.decompress),
+        "zstd-1": (zstandard.ZstdCompressor(level=1, write_checksum=True).compress, plain.decompress),
+        "zstd-3": (zstandard.ZstdCompressor(level=3, write_checksum=True).compress, plain.decompress),
+        "zstd-3-dict": (registry.compressor(dict_id, 3).compress, registry.decompressor(dict_id).decompress),
+    }
+    try:
+        import lz4.frame  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+        found["lz4"] = (lz4.frame.compress, lz4.frame.decompress)
+    try:
+        import brotli  # type: ignore[import-untyped]
+    except ImportError:
+        pass
+    else:
+
+        def brotli1(data: bytes) -> bytes:
+            compressed: bytes = brotli.compress(data, quality=1)
+            return compressed
+
+        found["brotli-1"] = (brotli1, brotli.decompress)
+    return found
+
+
+def _chain(dumps: Encoder, compress: Callable[[bytes], bytes]) -> Encoder:
+    def encode(value: Any) -> bytes:
+        return compress(dumps(value))
+
+    return encode
+
+
+def _unchain(decompress: Callable[[bytes], bytes], loads: Decoder) -> Decoder:
+    def decode(data: bytes) -> Any:
+        return loads(decompress(data))
+
+    return decode
+
+
+def _passthrough(codec: Codec) -> Callable[[bytes], object]:
+    def passthrough(data: bytes) -> object:
+        return codec.serialized(codec.read_frame(data))
+
+    return passthrough
+
+
+def combos(dictionaries: dict[str, Dictionary]) -> list[Combo]:
+    """Every serializer x compression combination, plus the zstd-alone floor."""
+    json_dict = dictionaries["json"]
+    codecs = {
+        "zstd-1": (Codec(), True),
+        "zstd-3": (Codec(level=3), False),
+        "zstd-3-dict": (Codec(dictionaries=json_dict.registry, dictionary_id=json_dict.dict_id, level=3), False),
+    }
+    result: list[Combo] = []
+    comps = {name: compressors(dictionary) for name, dictionary in dictionaries.items()}
+    for ser, (dumps, loads) in SERIALIZERS.items():
+        for comp, (compress, decompress) in comps["msgpack" if ser == "msgpack" else "json"].items():
+            if ser == "orjson" and comp in codecs:
+                codec, is_default = codecs[comp]
+                result.append(
+                    Combo(ser, comp, VIA_CODEC, codec.encode, codec.decode, _passthrough(codec), default=is_default)
+                )
+            else:
+                floor = "orjson dumps/loads alone" if (ser, comp) == ("orjson", "none") else None
+                result.append(
+                    Combo(ser, comp, VIA_DIRECT, _chain(dumps, compress), _unchain(decompress, loads), floor=floor)
+                )
+    compress, decompress = comps["json"]["zstd-1"]
+    result.append(
+        Combo(
+            "none",
+            "zstd-1",
+            VIA_DIRECT,
+            compress,
+            decompress,
+            floor="zstd-1 compress/decompress alone (on the orjson bytes)",
+            takes_serialized=True,
+        )
+    )
+    return result
+
+
+# -- measuring ---------------------------------------------------------------------------------------------------
+
+
+def measure(combo: Combo, size_class: str, value: Any, raw: bytes, mode: Mode) -> dict[str, Any]:
+    """One result row."""
+    subject = raw if combo.takes_serialized else value
+    stored = combo.encode(subject)
+    if combo.decode(stored) != subject:
+        raise AssertionError(f"{combo.serializer}+{combo.compression} does not round-trip the {size_class} value")
+    encode = time_call(lambda: combo.encode(subject), repeats=mode.repeats, min_time=mode.min_time)
+    decode = time_call(lambda: combo.decode(stored), repeats=mode.repeats, min_time=mode.min_time)
+    row: dict[str, Any] = {
+        "serializer": combo.serializer,
+        "compression": combo.compression,
+        "size_class": size_class,
+        "raw_bytes": len(raw),
+        "stored_bytes": len(stored),
+        "ratio": round(len(stored) / len(raw), 4),
+        "encode_us": round(encode.median_us, 3),
+        "decode_us": round(decode.median_us, 3),
+        "via": combo.via,
+    }
+    if combo.passthrough is not None:
+        passthrough = combo.passthrough
+        timing = time_call(lambda: passthrough(stored), repeats=mode.repeats, min_time=mode.min_time)
+        row["passthrough_us"] = round(timing.median_us, 3)
+    if combo.default:
+        row["default"] = True
+    if combo.floor is not None:
+        row["floor"] = combo.floor
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class Dictionary:
+    """A trained dictionary in its registry, and how it was trained."""
+
+    registry: DictionaryRegistry
+    dict_id: int
+    samples: int
+    sample_bytes: int
+    train_seconds: float
+
+
+def build_dictionary(samples: Sequence[bytes]) -> Dictionary:
+    start = time.perf_counter()
+    data = train_dictionary(samples, size=DICTIONARY_SIZE)
+    elapsed = time.perf_counter() - start
+    registry = DictionaryRegistry()
+    dict_id = registry.add(data)
+    return Dictionary(registry, dict_id, len(samples), sum(map(len, samples)), elapsed)
+
+
+def build_dictionaries(n_samples: int) -> dict[str, Dictionary]:
+    """One dictionary per serializer: JSON bytes (orjson and stdlib json share it) and msgpack bytes of the same
+    training values, so the msgpack rows are not measured with a dictionary of the wrong format."""
+    samples = dictionary_training_samples(n_samples, seed=TRAINING_SEED_BASE)
+    return {
+        "json": build_dictionary(samples),
+        "msgpack": build_dictionary([_msgpack_dumps(orjson.loads(sample)) for sample in samples]),
+    }
+
+
+def run(mode: Mode, *, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Dictionary]]:
+    dictionaries = build_dictionaries(mode.training_samples)
+    all_combos = combos(dictionaries)
+    rows: list[dict[str, Any]] = []
+    for size_class in mode.size_classes:
+        value = SIZE_CLASSES[size_class](VALUE_SEED)
+        raw = orjson.dumps(value)
+        for combo in all_combos:
+            if combo.serializer == "json" and size_class == "large" and not mode.json_on_large:
+                continue
+            rows.append(measure(combo, size_class, value, raw, mode))
+        if progress:
+            print(f"  measured {size_class} ({len(raw)} B)", file=sys.stderr, flush=True)
+    return rows, dictionaries
+
+
+# -- targets -----------------------------------------------------------------------------------------------------
+
+
+def find_row(
+    rows: Sequence[dict[str, Any]], size_class: str, serializer: str, compression: str
+) -> dict[str, Any] | None:
+    for row in rows:
+        if (row["size_class"], row["serializer"], row["compression"]) == (size_class, serializer, compression):
+            return row
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    description: str
+    measured: float | None
+    limit: float
+    how: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.measured is None:
+            return "NOT MEASURED"
+        return "PASS" if self.measured <= self.limit else "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class PairedTimings:
+    """The medium class's read costs relative to orjson.loads, timed in alternating rounds (steadier than
+    dividing two medians of the table, which were taken seconds apart on a possibly busy machine)."""
+
+    decode_vs_loads: Comparison
+    decompress_vs_loads: Comparison
+    passthrough_vs_loads: Comparison
+
+
+def paired_timings(mode: Mode, size_class: str = "medium") -> PairedTimings:
+    value = SIZE_CLASSES[size_class](VALUE_SEED)
+    raw = orjson.dumps(value)
+    codec = Codec()
+    stored = codec.encode(value)
+    zframe = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(raw)
+    decompressor = zstandard.ZstdDecompressor()
+    repeats, min_time = mode.repeats * 3, mode.min_time
+
+    def loads() -> object:
+        return orjson.loads(raw)
+
+    return PairedTimings(
+        compare(lambda: codec.decode(stored), loads, repeats=repeats, min_time=min_time),
+        compare(lambda: decompressor.decompress(zframe), loads, repeats=repeats, min_time=min_time),
+        compare(lambda: codec.serialized(codec.read_frame(stored)), loads, repeats=repeats, min_time=min_time),
+    )
+
+
+def evaluate_targets(rows: Sequence[dict[str, Any]], paired: PairedTimings | None) -> list[Target]:
+    def ratio(size_class: str, compression: str) -> float | None:
+        row = find_row(rows, size_class, "orjson", compression)
+        return None if row is None else float(row["ratio"])
+
+    def table_ratio(serializer: str, compression: str, key: str) -> str:
+        numerator = find_row(rows, "medium", serializer, compression)
+        loads = find_row(rows, "medium", "orjson", "none")
+        if numerator is None or loads is None:
+            return ""
+        return f"; table medians give {float(numerator[key]) / float(loads['decode_us']):.3f}"
+
+    def timed(comparison: Comparison | None, what: str, table: str) -> tuple[float | None, str]:
+        if comparison is None:
+            return None, ""
+        how = (
+            f"paired rounds: {what} {comparison.a.median_us:.2f} us vs orjson.loads {comparison.b.median_us:.2f} us"
+            + table
+        )
+        return round(comparison.ratio, 3), how
+
+    decode_ratio, decode_how = timed(
+        None if paired is None else paired.decode_vs_loads, "decode", table_ratio("orjson", "zstd-1", "decode_us")
+    )
+    zstd_ratio, zstd_how = timed(
+        None if paired is None else paired.decompress_vs_loads, "decompress", table_ratio("none", "zstd-1", "decode_us")
+    )
+    return [
+        Target("medium: default codec stored / raw orjson", ratio("medium", "zstd-1"), TARGET_MEDIUM_DEFAULT_RATIO,
+               "stored bytes incl. the 22-byte header"),
+        Target("medium: zstd-3 + dictionary stored / raw orjson", ratio("medium", "zstd-3-dict"),
+               TARGET_MEDIUM_DICT_RATIO, "stored bytes incl. the 22-byte header"),
+        Target("small: zstd-3 + dictionary stored / raw orjson", ratio("small", "zstd-3-dict"),
+               TARGET_SMALL_DICT_RATIO, "stored bytes incl. the 22-byte header"),
+        Target("medium: default codec decode (decompress + parse) / orjson.loads alone", decode_ratio,
+               TARGET_DECODE_VS_LOADS, decode_how),
+        Target("medium: zstd decompress alone / orjson.loads alone", zstd_ratio, TARGET_DECOMPRESS_VS_LOADS,
+               zstd_how),
+    ]  # fmt: skip
+
+
+# -- output ------------------------------------------------------------------------------------------------------
+
+TABLE_HEADERS: Final = (
+    "size",
+    "serializer",
+    "compression",
+    "via",
+    "raw B",
+    "stored B",
+    "ratio",
+    "encode us",
+    "decode us",
+    "passthrough us",
+    "note",
+)
+
+
+def _note(row: dict[str, Any]) -> str:
+    if row.get("default"):
+        return "default Codec()"
+    return str(row.get("floor", ""))
+
+
+def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
+    return [
+        [
+            row["size_class"],
+            row["serializer"],
+            row["compression"],
+            "Codec" if row["via"] == VIA_CODEC else "direct",
+            row["raw_bytes"],
+            row["stored_bytes"],
+            row["ratio"],
+            row["encode_us"],
+            row["decode_us"],
+            row.get("passthrough_us"),
+            _note(row),
+        ]
+        for row in rows
+    ]
+
+
+def _passthrough_note(paired: PairedTimings | None) -> list[str]:
+    if paired is None:
+        return []
+    p = paired.passthrough_vs_loads
+    d = paired.decompress_vs_loads
+    return [
+        "",
+        f"For reference (not a target): the default codec's passthrough read of the medium value, "
+        f"`codec.serialized(codec.read_frame(data))`, costs {p.a.median_us:.2f} us = {p.ratio:.3f} x orjson.loads "
+        f"(zstd decompress alone: {d.a.median_us:.2f} us), timed the same paired way.",
+    ]
+
+
+def render_markdown(
+    rows: Sequence[dict[str, Any]],
+    targets: Sequence[Target],
+    mode: Mode,
+    dictionaries: dict[str, Dictionary],
+    png: str | None,
+    paired: PairedTimings | None,
+) -> str:
+    dictionary, msgpack_dictionary = dictionaries["json"], dictionaries["msgpack"]
+    env = environment(["orjson", "zstandard", "msgpack", "lz4", "brotli"])
+    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    command = "python -m benchmarks.codecs" + (" --quick" if mode.name == "quick" else "")
+    lines = [
+        "# Codec benchmark",
+        "",
+        f"Reproduce: `.venv/bin/python -m benchmarks.codecs{' --quick' if mode.name == 'quick' else ''}` "
+        f"(`--quick`: {MODES['quick'].repeats} short repeats; without it: {MODES['full'].repeats} longer ones). "
+        f"This file: mode `{mode.name}` ({mode.repeats} repeats of >= {mode.min_time * 1000:g} ms each).",
+        "",
+        f"Measured on Python {env['python']}, {env['platform']}, {env['cpus']} CPUs; {packages}. "
+        "Timings on shared machines are noisy: compare rows of one run, not runs.",
+        "",
+        "## Targets",
+        "",
+        markdown_table(
+            ["target", "measured", "limit", "verdict", "how"],
+            [[t.description, t.measured, t.limit, t.verdict, t.how] for t in targets],
+        ),
+        *_passthrough_note(paired),
+        "",
+        "## Method",
+        "",
+        "- Values: `service.demo_data` size classes at seed 0 (small: one wallpaper detail; category_list; "
+        "medium: a 20-item page; large: a 500-item page).",
+        "- ratio = stored bytes / raw orjson bytes of the same value, for every serializer.",
+        "- encode = serialize + compress; decode = decompress + parse (values checked to round-trip); "
+        "times are medians over repeats, in microseconds per call, garbage collector off.",
+        "- orjson + zstd rows (`via` Codec) are measured through `cachelayer.Codec`: the 22-byte header is counted "
+        "and the compressor/decompressor reuse is the library's own. `Codec()` (orjson, zstd level 1) is the "
+        "default; `passthrough us` is `codec.serialized(codec.read_frame(data))`: decompress without parsing.",
+        "- Every other row is measured directly (no header), with reused `ZstdCompressor`/`ZstdDecompressor` "
+        "objects for zstd and the module-level one-shot functions of zlib (level 6), lz4.frame (default level) "
+        "and brotli (quality 1). stdlib json is `json.dumps(ensure_ascii=False, separators=(',', ':'))` + UTF-8; "
+        "msgpack is `packb(use_bin_type=True)`.",
+        f"- Dictionary: {DICTIONARY_SIZE // 1024} KiB, `cachelayer.train_dictionary` on {dictionary.samples} "
+        f"samples ({dictionary.sample_bytes / 1e6:.1f} MB) from "
+        f"`dictionary_training_samples(seed={TRAINING_SEED_BASE})`, a seed range disjoint from the measured "
+        f"values; id {dictionary.dict_id}, trained in {dictionary.train_seconds:.2f} s. The msgpack rows use a "
+        f"dictionary trained the same way on the msgpack bytes of the same values (id {msgpack_dictionary.dict_id}).",
+        "- Floor rows: orjson + none is orjson dumps/loads alone; `none` + zstd-1 is compress/decompress alone "
+        "on the orjson bytes.",
+    ]
+    if not mode.json_on_large:
+        lines.append(f"- stdlib json is skipped on the large class in `{mode.name}` mode.")
+    if png is not None:
+        lines += ["", f"![ratio against decode time]({png})"]
+    for size_class in mode.size_classes:
+        class_rows = [r for r in rows if r["size_class"] == size_class]
+        lines += ["", f"## {size_class} ({class_rows[0]['raw_bytes']} B of orjson)", ""]
+        lines.append(markdown_table(TABLE_HEADERS[1:], [r[1:] for r in table_rows(class_rows)]))
+    lines += ["", f"Command: `{command}`"]
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"small": ("o", "tab:blue"), "category_list": ("s", "tab:orange"), "medium": ("^", "tab:green"),
+              "large": ("D", "tab:red")}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(14, 8.5))
+    for size_class, (marker, colour) in styles.items():
+        class_rows = [r for r in rows if r["size_class"] == size_class and r["serializer"] != "none"]
+        if not class_rows:
+            continue
+        xs = [r["decode_us"] for r in class_rows]
+        ys = [r["ratio"] for r in class_rows]
+        ax.scatter(xs, ys, marker=marker, color=colour, label=size_class, s=28, alpha=0.8)
+        defaults = [r for r in class_rows if r.get("default")]
+        ax.scatter([r["decode_us"] for r in defaults], [r["ratio"] for r in defaults], marker=marker, s=110,
+                   facecolors="none", edgecolors="black", linewidths=1.2)  # fmt: skip
+        for r, x, y in zip(class_rows, xs, ys, strict=True):
+            label = f"{r['serializer']}/{r['compression']}" + (" *" if r.get("default") else "")
+            ax.annotate(label, (x, y), fontsize=5.5, xytext=(3, 2), textcoords="offset points", color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel("decode (decompress + parse), us per call, log scale")
+    ax.set_ylabel("stored / raw orjson bytes")
+    ax.set_title("cachelayer codec benchmark: size against read cost (* = default Codec())")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="size class")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.codecs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats (well under a minute)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON to PATH")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where codecs.{md,json,png} go")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+
+    started = time.perf_counter()
+    rows, dictionaries = run(mode)
+    paired = paired_timings(mode) if "medium" in mode.size_classes else None
+    targets = evaluate_targets(rows, paired)
+
+    print(format_table(TABLE_HEADERS, table_rows(rows)))
+    print()
+    for target in targets:
+        print(f"{target.verdict:5} {target.description}: {target.measured} (limit {target.limit}) {target.how}")
+
+    out_dir: Path = args.out_dir
+    png_name: str | None = None
+    if mode.plot:
+        plot(rows, out_dir / "codecs.png")
+        png_name = "codecs.png"
+    write_text(out_dir / "codecs.md", render_markdown(rows, targets, mode, dictionaries, png_name, paired))
+    write_json(out_dir / "codecs.json", rows)
+    if args.json is not None:
+        write_json(args.json, rows)
+    print(f"\nwrote {out_dir / 'codecs.md'} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

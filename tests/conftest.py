@@ -1,0 +1,186 @@
+"""Shared fixtures: where the services are, and private servers for tests that break them.
+
+Services (``make up`` / ``scripts/devstack up`` starts the ones that are not running):
+
+=================  ===========================================  =====================================
+fixture            what                                         override
+=================  ===========================================  =====================================
+``redis_url``      machine Redis, **DB 15** (never DB 0, which  ``CACHELAYER_TEST_REDIS_URL``
+                   the demo uses): ``redis://127.0.0.1:6379/15``
+``redis_client``   ``redis.asyncio.Redis`` on ``redis_url``,
+                   DB flushed before each test, closed after
+``mysql_settings`` MariaDB 127.0.0.1:3306, root, empty password, ``CACHELAYER_TEST_MYSQL_HOST``,
+                   database ``cachelayer_test`` (created)        ``..._PORT``, ``..._USER``,
+                                                                ``..._PASSWORD``, ``..._DATABASE``
+``mysql_dsn``      the same as ``mysql://root:@127.0.0.1:3306/cachelayer_test``
+``mongo_uri``      a SecantusDB **started for the session** on   ``CACHELAYER_TEST_MONGO_URI`` (then
+                   a free port, in memory; database name in      nothing is started)
+                   ``mongo_db_name`` (``cachelayer_test``)
+``private_redis``  a :class:`RedisServer` of the test's own:
+                   stop/kill/start/pause it at will
+=================  ===========================================  =====================================
+
+A service that does not answer skips the test on a developer machine and fails it in CI
+(``CI=true``): see ``tests/_servers.py:require_service``.
+
+Session fixtures are synchronous on purpose: pytest-asyncio gives each test its own event loop
+(``asyncio_default_fixture_loop_scope = "function"``), so anything holding connections bound
+to a loop (``redis_client``) is function-scoped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+
+# Test modules import helpers as `from tests._servers import ...`: make that work however pytest
+# is started (`pytest`, `python -m pytest`, from any directory, with or without tests/__init__.py).
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests._servers import (  # noqa: E402
+    MySQLSettings,
+    RedisServer,
+    SecantusServer,
+    free_port,
+    in_ci,
+    require_service,
+    skip_or_fail,
+)
+
+__all__ = ["MySQLSettings", "free_port", "in_ci", "require_service"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+TEST_DB_NAME = "cachelayer_test"
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the Redis the tests use: the machine's, database 15 (env: CACHELAYER_TEST_REDIS_URL).
+
+    Database 0 is refused, because ``redis_client`` flushes the database before each test.
+    """
+    url = os.environ.get("CACHELAYER_TEST_REDIS_URL") or DEFAULT_REDIS_URL
+    parts = urlsplit(url)
+    db = int((parts.path or "/0").lstrip("/") or 0)
+    if db == 0:
+        pytest.fail(f"refusing to use Redis database 0 for tests ({url}): tests flush their database")
+    require_service("redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+    return url
+
+
+@pytest_asyncio.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A ``redis.asyncio.Redis`` on ``redis_url`` (DB 15), emptied before the test, closed after.
+
+    Its pool is a bounded ``BlockingConnectionPool`` (20 connections, 5 s wait), so a test that
+    leaks connections blocks and fails instead of opening thousands.
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(redis_url, max_connections=20, timeout=5)
+    client = redis.asyncio.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+    try:
+        await client.flushdb()
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test's own on a free port (``.url``, ``.port``, ``.stop()``,
+    ``.kill()``, ``.start()``, ``.pause(s)``, ``.suspended()``), stopped at teardown even when
+    the test fails. Use it, never the machine's Redis, for tests that stop or freeze Redis."""
+    server = RedisServer(workdir=tmp_path / "private-redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+
+@pytest.fixture(scope="session")
+def mysql_settings() -> MySQLSettings:
+    """The machine's MariaDB with database ``cachelayer_test`` (created if missing)."""
+    settings = MySQLSettings(
+        host=os.environ.get("CACHELAYER_TEST_MYSQL_HOST", "127.0.0.1"),
+        port=int(os.environ.get("CACHELAYER_TEST_MYSQL_PORT", "3306")),
+        user=os.environ.get("CACHELAYER_TEST_MYSQL_USER", "root"),
+        password=os.environ.get("CACHELAYER_TEST_MYSQL_PASSWORD", ""),
+        database=os.environ.get("CACHELAYER_TEST_MYSQL_DATABASE", TEST_DB_NAME),
+    )
+    require_service("mariadb", settings.host, settings.port)
+    import pymysql  # type: ignore[import-untyped]  # aiomysql's dependency; imported here, not at the top
+
+    try:
+        conn = pymysql.connect(host=settings.host, port=settings.port, user=settings.user,
+                               password=settings.password, connect_timeout=10)
+    except pymysql.MySQLError as exc:
+        skip_or_fail(f"cannot log in to MariaDB at {settings.host}:{settings.port} as {settings.user}: {exc}")
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{settings.database}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def mysql_dsn(mysql_settings: MySQLSettings) -> str:
+    """``mysql://root:@127.0.0.1:3306/cachelayer_test``."""
+    return mysql_settings.dsn
+
+
+# --------------------------------------------------------------------------- MongoDB wire (SecantusDB)
+
+
+@pytest.fixture(scope="session")
+def secantus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecantusServer | None]:
+    """The session's own SecantusDB (in memory, free port); None if CACHELAYER_TEST_MONGO_URI is set."""
+    if os.environ.get("CACHELAYER_TEST_MONGO_URI"):
+        yield None
+        return
+    server = SecantusServer(workdir=tmp_path_factory.mktemp("secantus"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.close()
+        skip_or_fail(str(exc))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(secantus_server: SecantusServer | None) -> str:
+    """``mongodb://127.0.0.1:PORT/`` of the session's SecantusDB (or CACHELAYER_TEST_MONGO_URI)."""
+    if secantus_server is None:
+        uri = os.environ["CACHELAYER_TEST_MONGO_URI"]
+        parts = urlsplit(uri)
+        require_service("mongo", parts.hostname or "127.0.0.1", parts.port or 27017)
+        return uri
+    return secantus_server.uri
+
+
+@pytest.fixture(scope="session")
+def mongo_db_name() -> str:
+    """The database tests use on ``mongo_uri``: ``cachelayer_test``."""
+    return TEST_DB_NAME
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"cachelayer tests: CI={'yes (missing services fail)' if in_ci() else 'no (missing services skip)'}"

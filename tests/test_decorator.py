@@ -1,0 +1,220 @@
+"""@cached on functions and methods against the real Redis (DB 15)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+
+import cachelayer
+from cachelayer import Cache, CacheError, cached, set_default_cache
+
+TYPING_DIR = Path(__file__).parent / "typing"
+
+
+@pytest_asyncio.fixture
+async def cache(redis_client: redis.asyncio.Redis) -> AsyncIterator[Cache]:
+    c = Cache(redis_client, namespace="dec")
+    set_default_cache(c)
+    yield c
+    set_default_cache(None)
+    await c.aclose()
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+
+async def test_function_results_are_cached_per_arguments(cache: Cache) -> None:
+    seen = Counter()
+
+    @cached(ttl=60)
+    async def double(x: Any) -> Any:
+        seen.calls.append((x,))
+        return [x, x]
+
+    assert await double(1) == [1, 1]
+    assert await double(1) == [1, 1]
+    assert await double("1") == ["1", "1"]  # f(1) and f("1") are different entries
+    assert seen.calls == [(1,), ("1",)]
+
+
+async def test_key_invalidate_refresh(cache: Cache, redis_client: redis.asyncio.Redis) -> None:
+    version = 0
+
+    @cached(ttl=60)
+    async def current(name: str) -> dict[str, Any]:
+        return {"name": name, "version": version}
+
+    key = current.key("a")
+    assert key.startswith("dec:{")
+    assert f"{__name__}." in key
+    assert await current("a") == {"name": "a", "version": 0}
+    assert await redis_client.exists(key) == 1
+    version = 1
+    assert await current("a") == {"name": "a", "version": 0}
+    assert await current.invalidate("a") is True
+    assert await current("a") == {"name": "a", "version": 1}
+    version = 2
+    assert await current.refresh("a") == {"name": "a", "version": 2}
+    assert await current("a") == {"name": "a", "version": 2}
+
+
+async def test_methods_share_entries_across_instances_and_bind_self(cache: Cache) -> None:
+    class Repo:
+        loads = 0
+
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        @cached(ttl=60, exclude=["trace"])
+        async def get(self, wid: int, trace: str = "") -> str:
+            Repo.loads += 1
+            return f"{self.prefix}{wid}"
+
+    a, b = Repo("a"), Repo("b")
+    assert await a.get(1) == "a1"
+    assert await b.get(1, trace="x") == "a1"  # self is not part of the key, nor is trace
+    assert Repo.loads == 1
+    assert a.get.key(1) == b.get.key(1, trace="y")
+    assert await b.get.invalidate(1)
+    assert await b.get.refresh(1) == "b1"
+    entry = await a.get.entry(1)
+    assert entry.outcome == "hit"
+    assert entry.body() == b'"b1"'
+
+
+async def test_tag_templates_drive_invalidation(cache: Cache) -> None:
+    loads: list[int] = []
+
+    @cached(ttl=60, tags=["wallpaper:{wid}", "details"])
+    async def detail(wid: int) -> int:
+        loads.append(wid)
+        return wid * 10
+
+    await detail(1)
+    await detail(2)
+    assert await cache.invalidate_tags("wallpaper:1") == 1
+    await detail(1)
+    await detail(2)
+    assert loads == [1, 2, 1]
+
+
+async def test_template_key_is_readable(cache: Cache) -> None:
+    @cached(ttl=60, key="cat={category}:page={page}", name="listing")
+    async def listing(category: str, page: int = 1) -> list[int]:
+        return [page]
+
+    assert listing.key("art", 2).startswith("dec:{listing:cat=art:page=2:")
+    assert await listing("art", 2) == [2]
+
+
+async def test_explicit_cache_and_factory(redis_client: redis.asyncio.Redis) -> None:
+    mine = Cache(redis_client, namespace="explicit")
+
+    @cached(ttl=5, cache=mine)
+    async def one() -> int:
+        return 1
+
+    @cached(ttl=5, cache=lambda: mine)
+    async def two() -> int:
+        return 2
+
+    assert (await one(), await two()) == (1, 2)
+    assert one.key().startswith("explicit:")
+
+
+async def test_no_default_cache_is_a_clear_error() -> None:
+    set_default_cache(None)
+
+    @cached(ttl=5)
+    async def f() -> int:
+        return 1
+
+    with pytest.raises(CacheError, match="set_default_cache"):
+        await f()
+
+
+def test_sync_functions_are_refused() -> None:
+    def sync() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="async"):
+        cached(ttl=5)(sync)  # type: ignore[arg-type]
+
+
+def test_wrapper_keeps_the_function_metadata() -> None:
+    @cached(ttl=5)
+    async def documented(x: int) -> int:
+        """Docs."""
+        return x
+
+    assert documented.__name__ == "documented"
+    assert documented.__doc__ == "Docs."
+    assert documented.__wrapped__ is not None
+
+
+def test_mypy_sees_the_original_signature() -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(TYPING_DIR / "typed_example.py")],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(TYPING_DIR / "typed_errors.py")],
+        capture_output=True,
+        text=True,
+    )
+    expected = {
+        line_no
+        for line_no, line in enumerate((TYPING_DIR / "typed_errors.py").read_text().splitlines(), 1)
+        if "# E:" in line
+    }
+    reported = {int(line.split(":")[1]) for line in bad.stdout.splitlines() if ": error:" in line}
+    assert reported == expected, bad.stdout
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(cachelayer.__all__) == sorted(
+        [
+            "MISSING",
+            "BoundCachedFunction",
+            "Cache",
+            "CacheEntry",
+            "CacheError",
+            "CacheMetrics",
+            "CachedFunction",
+            "CircuitBreaker",
+            "Codec",
+            "CodecError",
+            "DictionaryRegistry",
+            "Frame",
+            "KeyEncodingError",
+            "LeaseTimeoutError",
+            "MsgpackSerializer",
+            "OrjsonSerializer",
+            "Outcome",
+            "SerializationError",
+            "Serializer",
+            "StampedePolicy",
+            "ValueTooLargeError",
+            "__version__",
+            "cached",
+            "canonical_bytes",
+            "get_default_cache",
+            "register_prometheus",
+            "set_default_cache",
+            "train_dictionary",
+        ]
+    )
+    for name in cachelayer.__all__:
+        assert hasattr(cachelayer, name), name
+    assert (Path(cachelayer.__file__).parent / "py.typed").exists()

@@ -1,0 +1,311 @@
+"""Stampede protection: single-flight, the Redis lease (also between two real processes), XFetch,
+stale-while-revalidate, stale-if-error. Logical time is injected; Redis is real (DB 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis.asyncio
+
+from cachelayer import Cache, LeaseTimeoutError, StampedePolicy
+from cachelayer._stampede import SingleFlight, jittered, xfetch_due
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_900_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FixedRandom:
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value
+
+
+@pytest_asyncio.fixture
+async def clock() -> AsyncIterator[FakeClock]:
+    yield FakeClock()
+
+
+def make_cache(client: redis.asyncio.Redis, clock: FakeClock, rand: FixedRandom | None = None, **kw: object) -> Cache:
+    return Cache(
+        client, namespace="st", default_ttl=60, stale_ttl=60, jitter=0, clock=clock, rand=rand or FixedRandom(), **kw
+    )  # type: ignore[arg-type]
+
+
+class Loader:
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.fail = fail
+
+    async def __call__(self) -> dict[str, int]:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("loader failed")
+        return {"version": self.calls}
+
+
+# -- pure parts ------------------------------------------------------------------------------------------------
+
+
+def test_xfetch_formula() -> None:
+    # now - delta * beta * ln(rand) >= expiry
+    assert not xfetch_due(now=90, expires_at=100, delta=1, beta=1, rand=0.5)  # 90 + 0.69 < 100
+    assert xfetch_due(now=99.5, expires_at=100, delta=1, beta=1, rand=0.5)  # 99.5 + 0.69 >= 100
+    assert xfetch_due(now=90, expires_at=100, delta=1, beta=1, rand=1e-5)  # 90 + 11.5 >= 100
+    assert not xfetch_due(now=99.9, expires_at=100, delta=0, beta=1, rand=1e-9)  # no measured delta: never early
+    assert not xfetch_due(now=99.9, expires_at=100, delta=1, beta=0, rand=1e-9)  # beta 0 switches it off
+    assert xfetch_due(now=90, expires_at=100, delta=1, beta=1, rand=0.0)  # rand 0 cannot blow up
+
+
+def test_jitter_bounds() -> None:
+    assert jittered(100, 0.1, 0.0) == pytest.approx(90)
+    assert jittered(100, 0.1, 0.999999) == pytest.approx(110, abs=1e-3)
+    assert jittered(100, 0.0, 0.3) == 100
+
+
+async def test_single_flight_survives_a_cancelled_caller() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    started = asyncio.Event()
+    finished = 0
+
+    async def work() -> int:
+        nonlocal finished
+        started.set()
+        await asyncio.sleep(0.05)
+        finished += 1
+        return 42
+
+    first = asyncio.create_task(flights.run("k", work))
+    await started.wait()
+    others = [asyncio.create_task(flights.run("k", work)) for _ in range(5)]
+    first.cancel()
+    assert await asyncio.gather(*others) == [42] * 5
+    assert finished == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert len(flights) == 0
+
+
+# -- the lease ---------------------------------------------------------------------------------------------
+
+
+async def test_lease_makes_two_caches_load_once(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    # Two Cache objects have separate single-flight tables, like two processes: only the lease joins them.
+    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    loader = Loader(delay=0.1)
+    results = await asyncio.gather(*(c.get_or_set("k", loader) for c in (a, b) for _ in range(50)))
+    assert loader.calls == 1
+    assert all(r == {"version": 1} for r in results)
+    assert a.stats()["lease_waits"] + b.stats()["lease_waits"] == 1
+    assert await redis_client.exists(a.keys.lease_key(a.key("k"))) == 0
+
+
+async def test_waiter_takes_over_when_the_loader_fails(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    failing, working = Loader(delay=0.05, fail=True), Loader()
+    first = asyncio.create_task(a.get_or_set("k", failing))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(b.get_or_set("k", working))
+    with pytest.raises(RuntimeError):
+        await first
+    assert await second == {"version": 1}
+    assert (failing.calls, working.calls) == (1, 1)
+
+
+async def test_lease_timeout_policies(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    cache = make_cache(redis_client, clock)
+    lease_key = cache.keys.lease_key(cache.key("k"))
+    await redis_client.set(lease_key, "someone-else", px=10_000)  # a loader elsewhere that never finishes
+
+    quick_load = StampedePolicy(lease_wait=0.2, on_lease_timeout="load")
+    loader = Loader()
+    assert await cache.get_or_set("k", loader, stampede=quick_load) == {"version": 1}
+    assert cache.stats()["lease_timeouts"] == 1
+    await cache.delete("k")
+
+    quick_raise = StampedePolicy(lease_wait=0.2, on_lease_timeout="raise")
+    with pytest.raises(LeaseTimeoutError):
+        await cache.get_or_set("k", loader, stampede=quick_raise)
+
+    # With a stale value the waiter serves it, whatever the policy.
+    no_swr = StampedePolicy(lease_wait=0.2, on_lease_timeout="raise", stale_while_revalidate=False)
+    await cache.set("k", {"version": 0}, ttl=10)
+    clock.now += 20
+    entry = await cache.get_or_set_entry("k", loader, stampede=no_swr)
+    assert (entry.outcome, entry.value()) == ("stale", {"version": 0})
+    assert await redis_client.get(lease_key) == b"someone-else"  # never released by a non-owner
+
+
+async def test_lease_is_extended_while_a_slow_loader_runs(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    policy = StampedePolicy(lease_ttl=0.3, lease_wait=3.0)
+    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    slow = Loader(delay=1.0)
+    first = asyncio.create_task(a.get_or_set("k", slow, stampede=policy))
+    await asyncio.sleep(0.1)
+    other = Loader()
+    second = await b.get_or_set("k", other, stampede=policy)  # waits: the lease outlives its 0.3 s TTL
+    assert await first == second == {"version": 1}
+    assert other.calls == 0
+
+
+async def test_crashed_loader_lease_frees_itself(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    cache = make_cache(redis_client, clock)
+    await redis_client.set(cache.keys.lease_key(cache.key("k")), "crashed", px=300)
+    loader = Loader()
+    started = time.monotonic()
+    assert await cache.get_or_set("k", loader, stampede=StampedePolicy(lease_wait=5)) == {"version": 1}
+    assert time.monotonic() - started < 3  # took over when the lease expired, not at the end of lease_wait
+
+
+TWO_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import redis.asyncio
+    from cachelayer import Cache
+
+    async def main(url, start_at, callers):
+        cache = Cache.from_url(url, namespace="st2", max_connections=32)
+        client = cache.redis
+        async def load():
+            await client.incr("st2-loads")
+            await asyncio.sleep(0.2)
+            return {"loaded": True}
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        results = await asyncio.gather(*(cache.get_or_set("cold", load) for _ in range(callers)))
+        assert all(r == {"loaded": True} for r in results), results
+        print(cache.stats()["loads"], cache.stats()["lease_waits"])
+        await cache.aclose()
+
+    asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_lease_between_two_real_processes(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    start_at = time.time() + 1.5
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            TWO_PROCESS_SCRIPT,
+            redis_url,
+            str(start_at),
+            "200",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outputs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err.decode()
+    assert await redis_client.get("st2-loads") == b"1"
+    loads = sorted(int(out.split()[0]) for out, _ in outputs)
+    assert loads == [0, 1]
+
+
+# -- XFetch and stale-while-revalidate -------------------------------------------------------------------
+
+
+async def wait_background(cache: Cache) -> None:
+    for _ in range(200):
+        if not cache.stats()["background_tasks"]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("background refresh did not finish")
+
+
+async def test_xfetch_recomputes_early_in_the_background(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    rand = FixedRandom(0.5)  # -ln(0.5) = 0.69
+    cache = make_cache(redis_client, clock, rand)
+    loader = Loader(delay=0.05)
+    await cache.get_or_set("k", loader)
+    frame_delta = (await cache.get_or_set_entry("k", loader)).frame.recompute_time
+    assert 0.04 <= frame_delta <= 1.0  # the measured load time is kept in the header
+
+    clock.now += 50  # 10 s before expiry: 0.05 * 0.69 is far too small to go early
+    assert (await cache.get_or_set_entry("k", loader)).outcome == "hit"
+    await wait_background(cache)
+    assert loader.calls == 1
+
+    rand.value = 1e-300  # -ln(rand) ~ 690: 0.05 s * 690 = 34 s ahead of expiry, so due now
+    entry = await cache.get_or_set_entry("k", loader)
+    assert (entry.outcome, entry.value()) == ("hit", {"version": 1})  # the caller never waits for it
+    await wait_background(cache)
+    assert loader.calls == 2
+    assert cache.stats()["early_recomputes"] == 1
+    assert await cache.get("k") == {"version": 2}
+
+
+async def test_stale_while_revalidate(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    cache = make_cache(redis_client, clock)
+    loader = Loader(delay=0.05)
+    await cache.get_or_set("k", loader, ttl=10, stale_ttl=100)
+    clock.now += 20
+    entries = await asyncio.gather(*(cache.get_or_set_entry("k", loader, ttl=10, stale_ttl=100) for _ in range(20)))
+    assert {e.outcome for e in entries} == {"stale"}
+    assert {e.value()["version"] for e in entries} == {1}
+    await wait_background(cache)
+    assert loader.calls == 2  # exactly one refresh for twenty stale readers
+    fresh = await cache.get_or_set_entry("k", loader, ttl=10, stale_ttl=100)
+    assert (fresh.outcome, fresh.value()) == ("hit", {"version": 2})
+
+
+async def test_without_swr_a_stale_value_is_a_miss(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    cache = make_cache(redis_client, clock)
+    policy = StampedePolicy(stale_while_revalidate=False)
+    loader = Loader()
+    await cache.get_or_set("k", loader, ttl=10, stampede=policy)
+    clock.now += 20
+    entry = await cache.get_or_set_entry("k", loader, ttl=10, stampede=policy)
+    assert (entry.outcome, entry.value()) == ("miss", {"version": 2})
+
+
+async def test_stale_if_error(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    cache = make_cache(redis_client, clock)
+    policy = StampedePolicy(stale_while_revalidate=False)
+    await cache.get_or_set("k", Loader(), ttl=10, stampede=policy)
+    clock.now += 20
+    failing = Loader(fail=True)
+    entry = await cache.get_or_set_entry("k", failing, ttl=10, stampede=policy)
+    assert (entry.outcome, entry.value()) == ("stale", {"version": 1})
+    assert cache.stats()["load_errors"] == 1
+    off = StampedePolicy(stale_while_revalidate=False, stale_if_error=False)
+    with pytest.raises(RuntimeError):
+        await cache.get_or_set("k", failing, ttl=10, stampede=off)
+
+
+async def test_failed_background_refresh_keeps_the_stale_value(
+    redis_client: redis.asyncio.Redis, clock: FakeClock
+) -> None:
+    cache = make_cache(redis_client, clock)
+    await cache.get_or_set("k", Loader(), ttl=10, stale_ttl=100)
+    clock.now += 20
+    failing = Loader(fail=True)
+    assert await cache.get_or_set("k", failing, ttl=10, stale_ttl=100) == {"version": 1}
+    await wait_background(cache)
+    assert failing.calls == 1
+    assert await cache.get_or_set("k", failing, ttl=10, stale_ttl=100) == {"version": 1}
+    assert await redis_client.exists(cache.keys.lease_key(cache.key("k"))) == 0
