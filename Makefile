@@ -19,8 +19,8 @@ PYTEST_ARGS ?=
 # Only the directories that exist (git does not keep empty ones).
 LINT_PATHS  := $(wildcard cachelayer service tests benchmarks)
 DEVSTACK    := scripts/devstack
-# What `make run` runs; a later change will make this serve the web service.
-RUN_CMD     ?= $(PY) examples/demo.py
+# What `make run` runs: the wallpaper service on :8888 with demo data (examples/demo.py is the library demo).
+RUN_CMD     ?= $(PY) -m service dev
 
 # Debian packages, as "command:package"; a package is installed only if its command is missing.
 SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server \

@@ -47,10 +47,15 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
 
     counter = aredis.Redis.from_url(REDIS_URL)
 
-    async def loader(item: int) -> Any:
-        await counter.incr(COUNTER)
-        await asyncio.sleep(LOADER_SLEEP)
-        return PAYLOAD
+    def make_loader(counter_key: str) -> Any:
+        async def loader(item: int) -> Any:
+            await counter.incr(counter_key)
+            await asyncio.sleep(LOADER_SLEEP)
+            return PAYLOAD
+
+        return loader
+
+    loader = make_loader(COUNTER)
 
     fetch, close = _contenders.build(args.contender, REDIS_URL, args.namespace, args.ttl, loader)
     latencies: list[float] = []
@@ -70,21 +75,31 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.scenario == "cold":
         await asyncio.gather(*(one() for _ in range(args.requests)))
     else:
-        deadline = time.perf_counter() + args.duration
 
-        async def stream() -> None:
-            while time.perf_counter() < deadline:
-                await one()
-                await asyncio.sleep(args.interval)
+        async def steady(call: Any, seconds: float, into: list[float]) -> None:
+            deadline = time.perf_counter() + seconds
 
-        await asyncio.gather(*(stream() for _ in range(args.streams)))
-        # Pure hits, for the baseline p99: the key was just loaded, so the next calls are all fresh.
-        await fetch(1)
-        baseline_start = len(latencies)
-        for _ in range(300):
-            await one()
-        hit_latencies = latencies[baseline_start:]
-        del latencies[baseline_start:]
+            async def stream() -> None:
+                while time.perf_counter() < deadline:
+                    started = time.perf_counter()
+                    try:
+                        await call(1)
+                    except Exception as exc:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    else:
+                        into.append((time.perf_counter() - started) * 1000)
+                    await asyncio.sleep(args.interval)
+
+            await asyncio.gather(*(stream() for _ in range(args.streams)))
+
+        await steady(fetch, args.duration, latencies)
+        # The baseline: the same streams on a key that never expires, so every call is a hit under the same load.
+        never, close_never = _contenders.build(
+            args.contender, REDIS_URL, args.namespace + "-steady", 3600, make_loader(COUNTER + ":baseline")
+        )
+        await never(1)
+        await steady(never, args.duration / 2, hit_latencies)
+        await close_never()
     await close()
     await counter.aclose()
     return {"latencies": latencies, "hit_latencies": hit_latencies, "errors": errors}

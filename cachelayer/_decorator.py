@@ -69,6 +69,7 @@ class CachedFunction(Generic[P, R]):
         self._stale_ttl = stale_ttl
         self._none_ttl = none_ttl
         self._stampede = stampede
+        self._options: dict[tuple[Cache, tuple[str, ...]], Any] = {}
 
     @property
     def cache(self) -> Cache:
@@ -78,12 +79,16 @@ class CachedFunction(Generic[P, R]):
 
     def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Cache, str, Any]:
         cache = self.cache
-        arguments = self._keyer.arguments(args, kwargs)
-        key = cache.key(self._keyer.name(arguments))
-        opts = cache._options(
-            self._ttl, self._stale_ttl, self._none_ttl, self._keyer.tag_names(arguments), self._stampede
-        )
-        return cache, key, opts
+        name, tags = self._keyer.name_and_tags(args, kwargs)
+        # Options depend only on the cache and the tags: build them once, not on every hit.
+        opts = self._options.get((cache, tags))
+        if opts is None:
+            if len(self._options) >= 1024:
+                self._options.clear()
+            opts = self._options[(cache, tags)] = cache._options(
+                self._ttl, self._stale_ttl, self._none_ttl, tags, self._stampede
+            )
+        return cache, cache.key(name), opts
 
     async def _entry(self, args: tuple[Any, ...], kwargs: dict[str, Any], want_value: bool) -> CacheEntry:
         cache, key, opts = self._plan(args, kwargs)

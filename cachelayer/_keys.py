@@ -160,9 +160,9 @@ class ArgumentKeyer:
         for text in (template, *self.tags):
             if text is not None:
                 self._check_fields(text, params)
-        self._memo: dict[tuple[Any, ...], tuple[str, list[str]]] = {}
+        self._memo: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
 
-    def name_and_tags(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, list[str]]:
+    def name_and_tags(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
         """Key name and tags of a call. Calls whose arguments are all plain scalars are memoized (binding and
         hashing cost ~15 us, more than the rest of a hit); the memo key carries each argument's type, so
         ``f(1)``, ``f(1.0)`` and ``f(True)``, which Python counts as equal, stay apart."""
@@ -173,7 +173,7 @@ class ArgumentKeyer:
             if found is not None:
                 return found
         arguments = self.arguments(args, kwargs)
-        result = (self.name(arguments), self.tag_names(arguments))
+        result = (self.name(arguments), tuple(self.tag_names(arguments)))
         if memo_key is not None:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()

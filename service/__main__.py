@@ -1,0 +1,111 @@
+"""``python -m service serve|seed|dev``: see docs/service.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description="The wallpaper API service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML settings file (default: $WALLPAPER_CONFIG or config/wallpaper.toml)")
+
+    serve = sub.add_parser("serve", help="serve the API")
+    common(serve)
+    serve.add_argument("--port", type=int, help="listen port (server.port)")
+    serve.add_argument("--processes", type=int, help="worker processes, 0 = one per core (server.processes)")
+    serve.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (server.loop)")
+
+    seed = sub.add_parser("seed", help="load the deterministic demo data (idempotent)")
+    common(seed)
+    seed.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers (default 10000)")
+
+    dev = sub.add_parser("dev", help="seed if the stores are empty, then serve on :8888 (for `make run`)")
+    common(dev)
+    dev.add_argument("--port", type=int, help="listen port (default 8888)")
+    dev.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers to seed when empty")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    server: dict[str, Any] = {}
+    for name in ("port", "processes", "loop"):
+        value = getattr(args, name, None)
+        if value is not None:
+            server[name] = value
+    base = load_settings(args.config)
+    if not server:
+        return base
+    return load_settings(args.config, server={**base.server.model_dump(), **server})
+
+
+async def _seed(settings: Settings, wallpapers: int, *, only_if_empty: bool) -> dict[str, Any] | None:
+    from .logs import setup_logging
+    from .runtime import Services
+    from .seed import seed, stores_empty
+
+    handle = setup_logging(settings.log)
+    services = await Services.start(settings)
+    try:
+        await services.health()
+        if only_if_empty and not await stores_empty(services):
+            return None
+        return await seed(services, wallpapers)
+    finally:
+        await services.close()
+        handle.stop()
+
+
+def _curl_examples(port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    api = f"{base}/client/v3/wallpaper_4d"
+    return "\n".join(
+        [
+            "ready. try:",
+            f"  curl -s '{api}/wallpaperList.json?pageSize=5&page=1&sort=hot'",
+            f"  curl -s '{api}/wallpaperList.json?pageSize=5&category=anime&sort=new'",
+            f"  curl -s '{api}/wallpaper/42.json' -D - -o /dev/null",
+            f"  curl -s '{api}/categories.json'",
+            f"  curl -s -X POST '{api}/wallpaper/42/download'",
+            f"  curl -s '{api}/wallpaper/42.json' -H 'Accept-Encoding: zstd' -o - | zstd -d",
+            f"  curl -s '{base}/healthz'",
+            f"  curl -s '{base}/metrics' | head",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"wallpaper: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from .runtime import serve
+
+    if args.command == "seed":
+        done = asyncio.run(_seed(settings, args.wallpapers, only_if_empty=False))
+        print(f"seeded: {done}")
+        return 0
+    if args.command == "dev":
+        if args.port is None and settings.server.port != 8888:
+            settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": 8888})})
+        done = asyncio.run(_seed(settings, args.wallpapers, only_if_empty=True))
+        print("seeded: " + str(done) if done else "stores already hold data: not seeding", flush=True)
+        print(_curl_examples(settings.server.port), flush=True)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Settings: one TOML file (``config/wallpaper.toml``) with ``WALLPAPER_...`` environment overrides.
+
+Precedence, highest first: values passed in code, environment (``WALLPAPER_MONGO__DRIVER=pymongo``; nested with
+``__``), the TOML file, the defaults below. A value that does not validate stops the start with
+:class:`ConfigError`, whose message names the setting (``mongo.driver``) and its environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "CacheSettings",
+    "ConfigError",
+    "EndpointCache",
+    "LogSettings",
+    "MongoSettings",
+    "MySQLSettings",
+    "RedisSettings",
+    "ServerSettings",
+    "Settings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "wallpaper.toml"
+ENV_PREFIX = "WALLPAPER_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = Field(default="wp", min_length=1, max_length=64)
+    max_connections: int = Field(default=64, ge=1, le=4096)
+    pool_timeout: float = Field(default=1.0, gt=0, le=30)
+    timeout: float = Field(default=0.1, gt=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class MongoSettings(_Section):
+    uri: str = "mongodb://127.0.0.1:27017/"
+    database: str = Field(default="wallpaper", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    driver: Literal["motor", "pymongo"] = "motor"
+    max_pool_size: int = Field(default=32, ge=1, le=1000)
+    min_pool_size: int = Field(default=0, ge=0, le=1000)
+    server_selection_timeout_ms: int = Field(default=1500, ge=50, le=60_000)
+    connect_timeout_ms: int = Field(default=1000, ge=50, le=60_000)
+    socket_timeout_ms: int = Field(default=2000, ge=50, le=120_000)
+
+    @field_validator("uri")
+    @classmethod
+    def _mongo_scheme(cls, value: str) -> str:
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+
+class MySQLSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, ge=1, le=65535)
+    user: str = "root"
+    password: str = ""
+    database: str = Field(default="wallpaper", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    pool_min: int = Field(default=1, ge=0, le=1000)
+    pool_max: int = Field(default=10, ge=1, le=1000)
+    connect_timeout: float = Field(default=1.0, gt=0, le=60)
+    query_timeout: float = Field(default=2.0, gt=0, le=120)
+    pool_acquire_timeout: float = Field(default=1.0, gt=0, le=60)
+
+
+class EndpointCache(_Section):
+    ttl: float = Field(gt=0, le=86_400)
+    stale_ttl: float = Field(ge=0, le=86_400)
+
+
+class CacheSettings(_Section):
+    list: EndpointCache = EndpointCache(ttl=30, stale_ttl=300)
+    detail: EndpointCache = EndpointCache(ttl=60, stale_ttl=600)
+    categories: EndpointCache = EndpointCache(ttl=300, stale_ttl=3600)
+    not_found_ttl: float = Field(default=10, gt=0, le=3600)
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8888, ge=0, le=65535)
+    processes: int = Field(default=1, ge=0, le=256)
+    max_restarts: int = Field(default=100, ge=0)
+    loop: Literal["asyncio", "uvloop"] = "asyncio"
+    backlog: int = Field(default=4096, ge=1, le=65535)
+    reuse_port: bool = True
+    gzip: bool = True
+    shutdown_timeout: float = Field(default=10, ge=0, le=300)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    sink: Literal["stdout", "stderr", "logstash", "none"] = "stdout"
+    access_log: bool = True
+    logstash_host: str = "127.0.0.1"
+    logstash_port: int = Field(default=5959, ge=1, le=65535)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    redis: RedisSettings = RedisSettings()
+    mongo: MongoSettings = MongoSettings()
+    mysql: MySQLSettings = MySQLSettings()
+    cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
+    log: LogSettings = LogSettings()
+
+    # The TOML file read by the next instantiation (set by load_settings; None: no file).
+    _toml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (default: ``$WALLPAPER_CONFIG`` or ``config/wallpaper.toml``), apply the environment and
+    ``overrides`` (section dicts: ``mongo={"driver": "pymongo"}``). Raises :class:`ConfigError`."""
+    if path is None:
+        env_path = os.environ.get("WALLPAPER_CONFIG")
+        path = Path(env_path) if env_path else DEFAULT_CONFIG
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)  # a clear message for a syntax error, before pydantic reads it
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    Settings._toml_file = path
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            name = ".".join(str(part) for part in loc)
+            problems.append(f"setting {name!r} (env {_env_name(loc)}): {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid configuration in {path}: " + "; ".join(problems)) from exc
+    finally:
+        Settings._toml_file = None
+    if settings.mysql.pool_min > settings.mysql.pool_max:
+        raise ConfigError("setting 'mysql.pool_min' (env WALLPAPER_MYSQL__POOL_MIN) must not exceed mysql.pool_max")
+    if settings.mongo.min_pool_size > settings.mongo.max_pool_size:
+        raise ConfigError(
+            "setting 'mongo.min_pool_size' (env WALLPAPER_MONGO__MIN_POOL_SIZE) must not exceed mongo.max_pool_size"
+        )
+    return settings

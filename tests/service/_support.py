@@ -1,0 +1,85 @@
+"""Helpers of the service tests (constants, an in-process server, settings for the test stores)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpserver import HTTPServer
+
+from service.config import DEFAULT_CONFIG, Settings, load_settings
+from service.runtime import Services, start_server
+from tests._servers import MySQLSettings, free_port
+
+N_WALLPAPERS = 300
+DB_NAME = "cachelayer_test_service"
+API = "/client/v3/wallpaper_4d"
+
+
+def make_settings(redis_url: str, mysql: MySQLSettings, mongo_uri: str, **sections: dict[str, Any]) -> Settings:
+    base: dict[str, dict[str, Any]] = {
+        "redis": {"url": redis_url, "namespace": "wp-test", "timeout": 0.5},
+        "mongo": {"uri": mongo_uri, "database": DB_NAME, "server_selection_timeout_ms": 3000},
+        "mysql": {
+            "host": mysql.host,
+            "port": mysql.port,
+            "user": mysql.user,
+            "password": mysql.password,
+            "database": DB_NAME,
+            "pool_min": 1,
+            "pool_max": 5,
+        },
+        "log": {"sink": "none", "level": "WARNING"},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return load_settings(DEFAULT_CONFIG, **base)
+
+
+@dataclass
+class Running:
+    services: Services
+    server: HTTPServer
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> HTTPResponse:
+        body = kwargs.pop("body", b"" if method in ("POST", "PUT", "PATCH") else None)
+        return await AsyncHTTPClient().fetch(
+            self.base + path,
+            method=method,
+            body=body,
+            raise_error=False,
+            decompress_response=kwargs.pop("decompress_response", False),
+            allow_nonstandard_methods=True,
+            request_timeout=10,
+            **kwargs,
+        )
+
+    async def json(self, path: str, method: str = "GET", **kwargs: Any) -> tuple[HTTPResponse, Any]:
+        response = await self.fetch(path, method, **kwargs)
+        return response, orjson.loads(response.body) if response.body else None
+
+
+async def run_service(settings: Settings) -> Running:
+    services = await Services.start(settings)
+    port = free_port()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    sock.setblocking(False)
+    server = await start_server(services, [sock])
+    return Running(services, server, port)
+
+
+async def stop_service(running: Running) -> None:
+    running.server.stop()
+    await running.server.close_all_connections()
+    await running.services.close()

@@ -1,0 +1,83 @@
+"""Settings: TOML + WALLPAPER_ environment overrides; a bad value stops the start, naming the setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import DEFAULT_CONFIG, ConfigError, load_settings
+from tests._servers import REPO_ROOT
+
+
+def test_the_shipped_file_loads() -> None:
+    settings = load_settings(DEFAULT_CONFIG)
+    assert settings.mongo.driver == "motor"
+    assert settings.server.backlog == 4096
+    assert settings.cache.list.ttl > 0
+
+
+def test_env_overrides_nested(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WALLPAPER_MONGO__DRIVER", "pymongo")
+    monkeypatch.setenv("WALLPAPER_CACHE__LIST__TTL", "5")
+    monkeypatch.setenv("WALLPAPER_SERVER__PROCESSES", "0")
+    settings = load_settings(DEFAULT_CONFIG)
+    assert settings.mongo.driver == "pymongo"
+    assert settings.cache.list.ttl == 5
+    assert settings.server.processes == 0
+
+
+@pytest.mark.parametrize(
+    ("toml", "setting"),
+    [
+        ('[mongo]\ndriver = "mongoose"\n', "mongo.driver"),
+        ("[mysql]\npool_max = 0\n", "mysql.pool_max"),
+        ('[redis]\nurl = "http://x"\n', "redis.url"),
+        ("[cache.list]\nttl = -1\nstale_ttl = 0\n", "cache.list.ttl"),
+        ('[server]\nloop = "trio"\n', "server.loop"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\nprocesess = 2\n", "server.processes"),  # a typo is refused, not ignored
+        ('[log]\nsink = "kafka"\n', "log.sink"),
+        ("[mysql]\npool_min = 9\npool_max = 2\n", "mysql.pool_min"),
+    ],
+)
+def test_bad_value_names_the_setting(tmp_path: Path, toml: str, setting: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert setting.split(".")[-1][:6] in str(info.value)
+    assert setting.split(".")[0] in str(info.value)
+
+
+def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WALLPAPER_MYSQL__PORT", "not-a-port")
+    with pytest.raises(ConfigError, match=r"mysql\.port.*WALLPAPER_MYSQL__PORT"):
+        load_settings(DEFAULT_CONFIG)
+
+
+def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_cli_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[mongo]\ndriver = "mongoose"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--config", str(path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "mongo.driver" in result.stderr
+    assert "WALLPAPER_MONGO__DRIVER" in result.stderr

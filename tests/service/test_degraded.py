@@ -1,0 +1,67 @@
+"""A store that does not answer: 503 JSON quickly, or a stale cached answer when there is one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio
+
+from service.config import Settings
+from tests._servers import free_port
+from tests.service._support import API, run_service, stop_service
+
+
+def dead_mongo(settings: Settings, **cache: dict[str, float]) -> Settings:
+    mongo = settings.mongo.model_copy(
+        update={
+            "uri": f"mongodb://127.0.0.1:{free_port()}/",
+            "server_selection_timeout_ms": 300,
+            "connect_timeout_ms": 200,
+        }
+    )
+    return settings.model_copy(update={"mongo": mongo})
+
+
+async def test_mongo_down_gives_503_json_without_hanging(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(dead_mongo(seeded))
+    try:
+        started = time.monotonic()
+        response, body = await running.json(f"{API}/wallpaper/1.json")
+        assert time.monotonic() - started < 3
+        assert response.code == 503
+        assert body["code"] == 50301
+        assert "mongo" in body["msg"]
+        response, body = await running.json(f"{API}/wallpaperList.json")
+        assert response.code == 503
+        response, body = await running.json(f"{API}/wallpaper/1/download", "POST")
+        assert response.code == 503
+        response, body = await running.json("/healthz")
+        assert response.code == 503
+        assert body["data"]["dependencies"]["mongo"]["ok"] is False
+        assert body["data"]["dependencies"]["mysql"]["ok"] is True
+    finally:
+        await stop_service(running)
+
+
+async def test_mongo_down_serves_stale_when_cached(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    short = seeded.cache.model_copy(
+        update={"detail": seeded.cache.detail.model_copy(update={"ttl": 0.5, "stale_ttl": 60})}
+    )
+    healthy = seeded.model_copy(update={"cache": short})
+    up = await run_service(healthy)
+    try:
+        fresh, body = await up.json(f"{API}/wallpaper/2.json")
+        assert fresh.code == 200
+    finally:
+        await stop_service(up)
+    await asyncio.sleep(0.8)  # past the TTL (with jitter), inside the stale window
+    down = await run_service(dead_mongo(healthy))
+    try:
+        response, stale_body = await down.json(f"{API}/wallpaper/2.json")
+        assert response.code == 200
+        assert response.headers["X-Cache"] == "stale"
+        assert response.headers["Cache-Control"].endswith("max-age=0")
+        assert stale_body == body
+    finally:
+        await stop_service(down)
