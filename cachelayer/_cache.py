@@ -9,7 +9,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ from ._entry import CacheEntry
 from ._errors import CodecError, LeaseTimeoutError
 from ._keys import KeyLayout
 from ._metrics import CacheMetrics
+from ._notify import ReadyNotifier
 from ._stampede import ReadCoalescer, SingleFlight, StampedePolicy, backoff_delays, jittered, xfetch_due
 
 __all__ = ["MISSING", "Cache"]
@@ -96,6 +97,7 @@ class Cache:
         self._clock = clock
         self._rand = rand
         self._owns_client = owns_client
+        self._notifier = ReadyNotifier(redis, timeout=timeout)
         self._reads = ReadCoalescer()
         self._loads: SingleFlight[CacheEntry] = SingleFlight()
         self._refreshes: SingleFlight[None] = SingleFlight()
@@ -125,6 +127,7 @@ class Cache:
         """Wait for background refreshes, then close the client if this cache built it."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._notifier.aclose()
         if self._owns_client:
             await self.redis.aclose()
 
@@ -358,21 +361,15 @@ class Cache:
             if wait_started is None:
                 wait_started = time.monotonic()
                 self.metrics.lease_waits += 1
-            # Another process is loading: poll for its value until it lands, the lease goes, or time runs out.
-            while (remaining := deadline - time.monotonic()) > 0:
-                await asyncio.sleep(min(next(delays), remaining))
-                try:
-                    data, lease_held = await self.backend.poll(key, lease_key)
-                except BackendUnavailable:
-                    self._end_wait(wait_started)
-                    return await self._load_and_store(key, loader, opts, stale)
-                found = await self._decode(key, data, want_value=True) if data is not None else None
-                if found is not None and self._fresh(found[0]):
-                    self._end_wait(wait_started)
-                    return CacheEntry(self.codec, found[0], "miss", value=found[1])
-                if not lease_held:
-                    break  # the loader gave up or crashed: try to take the lease ourselves
-            else:
+            # Another process is loading: wait for its value until it lands, the lease goes, or time runs out.
+            outcome = await self._wait_for_value(key, lease_key, deadline, delays, policy)
+            if isinstance(outcome, CacheEntry):
+                self._end_wait(wait_started)
+                return outcome
+            if outcome == "unavailable":
+                self._end_wait(wait_started)
+                return await self._load_and_store(key, loader, opts, stale)
+            if outcome == "timeout":
                 self._end_wait(wait_started)
                 self.metrics.lease_timeouts += 1
                 if stale is not None:
@@ -381,6 +378,37 @@ class Cache:
                 if policy.on_lease_timeout == "raise":
                     raise LeaseTimeoutError(f"waited {policy.lease_wait}s for the load of {key}")
                 return await self._load_and_store(key, loader, opts, stale)
+            # "released": the loader gave up or crashed; try to take the lease ourselves
+
+    async def _wait_for_value(
+        self, key: str, lease_key: str, deadline: float, delays: Iterator[float], policy: StampedePolicy
+    ) -> CacheEntry | str:
+        """Poll (woken early by pub/sub) until the value is fresh, the lease is gone, or the deadline passes."""
+        channel = lease_key + ":ready"
+        wake = await self._notifier.subscribe(channel) if policy.wake == "pubsub" else None
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                delay = min(next(delays), remaining)
+                if wake is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(wake), delay)
+                try:
+                    data, lease_held = await self.backend.poll(key, lease_key)
+                except BackendUnavailable:
+                    return "unavailable"
+                found = await self._decode(key, data, want_value=True) if data is not None else None
+                if found is not None and self._fresh(found[0]):
+                    return CacheEntry(self.codec, found[0], "miss", value=found[1])
+                if not lease_held:
+                    return "released"
+                if wake is not None and wake.done():  # woken, but not for a fresh value: wait for the next one
+                    await self._notifier.unsubscribe(channel, wake)
+                    wake = await self._notifier.subscribe(channel)
+            return "timeout"
+        finally:
+            await self._notifier.unsubscribe(channel, wake)
 
     def _end_wait(self, wait_started: float | None) -> None:
         if wait_started is not None:
@@ -406,9 +434,12 @@ class Cache:
                     return CacheEntry(self.codec, found[0], "miss", value=found[1])
             extender = asyncio.create_task(self._keep_lease(lease_key, token, opts.policy.lease_ttl))
             try:
-                return await self._load_and_store(key, loader, opts, stale)
+                entry = await self._load_and_store(key, loader, opts, stale)
             finally:
                 extender.cancel()
+            if opts.policy.wake == "pubsub" and entry.outcome == "miss":
+                await self._notifier.publish(lease_key + ":ready")
+            return entry
         finally:
             with contextlib.suppress(BackendUnavailable):
                 await self.backend.release_lease(lease_key, token)

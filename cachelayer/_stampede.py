@@ -27,7 +27,9 @@ class StampedePolicy:
     ``lease_wait`` bounds how long a process waits for another's load; when it runs out the caller gets the stale
     value if there is one, else ``on_lease_timeout`` decides: ``"load"`` (load anyway) or ``"raise"``
     (:class:`LeaseTimeoutError`). ``lease_ttl`` is how long a lease lives without renewal; a running loader renews
-    it every third of that, so a crashed loader's lease frees itself within ``lease_ttl``.
+    it every third of that, so a crashed loader's lease frees itself within ``lease_ttl``. Waiters are woken by
+    pub/sub the moment the value lands (``wake="pubsub"``) and poll with backoff from ``poll_initial`` to
+    ``poll_max`` as a safety net; ``wake="poll"`` polls only.
     """
 
     single_flight: bool = True
@@ -35,6 +37,7 @@ class StampedePolicy:
     lease_ttl: float = 10.0
     lease_wait: float = 5.0
     on_lease_timeout: Literal["load", "raise"] = "load"
+    wake: Literal["pubsub", "poll"] = "pubsub"
     poll_initial: float = 0.005
     poll_max: float = 0.05
     xfetch: bool = True
@@ -45,6 +48,8 @@ class StampedePolicy:
     def __post_init__(self) -> None:
         if self.lease_ttl <= 0 or self.lease_wait < 0:
             raise ValueError("lease_ttl must be positive and lease_wait non-negative")
+        if self.wake not in ("pubsub", "poll"):
+            raise ValueError("wake must be 'pubsub' or 'poll'")
         if self.on_lease_timeout not in ("load", "raise"):
             raise ValueError("on_lease_timeout must be 'load' or 'raise'")
         if not 0 < self.poll_initial <= self.poll_max:

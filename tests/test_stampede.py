@@ -309,3 +309,30 @@ async def test_failed_background_refresh_keeps_the_stale_value(
     assert failing.calls == 1
     assert await cache.get_or_set("k", failing, ttl=10, stale_ttl=100) == {"version": 1}
     assert await redis_client.exists(cache.keys.lease_key(cache.key("k"))) == 0
+
+
+async def test_pubsub_wakes_waiters_before_their_next_poll(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    # Polls 2 s apart: a waiter that gets the value well before that was woken by the loader's message.
+    policy = StampedePolicy(poll_initial=2.0, poll_max=2.0, lease_wait=10)
+    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    loader = Loader(delay=0.2)
+    first = asyncio.create_task(a.get_or_set("k", loader, stampede=policy))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert await b.get_or_set("k", Loader(), stampede=policy) == {"version": 1}
+    assert time.monotonic() - started < 1.5
+    assert await first == {"version": 1}
+    assert b.stats()["lease_waits"] == 1
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_poll_only_waiters_still_get_the_value(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+    policy = StampedePolicy(wake="poll", poll_initial=0.01, poll_max=0.02)
+    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    loader = Loader(delay=0.1)
+    results = await asyncio.gather(
+        a.get_or_set("k", loader, stampede=policy), b.get_or_set("k", loader, stampede=policy)
+    )
+    assert results == [{"version": 1}, {"version": 1}]
+    assert loader.calls == 1

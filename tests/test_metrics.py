@@ -1,0 +1,38 @@
+"""stats() counts what happened; Prometheus reads the same counters at scrape time."""
+
+from __future__ import annotations
+
+import redis.asyncio
+from prometheus_client import CollectorRegistry, generate_latest
+
+from cachelayer import Cache, register_prometheus
+
+
+async def load_page() -> dict[str, list[int]]:
+    return {"items": list(range(300))}
+
+
+async def test_stats_count_hits_misses_loads_and_bytes(redis_client: redis.asyncio.Redis) -> None:
+    cache = Cache(redis_client, namespace="m")
+    await cache.get_or_set("p", load_page)
+    await cache.get_or_set("p", load_page)
+    await cache.get("absent")
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["loads"], stats["writes"]) == (1, 2, 1, 1)
+    assert stats["lease_acquired"] == 1
+    assert 0 < stats["bytes_stored"] < stats["bytes_raw"]
+    assert stats["breaker_state"] == "closed"
+    assert stats["redis_errors"] == stats["decode_errors"] == 0
+
+
+async def test_prometheus_collector_exposes_the_counters(redis_client: redis.asyncio.Redis) -> None:
+    cache = Cache(redis_client, namespace="m")
+    registry = CollectorRegistry()
+    register_prometheus("pages", cache.stats, registry)
+    await cache.get_or_set("p", load_page)
+    await cache.get_or_set("p", load_page)
+    text = generate_latest(registry).decode()
+    assert 'cachelayer_hits_total{cache="pages"} 1.0' in text
+    assert 'cachelayer_loads_total{cache="pages"} 1.0' in text
+    assert 'cachelayer_breaker_open{cache="pages"} 0.0' in text
+    assert "cachelayer_bytes_stored_total" in text
