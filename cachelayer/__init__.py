@@ -15,6 +15,7 @@ from ._errors import (
     ValueTooLargeError,
 )
 from ._keys import canonical_bytes
+from ._local import LocalCache
 from ._metrics import CacheMetrics, register_prometheus
 from ._serializers import MsgpackSerializer, OrjsonSerializer, Serializer
 from ._stampede import StampedePolicy
@@ -36,6 +37,7 @@ __all__ = [
     "Frame",
     "KeyEncodingError",
     "LeaseTimeoutError",
+    "LocalCache",
     "MsgpackSerializer",
     "OrjsonSerializer",
     "Outcome",

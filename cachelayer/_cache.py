@@ -21,6 +21,7 @@ from ._codec import Codec, Frame
 from ._entry import CacheEntry
 from ._errors import CodecError, LeaseTimeoutError
 from ._keys import KeyLayout
+from ._local import LocalCache, LocalEntry
 from ._metrics import CacheMetrics
 from ._notify import ReadyNotifier
 from ._stampede import ReadCoalescer, SingleFlight, StampedePolicy, backoff_delays, jittered, xfetch_due
@@ -42,6 +43,7 @@ class _Options:
     none_ttl: float
     tags: tuple[str, ...]
     policy: StampedePolicy
+    local: bool = False
 
 
 class Cache:
@@ -74,6 +76,7 @@ class Cache:
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        local: LocalCache | None = None,
         owns_client: bool = False,
     ) -> None:
         if redis.get_encoder().decode_responses:
@@ -96,6 +99,9 @@ class Cache:
         self.backend = RedisBackend(redis, timeout=timeout, breaker=self.breaker, on_error=self._redis_error)
         self._clock = clock
         self._rand = rand
+        self.local = local
+        if local is not None:
+            local.attach(redis, self.keys.local_channel())
         self._owns_client = owns_client
         self._notifier = ReadyNotifier(redis, timeout=timeout)
         self._reads = ReadCoalescer()
@@ -128,6 +134,8 @@ class Cache:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self._notifier.aclose()
+        if self.local is not None:
+            await self.local.aclose()
         if self._owns_client:
             await self.redis.aclose()
 
@@ -185,12 +193,14 @@ class Cache:
             self._count_write(serialized_size, len(data))
         with contextlib.suppress(BackendUnavailable):
             await self.backend.set_many(items)
+        await self._forget_locally([key for key, _, _ in items])
 
     async def delete(self, name: str) -> bool:
         return await self.delete_key(self.key(name))
 
     async def delete_key(self, key: str) -> bool:
         """Delete by full Redis key (as :meth:`key` or ``f.key(...)`` give it); False if absent or unreachable."""
+        await self._forget_locally([key])
         try:
             return await self.backend.delete(key) > 0
         except BackendUnavailable:
@@ -211,10 +221,12 @@ class Cache:
         none_ttl: float | None = None,
         tags: Iterable[str] = (),
         stampede: StampedePolicy | None = None,
+        local: bool = False,
     ) -> Any:
-        """The value under ``name``; on a miss, ``await loader()`` once (across processes) and store it."""
+        """The value under ``name``; on a miss, ``await loader()`` once (across processes) and store it.
+        ``local=True`` serves it from this process's local tier when the cache has one."""
         entry = await self._fetch(
-            self.key(name), loader, self._options(ttl, stale_ttl, none_ttl, tags, stampede), want_value=True
+            self.key(name), loader, self._options(ttl, stale_ttl, none_ttl, tags, stampede, local), want_value=True
         )
         return entry.value()
 
@@ -228,10 +240,11 @@ class Cache:
         none_ttl: float | None = None,
         tags: Iterable[str] = (),
         stampede: StampedePolicy | None = None,
+        local: bool = False,
     ) -> CacheEntry:
         """Like :meth:`get_or_set`, but hands back the stored bytes without parsing them."""
         return await self._fetch(
-            self.key(name), loader, self._options(ttl, stale_ttl, none_ttl, tags, stampede), want_value=False
+            self.key(name), loader, self._options(ttl, stale_ttl, none_ttl, tags, stampede, local), want_value=False
         )
 
     async def invalidate_tags(self, *tags: str) -> int:
@@ -245,6 +258,7 @@ class Cache:
                     continue
                 # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
                 await self.backend.remove_tag_members(tag_key, members)
+                await self._forget_locally(members)
                 deleted += await self.backend.delete(*members)
             except BackendUnavailable:
                 log.warning("cachelayer: could not invalidate tag %r: Redis unavailable", tag)
@@ -253,6 +267,8 @@ class Cache:
 
     async def clear(self, namespace: str | None = None) -> int:
         """Delete every key of this cache's namespace (or of ``namespace``) with SCAN, never KEYS."""
+        if namespace is None or namespace == self.namespace:
+            await self._forget_locally(None)
         pattern = self.keys.pattern() if namespace is None else KeyLayout(namespace).pattern()
         return await self.backend.scan_delete(pattern)
 
@@ -262,7 +278,19 @@ class Cache:
         snapshot["breaker_opened"] = self.breaker.opened_count
         snapshot["loads_in_flight"] = len(self._loads)
         snapshot["background_tasks"] = len(self._background)
+        if self.local is not None:
+            snapshot.update(self.local.stats())
         return snapshot
+
+    async def _forget_locally(self, keys: Sequence[str] | None) -> None:
+        """Drop ``keys`` (None: all) from this process's local tier and tell the other processes to."""
+        if self.local is None:
+            return
+        if keys is None:
+            self.local.clear()
+        else:
+            self.local.discard(keys)
+        await self.local.broadcast(keys, budget=self.backend.timeout)
 
     # -- the cache-aside path ---------------------------------------------------------------------------------
 
@@ -273,6 +301,7 @@ class Cache:
         none_ttl: float | None,
         tags: Iterable[str],
         stampede: StampedePolicy | None = None,
+        local: bool = False,
     ) -> _Options:
         ttl = self.default_ttl if ttl is None else ttl
         if ttl <= 0:
@@ -280,12 +309,20 @@ class Cache:
         if stale_ttl is None:
             stale_ttl = self.stale_ttl if ttl == self.default_ttl else ttl * (self.stale_ttl / self.default_ttl)
         none_ttl = none_ttl if none_ttl is not None else (self.none_ttl if self.none_ttl is not None else ttl)
-        return _Options(ttl, stale_ttl, none_ttl, tuple(tags), stampede or self.stampede)
+        return _Options(ttl, stale_ttl, none_ttl, tuple(tags), stampede or self.stampede, local)
 
     def _fresh(self, frame: Frame) -> bool:
         return self._clock() < frame.expires_at
 
     async def _fetch(self, key: str, loader: Loader, opts: _Options, *, want_value: bool) -> CacheEntry:
+        local = self.local if opts.local else None
+        if local is not None:
+            local.ensure_listening()
+            held = local.get(key)
+            if held is not None and self._clock() < held.frame.expires_at:
+                hit = self._local_hit(key, held, loader, opts, want_value)
+                if hit is not None:
+                    return hit
         try:
             data = await self._reads.read(key, lambda: self.backend.get(key))
         except BackendUnavailable:
@@ -297,6 +334,8 @@ class Cache:
             now = self._clock()
             if now < frame.expires_at:
                 self.metrics.hits += 1
+                if local is not None and data is not None:
+                    local.put(key, data, frame, None if want_value else decoded)
                 policy = opts.policy
                 if policy.xfetch and xfetch_due(
                     now, frame.expires_at, frame.recompute_time, policy.xfetch_beta, self._rand()
@@ -312,6 +351,28 @@ class Cache:
         if not opts.policy.single_flight:
             return await self._load(key, loader, opts, stale)
         return await self._loads.run(key, lambda: self._load(key, loader, opts, stale))
+
+    def _local_hit(
+        self, key: str, held: LocalEntry, loader: Loader, opts: _Options, want_value: bool
+    ) -> CacheEntry | None:
+        frame = held.frame
+        try:
+            if want_value:
+                decoded: Any = self.codec.value(frame)
+            else:
+                if held.body is None:
+                    self.local.keep_body(held, self.codec.serialized(frame))  # type: ignore[union-attr]
+                decoded = held.body
+        except CodecError:
+            self.local.discard([key])  # type: ignore[union-attr]
+            return None
+        self.metrics.hits += 1
+        policy = opts.policy
+        if policy.xfetch and xfetch_due(
+            self._clock(), frame.expires_at, frame.recompute_time, policy.xfetch_beta, self._rand()
+        ):
+            self._refresh_in_background(key, loader, opts, early=True)
+        return self._entry(frame, "hit", decoded, want_value)
 
     def _entry(self, frame: Frame, outcome: Any, decoded: Any, want_value: bool) -> CacheEntry:
         if want_value:
@@ -482,7 +543,12 @@ class Cache:
         with contextlib.suppress(BackendUnavailable):
             await self.backend.set(key, data, ttl_ms, tag_keys, math.ceil(ttl_ms / 1000) + 1)
         self._count_write(serialized_size, len(data))
-        return CacheEntry(self.codec, self.codec.read_frame(data), "miss", value=value)
+        frame = self.codec.read_frame(data)
+        if self.local is not None:
+            await self.local.broadcast([key], budget=self.backend.timeout)
+            if opts.local:
+                self.local.put(key, data, frame)
+        return CacheEntry(self.codec, frame, "miss", value=value)
 
     def _count_write(self, raw: int, stored: int) -> None:
         self.metrics.writes += 1

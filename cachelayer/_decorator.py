@@ -57,6 +57,7 @@ class CachedFunction(Generic[P, R]):
         none_ttl: float | None,
         stampede: StampedePolicy | None,
         name: str | None,
+        local: bool = False,
     ) -> None:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"@cached needs an async function; {func.__qualname__} is not one")
@@ -69,6 +70,7 @@ class CachedFunction(Generic[P, R]):
         self._stale_ttl = stale_ttl
         self._none_ttl = none_ttl
         self._stampede = stampede
+        self._local = local
         self._options: dict[tuple[Cache, tuple[str, ...]], Any] = {}
 
     @property
@@ -86,7 +88,7 @@ class CachedFunction(Generic[P, R]):
             if len(self._options) >= 1024:
                 self._options.clear()
             opts = self._options[(cache, tags)] = cache._options(
-                self._ttl, self._stale_ttl, self._none_ttl, tags, self._stampede
+                self._ttl, self._stale_ttl, self._none_ttl, tags, self._stampede, self._local
             )
         return cache, cache.key(name), opts
 
@@ -161,13 +163,15 @@ def cached(
     none_ttl: float | None = None,
     stampede: StampedePolicy | None = None,
     name: str | None = None,
+    local: bool = False,
 ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
     """Cache an async function's results for ``ttl`` seconds (default: the cache's ``default_ttl``).
 
     ``key`` is an optional readable template over the arguments (``"page:{category}:{page}"``) put in front of
     the argument hash; ``exclude`` names arguments that do not change the result (a DB session, a logger);
     ``tags`` are templates too (``"wallpaper:{wallpaper_id}"``), for :meth:`Cache.invalidate_tags`. ``name``
-    replaces ``module.qualname`` in the key (keep keys stable across a refactor).
+    replaces ``module.qualname`` in the key (keep keys stable across a refactor). ``local=True`` serves hits
+    from the cache's local tier (:class:`LocalCache`) when it has one.
     """
 
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
@@ -182,6 +186,7 @@ def cached(
             none_ttl=none_ttl,
             stampede=stampede,
             name=name,
+            local=local,
         )
 
     return decorate

@@ -129,6 +129,10 @@ class KeyLayout:
     def tag_key(self, tag: str) -> str:
         return f"{self._tag_prefix}{{{tag}}}"
 
+    def local_channel(self) -> str:
+        """The pub/sub channel on which writers tell every process's local tier what to drop."""
+        return f"{self.namespace}:local-invalidations"
+
     def pattern(self) -> str:
         """A SCAN pattern for every key of this namespace."""
         return f"{self.namespace}:*"

@@ -199,6 +199,7 @@ def test_public_api_is_pinned() -> None:
             "Frame",
             "KeyEncodingError",
             "LeaseTimeoutError",
+            "LocalCache",
             "MsgpackSerializer",
             "OrjsonSerializer",
             "Outcome",
