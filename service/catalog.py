@@ -13,12 +13,19 @@ Tags:
 A download changes one wallpaper's counter, which shows in its detail and in the list pages of its category and
 of ``_all`` (as the item's ``downloads`` and, for ``sort=hot``, in the order): exactly those three tags go.
 Category counts are wallpaper counts, which a download does not change.
+
+Settings: ``cache.enabled = false`` replaces each cached function by :class:`Uncached` (the loader on every call,
+Redis never touched: a measurement setting); ``cache.local = true`` marks the three reads ``local=True``, so a hit
+is served from the process's :class:`cachelayer.LocalCache` tier (built in runtime.py) before Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Generic, ParamSpec, TypeVar
+
+import orjson
 
 from cachelayer import Cache, CachedFunction, cached
 
@@ -26,7 +33,10 @@ from .config import CacheSettings
 from .demo_data import list_item
 from .repositories import MongoWallpaperRepository, MySQLRepository
 
-__all__ = ["ALL", "TAG_LIST", "TAG_WALLPAPER", "Catalog", "envelope"]
+__all__ = ["ALL", "TAG_LIST", "TAG_WALLPAPER", "Catalog", "DirectEntry", "Uncached", "envelope"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ALL: Final = "_all"
 TAG_WALLPAPER: Final = "wallpaper:{wallpaper_id}"
@@ -36,6 +46,39 @@ TAG_CATEGORIES: Final = "categories"
 
 def envelope(data: Any) -> dict[str, Any]:
     return {"code": 0, "msg": "ok", "data": data}
+
+
+class DirectEntry:
+    """A loader's result as the handlers send a cache entry: ``outcome`` ``"bypass"``, no expiry, no stored frame."""
+
+    __slots__ = ("_body",)
+    outcome: Final = "bypass"
+    expires_at: Final = 0.0
+
+    def __init__(self, value: Any) -> None:
+        self._body = orjson.dumps(value)
+
+    def body(self) -> bytes:
+        return self._body
+
+    def zstd_frame(self) -> None:
+        return None
+
+
+class Uncached(Generic[P, R]):
+    """The surface of a :class:`cachelayer.CachedFunction` the service uses, calling the loader every time."""
+
+    def __init__(self, func: Callable[P, Awaitable[R]]) -> None:
+        self._func = func
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._func(*args, **kwargs)
+
+    async def entry(self, *args: P.args, **kwargs: P.kwargs) -> DirectEntry:
+        return DirectEntry(await self._func(*args, **kwargs))
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        return False
 
 
 class Catalog:
@@ -51,29 +94,46 @@ class Catalog:
         self.cache = cache
         self.wallpapers = wallpapers
         self.mysql = mysql
+        self.enabled = settings.enabled
         nf = settings.not_found_ttl
-        self.list_page: CachedFunction[[str, str, int, int], dict[str, Any] | None] = cached(
+        local = settings.local  # hits from this process's LocalCache (runtime.py gives the Cache one when on)
+        self.list_page: (
+            CachedFunction[[str, str, int, int], dict[str, Any] | None]
+            | Uncached[[str, str, int, int], dict[str, Any] | None]
+        ) = Uncached(self._load_list)
+        self.detail: CachedFunction[[int], dict[str, Any] | None] | Uncached[[int], dict[str, Any] | None] = Uncached(
+            self._load_detail
+        )
+        self.categories: CachedFunction[[], dict[str, Any]] | Uncached[[], dict[str, Any]] = Uncached(
+            self._load_categories
+        )
+        if not settings.enabled:
+            return
+        self.list_page = cached(
             ttl=settings.list.ttl,
             stale_ttl=settings.list.stale_ttl,
             none_ttl=nf,
             tags=[TAG_LIST],
             cache=cache,
             name="wp.list",
+            local=local,
         )(self._load_list)
-        self.detail: CachedFunction[[int], dict[str, Any] | None] = cached(
+        self.detail = cached(
             ttl=settings.detail.ttl,
             stale_ttl=settings.detail.stale_ttl,
             none_ttl=nf,
             tags=[TAG_WALLPAPER],
             cache=cache,
             name="wp.detail",
+            local=local,
         )(self._load_detail)
-        self.categories: CachedFunction[[], dict[str, Any]] = cached(
+        self.categories = cached(
             ttl=settings.categories.ttl,
             stale_ttl=settings.categories.stale_ttl,
             tags=[TAG_CATEGORIES],
             cache=cache,
             name="wp.categories",
+            local=local,
         )(self._load_categories)
 
     # -- loaders (run on a miss) ------------------------------------------------------------------------------
@@ -116,11 +176,12 @@ class Catalog:
         if doc is None:
             return None
         await self.mysql.record_download(wallpaper_id, client_ip)
-        await self.cache.invalidate_tags(
-            TAG_WALLPAPER.format(wallpaper_id=wallpaper_id),
-            TAG_LIST.format(scope=ALL),
-            TAG_LIST.format(scope=doc["category"]),
-        )
+        if self.enabled:
+            await self.cache.invalidate_tags(
+                TAG_WALLPAPER.format(wallpaper_id=wallpaper_id),
+                TAG_LIST.format(scope=ALL),
+                TAG_LIST.format(scope=doc["category"]),
+            )
         return {"id": wallpaper_id, "downloads": doc["counts"]["downloads"]}
 
     async def invalidate_all(self) -> int:

@@ -97,6 +97,13 @@ class CacheSettings(_Section):
     detail: EndpointCache = EndpointCache(ttl=60, stale_ttl=600)
     categories: EndpointCache = EndpointCache(ttl=300, stale_ttl=3600)
     not_found_ttl: float = Field(default=10, gt=0, le=3600)
+    # False: every read calls its loader (Mongo/MySQL) directly, Redis is not touched (a measurement setting).
+    enabled: bool = True
+    # The library's in-process tier (cachelayer.LocalCache) in front of Redis, for list/detail/categories.
+    local: bool = False
+    local_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    local_max_bytes: int = Field(default=64 * 2**20, ge=1024, le=2**34)
+    local_max_staleness: float = Field(default=1.0, gt=0, le=3600)
 
 
 class ServerSettings(_Section):
@@ -108,6 +115,8 @@ class ServerSettings(_Section):
     backlog: int = Field(default=4096, ge=1, le=65535)
     reuse_port: bool = True
     gzip: bool = True
+    # Adds GET /_bench/ceiling (the list endpoint's bytes from memory: what Tornado alone serves). Benchmarks only.
+    bench_routes: bool = False
     shutdown_timeout: float = Field(default=10, ge=0, le=300)
 
 

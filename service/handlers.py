@@ -9,19 +9,24 @@ zstd frame as is to a client that accepts zstd (``Content-Encoding: zstd``), the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
+import re
 import time
-import uuid
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Protocol
 
 import orjson
 import pymongo.errors
 import pymysql.err  # type: ignore[import-untyped]
+import tornado
+import tornado.netutil
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import httputil
 
-from cachelayer import CacheEntry, LeaseTimeoutError
+from cachelayer import LeaseTimeoutError
 
 from .catalog import ALL
 from .openapi import openapi_document
@@ -41,6 +46,7 @@ from .validation import (
 __all__ = [
     "BaseHandler",
     "CategoriesHandler",
+    "CeilingHandler",
     "DetailHandler",
     "DownloadHandler",
     "HealthHandler",
@@ -52,8 +58,92 @@ __all__ = [
 
 log = logging.getLogger("wallpaper.http")
 JSON_TYPE: Final = "application/json; charset=UTF-8"
-PID: Final = str(os.getpid())
-_REQUEST_ID_OK: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class Entry(Protocol):
+    """What :meth:`BaseHandler.send_entry` needs: a :class:`cachelayer.CacheEntry`, or catalog's uncached one."""
+
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def expires_at(self) -> float: ...
+    def body(self) -> bytes: ...
+    def zstd_frame(self) -> bytes | None: ...
+
+
+class _Process:
+    """Per-process constants, reset in a forked child: the pid header and the request-id generator.
+
+    A generated request id is ``<8 random hex of this process>-<counter, hex>``: unique across workers and
+    restarts for any practical purpose, and ~10x cheaper than ``uuid4().hex`` (no urandom read per request)."""
+
+    pid = str(os.getpid())
+    prefix = os.urandom(4).hex() + "-"
+    counter = itertools.count(1)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.pid = str(os.getpid())
+        cls.prefix = os.urandom(4).hex() + "-"
+        cls.counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_Process.reset)
+
+
+def new_request_id() -> str:
+    return f"{_Process.prefix}{next(_Process.counter):x}"
+
+
+class _ETags:
+    """Weak ETags of stored values, memoized: BLAKE2b-96 of the body once per stored value, not per request.
+
+    Keyed by (route, arguments, expires_at, recompute_time, stored payload size): a stored value is written once
+    and these header fields come with it, so a rewrite (even of the same bytes) gets a new key. Bounded."""
+
+    def __init__(self, limit: int = 8192) -> None:
+        self.limit = limit
+        self.memo: dict[Any, str] = {}
+
+    def get(self, key: Any, entry: Entry) -> str:
+        frame = getattr(entry, "frame", None)
+        if frame is None:  # not from the cache (caching switched off): hash the bytes
+            return f'W/"{hashlib.blake2b(entry.body(), digest_size=12).hexdigest()}"'
+        memo_key = (key, frame.expires_at, frame.recompute_time, len(frame.payload))
+        etag = self.memo.get(memo_key)
+        if etag is None:
+            if len(self.memo) >= self.limit:
+                self.memo.clear()
+            etag = self.memo[memo_key] = f'W/"{hashlib.blake2b(entry.body(), digest_size=12).hexdigest()}"'
+        return etag
+
+
+ETAGS: Final = _ETags()
+_SERVER: Final = f"TornadoServer/{tornado.version}"
+_date: list[Any] = [0, ""]
+
+
+def http_date() -> str:
+    """The ``Date`` header value, formatted once per second (Tornado formats it for every response)."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, httputil.format_timestamp(now)
+    return str(_date[1])
+
+
+def client_ip(request: httputil.HTTPServerRequest) -> str | None:
+    """The client's address: ``X-Real-Ip``, else the last ``X-Forwarded-For`` hop, else the peer (what
+    Tornado's ``xheaders`` did, here only where an address is used)."""
+    forwarded = request.headers.get("X-Forwarded-For")
+    ip = forwarded.split(",")[-1].strip() if forwarded else None
+    ip = request.headers.get("X-Real-Ip", ip)
+    if ip and tornado.netutil.is_valid_ip(ip):
+        return ip
+    return request.remote_ip
+
+
+_ZSTD_ACCEPTED: dict[str, bool] = {}
 
 
 def dependency_of(exc: BaseException) -> str | None:
@@ -86,6 +176,16 @@ def accepts_zstd(header: str) -> bool:
     return False
 
 
+def accepts_zstd_cached(header: str) -> bool:
+    """:func:`accepts_zstd`, memoized per header value (clients send a handful of distinct values)."""
+    ok = _ZSTD_ACCEPTED.get(header)
+    if ok is None:
+        if len(_ZSTD_ACCEPTED) >= 1024:
+            _ZSTD_ACCEPTED.clear()
+        ok = _ZSTD_ACCEPTED[header] = accepts_zstd(header)
+    return ok
+
+
 class BaseHandler(tornado.web.RequestHandler):
     services: Services
     route: str = "other"
@@ -96,17 +196,26 @@ class BaseHandler(tornado.web.RequestHandler):
         self.cache_outcome: str | None = None
         self.request_id = ""
 
+    def clear(self) -> None:
+        """Tornado's ``clear()`` with the Date header formatted once per second and our defaults built in."""
+        self._headers = httputil.HTTPHeaders({"Server": _SERVER, "Content-Type": JSON_TYPE, "Date": http_date()})
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
+
     def set_default_headers(self) -> None:
-        self.set_header("Content-Type", JSON_TYPE)
-        self.set_header("X-Worker-Pid", PID)
+        # Trusted constant values: straight into the header map (set_header re-validates each value).
+        headers = self._headers
+        headers["Content-Type"] = JSON_TYPE
+        headers["X-Worker-Pid"] = _Process.pid
         if not self.application.settings.get("compress_response"):
-            self.set_header("Vary", "Accept-Encoding")
+            headers["Vary"] = "Accept-Encoding"
 
     def prepare(self) -> None:
-        given = self.request.headers.get("X-Request-Id", "")
-        ok = 0 < len(given) <= 64 and all(c in _REQUEST_ID_OK for c in given)
-        self.request_id = given if ok else uuid.uuid4().hex
-        self.set_header("X-Request-Id", self.request_id)
+        given = self.request.headers.get("X-Request-Id")
+        self.request_id = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else new_request_id()
+        self._headers["X-Request-Id"] = self.request_id
         self.services.request_started()
         self._counted = True
 
@@ -122,26 +231,30 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(orjson.dumps(value))
 
-    def send_entry(self, entry: CacheEntry, not_found: ApiError) -> None:
-        """Send a cached envelope from its stored bytes (no JSON parse)."""
-        self.cache_outcome = entry.outcome
+    def send_entry(self, entry: Entry, not_found: Callable[[], ApiError], key: Any = None) -> None:
+        """Send a cached envelope from its stored bytes (no JSON parse); ``not_found()`` is raised for a cached
+        "not found". ``key`` identifies the value (route and arguments) for the ETag memo; None: hash the bytes."""
+        outcome = self.cache_outcome = entry.outcome
         body = entry.body()
         if body == b"null":
-            raise not_found
-        etag = f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-        remaining = 0 if entry.outcome == "stale" else max(0, int(entry.expires_at - time.time()))
-        self.set_header("ETag", etag)
-        self.set_header("Cache-Control", f"public, max-age={remaining}")
-        self.set_header("X-Cache", entry.outcome)
-        inm = self.request.headers.get("If-None-Match")
+            raise not_found()
+        etag = ETAGS.get(key, entry) if key is not None else f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        remaining = 0 if outcome == "stale" else max(0, int(entry.expires_at - time.time()))
+        headers = self._headers  # values built here, all header-safe: no set_header validation per call
+        headers["ETag"] = etag
+        headers["Cache-Control"] = f"public, max-age={remaining}"
+        headers["X-Cache"] = outcome
+        request_headers = self.request.headers
+        inm = request_headers.get("If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
             self.set_status(304)
             self.finish()
             return
-        if accepts_zstd(self.request.headers.get("Accept-Encoding", "")):
+        encoding = request_headers.get("Accept-Encoding")
+        if encoding is not None and "zstd" in encoding.lower() and accepts_zstd_cached(encoding):
             frame = entry.zstd_frame()
             if frame is not None:
-                self.set_header("Content-Encoding", "zstd")
+                headers["Content-Encoding"] = "zstd"
                 self.finish(frame)
                 return
         self.finish(body)
@@ -179,11 +292,12 @@ class BaseHandler(tornado.web.RequestHandler):
 class ListHandler(BaseHandler):
     async def get(self) -> None:
         query = parse_list_query(self.request.query_arguments)
-        entry = await self.services.catalog.list_page.entry(
-            query.category or ALL, query.sort, query.page, query.page_size
-        )
+        args = (query.category or ALL, query.sort, query.page, query.page_size)
+        entry = await self.services.catalog.list_page.entry(*args)
         self.send_entry(
-            entry, ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)")
+            entry,
+            lambda: ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)"),
+            ("list", args),
         )
 
 
@@ -191,19 +305,23 @@ class DetailHandler(BaseHandler):
     async def get(self, raw_id: str) -> None:
         wallpaper_id = parse_wallpaper_id(raw_id)
         entry = await self.services.catalog.detail.entry(wallpaper_id)
-        self.send_entry(entry, ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}"))
+        self.send_entry(
+            entry,
+            lambda: ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}"),
+            ("detail", wallpaper_id),
+        )
 
 
 class CategoriesHandler(BaseHandler):
     async def get(self) -> None:
         entry = await self.services.catalog.categories.entry()
-        self.send_entry(entry, ApiError(404, CATEGORY_NOT_FOUND, "no categories"))
+        self.send_entry(entry, lambda: ApiError(404, CATEGORY_NOT_FOUND, "no categories"), ("categories",))
 
 
 class DownloadHandler(BaseHandler):
     async def post(self, raw_id: str) -> None:
         wallpaper_id = parse_wallpaper_id(raw_id)
-        result = await self.services.catalog.record_download(wallpaper_id, self.request.remote_ip)
+        result = await self.services.catalog.record_download(wallpaper_id, client_ip(self.request))
         if result is None:
             raise ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}")
         self.set_header("Cache-Control", "no-store")
@@ -243,3 +361,26 @@ class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
         raise tornado.web.HTTPError(404)
+
+
+class CeilingHandler(tornado.web.RequestHandler):
+    """``GET /_bench/ceiling?<list query>`` (only with ``[server] bench_routes = true``): the list endpoint's
+    response bytes, fetched once through the cache, then written from memory. No validation per request, no
+    metrics, no access line: the most this Tornado process can serve, the yardstick of the load benchmark."""
+
+    route = "bench"
+    _bodies: ClassVar[dict[str, bytes]] = {}
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+
+    async def get(self) -> None:
+        body = self._bodies.get(self.request.query)
+        if body is None:
+            query = parse_list_query(self.request.query_arguments)
+            entry = await self.services.catalog.list_page.entry(
+                query.category or ALL, query.sort, query.page, query.page_size
+            )
+            body = self._bodies[self.request.query] = entry.body()
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(body)

@@ -23,7 +23,7 @@ import tornado.netutil
 import tornado.process
 from tornado.httpserver import HTTPServer
 
-from cachelayer import Cache
+from cachelayer import Cache, LocalCache
 
 from .catalog import Catalog
 from .config import Settings
@@ -33,6 +33,14 @@ from .repositories import MongoWallpaperRepository, MySQLRepository, close_clien
 __all__ = ["Services", "serve", "start_server"]
 
 log = logging.getLogger("wallpaper")
+
+
+def _local_tier(settings: Settings) -> LocalCache | None:
+    """The process's in-memory tier in front of Redis (``cache.local``), or None when it is off."""
+    c = settings.cache
+    if not (c.local and c.enabled):
+        return None
+    return LocalCache(max_entries=c.local_max_entries, max_bytes=c.local_max_bytes, max_staleness=c.local_max_staleness)
 
 
 class Services:
@@ -56,6 +64,11 @@ class Services:
         self._idle = asyncio.Event()
         self._idle.set()
         self.started_at = time.time()
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run ``closer()`` first in :meth:`close` (the access-log writer flushes its last lines)."""
+        self._closers.append(closer)
 
     @classmethod
     async def start(cls, settings: Settings, *, prepare: bool = True) -> Services:
@@ -70,6 +83,7 @@ class Services:
             default_ttl=settings.cache.detail.ttl,
             stale_ttl=settings.cache.detail.stale_ttl,
             timeout=r.timeout,
+            local=_local_tier(settings),
         )
         mongo_client = create_client(
             m.driver,
@@ -157,6 +171,10 @@ class Services:
             await asyncio.wait_for(self._idle.wait(), grace)
 
     async def close(self) -> None:
+        for closer in self._closers:
+            with contextlib.suppress(Exception):
+                closer()
+        self._closers.clear()
         await self.cache.aclose()
         await close_client(self.mongo_client)
         await self.mysql.close()
@@ -166,7 +184,9 @@ async def start_server(services: Services, sockets: list[socket.socket]) -> HTTP
     from .app import make_app
 
     app = make_app(services)
-    server = HTTPServer(app, xheaders=True, max_body_size=64 * 1024, idle_connection_timeout=60)
+    # xheaders=False: Tornado's X-Real-Ip handling validates an address with getaddrinfo() on every request;
+    # the one handler that uses the client's address reads the proxy headers itself (handlers.client_ip).
+    server = HTTPServer(app, xheaders=False, max_body_size=64 * 1024, idle_connection_timeout=60)
     server.add_sockets(sockets)
     return server
 

@@ -1,0 +1,691 @@
+"""HTTP load on the wallpaper service: how close a cache hit comes to what Tornado itself can serve (issue 5).
+
+``python -m benchmarks.http_load [--quick] [--json PATH]``
+
+The harness starts the service itself (``python -m service serve --config <generated toml> --port <free>
+--processes N --loop L``) against the real stores: Redis DB 13 (flushed first), MariaDB and SecantusDB from the dev
+stack (``scripts/devstack up`` when Mongo does not answer), reusing the dev stack's seeded ``wallpaper`` databases
+or seeding ``wallpaper_bench`` when they are empty. It drives it from 127.0.0.1 only, every run bounded in time
+(wrk ``-d``) or in count (ab ``-n``, plus a subprocess timeout), and stops every server it started (SIGTERM to
+the PID it spawned, then SIGKILL to that process group), also on errors and Ctrl-C.
+
+Variants (one list page, ``pageSize=20``, ~7.4 KB of JSON):
+
+* ``ceiling``: ``GET /_bench/ceiling`` (``[server] bench_routes = true``): the same bytes written from memory by
+  a bare Tornado handler (no validation, metrics or access line): what Tornado itself serves;
+* ``cached`` / ``cached-zstd``: the real list endpoint with a warm cache (``Accept-Encoding: zstd`` for the
+  second: the stored frame goes out as is);
+* ``cached-l1``: the same with ``[cache] local = true`` (the library's in-process tier in front of Redis);
+* ``uncached``: ``[cache] enabled = false``: every request goes to MongoDB and MySQL.
+
+Each with ``--loop asyncio|uvloop`` and ``--processes 1|2`` (``--quick``: fewer variants away from 1 process
+asyncio, 5 s runs). Plus the original issue's command shape ``ab -c 10000 -n 10000 <list url>`` against
+``cached`` and ``uncached`` (open-files limit raised to 20,000 for the server and ab).
+
+CPU placement (2 cores shared by the server and the load generator): with 1 process the server is pinned to CPU 0
+and wrk/ab to CPU 1 (``taskset``), so the generator never steals the server's core and the figure is one server
+core's worth; with 2 processes nothing is pinned (two workers and wrk on two cores: any pinning leaves one worker
+sharing a core with wrk while the other has one alone), so 2-process figures include wrk's own CPU cost.
+
+Writes ``benchmarks/results/http.md``, ``http.json`` and ``http.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_DB_URL = "redis://127.0.0.1:6379/13"
+NAMESPACE = "wpbench"
+LIST_PATH = "/client/v3/wallpaper_4d/wallpaperList.json?pageSize=20"
+CEILING_PATH = "/_bench/ceiling?pageSize=20"
+NOFILE = 20_000
+PACKAGES = ["tornado", "uvloop", "redis", "motor", "pymongo", "aiomysql", "zstandard", "orjson"]
+AB_BUDGET_S = 120  # the longest an ab -c 10000 -n 10000 run may take
+UNCACHED_CONNECTIONS = 4
+VARIANTS = ("ceiling", "cached", "cached-zstd", "cached-l1", "uncached")
+
+
+# -- parsing wrk / ab output ------------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """wrk's report (run with ``--latency``): requests/s, p50/p99 (ms), non-2xx/3xx, socket errors, requests."""
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    if rps is None:
+        raise ValueError("no 'Requests/sec' in wrk output")
+    percentiles: dict[int, float] = {}
+    block = text.split("Latency Distribution", 1)
+    if len(block) == 2:
+        for pct, value in re.findall(r"^\s+([0-9.]+)%\s+([0-9.]+(?:us|ms|s|m|h))\s*$", block[1], re.M):
+            percentiles[round(float(pct))] = _duration_ms(value)
+    socket_errors = 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if errors is not None:
+        socket_errors = sum(int(n) for n in errors.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    requests = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": percentiles.get(50),
+        "p99_ms": percentiles.get(99),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": socket_errors,
+        "failed": 0,
+        "requests": int(requests.group(1)) if requests else None,
+    }
+
+
+def parse_ab(text: str) -> dict[str, Any]:
+    """ab's report: requests/s, p50/p99 (ms, from its percentile table), failed requests, non-2xx, complete."""
+    rps = re.search(r"^Requests per second:\s+([0-9.]+)", text, re.M)
+    if rps is None:
+        raise ValueError("no 'Requests per second' in ab output")
+    percentiles = {int(p): float(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\d+)", text, re.M)}
+    failed = re.search(r"^Failed requests:\s+(\d+)", text, re.M)
+    non2xx = re.search(r"^Non-2xx responses:\s+(\d+)", text, re.M)
+    complete = re.search(r"^Complete requests:\s+(\d+)", text, re.M)
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": percentiles.get(50),
+        "p99_ms": percentiles.get(99),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": 0,
+        "failed": int(failed.group(1)) if failed else 0,
+        "requests": int(complete.group(1)) if complete else None,
+    }
+
+
+# -- the service under test -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    variant: str
+    loop: str
+    processes: int
+    tool: str
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    errors: int
+    non_2xx: int = 0
+    socket_errors: int = 0
+    failed: int = 0
+    requests: int | None = None
+    connections: int = 0
+    seconds: float = 0.0
+    note: str = ""
+    x_cache: str = ""
+
+
+@dataclass
+class Plan:
+    quick: bool
+    duration: int
+    warmup: int
+    combos: list[tuple[str, int]] = field(default_factory=list)
+
+    def variants(self, loop: str, processes: int, has_l1: bool) -> list[str]:
+        chosen = [v for v in VARIANTS if v != "cached-l1" or has_l1]
+        if self.quick and (loop, processes) != ("asyncio", 1):
+            chosen = [v for v in chosen if v != "cached-zstd"]
+        return chosen
+
+    def ab_combos(self) -> list[tuple[str, int]]:
+        return [("asyncio", 1)] if self.quick else self.combos
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _mongo_answers() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 27017), timeout=1):
+        return True
+    return False
+
+
+def _data_present(database: str) -> bool:
+    import pymongo
+    import pymysql  # type: ignore[import-untyped]
+
+    try:
+        client: Any = pymongo.MongoClient("mongodb://127.0.0.1:27017/", serverSelectionTimeoutMS=3000)
+        try:
+            wallpapers = client[database]["wallpapers"].estimated_document_count()
+        finally:
+            client.close()
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema=%s AND table_name='categories'",
+                    (database,),
+                )
+                if cur.fetchone()[0] == 0:
+                    return False
+                cur.execute(f"SELECT COUNT(*) FROM `{database}`.categories")
+                categories = cur.fetchone()[0]
+        finally:
+            conn.close()
+    except Exception as exc:
+        print(f"  (data check on {database!r} failed: {exc!r})", file=sys.stderr)
+        return False
+    return bool(wallpapers >= 1000 and categories > 0)
+
+
+def config_text(database: str, *, enabled: bool = True, local: bool = False) -> str:
+    return f"""# generated by benchmarks/http_load.py
+[redis]
+url = "{REDIS_DB_URL}"
+namespace = "{NAMESPACE}"
+max_connections = 128
+
+[mongo]
+database = "{database}"
+
+[mysql]
+database = "{database}"
+
+[cache]
+enabled = {"true" if enabled else "false"}
+local = {"true" if local else "false"}
+
+[server]
+host = "127.0.0.1"
+bench_routes = true
+
+[log]
+sink = "stdout"
+access_log = true
+"""
+
+
+def _get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, str]] | None:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+class Server:
+    """One ``python -m service serve`` subprocess (its own session), stopped by PID."""
+
+    def __init__(self, config: Path, log: Path, loop: str, processes: int) -> None:
+        self.port = free_port()
+        self.loop, self.processes = loop, processes
+        cmd = [sys.executable, "-m", "service", "serve", "--config", str(config), "--port", str(self.port)]
+        cmd += ["--processes", str(processes), "--loop", loop]
+        if processes == 1 and shutil.which("taskset"):
+            cmd = ["taskset", "-c", "0", *cmd]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WALLPAPER_")}
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 45.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode} before answering")
+            answer = _get(self.base + "/healthz", timeout=2)
+            if answer is not None and answer[0] == 200:
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"service on port {self.port} not healthy after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Workers of a multi-process server are in the same session: none may outlive the parent.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running(config: Path, log: Path, loop: str, processes: int) -> Iterator[Server]:
+    server = Server(config, log, loop, processes)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+# -- load generators --------------------------------------------------------------------------------------------
+
+
+def _pin(processes: int) -> list[str]:
+    return ["taskset", "-c", "1"] if processes == 1 and shutil.which("taskset") else []
+
+
+def run_wrk(
+    url: str, *, seconds: int, processes: int, headers: Sequence[str] = (), connections: int | None = None
+) -> dict[str, Any]:
+    default, threads = (64, 1) if processes == 1 else (256, 2)
+    connections = connections or default
+    threads = min(threads, connections)
+    cmd = [*_pin(processes), "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
+    for header in headers:
+        cmd += ["-H", header]
+    cmd += ["--latency", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    if out.returncode != 0 and "Requests/sec" not in out.stdout:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[:300]}")
+    result = parse_wrk(out.stdout)
+    if not result["requests"]:
+        result["p50_ms"] = result["p99_ms"] = None
+    result["connections"] = connections
+    result["seconds"] = float(seconds)
+    return result
+
+
+def run_ab(url: str, *, processes: int, n: int = 10_000, c: int = 10_000, timeout: int = 240) -> dict[str, Any]:
+    cmd = [*_pin(processes), "ab", "-q", "-r", "-s", "30", "-c", str(c), "-n", str(n), url]
+    started = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, preexec_fn=_raise_nofile)
+    if "Requests per second" not in out.stdout:
+        raise RuntimeError(f"ab failed ({out.returncode}): {(out.stderr or out.stdout).strip()[-300:]}")
+    result = parse_ab(out.stdout)
+    result["connections"] = c
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+
+
+def _row(variant: str, loop: str, processes: int, tool: str, result: dict[str, Any], **extra: Any) -> Row:
+    errors = int(result["non_2xx"]) + int(result["socket_errors"]) + int(result["failed"])
+    return Row(variant=variant, loop=loop, processes=processes, tool=tool, errors=errors, **result, **extra)
+
+
+def _flush_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_DB_URL)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def _has_l1() -> bool:
+    import cachelayer
+
+    return hasattr(cachelayer, "LocalCache")
+
+
+def measure(plan: Plan, workdir: Path, database: str) -> list[Row]:
+    configs = {
+        "cache": workdir / "cache.toml",
+        "local": workdir / "local.toml",
+        "off": workdir / "uncached.toml",
+    }
+    configs["cache"].write_text(config_text(database))
+    configs["local"].write_text(config_text(database, local=True))
+    configs["off"].write_text(config_text(database, enabled=False))
+    log = workdir / "service.log"
+    has_l1 = _has_l1()
+    rows: list[Row] = []
+
+    def wrk_row(
+        server: Server, variant: str, path: str, headers: Sequence[str] = (), connections: int | None = None
+    ) -> None:
+        url = server.base + path
+        answer = _get(url, {h.split(":")[0]: h.split(":", 1)[1].strip() for h in headers}, timeout=30)
+        x_cache = (answer[1].get("X-Cache", "") if answer else "no answer") or ""
+        if plan.warmup and connections is None:
+            run_wrk(url, seconds=plan.warmup, processes=server.processes, headers=headers)
+        seconds = plan.duration if connections is None else max(plan.duration, 10)
+        result = run_wrk(url, seconds=seconds, processes=server.processes, headers=headers, connections=connections)
+        row = _row(variant, server.loop, server.processes, "wrk", result, x_cache=x_cache)
+        rows.append(row)
+        print(
+            f"  {variant:12} {server.loop:8} p={server.processes} wrk  {row.rps:9.1f} req/s  p50 {row.p50_ms} ms"
+            f"  p99 {row.p99_ms} ms  errors {row.errors}  (X-Cache: {x_cache})",
+            flush=True,
+        )
+
+    def ab_row(server: Server, variant: str) -> None:
+        if variant == "uncached":
+            # 10,000 requests at the rate wrk just measured: run only when that fits the time bound. Otherwise
+            # ab -c 10000 would queue thousands of slow queries in the shared Mongo server for many minutes.
+            measured = _rps(rows, "uncached", server.loop, server.processes) or 0.0
+            estimate = 10_000 / measured if measured > 0 else float("inf")
+            if estimate > AB_BUDGET_S:
+                note = f"not run: 10,000 requests at the measured {measured:.1f} req/s would take ~{estimate:.0f} s"
+                print(f"  {variant:12} ab -c 10000: {note}", flush=True)
+                rows.append(Row(variant, server.loop, server.processes, "ab", 0.0, None, None, 0, note=note))
+                return
+        try:
+            result = run_ab(server.base + LIST_PATH, processes=server.processes)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"  {variant:12} ab -c 10000: {exc}", flush=True)
+            rows.append(Row(variant, server.loop, server.processes, "ab", 0.0, None, None, 10_000, note=str(exc)[:200]))
+            return
+        row = _row(variant, server.loop, server.processes, "ab", result)
+        rows.append(row)
+        print(
+            f"  {variant:12} {server.loop:8} p={server.processes} ab   {row.rps:9.1f} req/s  p50 {row.p50_ms} ms"
+            f"  p99 {row.p99_ms} ms  failed {row.failed}  non-2xx {row.non_2xx}  ({row.seconds} s)",
+            flush=True,
+        )
+
+    ab_combos = plan.ab_combos()
+    for loop, processes in plan.combos:
+        variants = plan.variants(loop, processes, has_l1)
+        print(f"-- loop {loop}, {processes} process(es): {', '.join(variants)}", flush=True)
+        _flush_redis()
+        with running(configs["cache"], log, loop, processes) as server:
+            wrk_row(server, "ceiling", CEILING_PATH)
+            wrk_row(server, "cached", LIST_PATH)
+            if "cached-zstd" in variants:
+                wrk_row(server, "cached-zstd", LIST_PATH, ["Accept-Encoding: zstd"])
+            if (loop, processes) in ab_combos:
+                ab_row(server, "cached")
+        if "cached-l1" in variants:
+            with running(configs["local"], log, loop, processes) as server:
+                wrk_row(server, "cached-l1", LIST_PATH)
+        with running(configs["off"], log, loop, processes) as server:
+            # Few connections: every request queues on Mongo; 64 would only measure wrk's timeouts.
+            wrk_row(server, "uncached", LIST_PATH, connections=UNCACHED_CONNECTIONS)
+            if (loop, processes) in ab_combos:
+                ab_row(server, "uncached")
+    _flush_redis()
+    return rows
+
+
+# -- verdicts and output ----------------------------------------------------------------------------------------
+
+
+def _rps(rows: Sequence[Row], variant: str, loop: str, processes: int, tool: str = "wrk") -> float | None:
+    for row in rows:
+        if (row.variant, row.loop, row.processes, row.tool) == (variant, loop, processes, tool):
+            return row.rps
+    return None
+
+
+def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Each target, per loop/process setting measured: the ratio and PASS/FAIL."""
+    verdicts: list[dict[str, Any]] = []
+    combos = sorted({(r.loop, r.processes) for r in rows if r.tool == "wrk"}, key=lambda c: (c[1], c[0]))
+    checks = [("cached-l1", "ceiling", 0.85), ("cached", "ceiling", 0.6), ("cached", "uncached", 20.0)]
+    for loop, processes in combos:
+        for left, right, factor in checks:
+            a, b = _rps(rows, left, loop, processes), _rps(rows, right, loop, processes)
+            if a is None or b is None or b <= 0:
+                continue
+            verdicts.append(
+                {
+                    "target": f"{left} >= {factor:g} x {right}",
+                    "loop": loop,
+                    "processes": processes,
+                    "ratio": round(a / b, 3),
+                    "pass": a >= factor * b,
+                }
+            )
+    for row in rows:
+        if row.tool == "ab":
+            if row.note:
+                verdicts.append(
+                    {
+                        "target": f"ab -c 10000 -n 10000 {row.variant}: 0 failed",
+                        "loop": row.loop,
+                        "processes": row.processes,
+                        "ratio": None,
+                        "note": row.note,
+                        "pass": False,
+                    }
+                )
+                continue
+            verdicts.append(
+                {
+                    "target": f"ab -c 10000 -n 10000 {row.variant}: 0 failed",
+                    "loop": row.loop,
+                    "processes": row.processes,
+                    "ratio": None,
+                    "failed": row.failed,
+                    "non_2xx": row.non_2xx,
+                    "pass": row.failed == 0 and row.non_2xx == 0 and (row.requests or 0) >= 10_000,
+                }
+            )
+    return verdicts
+
+
+def fastest_setting(rows: Sequence[Row], variant: str = "cached") -> dict[str, Any] | None:
+    candidates = [r for r in rows if r.variant == variant and r.tool == "wrk"]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda r: r.rps)
+    by = {f"{r.loop}/{r.processes}": r.rps for r in candidates}
+    return {"variant": variant, "loop": best.loop, "processes": best.processes, "rps": best.rps, "all": by}
+
+
+HEADERS = ["variant", "loop", "processes", "tool", "req/s", "p50 ms", "p99 ms", "non-2xx", "socket errors", "failed"]
+
+
+def table_rows(rows: Sequence[Row]) -> list[list[object]]:
+    return [
+        [r.variant, r.loop, r.processes, r.tool, r.rps, r.p50_ms, r.p99_ms, r.non_2xx, r.socket_errors, r.failed]
+        for r in rows
+    ]
+
+
+def chart(rows: Sequence[Row], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    wrk_rows = [r for r in rows if r.tool == "wrk"]
+    variants = [v for v in VARIANTS if any(r.variant == v for r in wrk_rows)]
+    combos = sorted({(r.loop, r.processes) for r in wrk_rows}, key=lambda c: (c[1], c[0]))
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / max(1, len(combos))
+    for i, (loop, processes) in enumerate(combos):
+        values = [_rps(wrk_rows, v, loop, processes) or 0.0 for v in variants]
+        xs = [j + (i - (len(combos) - 1) / 2) * width for j in range(len(variants))]
+        bars = ax.bar(xs, values, width, label=f"{loop}, {processes} proc")
+        ax.bar_label(bars, labels=[f"{v:.0f}" if v else "" for v in values], fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_ylabel("requests / s (wrk, keep-alive)")
+    ax.set_title("wallpaper list page (pageSize=20) on loopback, 2 cores shared with wrk")
+    ax.legend(fontsize=8)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_markdown(rows: Sequence[Row], verdicts: Sequence[dict[str, Any]], plan: Plan, meta: dict[str, Any]) -> str:
+    best = fastest_setting(rows)
+    lines = [
+        "# HTTP load: the wallpaper list endpoint",
+        "",
+        f"`python -m benchmarks.http_load{' --quick' if plan.quick else ''}` ({meta['date']}; wrk runs of "
+        f"{plan.duration} s after a {plan.warmup} s warm-up; database `{meta['database']}`, Redis DB 13).",
+        "",
+        "Page: `GET /client/v3/wallpaper_4d/wallpaperList.json?pageSize=20` (~7.4 KB of JSON). `ceiling` is "
+        "`GET /_bench/ceiling?pageSize=20` (`[server] bench_routes = true`): the same bytes from memory in a bare "
+        "Tornado handler. `cached-l1`: `[cache] local = true`; `uncached`: `[cache] enabled = false` (Mongo + "
+        "MySQL on every request). The access log is on (JSON lines to stdout, a file) in every variant but "
+        "`ceiling`.",
+        "",
+        "**CPU placement.** 2 cores are shared by the server, the load generator and the stores. With 1 process the "
+        "server is pinned to CPU 0 and wrk/ab to CPU 1 (`taskset`): the generator never takes the server's core, so "
+        "the figure is what one server core does (wrk -t1 -c64). With 2 processes nothing is pinned (wrk -t2 -c256): "
+        "with two workers and wrk on two cores any pinning leaves one worker sharing a core with wrk; these figures "
+        "therefore include wrk's own CPU, and Redis/Mongo/MariaDB run on the same two cores in every case.",
+        "",
+        markdown_table(HEADERS, table_rows(rows)),
+        "",
+        "`ab` rows: the issue's original command shape, `ab -c 10000 -n 10000 '<url>'` (no keep-alive; open-files "
+        "limit 20,000 for server and ab; listen backlog 4096), run once per setting listed.",
+        "",
+        "## Targets (same run, same loop and process count)",
+        "",
+        markdown_table(
+            ["target", "loop", "processes", "ratio", "verdict"],
+            [
+                [
+                    v["target"],
+                    v["loop"],
+                    v["processes"],
+                    v["ratio"] if v["ratio"] is not None else f"failed {v.get('failed')}, non-2xx {v.get('non_2xx')}",
+                    "PASS" if v["pass"] else "FAIL",
+                ]
+                for v in verdicts
+            ],
+        ),
+        "",
+    ]
+    if best is not None:
+        others = ", ".join(f"{k}: {v:.0f}" for k, v in best["all"].items())
+        lines += [
+            f"Fastest setting for `cached`: **loop {best['loop']}, {best['processes']} process(es)** "
+            f"({best['rps']:.0f} req/s; {others}).",
+            "",
+        ]
+    lines += ["![req/s per variant](http.png)", "", f"Environment: `{meta['environment']}`"]
+    return "\n".join(lines)
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.http_load", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 s runs, a representative subset (< 5 minutes)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--duration", type=int, help="seconds per wrk run (default 5 quick, 10 full)")
+    args = parser.parse_args(argv)
+    plan = Plan(
+        quick=args.quick,
+        duration=args.duration or (5 if args.quick else 10),
+        warmup=1 if args.quick else 2,
+        combos=[("asyncio", 1), ("uvloop", 1), ("asyncio", 2), ("uvloop", 2)],
+    )
+    for tool in ("wrk", "ab"):
+        if shutil.which(tool) is None:
+            print(f"http_load: {tool} is not installed", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _interrupted)  # stop the servers (finally blocks) on SIGTERM too
+    _raise_nofile()  # the servers and ab inherit it: ab -c 10000 needs > 10,000 descriptors on both ends
+    if not _mongo_answers():
+        subprocess.run([str(REPO / "scripts" / "devstack"), "up"], cwd=REPO, check=True, timeout=120)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="http_load-") as tmp:
+        workdir = Path(tmp)
+        database = "wallpaper"
+        if not _data_present(database):
+            database = "wallpaper_bench"
+            if not _data_present(database):
+                seed_config = workdir / "seed.toml"
+                seed_config.write_text(config_text(database))
+                print(f"seeding {database} ...", flush=True)
+                subprocess.run(
+                    [sys.executable, "-m", "service", "seed", "--config", str(seed_config), "--wallpapers", "10000"],
+                    cwd=REPO,
+                    check=True,
+                    timeout=600,
+                    stdout=subprocess.DEVNULL,
+                )
+        rows = measure(plan, workdir, database)
+    elapsed = time.monotonic() - started
+    verdicts = targets(rows)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "database": database,
+        "environment": environment(PACKAGES),
+        "elapsed_s": round(elapsed, 1),
+    }
+    print()
+    print(format_table(HEADERS, table_rows(rows)))
+    print()
+    for v in verdicts:
+        shown = f"{v['ratio']:.3f}" if v["ratio"] is not None else f"failed {v.get('failed')}"
+        print(f"  {'PASS' if v['pass'] else 'FAIL'}  {v['target']:32} {v['loop']:8} p={v['processes']}  {shown}")
+    best = fastest_setting(rows)
+    if best is not None:
+        print(f"fastest for cached: loop {best['loop']}, {best['processes']} process(es) ({best['rps']:.0f} req/s)")
+    print(f"({elapsed:.0f} s)")
+    data = {
+        "rows": [asdict(r) for r in rows],
+        "targets": verdicts,
+        "fastest": best,
+        "quick": plan.quick,
+        "duration_s": plan.duration,
+        **meta,
+    }
+    write_json(RESULTS_DIR / "http.json", data)
+    if args.json is not None:
+        write_json(args.json, data)
+    write_text(RESULTS_DIR / "http.md", render_markdown(rows, verdicts, plan, meta))
+    chart(rows, RESULTS_DIR / "http.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The settings the load benchmark uses: the bench route (off by default), ``cache.enabled = false`` (no Redis at
+all), ``cache.local = true`` (hits from the in-process tier); and the hot path's cheap request ids and ETags."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import redis.asyncio
+
+from service.app import AccessLines
+from service.config import DEFAULT_CONFIG, Settings, load_settings
+from service.handlers import new_request_id
+from tests.service._support import API, run_service, stop_service
+
+LIST = f"{API}/wallpaperList.json?pageSize=20"
+
+
+def with_sections(settings: Settings, **sections: dict[str, object]) -> Settings:
+    update = {name: getattr(settings, name).model_copy(update=values) for name, values in sections.items()}
+    return settings.model_copy(update=update)
+
+
+def test_defaults_are_off() -> None:
+    settings = load_settings(DEFAULT_CONFIG)
+    assert settings.server.bench_routes is False
+    assert settings.cache.enabled is True
+    assert settings.cache.local is False
+
+
+async def test_bench_route_absent_by_default(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(seeded)
+    try:
+        response = await running.fetch("/_bench/ceiling?pageSize=20")
+        assert response.code == 404
+    finally:
+        await stop_service(running)
+
+
+async def test_bench_route_serves_the_list_bytes(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(with_sections(seeded, server={"bench_routes": True}))
+    try:
+        real = await running.fetch(LIST)
+        ceiling = await running.fetch("/_bench/ceiling?pageSize=20")
+        again = await running.fetch("/_bench/ceiling?pageSize=20")
+        assert real.code == ceiling.code == again.code == 200
+        assert ceiling.body == real.body == again.body
+    finally:
+        await stop_service(running)
+
+
+async def test_cache_disabled_never_touches_redis(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(with_sections(seeded, cache={"enabled": False}))
+    try:
+        for _ in range(2):
+            response = await running.fetch(LIST)
+            assert response.code == 200
+            assert response.headers["X-Cache"] == "bypass"
+            assert response.headers["Cache-Control"] == "public, max-age=0"
+        detail = await running.fetch(f"{API}/wallpaper/4.json")
+        assert detail.code == 200
+        assert json.loads(detail.body)["data"]["id"] == 4
+        assert (await running.fetch(f"{API}/wallpaper/999999.json")).code == 404
+        assert (await running.fetch(f"{API}/categories.json")).code == 200
+        assert (await running.fetch(f"{API}/wallpaper/4/download", "POST")).code == 200
+        assert await redis_client.dbsize() == 0  # nothing read or written: no entries, no tags, no leases
+        stats = running.services.cache.stats()
+        assert stats["hits"] == 0
+        assert stats["misses"] == 0
+    finally:
+        await stop_service(running)
+
+
+async def test_cache_local_serves_hits_from_the_l1(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(with_sections(seeded, cache={"local": True}))
+    try:
+        assert running.services.cache.local is not None
+        first = await running.fetch(LIST)
+        second = await running.fetch(LIST)
+        third = await running.fetch(LIST)
+        assert first.code == second.code == third.code == 200
+        assert first.body == second.body == third.body
+        assert second.headers["Etag"] == first.headers["Etag"]
+        assert running.services.cache.stats()["local_hits"] >= 1
+    finally:
+        await stop_service(running)
+
+
+async def test_cache_local_off_has_no_l1(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(seeded)
+    try:
+        assert running.services.cache.local is None
+    finally:
+        await stop_service(running)
+
+
+def test_request_ids_are_unique_and_valid() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(0 < len(i) <= 64 and all(c.isalnum() or c in "-_." for c in i) for i in ids)
+
+
+async def test_batched_access_lines_are_json() -> None:
+    out = io.BytesIO()
+    lines = AccessLines(out, 123, interval=0.01)
+    lines.line("r-1", "GET", "/x", 200, 1.5, "hit")
+    lines.line("r-2", "GET", "/y", 404, 0.5, None)
+    lines.close()
+    parsed = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [p["request_id"] for p in parsed] == ["r-1", "r-2"]
+    for field in ("time", "level", "event", "logger", "pid", "method", "path", "status", "duration_ms", "cache"):
+        assert field in parsed[0], field
+    assert parsed[0]["logger"] == "wallpaper.access"
+    assert parsed[1]["status"] == 404
