@@ -117,15 +117,22 @@ class Cache:
         cluster: bool = False,
         max_connections: int = 64,
         pool_timeout: float = 1.0,
+        socket_timeout: float | None = None,
         **options: Any,
     ) -> Cache:
         """A cache with its own client: a bounded, blocking connection pool (a caller waits up to
-        ``pool_timeout`` for a free connection instead of opening more), closed by :meth:`aclose`."""
+        ``pool_timeout`` for a free connection instead of opening more), closed by :meth:`aclose`.
+
+        ``socket_timeout`` is None on purpose: the cache's ``timeout`` already bounds every call, and on Python
+        3.11 redis-py's socket timeout runs sends under ``asyncio.wait_for``, which can swallow the budget's
+        cancellation and stretch a 0.1 s budget to the socket timeout (docs/operations.md)."""
         client: Redis | RedisCluster
         if cluster:
-            client = RedisCluster.from_url(url, max_connections=max_connections)
+            client = RedisCluster.from_url(url, max_connections=max_connections, socket_timeout=socket_timeout)
         else:
-            pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout)
+            pool = BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=pool_timeout, socket_timeout=socket_timeout
+            )
             client = Redis(connection_pool=pool)
         return cls(client, owns_client=True, **options)
 

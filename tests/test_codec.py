@@ -32,6 +32,7 @@ from cachelayer._codec import (
     HEADER_SIZE,
     MAGIC,
 )
+from tests._samples import sample as _sample
 
 MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
@@ -44,19 +45,6 @@ SERIALIZERS: tuple[SerializerName, ...] = ("orjson", "msgpack")
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --------------------------------------------------------------------------- data and fixtures
-
-_WORDS = ("wallpaper", "nature", "city", "壁纸", "高清", "风景", "abstract", "dark", "minimal", "space")
-
-
-def _sample(rng: random.Random, i: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "title": " ".join(rng.choice(_WORDS) for _ in range(4)),
-        "tags": rng.sample(_WORDS, 3),
-        "size": [rng.choice([1920, 2560, 3840]), rng.choice([1080, 1440, 2160])],
-        "likes": rng.randrange(10**5),
-        "url": f"https://img.example.com/{rng.randrange(10**9):x}.jpg",
-    }
 
 
 def _samples(seed: int, count: int) -> list[dict[str, Any]]:

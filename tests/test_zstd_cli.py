@@ -28,6 +28,7 @@ import redis
 
 from cachelayer import Codec, DictionaryRegistry, train_dictionary
 from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT
+from tests._samples import sample as _sample
 from tests._servers import skip_or_fail
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "value-format.md"
@@ -46,19 +47,6 @@ CMD_MSGPACK_TO_JSON = (
 CMD_MSGPACK = f"{CMD_JSON} | {CMD_MSGPACK_TO_JSON}"
 
 DOCUMENTED = [CMD_JSON, CMD_JSON_GETRANGE, CMD_JSON_DICT, CMD_UNCOMPRESSED, CMD_HEADER, CMD_MSGPACK_TO_JSON]
-
-_WORDS = ("wallpaper", "nature", "city", "壁纸", "高清", "风景", "abstract", "dark", "minimal", "space")
-
-
-def _sample(rng: random.Random, i: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "title": " ".join(rng.choice(_WORDS) for _ in range(4)),
-        "tags": rng.sample(_WORDS, 3),
-        "size": [rng.choice([1920, 2560, 3840]), rng.choice([1080, 1440, 2160])],
-        "likes": rng.randrange(10**5),
-        "url": f"https://img.example.com/{rng.randrange(10**9):x}.jpg",
-    }
 
 
 def awkward_frame(codec: Codec, items: int, compression: int) -> tuple[Any, bytes]:
