@@ -57,7 +57,8 @@ class RedisBackend:
         self._extend = client.register_script(_EXTEND)
 
     async def _call(self, make: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
-        if not self.breaker.allow():
+        permit = self.breaker.permit()
+        if permit is None:
             refused = BackendUnavailable("circuit breaker is open")
             self._on_error(refused)
             raise refused
@@ -69,7 +70,8 @@ class RedisBackend:
             self._on_error(exc)
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
-            self.breaker.record_abandoned()
+            if permit == "probe":  # only the probe's fate decides the half-open state
+                self.breaker.record_abandoned()
             raise
         self.breaker.record_success()
         return result

@@ -44,12 +44,16 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go to Redis now? In half-open state only the first caller gets through, as the probe."""
+        return self.permit() is not None
+
+    def permit(self) -> Literal["call", "probe"] | None:
+        """Like :meth:`allow`, but says whether the caller is the half-open probe (None: refused)."""
         if self._opened_at is None:
-            return True
+            return "call"
         if self._probing or self._clock() - self._opened_at < self.cooldown:
-            return False
+            return None
         self._probing = True
-        return True
+        return "probe"
 
     def record_success(self) -> None:
         self._failures = 0

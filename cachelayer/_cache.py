@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -81,6 +82,15 @@ class Cache:
     ) -> None:
         if redis.get_encoder().decode_responses:
             raise ValueError("the Redis client must be built with decode_responses=False: values are bytes")
+        pool_options = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
+        if sys.version_info < (3, 12) and pool_options.get("socket_timeout") is not None:
+            log.warning(
+                "cachelayer: the Redis pool has socket_timeout=%s; on Python 3.11 it can stretch the cache's "
+                "%.3f s budget to the socket timeout: build the pool with socket_timeout=None "
+                "(docs/operations.md)",
+                pool_options["socket_timeout"],
+                timeout,
+            )
         if default_ttl <= 0:
             raise ValueError("default_ttl must be positive")
         if not 0 <= jitter < 1:
