@@ -324,6 +324,8 @@ class Cache:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         if stale_ttl is None:
+            # The cache's stale window scales with a per-call TTL, so a short-lived value is not served stale
+            # for the long window meant for the default TTL.
             stale_ttl = self.stale_ttl if ttl == self.default_ttl else ttl * (self.stale_ttl / self.default_ttl)
         none_ttl = none_ttl if none_ttl is not None else (self.none_ttl if self.none_ttl is not None else ttl)
         return _Options(ttl, stale_ttl, none_ttl, tuple(tags), stampede or self.stampede, local)

@@ -51,7 +51,7 @@ DEFAULT_MAX_VALUE_SIZE: Final = 16 * 1024 * 1024
 class Frame:
     """A frame's header fields and its payload as stored (still compressed when ``compression`` says so).
 
-    Not frozen: a frozen dataclass costs ~0.5 us more to build, and one is built on every hit.
+    Not frozen: one is built on every hit, and a frozen dataclass is slower to build.
     """
 
     serializer_id: int
@@ -70,10 +70,11 @@ class Frame:
 class Codec:
     """Encodes values into frames and decodes them back.
 
-    ``level`` 1 is the default: on the wallpaper data set it stores within 1% of level 3 and compresses
-    13-31% faster. Values smaller than ``min_size`` (``min_size_with_dictionary`` when a dictionary is used) are
-    stored uncompressed, and so is any value whose compressed form is not smaller. ``max_value_size`` bounds the
-    serialized size on write (:class:`ValueTooLargeError`) and the decompressed size on read (:class:`CodecError`).
+    ``level`` 1 is the default: on the wallpaper data set it stores about as small as level 3 and compresses
+    faster (``python -m benchmarks.codecs``, results in benchmarks/results/codecs.md). Values smaller than
+    ``min_size`` (``min_size_with_dictionary`` when a dictionary is used) are stored uncompressed, and so is any
+    value whose compressed form is not smaller. ``max_value_size`` bounds the serialized size on write
+    (:class:`ValueTooLargeError`) and the decompressed size on read (:class:`CodecError`).
 
     Compressor and decompressor objects are built once and reused; a codec belongs to one thread.
     """

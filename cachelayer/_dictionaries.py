@@ -36,8 +36,8 @@ class DictionaryRegistry:
     """The dictionaries a process can read (and, for the one a :class:`Codec` is told to use, write) with.
 
     Compressors and decompressors are built once per dictionary and reused, because building one with a
-    dictionary costs up to ~60 us, more than compressing a page. Like the zstandard objects it holds, a registry
-    is meant for one thread (one event loop).
+    dictionary costs up to ~60 us (shared/MEASUREMENTS.md), more than compressing a page. Like the zstandard
+    objects it holds, a registry is meant for one thread (one event loop).
     """
 
     def __init__(self, dictionaries: Iterable[bytes] = ()) -> None:

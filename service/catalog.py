@@ -29,7 +29,7 @@ import orjson
 
 from cachelayer import Cache, CachedFunction, cached
 
-from .config import CacheSettings
+from .config import CacheSettings, EndpointCache
 from .demo_data import list_item
 from .repositories import MongoWallpaperRepository, MySQLRepository
 
@@ -109,32 +109,25 @@ class Catalog:
         )
         if not settings.enabled:
             return
-        self.list_page = cached(
-            ttl=settings.list.ttl,
-            stale_ttl=settings.list.stale_ttl,
-            none_ttl=nf,
-            tags=[TAG_LIST],
-            cache=cache,
-            name="wp.list",
-            local=local,
-        )(self._load_list)
-        self.detail = cached(
-            ttl=settings.detail.ttl,
-            stale_ttl=settings.detail.stale_ttl,
-            none_ttl=nf,
-            tags=[TAG_WALLPAPER],
-            cache=cache,
-            name="wp.detail",
-            local=local,
-        )(self._load_detail)
-        self.categories = cached(
-            ttl=settings.categories.ttl,
-            stale_ttl=settings.categories.stale_ttl,
-            tags=[TAG_CATEGORIES],
-            cache=cache,
-            name="wp.categories",
-            local=local,
-        )(self._load_categories)
+
+        def through_cache(
+            loader: Callable[P, Awaitable[R]], endpoint: EndpointCache, name: str, tag: str, none_ttl: float | None
+        ) -> CachedFunction[P, R]:
+            return cached(
+                ttl=endpoint.ttl,
+                stale_ttl=endpoint.stale_ttl,
+                none_ttl=none_ttl,
+                tags=[tag],
+                cache=cache,
+                name=name,
+                local=local,
+            )(loader)
+
+        self.list_page = through_cache(self._load_list, settings.list, "wp.list", TAG_LIST, nf)
+        self.detail = through_cache(self._load_detail, settings.detail, "wp.detail", TAG_WALLPAPER, nf)
+        self.categories = through_cache(
+            self._load_categories, settings.categories, "wp.categories", TAG_CATEGORIES, None
+        )
 
     # -- loaders (run on a miss) ------------------------------------------------------------------------------
 
