@@ -171,7 +171,7 @@ class LocalCache:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
-                while True:
+                while not self._closed:
                     message = await pubsub.get_message(timeout=self.max_staleness / 3)
                     if message is None:
                         await pubsub.ping()  # answered by a "pong" message: the channel is alive
@@ -199,8 +199,9 @@ class LocalCache:
         self._closed = True
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            # Bounded: on Python 3.11 redis-py can swallow a cancellation (asyncio.wait_for inside the client);
+            # the loop then sees _closed and ends on its own, but we never wait on it for long.
+            await asyncio.wait({self._listener}, timeout=2.0)
             self._listener = None
 
     def stats(self) -> dict[str, Any]:

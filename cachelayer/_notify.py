@@ -35,6 +35,7 @@ class ReadyNotifier:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._closed = False
 
     async def publish(self, channel: str) -> None:
         """Best effort: a failure only means the waiters find out by polling."""
@@ -88,7 +89,7 @@ class ReadyNotifier:
 
     async def _read(self) -> None:
         try:
-            while self._waiters:
+            while self._waiters and not self._closed:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is None or message["type"] not in ("message", "smessage"):
                     continue
@@ -114,8 +115,9 @@ class ReadyNotifier:
                 await pubsub.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            # Bounded, for the same reason as LocalCache.aclose: a swallowed cancellation must not hang us.
+            await asyncio.wait({self._reader}, timeout=2.0)
         await self._reset()
