@@ -23,7 +23,7 @@ DEVSTACK    := scripts/devstack
 RUN_CMD     ?= $(PY) -m service dev
 
 # Debian packages, as "command:package"; a package is installed only if its command is missing.
-SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server \
+SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server h2load:nghttp2-client \
                mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -37,7 +37,7 @@ help:
 	@echo "make run           .venv + dev stack, then: $(RUN_CMD)"
 	@echo "make up|down|status  start / stop (only what devstack started) / show the dev stack"
 	@echo "make lint          ruff check $(LINT_PATHS)"
-	@echo "make typecheck     mypy --strict cachelayer"
+	@echo "make typecheck     mypy --strict cachelayer service benchmarks"
 	@echo "make bench-codecs  quick codec benchmark"
 	@echo "make clean         remove the .venv install stamp and var/ data of stopped services"
 
@@ -85,7 +85,7 @@ lint: venv
 
 # (e) types
 typecheck: venv
-	$(VENV)/bin/mypy --strict cachelayer
+	$(VENV)/bin/mypy --strict cachelayer service benchmarks
 
 # (f) tests
 pytest: venv

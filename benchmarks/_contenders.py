@@ -31,9 +31,9 @@ def _cachelayer(url: str, namespace: str, ttl: float, loader: Loader) -> tuple[F
 
 def _aiocache(stampede: bool) -> Callable[[str, str, float, Loader], tuple[Fetch, Close]]:
     def build(url: str, namespace: str, ttl: float, loader: Loader) -> tuple[Fetch, Close]:
-        from aiocache import Cache as AioCache
+        from aiocache import Cache as AioCache  # type: ignore[import-untyped]
         from aiocache import cached, cached_stampede
-        from aiocache.serializers import JsonSerializer
+        from aiocache.serializers import JsonSerializer  # type: ignore[import-untyped]
 
         parts = urlsplit(url)
         options: dict[str, Any] = {
@@ -47,12 +47,12 @@ def _aiocache(stampede: bool) -> Callable[[str, str, float, Loader], tuple[Fetch
         }
         decorator = cached_stampede(lease=2, **options) if stampede else cached(**options)
 
-        @decorator
+        @decorator  # type: ignore[untyped-decorator]
         async def fetch(item: int) -> Any:
             return await loader(item)
 
         async def close() -> None:
-            await fetch.cache.close()  # type: ignore[attr-defined]
+            await fetch.cache.close()
 
         return fetch, close
 

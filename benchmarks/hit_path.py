@@ -83,8 +83,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
     await raw_client.flushdb()
     await raw_client.aclose()
     result = {"raw_us": round(statistics.median(samples["raw"]), 1)}
-    names = {"cachelayer": "cachelayer_us", "cachelayer.get": "cachelayer_get_us", "aiocache.cached": "aiocache_us",
-             "cashews.cache": "cashews_us"}
+    names = {
+        "cachelayer": "cachelayer_us",
+        "cachelayer.get": "cachelayer_get_us",
+        "aiocache.cached": "aiocache_us",
+        "cashews.cache": "cashews_us",
+    }
     for name, field in names.items():
         if name in samples:
             result[field] = round(statistics.median(samples[name]), 1)
@@ -94,8 +98,12 @@ async def measure(rounds: int, number: int) -> dict[str, float]:
 
 def report(result: dict[str, float], args: argparse.Namespace) -> str:
     rows = [["raw GET + orjson.loads", result["raw_us"], 1.0]]
-    for label, field in [("cachelayer @cached", "cachelayer"), ("cachelayer Cache.get", "cachelayer_get"),
-                         ("aiocache @cached", "aiocache"), ("cashews @cache", "cashews")]:
+    for label, field in [
+        ("cachelayer @cached", "cachelayer"),
+        ("cachelayer Cache.get", "cachelayer_get"),
+        ("aiocache @cached", "aiocache"),
+        ("cashews @cache", "cashews"),
+    ]:
         if f"{field}_us" in result:
             rows.append([label, result[f"{field}_us"], result[f"{field}_ratio"]])
     headers = ["path", "us per hit", "x raw"]

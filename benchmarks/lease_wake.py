@@ -52,14 +52,14 @@ async def _pubsub_waiter(client: redis.asyncio.Redis, key: str, subscribed: asyn
             break
     await client.get(key)
     done = time.perf_counter()
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
     return done, commands
 
 
 async def one_round(
-    mode: str, policy: StampedePolicy, loader_client: Any, waiter_client: Any, i: int
+    mode: str, policy: StampedePolicy, loader_client: Any, waiter_client: Any, tag: str
 ) -> tuple[float, int]:
-    key = f"wake:{mode}:{i}"
+    key = f"wake:{mode}:{tag}"
     subscribed = asyncio.Event()
     if mode == "poll":
         subscribed.set()

@@ -39,6 +39,7 @@ from .validation import (
     ROUTE_NOT_FOUND,
     WALLPAPER_NOT_FOUND,
     ApiError,
+    ListQuery,
     parse_list_query,
     parse_wallpaper_id,
 )
@@ -144,6 +145,20 @@ def client_ip(request: httputil.HTTPServerRequest) -> str | None:
 
 
 _ZSTD_ACCEPTED: dict[str, bool] = {}
+_LIST_QUERIES: dict[str, ListQuery] = {}
+
+
+def list_query(request: httputil.HTTPServerRequest) -> ListQuery:
+    """:func:`parse_list_query` of the request, memoized per raw query string when valid (clients repeat a few
+    hundred distinct queries; validation was ~3 % of a cached request). Invalid queries are parsed every time,
+    so that each gets its own 400 and cannot fill the memo."""
+    parsed = _LIST_QUERIES.get(request.query)
+    if parsed is None:
+        parsed = parse_list_query(request.query_arguments)
+        if len(_LIST_QUERIES) >= 4096:
+            _LIST_QUERIES.clear()
+        _LIST_QUERIES[request.query] = parsed
+    return parsed
 
 
 def dependency_of(exc: BaseException) -> str | None:
@@ -291,7 +306,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
 class ListHandler(BaseHandler):
     async def get(self) -> None:
-        query = parse_list_query(self.request.query_arguments)
+        query = list_query(self.request)
         args = (query.category or ALL, query.sort, query.page, query.page_size)
         entry = await self.services.catalog.list_page.entry(*args)
         self.send_entry(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from benchmarks.http_load import Row, parse_ab, parse_wrk, targets
+from benchmarks.http_load import Row, answered_2xx, parse_ab, parse_h2load, parse_wrk, targets
 
 WRK = """Running 5s test @ http://127.0.0.1:18888/client/v3/wallpaper_4d/wallpaperList.json?pageSize=20
   1 threads and 64 connections
@@ -59,6 +61,13 @@ Percentage of the requests served within a certain time (ms)
  100%   5400 (longest request)
 """
 
+H2LOAD = """starting benchmark...
+finished in 43.71s, 228.80 req/s, 1.69MB/s
+requests: 10000 total, 10000 started, 10000 done, 9990 succeeded, 10 failed, 6 errored, 2 timeout
+status codes: 9994 2xx, 0 3xx, 1 4xx, 3 5xx
+traffic: 73.65MB (77227120) total, 2.42MB (2537120) headers (space savings 0.00%), 70.67MB (74100000) data
+"""
+
 
 def test_parse_wrk() -> None:
     result = parse_wrk(WRK)
@@ -88,16 +97,42 @@ def test_parse_ab() -> None:
     assert result["requests"] == 10000
 
 
+def test_parse_h2load() -> None:
+    result = parse_h2load(H2LOAD)
+    assert result["rps"] == pytest.approx(228.8)
+    assert result["p50_ms"] is None
+    assert result["p99_ms"] is None
+    assert result["requests"] == 10000
+    # "failed" (10) includes the 6 errored and the 4 answers with 4xx/5xx: each counted once.
+    assert (result["socket_errors"], result["non_2xx"], result["failed"]) == (6, 4, 0)
+
+
+def test_answered_2xx_counts_only_new_2xx_lines_of_the_path(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    old = b'{"path":"/client/v3/wallpaper_4d/wallpaperList.json","status":200}\n'
+    log.write_bytes(old)
+    lines = [
+        b'{"path":"/client/v3/wallpaper_4d/wallpaperList.json","status":200}',
+        b'{"path":"/client/v3/wallpaper_4d/wallpaperList.json","status":503}',
+        b'{"path":"/healthz","status":200}',
+        b'{"event":"serving"}',
+    ]
+    log.write_bytes(old + b"\n".join(lines) + b"\n")
+    assert answered_2xx(log, len(old), "/client/v3/wallpaper_4d/wallpaperList.json?pageSize=20") == 1
+
+
 def test_parsers_refuse_other_text() -> None:
     with pytest.raises(ValueError, match="wrk"):
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
     with pytest.raises(ValueError, match="ab"):
         parse_ab("apr_pollset_poll: The timeout specified has expired (70007)")
+    with pytest.raises(ValueError, match="h2load"):
+        parse_h2load("")
 
 
 def test_targets() -> None:
-    def row(variant: str, rps: float, tool: str = "wrk", **kw: object) -> Row:
-        return Row(variant, "asyncio", 1, tool, rps, 1.0, 2.0, 0, **kw)  # type: ignore[arg-type]
+    def row(variant: str, rps: float, tool: str = "wrk", errors: int = 0, **kw: object) -> Row:
+        return Row(variant, "asyncio", 1, tool, rps, 1.0, 2.0, errors, **kw)  # type: ignore[arg-type]
 
     rows = [
         row("ceiling", 1000),
@@ -105,6 +140,7 @@ def test_targets() -> None:
         row("cached-l1", 900),
         row("uncached", 10),
         row("cached", 500, "ab", failed=0, requests=10000),
+        row("uncached", 200, "h2load", errors=3, socket_errors=3, requests=10000),
     ]
     verdicts = {v["target"]: v["pass"] for v in targets(rows)}
     assert verdicts == {
@@ -112,4 +148,5 @@ def test_targets() -> None:
         "cached >= 0.6 x ceiling": True,
         "cached >= 20 x uncached": True,
         "ab -c 10000 -n 10000 cached: 0 failed": True,
+        "h2load -c 10000 -n 10000 uncached: 0 failed": False,
     }
