@@ -28,7 +28,7 @@ and wrk/ab to CPU 1 (``taskset``), so the generator never steals the server's co
 core's worth; with 2 processes nothing is pinned (two workers and wrk on two cores: any pinning leaves one worker
 sharing a core with wrk while the other has one alone), so 2-process figures include wrk's own CPU cost.
 
-Writes ``benchmarks/results/http.md``, ``http.json`` and ``http.png``.
+Writes ``benchmarks/results/http.{md,json,png}`` (``--quick``) or ``http-full.{md,json,png}`` (full).
 """
 
 from __future__ import annotations
@@ -815,11 +815,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": plan.rounds,
         **meta,
     }
-    write_json(RESULTS_DIR / "http.json", data)
+    # The quick run is the one the README quotes; a full run keeps its own files beside it.
+    stem = "http" if plan.quick else "http-full"
+    write_json(RESULTS_DIR / f"{stem}.json", data)
     if args.json is not None:
         write_json(args.json, data)
-    write_text(RESULTS_DIR / "http.md", render_markdown(rows, verdicts, plan, meta))
-    chart(rows, RESULTS_DIR / "http.png")
+    write_text(
+        RESULTS_DIR / f"{stem}.md", render_markdown(rows, verdicts, plan, meta).replace("http.png", f"{stem}.png")
+    )
+    chart(rows, RESULTS_DIR / f"{stem}.png")
     return 0
 
 

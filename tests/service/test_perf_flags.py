@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import redis.asyncio
+from tornado.httputil import HTTPServerRequest
 
 from service.app import AccessLines
 from service.config import DEFAULT_CONFIG, Settings, load_settings
-from service.handlers import new_request_id
+from service.handlers import _LIST_QUERIES, list_query, new_request_id
+from service.validation import ApiError
 from tests.service._support import API, run_service, stop_service
 
 LIST = f"{API}/wallpaperList.json?pageSize=20"
@@ -112,3 +115,17 @@ async def test_batched_access_lines_are_json() -> None:
         assert field in parsed[0], field
     assert parsed[0]["logger"] == "wallpaper.access"
     assert parsed[1]["status"] == 404
+
+
+def test_list_query_memo_keeps_valid_queries_only() -> None:
+    def request(query: str) -> HTTPServerRequest:
+        return HTTPServerRequest(method="GET", uri=f"{API}/wallpaperList.json?{query}")
+
+    _LIST_QUERIES.clear()
+    first = list_query(request("pageSize=20&sort=new"))
+    assert list_query(request("pageSize=20&sort=new")) is first
+    assert (first.page_size, first.sort, first.page, first.category) == (20, "new", 1, None)
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(ApiError, match="pageSize"):
+            list_query(request("pageSize=0"))
+    assert list(_LIST_QUERIES) == ["pageSize=20&sort=new"]
