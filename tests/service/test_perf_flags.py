@@ -8,7 +8,7 @@ import json
 
 import pytest
 import redis.asyncio
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from service.app import AccessLines
 from service.config import DEFAULT_CONFIG, Settings, load_settings
@@ -119,7 +119,8 @@ async def test_batched_access_lines_are_json() -> None:
 
 def test_list_query_memo_keeps_valid_queries_only() -> None:
     def request(query: str) -> HTTPServerRequest:
-        return HTTPServerRequest(method="GET", uri=f"{API}/wallpaperList.json?{query}")
+        line = RequestStartLine("GET", f"{API}/wallpaperList.json?{query}", "HTTP/1.1")
+        return HTTPServerRequest(start_line=line, headers=HTTPHeaders({"Host": "127.0.0.1"}))
 
     _LIST_QUERIES.clear()
     first = list_query(request("pageSize=20&sort=new"))
