@@ -67,9 +67,10 @@ BURST = 10_000  # requests = concurrent connections in the original command shap
 UNCACHED_CONNECTIONS = 4
 #: The demo collection's size. SecantusDB's find reads and decodes every candidate document before it applies
 #: ``limit`` (secantus/storage.py ``find_matching``), and ``count_documents`` scans too, so an uncached page costs
-#: time linear in the collection: measured 4 / 9 / 330 ms (find) and 2.7 / 7 / 274 ms (count) at 100 / 300 / 10,000
-#: documents. A mongod walks the index and reads 20 documents whatever the size. 40 documents (two pages) keep the
-#: uncached request closest to that, and the 10,000-request bursts within their time bound.
+#: time linear in the collection: 4 / 9 / 330 ms (find) and 2.7 / 7 / 274 ms (count) at 100 / 300 / 10,000
+#: documents, timed by hand with pymongo (docs/performance.md, "Uncached: the data set"). A mongod walks the index
+#: and reads 20 documents whatever the size. 40 documents (two pages) keep the uncached request closest to that,
+#: and the 10,000-request bursts within their time bound.
 DEFAULT_WALLPAPERS = 40
 VARIANTS = ("ceiling", "cached", "cached-zstd", "cached-l1", "uncached")
 
@@ -86,6 +87,33 @@ def _duration_ms(text: str) -> float:
     return float(match.group(1)) * _UNITS_MS[match.group(2)]
 
 
+def _count(pattern: str, text: str) -> int | None:
+    match = re.search(pattern, text, re.M)
+    return int(match.group(1)) if match else None
+
+
+def _result(
+    rps: float,
+    p50_ms: float | None,
+    p99_ms: float | None,
+    *,
+    non_2xx: int,
+    socket_errors: int,
+    failed: int,
+    requests: int | None,
+) -> dict[str, Any]:
+    """What every parser returns (the fields of :class:`Row` a load tool reports)."""
+    return {
+        "rps": rps,
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
+        "non_2xx": non_2xx,
+        "socket_errors": socket_errors,
+        "failed": failed,
+        "requests": requests,
+    }
+
+
 def parse_wrk(text: str) -> dict[str, Any]:
     """wrk's report (run with ``--latency``): requests/s, p50/p99 (ms), non-2xx/3xx, socket errors, requests."""
     rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
@@ -96,21 +124,16 @@ def parse_wrk(text: str) -> dict[str, Any]:
     if len(block) == 2:
         for pct, value in re.findall(r"^\s+([0-9.]+)%\s+([0-9.]+(?:us|ms|s|m|h))\s*$", block[1], re.M):
             percentiles[round(float(pct))] = _duration_ms(value)
-    socket_errors = 0
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    if errors is not None:
-        socket_errors = sum(int(n) for n in errors.groups())
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    requests = re.search(r"^\s*(\d+) requests in ", text, re.M)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": percentiles.get(50),
-        "p99_ms": percentiles.get(99),
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": socket_errors,
-        "failed": 0,
-        "requests": int(requests.group(1)) if requests else None,
-    }
+    return _result(
+        float(rps.group(1)),
+        percentiles.get(50),
+        percentiles.get(99),
+        non_2xx=_count(r"Non-2xx or 3xx responses:\s+(\d+)", text) or 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        failed=0,
+        requests=_count(r"^\s*(\d+) requests in ", text),
+    )
 
 
 def parse_ab(text: str) -> dict[str, Any]:
@@ -119,18 +142,15 @@ def parse_ab(text: str) -> dict[str, Any]:
     if rps is None:
         raise ValueError("no 'Requests per second' in ab output")
     percentiles = {int(p): float(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\d+)", text, re.M)}
-    failed = re.search(r"^Failed requests:\s+(\d+)", text, re.M)
-    non2xx = re.search(r"^Non-2xx responses:\s+(\d+)", text, re.M)
-    complete = re.search(r"^Complete requests:\s+(\d+)", text, re.M)
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": percentiles.get(50),
-        "p99_ms": percentiles.get(99),
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": 0,
-        "failed": int(failed.group(1)) if failed else 0,
-        "requests": int(complete.group(1)) if complete else None,
-    }
+    return _result(
+        float(rps.group(1)),
+        percentiles.get(50),
+        percentiles.get(99),
+        non_2xx=_count(r"^Non-2xx responses:\s+(\d+)", text) or 0,
+        socket_errors=0,
+        failed=_count(r"^Failed requests:\s+(\d+)", text) or 0,
+        requests=_count(r"^Complete requests:\s+(\d+)", text),
+    )
 
 
 def parse_h2load(text: str) -> dict[str, Any]:
@@ -149,15 +169,15 @@ def parse_h2load(text: str) -> dict[str, Any]:
     _total, _started, done, _ok, failed, errored, _timeout = (int(n) for n in counts.groups())
     # h2load's "failed" includes "errored" (network level; "timeout" is part of it) and 4xx/5xx answers.
     http_errors = int(codes.group(3)) + int(codes.group(4)) if codes else 0
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": None,
-        "p99_ms": None,
-        "non_2xx": http_errors,
-        "socket_errors": errored,
-        "failed": max(0, failed - errored - http_errors),
-        "requests": done,
-    }
+    return _result(
+        float(rps.group(1)),
+        None,
+        None,
+        non_2xx=http_errors,
+        socket_errors=errored,
+        failed=max(0, failed - errored - http_errors),
+        requests=done,
+    )
 
 
 # -- the service under test -------------------------------------------------------------------------------------

@@ -118,18 +118,7 @@ class RedisBackend:
         if not keys:
             return 0
 
-        async def run() -> int:
-            # One DEL per key: on a cluster, keys of different slots cannot share a command.
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.delete(key)
-                return sum(await pipe.execute())
-
-        return await self._call(run)
-
-    async def pttl(self, key: str) -> int:
-        result: int = await self._call(lambda: self.client.pttl(key))
-        return result
+        return await self._call(lambda: self._delete_now(list(keys)))
 
     async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
         acquired = await self._call(lambda: self.client.set(lease_key, token, nx=True, px=ttl_ms))
@@ -179,6 +168,7 @@ class RedisBackend:
         return await self._call(run, budget=budget)
 
     async def _delete_now(self, keys: list[str]) -> int:
+        # One DEL per key: on a cluster, keys of different slots cannot share a command.
         async with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.delete(key)

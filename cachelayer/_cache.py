@@ -11,7 +11,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -338,8 +338,9 @@ class Cache:
         if local is not None:
             local.ensure_listening()
             held = local.get(key)
-            if held is not None and self._clock() < held.frame.expires_at:
-                hit = self._local_hit(key, held, loader, opts, want_value)
+            now = self._clock()
+            if held is not None and now < held.frame.expires_at:
+                hit = self._local_hit(key, held, loader, opts, want_value, now)
                 if hit is not None:
                     return hit
         try:
@@ -352,15 +353,9 @@ class Cache:
             frame, decoded = found
             now = self._clock()
             if now < frame.expires_at:
-                self.metrics.hits += 1
                 if local is not None and data is not None:
                     local.put(key, data, frame, None if want_value else decoded)
-                policy = opts.policy
-                if policy.xfetch and xfetch_due(
-                    now, frame.expires_at, frame.recompute_time, policy.xfetch_beta, self._rand()
-                ):
-                    self._refresh_in_background(key, loader, opts, early=True)
-                return self._entry(frame, "hit", decoded, want_value)
+                return self._hit(key, frame, decoded, loader, opts, want_value, now)
             if opts.policy.stale_while_revalidate:
                 self.metrics.stale_served += 1
                 self._refresh_in_background(key, loader, opts, early=False)
@@ -372,7 +367,7 @@ class Cache:
         return await self._loads.run(key, lambda: self._load(key, loader, opts, stale))
 
     def _local_hit(
-        self, key: str, held: LocalEntry, loader: Loader, opts: _Options, want_value: bool
+        self, key: str, held: LocalEntry, loader: Loader, opts: _Options, want_value: bool, now: float
     ) -> CacheEntry | None:
         frame = held.frame
         try:
@@ -385,11 +380,15 @@ class Cache:
         except CodecError:
             self.local.discard([key])  # type: ignore[union-attr]
             return None
+        return self._hit(key, frame, decoded, loader, opts, want_value, now)
+
+    def _hit(
+        self, key: str, frame: Frame, decoded: Any, loader: Loader, opts: _Options, want_value: bool, now: float
+    ) -> CacheEntry:
+        """A fresh value, from Redis or the local tier: count it, and start an early refresh when XFetch says so."""
         self.metrics.hits += 1
         policy = opts.policy
-        if policy.xfetch and xfetch_due(
-            self._clock(), frame.expires_at, frame.recompute_time, policy.xfetch_beta, self._rand()
-        ):
+        if policy.xfetch and xfetch_due(now, frame.expires_at, frame.recompute_time, policy.xfetch_beta, self._rand()):
             self._refresh_in_background(key, loader, opts, early=True)
         return self._entry(frame, "hit", decoded, want_value)
 
@@ -597,12 +596,12 @@ class Cache:
         except BackendUnavailable:
             return
         self.metrics.background_refreshes += 1
-        no_stale_fallback = replace(opts, policy=replace(opts.policy, stale_if_error=False))
         try:
+            # stale=None: a background refresh whose loader fails leaves the stored value as it is.
             if opts.policy.lease:
-                await self._load_under_lease(key, loader, no_stale_fallback, None, lease_key, token, recheck=False)
+                await self._load_under_lease(key, loader, opts, None, lease_key, token, recheck=False)
             else:
-                await self._load_and_store(key, loader, no_stale_fallback, None)
+                await self._load_and_store(key, loader, opts, None)
         except Exception:
             log.warning("cachelayer: background refresh of %s failed", key, exc_info=True)
 

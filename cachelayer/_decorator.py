@@ -61,7 +61,7 @@ class CachedFunction(Generic[P, R]):
     ) -> None:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"@cached needs an async function; {func.__qualname__} is not one")
-        self.__wrapped__ = func
+        self.__wrapped__ = func  # update_wrapper sets it too; declared here for the type checker
         functools.update_wrapper(self, func)
         self._func = func
         self._cache = cache

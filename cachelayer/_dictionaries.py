@@ -95,11 +95,7 @@ class DictionaryRegistry:
         return compressor
 
     def decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor:
-        decompressor = self._decompressors.get(dict_id)
+        decompressor = self._decompressors.get(dict_id)  # built by add(), beside the dictionary
         if decompressor is None:
-            zdict = self._dicts.get(dict_id)
-            if zdict is None:
-                raise CodecError(f"value needs zstd dictionary {dict_id}, which this reader does not hold")
-            decompressor = zstandard.ZstdDecompressor(dict_data=zdict)
-            self._decompressors[dict_id] = decompressor
+            raise CodecError(f"value needs zstd dictionary {dict_id}, which this reader does not hold")
         return decompressor

@@ -171,8 +171,10 @@ class ArgumentKeyer:
         hashing cost more than the rest of the decorator's work on a hit); the memo key carries each argument's type, so
         ``f(1)``, ``f(1.0)`` and ``f(True)``, which Python counts as equal, stay apart."""
         memo_key: tuple[Any, ...] | None = None
-        if all(type(a) in _SCALARS for a in args) and all(type(v) in _SCALARS for v in kwargs.values()):
-            memo_key = (args, tuple(map(type, args)), *kwargs.items(), *map(type, kwargs.values()))
+        arg_types = tuple(map(type, args))
+        kwarg_types = tuple(map(type, kwargs.values()))
+        if _SCALARS.issuperset(arg_types) and _SCALARS.issuperset(kwarg_types):
+            memo_key = (args, arg_types, *kwargs.items(), *kwarg_types)
             found = self._memo.get(memo_key)
             if found is not None:
                 return found

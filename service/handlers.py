@@ -150,8 +150,8 @@ _LIST_QUERIES: dict[str, ListQuery] = {}
 
 def list_query(request: httputil.HTTPServerRequest) -> ListQuery:
     """:func:`parse_list_query` of the request, memoized per raw query string when valid (clients repeat a few
-    hundred distinct queries; validation was ~3 % of a cached request). Invalid queries are parsed every time,
-    so that each gets its own 400 and cannot fill the memo."""
+    hundred distinct queries; validation was ~3 % of a cached request in py-spy, docs/performance.md). Invalid
+    queries are parsed every time, so that each gets its own 400 and cannot fill the memo."""
     parsed = _LIST_QUERIES.get(request.query)
     if parsed is None:
         parsed = parse_list_query(request.query_arguments)

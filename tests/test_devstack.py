@@ -20,6 +20,7 @@ from tests._servers import (
     MySQLSettings,
     RedisServer,
     free_port,
+    in_ci,
     port_answers,
     redis_ping,
     require_service,
@@ -85,6 +86,8 @@ HAVE_PRIVATE_MARIADB = bool(shutil.which("mariadb-install-db")) and (
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Devstack, dict[str, int]]]:
+    if in_ci() and not HAVE_PRIVATE_MARIADB:
+        pytest.fail("CI=true: mariadb-install-db and mariadbd are needed for the private MariaDB (make system-deps)")
     ports = {"redis": free_port(), "mongo": free_port()}
     if HAVE_PRIVATE_MARIADB:
         ports["mysql"] = free_port()
