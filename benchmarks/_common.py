@@ -15,19 +15,19 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BENCH_REDIS_URL",
     "RESULTS_DIR",
     "Comparison",
     "Timing",
     "compare",
     "environment",
     "format_table",
-    "jsonable",
     "markdown_table",
     "package_versions",
     "time_call",
@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: The Redis the library benchmarks use (database 14: tests use 15, the HTTP benchmark 13, development 0).
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +210,3 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON (non-ASCII kept), creating parent directories."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
-
-
-def jsonable(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``mapping`` with floats rounded to 3 decimals, for stable, readable JSON files."""
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in mapping.items()}

@@ -23,11 +23,19 @@ import orjson
 import redis.asyncio
 
 from benchmarks import _contenders
-from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+from benchmarks._common import (
+    BENCH_REDIS_URL,
+    RESULTS_DIR,
+    environment,
+    format_table,
+    markdown_table,
+    write_json,
+    write_text,
+)
 from cachelayer import Cache
 from service.demo_data import medium_page
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = BENCH_REDIS_URL
 PACKAGES = ["redis", "orjson", "zstandard", "aiocache", "cashews"]
 
 

@@ -19,9 +19,9 @@ Variants (one list page, ``pageSize=20``, ~7.4 KB of JSON):
 * ``uncached``: ``[cache] enabled = false``: every request goes to MongoDB and MySQL.
 
 Each with ``--loop asyncio|uvloop`` and ``--processes 1|2`` (``--quick``: fewer variants away from 1 process
-asyncio, 5 s runs). Plus the original issue's command shape ``ab -c 10000 -n 10000 <list url>`` against
+asyncio, 2 s runs). Plus the original issue's command shape ``ab -c 10000 -n 10000 <list url>`` against
 ``cached`` and ``uncached``, the same burst from ``h2load`` as a second opinion, and for both the number of 2xx
-answers the service logged (open-files limit raised to 20,000 for the server and the clients).
+answers the service logged (open-files limit raised to ``NOFILE`` for the server and the clients).
 
 CPU placement (2 cores shared by the server and the load generator): with 1 process the server is pinned to CPU 0
 and wrk/ab to CPU 1 (``taskset``), so the generator never steals the server's core and the figure is one server
@@ -213,8 +213,8 @@ class Plan:
     rounds: int
     combos: list[tuple[str, int]] = field(default_factory=list)
 
-    def variants(self, loop: str, processes: int, has_l1: bool) -> list[str]:
-        chosen = [v for v in VARIANTS if v != "cached-l1" or has_l1]
+    def variants(self, loop: str, processes: int) -> list[str]:
+        chosen = list(VARIANTS)
         if self.quick and (loop, processes) != ("asyncio", 1):
             chosen = [v for v in chosen if v != "cached-zstd"]
         return chosen
@@ -234,6 +234,14 @@ def _raise_nofile() -> None:
     target = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _somaxconn() -> int | None:
+    """The kernel's cap on a listen backlog (Linux), which the 10,000-connection bursts run into."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _mongo_answers() -> bool:
@@ -448,12 +456,6 @@ def _flush_redis() -> None:
         client.close()
 
 
-def _has_l1() -> bool:
-    import cachelayer
-
-    return hasattr(cachelayer, "LocalCache")
-
-
 def measure(plan: Plan, workdir: Path, database: str) -> list[Row]:
     configs = {
         "cache": workdir / "cache.toml",
@@ -464,7 +466,6 @@ def measure(plan: Plan, workdir: Path, database: str) -> list[Row]:
     configs["local"].write_text(config_text(database, local=True))
     configs["off"].write_text(config_text(database, enabled=False))
     log = workdir / "service.log"
-    has_l1 = _has_l1()
     rows: list[Row] = []
 
     def wrk_rows(
@@ -545,7 +546,7 @@ def measure(plan: Plan, workdir: Path, database: str) -> list[Row]:
 
     ab_combos = plan.ab_combos()
     for loop, processes in plan.combos:
-        variants = plan.variants(loop, processes, has_l1)
+        variants = plan.variants(loop, processes)
         print(f"-- loop {loop}, {processes} process(es): {', '.join(variants)}", flush=True)
         _flush_redis()
         with contextlib.ExitStack() as stack:
@@ -704,8 +705,9 @@ def render_markdown(rows: Sequence[Row], verdicts: Sequence[dict[str, Any]], pla
         markdown_table(HEADERS, table_rows(rows)),
         "",
         f"`ab` rows: the issue's original command shape, `ab -c {BURST} -n {BURST} -s {AB_SOCKET_TIMEOUT_S} '<url>'` "
-        f"(no keep-alive; open-files limit 20,000 for server and clients; listen backlog 4096 = the kernel's "
-        f"somaxconn here); `h2load` rows: the same burst from `h2load --h1 -c {BURST} -n {BURST}` (one request per "
+        f"(no keep-alive; open-files limit {NOFILE:,} for server and clients; listen backlog 4096, capped by the "
+        f"kernel's somaxconn, {meta['somaxconn']} here); `h2load` rows: the same burst from "
+        f"`h2load --h1 -c {BURST} -n {BURST}` (one request per "
         "connection), a second opinion on ab's failure count. `server 2xx`: 2xx access lines the service wrote for "
         "the page during that run: above 10,000 for ab, because ab opens more connections than requests when the "
         "listen queue overflows and some connections are still being set up while answers come back. One of those "
@@ -715,8 +717,8 @@ def render_markdown(rows: Sequence[Row], verdicts: Sequence[dict[str, Any]], pla
         "",
         f"Data: `{meta['database']}`, {meta['wallpapers']} wallpapers. SecantusDB (the MongoDB-wire server here) "
         "reads and decodes every candidate document before it applies `limit`, so an uncached page costs time "
-        "linear in the collection (find 4 ms at 100 documents, 330 ms at 10,000; with 10,000 the uncached service "
-        "served 1.4 req/s); a mongod walks the index and reads 20 documents. A small collection keeps the uncached "
+        "linear in the collection (timed by hand: see docs/performance.md, 'Uncached: the data set'); a mongod "
+        "walks the index and reads 20 documents. A small collection keeps the uncached "
         "figure closest to that; cached figures do not depend on it (the same 20-item page).",
         "",
         "## Targets (same run, same loop and process count)",
@@ -750,7 +752,7 @@ def render_markdown(rows: Sequence[Row], verdicts: Sequence[dict[str, Any]], pla
             f"({best['rps']:.0f} req/s; {others}).",
             "",
         ]
-    lines += ["![req/s per variant](http.png)", "", f"Environment: `{meta['environment']}`"]
+    lines += [f"![req/s per variant]({meta['chart']})", "", f"Environment: `{meta['environment']}`"]
     return "\n".join(lines)
 
 
@@ -809,8 +811,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = measure(plan, workdir, database)
     elapsed = time.monotonic() - started
     verdicts = targets(rows)
+    # The quick run is the one the README quotes; a full run keeps its own files beside it.
+    stem = "http" if plan.quick else "http-full"
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "chart": f"{stem}.png",
+        "somaxconn": _somaxconn(),
         "database": database,
         "wallpapers": args.wallpapers,
         "environment": environment(PACKAGES),
@@ -835,14 +841,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": plan.rounds,
         **meta,
     }
-    # The quick run is the one the README quotes; a full run keeps its own files beside it.
-    stem = "http" if plan.quick else "http-full"
     write_json(RESULTS_DIR / f"{stem}.json", data)
     if args.json is not None:
         write_json(args.json, data)
-    write_text(
-        RESULTS_DIR / f"{stem}.md", render_markdown(rows, verdicts, plan, meta).replace("http.png", f"{stem}.png")
-    )
+    write_text(RESULTS_DIR / f"{stem}.md", render_markdown(rows, verdicts, plan, meta))
     chart(rows, RESULTS_DIR / f"{stem}.png")
     return 0
 

@@ -37,10 +37,18 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+from benchmarks._common import (
+    BENCH_REDIS_URL,
+    RESULTS_DIR,
+    environment,
+    format_table,
+    markdown_table,
+    write_json,
+    write_text,
+)
 from cachelayer import Cache, LocalCache
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = BENCH_REDIS_URL
 QUIET_S = 0.05  # after the last expected message, how long an observer keeps counting
 WAIT_S = 2.0  # the longest we wait for a message naming the key
 

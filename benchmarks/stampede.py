@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,9 +23,17 @@ from typing import Any
 import redis
 
 from benchmarks import _contenders
-from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+from benchmarks._common import (
+    BENCH_REDIS_URL,
+    RESULTS_DIR,
+    environment,
+    format_table,
+    markdown_table,
+    write_json,
+    write_text,
+)
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_URL = BENCH_REDIS_URL
 LOADER_SLEEP = 0.05
 COUNTER = "bench:loader-calls"
 PAYLOAD = {"items": [{"id": i, "title": f"wallpaper {i} 壁纸", "downloads": i * 7} for i in range(20)]}

@@ -1,7 +1,7 @@
 """Waking lease waiters the moment a value lands, through one shared pub/sub connection per cache.
 
 Measured (``python -m benchmarks.lease_wake``): a waiter polling with backoff learns of a 50 ms load ~34 ms late
-with the default poll schedule, ~9 ms late polling every 2-20 ms; woken by pub/sub, ~0.6 ms late. So waiters
+with the default poll schedule, ~9 ms late polling every 2-20 ms; woken by pub/sub, ~0.5 ms late. So waiters
 subscribe to the key's channel and the loader publishes after its write. Polling stays as the safety net: a
 message can be lost (sent before the subscription took effect, or while the pub/sub connection reconnects), and
 then the next poll, at most ``poll_max`` later, finds the value. Nothing depends on a message arriving.

@@ -173,15 +173,11 @@ def make_app(services: Services) -> tornado.web.Application:
         if histogram is None:
             histogram = histograms[route] = latency.labels(route)
         histogram.observe(seconds)
+        request_id = getattr(handler, "request_id", None)
+        duration_ms = round(seconds * 1000, 3)
+        cache = getattr(handler, "cache_outcome", None)
         if lines is not None:
-            lines.line(
-                getattr(handler, "request_id", None),
-                method,
-                request.path,
-                status,
-                round(seconds * 1000, 3),
-                getattr(handler, "cache_outcome", None),
-            )
+            lines.line(request_id, method, request.path, status, duration_ms, cache)
         elif not access_log.disabled and access_log.isEnabledFor(logging.INFO):
             # Logger.info() minus its stack walk (findCaller): the record is built directly and handed to the
             # handlers (the queue); the JSON line is formatted off the event loop by the listener thread.
@@ -194,12 +190,12 @@ def make_app(services: Services) -> tornado.web.Application:
                 (),
                 None,
                 extra={
-                    "request_id": getattr(handler, "request_id", None),
+                    "request_id": request_id,
                     "method": method,
                     "path": request.path,
                     "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "cache": getattr(handler, "cache_outcome", None),
+                    "duration_ms": duration_ms,
+                    "cache": cache,
                     "pid": pid,
                 },
             )

@@ -66,19 +66,14 @@ class DirectEntry:
 
 
 class Uncached(Generic[P, R]):
-    """The surface of a :class:`cachelayer.CachedFunction` the service uses, calling the loader every time."""
+    """The surface of a :class:`cachelayer.CachedFunction` the handlers use (``entry``), calling the loader every
+    time."""
 
     def __init__(self, func: Callable[P, Awaitable[R]]) -> None:
         self._func = func
 
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self._func(*args, **kwargs)
-
     async def entry(self, *args: P.args, **kwargs: P.kwargs) -> DirectEntry:
         return DirectEntry(await self._func(*args, **kwargs))
-
-    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
-        return False
 
 
 class Catalog:
@@ -97,22 +92,12 @@ class Catalog:
         self.enabled = settings.enabled
         nf = settings.not_found_ttl
         local = settings.local  # hits from this process's LocalCache (runtime.py gives the Cache one when on)
-        self.list_page: (
-            CachedFunction[[str, str, int, int], dict[str, Any] | None]
-            | Uncached[[str, str, int, int], dict[str, Any] | None]
-        ) = Uncached(self._load_list)
-        self.detail: CachedFunction[[int], dict[str, Any] | None] | Uncached[[int], dict[str, Any] | None] = Uncached(
-            self._load_detail
-        )
-        self.categories: CachedFunction[[], dict[str, Any]] | Uncached[[], dict[str, Any]] = Uncached(
-            self._load_categories
-        )
-        if not settings.enabled:
-            return
 
         def through_cache(
             loader: Callable[P, Awaitable[R]], endpoint: EndpointCache, name: str, tag: str, none_ttl: float | None
-        ) -> CachedFunction[P, R]:
+        ) -> CachedFunction[P, R] | Uncached[P, R]:
+            if not settings.enabled:
+                return Uncached(loader)
             return cached(
                 ttl=endpoint.ttl,
                 stale_ttl=endpoint.stale_ttl,

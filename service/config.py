@@ -194,9 +194,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     finally:
         Settings._toml_file = None
     if settings.mysql.pool_min > settings.mysql.pool_max:
-        raise ConfigError("setting 'mysql.pool_min' (env WALLPAPER_MYSQL__POOL_MIN) must not exceed mysql.pool_max")
+        env = _env_name(("mysql", "pool_min"))
+        raise ConfigError(f"setting 'mysql.pool_min' (env {env}) must not exceed mysql.pool_max")
     if settings.mongo.min_pool_size > settings.mongo.max_pool_size:
-        raise ConfigError(
-            "setting 'mongo.min_pool_size' (env WALLPAPER_MONGO__MIN_POOL_SIZE) must not exceed mongo.max_pool_size"
-        )
+        env = _env_name(("mongo", "min_pool_size"))
+        raise ConfigError(f"setting 'mongo.min_pool_size' (env {env}) must not exceed mongo.max_pool_size")
     return settings

@@ -97,6 +97,10 @@ def new_request_id() -> str:
     return f"{_Process.prefix}{next(_Process.counter):x}"
 
 
+def weak_etag(body: bytes) -> str:
+    return f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+
 class _ETags:
     """Weak ETags of stored values, memoized: BLAKE2b-96 of the body once per stored value, not per request.
 
@@ -107,16 +111,17 @@ class _ETags:
         self.limit = limit
         self.memo: dict[Any, str] = {}
 
-    def get(self, key: Any, entry: Entry) -> str:
+    def get(self, key: Any, entry: Entry, body: bytes) -> str:
+        """The ETag of ``body``, the bytes of ``entry``."""
         frame = getattr(entry, "frame", None)
         if frame is None:  # not from the cache (caching switched off): hash the bytes
-            return f'W/"{hashlib.blake2b(entry.body(), digest_size=12).hexdigest()}"'
+            return weak_etag(body)
         memo_key = (key, frame.expires_at, frame.recompute_time, len(frame.payload))
         etag = self.memo.get(memo_key)
         if etag is None:
             if len(self.memo) >= self.limit:
                 self.memo.clear()
-            etag = self.memo[memo_key] = f'W/"{hashlib.blake2b(entry.body(), digest_size=12).hexdigest()}"'
+            etag = self.memo[memo_key] = weak_etag(body)
         return etag
 
 
@@ -146,6 +151,11 @@ def client_ip(request: httputil.HTTPServerRequest) -> str | None:
 
 _ZSTD_ACCEPTED: dict[str, bool] = {}
 _LIST_QUERIES: dict[str, ListQuery] = {}
+
+
+def list_args(query: ListQuery) -> tuple[str, str, int, int]:
+    """The arguments of ``catalog.list_page`` for a list query."""
+    return (query.category or ALL, query.sort, query.page, query.page_size)
 
 
 def list_query(request: httputil.HTTPServerRequest) -> ListQuery:
@@ -210,10 +220,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.route = route
         self.cache_outcome: str | None = None
         self.request_id = ""
+        self._counted = False
 
     def clear(self) -> None:
         """Tornado's ``clear()`` with the Date header formatted once per second and our defaults built in."""
-        self._headers = httputil.HTTPHeaders({"Server": _SERVER, "Content-Type": JSON_TYPE, "Date": http_date()})
+        self._headers = httputil.HTTPHeaders({"Server": _SERVER, "Date": http_date()})
         self.set_default_headers()
         self._write_buffer = []
         self._status_code = 200
@@ -235,7 +246,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self._counted = True
 
     def on_finish(self) -> None:
-        if getattr(self, "_counted", False):
+        if self._counted:
             self.services.request_finished()
             self._counted = False
 
@@ -246,14 +257,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status)
         self.finish(orjson.dumps(value))
 
-    def send_entry(self, entry: Entry, not_found: Callable[[], ApiError], key: Any = None) -> None:
+    def send_entry(self, entry: Entry, not_found: Callable[[], ApiError], key: Any) -> None:
         """Send a cached envelope from its stored bytes (no JSON parse); ``not_found()`` is raised for a cached
-        "not found". ``key`` identifies the value (route and arguments) for the ETag memo; None: hash the bytes."""
+        "not found". ``key`` identifies the value (route and arguments) for the ETag memo."""
         outcome = self.cache_outcome = entry.outcome
         body = entry.body()
         if body == b"null":
             raise not_found()
-        etag = ETAGS.get(key, entry) if key is not None else f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        etag = ETAGS.get(key, entry, body)
         remaining = 0 if outcome == "stale" else max(0, int(entry.expires_at - time.time()))
         headers = self._headers  # values built here, all header-safe: no set_header validation per call
         headers["ETag"] = etag
@@ -307,7 +318,7 @@ class BaseHandler(tornado.web.RequestHandler):
 class ListHandler(BaseHandler):
     async def get(self) -> None:
         query = list_query(self.request)
-        args = (query.category or ALL, query.sort, query.page, query.page_size)
+        args = list_args(query)
         entry = await self.services.catalog.list_page.entry(*args)
         self.send_entry(
             entry,
@@ -392,10 +403,7 @@ class CeilingHandler(tornado.web.RequestHandler):
     async def get(self) -> None:
         body = self._bodies.get(self.request.query)
         if body is None:
-            query = parse_list_query(self.request.query_arguments)
-            entry = await self.services.catalog.list_page.entry(
-                query.category or ALL, query.sort, query.page, query.page_size
-            )
+            entry = await self.services.catalog.list_page.entry(*list_args(list_query(self.request)))
             body = self._bodies[self.request.query] = entry.body()
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(body)

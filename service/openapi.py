@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from .validation import DEFAULT_PAGE_SIZE, MAX_ID, MAX_PAGE, MAX_PAGE_SIZE, SORTS
+from .validation import CATEGORY_PATTERN, DEFAULT_PAGE_SIZE, DEFAULT_SORT, MAX_ID, MAX_PAGE, MAX_PAGE_SIZE, SORTS
 
 __all__ = ["PREFIX", "openapi_document"]
 
@@ -71,12 +71,12 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "category",
                             "in": "query",
-                            "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,32}$"},
+                            "schema": {"type": "string", "pattern": CATEGORY_PATTERN},
                         },
                         {
                             "name": "sort",
                             "in": "query",
-                            "schema": {"type": "string", "enum": list(SORTS), "default": "hot"},
+                            "schema": {"type": "string", "enum": list(SORTS), "default": DEFAULT_SORT},
                         },
                     ],
                     "responses": {

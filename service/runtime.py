@@ -63,7 +63,6 @@ class Services:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.started_at = time.time()
         self._closers: list[Callable[[], None]] = []
 
     def on_close(self, closer: Callable[[], None]) -> None:
@@ -103,12 +102,7 @@ class Services:
             pool = await asyncio.wait_for(create_pool(minsize=q.pool_min, **pool_args), q.connect_timeout * 3)
         except Exception as exc:
             log.error("mysql unreachable at start-up; starting degraded: %r", exc)
-            import aiomysql  # type: ignore[import-untyped]
-
-            pool = await aiomysql.create_pool(
-                minsize=0, db=q.database, autocommit=True, charset="utf8mb4",
-                **{k: v for k, v in pool_args.items() if k != "database"},
-            )  # fmt: skip
+            pool = await create_pool(minsize=0, ensure_database=False, **pool_args)
         mysql = MySQLRepository(pool, query_timeout=q.query_timeout, acquire_timeout=q.pool_acquire_timeout)
         services = cls(settings, cache, mongo_client, wallpapers, mysql)
         if prepare:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
+    "CATEGORY_PATTERN",
     "CATEGORY_RE",
+    "DEFAULT_SORT",
     "MAX_ID",
     "MAX_PAGE",
     "MAX_PAGE_SIZE",
@@ -23,13 +25,15 @@ __all__ = [
     "parse_wallpaper_id",
 ]
 
-CATEGORY_RE: Final = re.compile(r"[a-z0-9-]{1,32}")
+CATEGORY_PATTERN: Final = "^[a-z0-9-]{1,32}$"
+CATEGORY_RE: Final = re.compile(CATEGORY_PATTERN[1:-1])  # used with fullmatch
 _DIGITS: Final = re.compile(r"[0-9]{1,16}")
 DEFAULT_PAGE_SIZE: Final = 20
 MAX_PAGE_SIZE: Final = 100
 MAX_PAGE: Final = 1000
 MAX_ID: Final = 2**53 - 1
 SORTS: Final = ("hot", "new")
+DEFAULT_SORT: Final = "hot"
 LIST_PARAMETERS: Final = frozenset({"pageSize", "page", "category", "sort"})
 
 # Error codes (the HTTP status times 100 plus a number).
@@ -95,12 +99,12 @@ def parse_list_query(arguments: dict[str, list[bytes]]) -> ListQuery:
     values = _single(arguments)
     page_size = _int("pageSize", values["pageSize"], 1, MAX_PAGE_SIZE) if "pageSize" in values else DEFAULT_PAGE_SIZE
     page = _int("page", values["page"], 1, MAX_PAGE) if "page" in values else 1
-    sort = values.get("sort", "hot")
+    sort = values.get("sort", DEFAULT_SORT)
     if sort not in SORTS:
         raise _invalid("sort", sort, "hot or new")
     category = values.get("category")
     if category is not None and not CATEGORY_RE.fullmatch(category):
-        raise _invalid("category", category, "a category slug matching ^[a-z0-9-]{1,32}$")
+        raise _invalid("category", category, f"a category slug matching {CATEGORY_PATTERN}")
     return ListQuery(page=page, page_size=page_size, category=category, sort=sort)
 
 

@@ -31,6 +31,7 @@ from cachelayer import (
 )
 from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT
 from cachelayer._serializers import serializer_by_id, serializer_by_name
+from tests._samples import sample
 
 SerializerName = Literal["orjson", "msgpack"]
 SERIALIZERS: tuple[SerializerName, ...] = ("orjson", "msgpack")
@@ -38,26 +39,11 @@ COMPRESSIONS = ("none", "zstd", "zstd-dict")
 
 # --------------------------------------------------------------------------- fixtures
 
-_WORDS = ("wallpaper", "nature", "city", "壁纸", "高清", "风景", "abstract", "dark", "minimal", "space")
-
-
-def _sample(rng: random.Random, i: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "title": " ".join(rng.choice(_WORDS) for _ in range(4)),
-        "tags": rng.sample(_WORDS, 3),
-        "width": rng.choice([1920, 2560, 3840]),
-        "likes": rng.randrange(10**5),
-        "url": f"https://img.example.com/{rng.randrange(10**9):x}.jpg",
-        "author": {"name": rng.choice(_WORDS), "verified": rng.random() < 0.5},
-    }
-
-
 @pytest.fixture(scope="module")
 def registry() -> DictionaryRegistry:
     """A registry holding one dictionary trained on a few hundred generated values of each serializer."""
     rng = random.Random(20240501)
-    values = [_sample(rng, i) for i in range(300)]
+    values = [sample(rng, i) for i in range(300)]
     samples = [serializer_by_name(name).dumps(v) for v in values for name in SERIALIZERS]
     return DictionaryRegistry([train_dictionary(samples, size=8192)])
 

@@ -56,18 +56,21 @@ async def create_pool(
     minsize: int,
     maxsize: int,
     connect_timeout: float,
+    ensure_database: bool = True,
 ) -> aiomysql.Pool:
-    """A bounded pool on ``database``, creating the database first when it is missing. Build it after forking."""
-    conn = await aiomysql.connect(
-        host=host, port=port, user=user, password=password, connect_timeout=connect_timeout, autocommit=True
-    )
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (database,))
-            if not await cursor.fetchall():
-                await cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
+    """A bounded pool on ``database``, creating the database first when it is missing (``ensure_database``: a
+    server that is down at start-up gets a pool that connects later instead). Build it after forking."""
+    if ensure_database:
+        conn = await aiomysql.connect(
+            host=host, port=port, user=user, password=password, connect_timeout=connect_timeout, autocommit=True
+        )
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (database,))
+                if not await cursor.fetchall():
+                    await cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
     return await aiomysql.create_pool(
         host=host,
         port=port,
