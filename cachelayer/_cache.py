@@ -562,10 +562,9 @@ class Cache:
             await self.backend.set(key, data, ttl_ms, tag_keys, math.ceil(ttl_ms / 1000) + 1)
         self._count_write(serialized_size, len(data))
         frame = self.codec.read_frame(data)
-        if self.local is not None:
-            await self.local.broadcast([key], budget=self.backend.timeout)
-            if opts.local:
-                self.local.put(key, data, frame)
+        await self._forget_locally([key])  # this process's copy too: the broadcast skips its sender
+        if opts.local and self.local is not None:
+            self.local.put(key, data, frame)
         return CacheEntry(self.codec, frame, "miss", value=value)
 
     def _count_write(self, raw: int, stored: int) -> None:

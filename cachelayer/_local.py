@@ -35,6 +35,14 @@ log = logging.getLogger("cachelayer")
 _EVERYTHING: Final = b"*"
 
 
+def _size(data: bytes, body: bytes | memoryview | None) -> int:
+    """Bytes an entry holds: the stored frame, plus the body unless it is a view into the frame (an
+    uncompressed payload is served straight out of ``data``)."""
+    if body is None or (isinstance(body, memoryview) and body.obj is data):
+        return len(data)
+    return len(data) + len(body)
+
+
 @dataclass(slots=True)
 class LocalEntry:
     data: bytes  # the frame as stored in Redis
@@ -103,7 +111,7 @@ class LocalCache:
         return entry
 
     def put(self, key: str, data: bytes, frame: Frame, body: bytes | memoryview | None = None) -> None:
-        size = len(data) + (len(body) if body is not None else 0)
+        size = _size(data, body)
         if size > self.max_bytes:
             return
         self._drop(key)
@@ -117,7 +125,7 @@ class LocalCache:
     def keep_body(self, entry: LocalEntry, body: bytes | memoryview) -> None:
         if entry.body is None:
             entry.body = body
-            self._bytes += len(body)
+            self._bytes += _size(entry.data, body) - len(entry.data)
 
     def discard(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -130,7 +138,7 @@ class LocalCache:
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= len(entry.data) + (len(entry.body) if entry.body is not None else 0)
+            self._bytes -= _size(entry.data, entry.body)
 
     # -- the invalidation channel ----------------------------------------------------------------------------
 

@@ -62,6 +62,20 @@ def test_lru_is_bounded_by_entries_and_bytes() -> None:
     assert small.get("huge") is None
 
 
+def test_an_uncompressed_body_is_not_counted_twice() -> None:
+    codec = Codec()
+    data = codec.encode({"n": 1}, expires_at=time.time() + 60)  # small: stored uncompressed
+    frame = codec.read_frame(data)
+    body = codec.serialized(frame)
+    assert isinstance(body, memoryview)
+    assert body.obj is data  # a view into the stored frame, no copy
+    local = LocalCache()
+    local.put("k", data, frame, body)
+    assert local.size_bytes == len(data)
+    local.discard(["k"])
+    assert local.size_bytes == 0
+
+
 def test_without_a_live_channel_nothing_older_than_max_staleness_is_served() -> None:
     clock = Clock()
     local = LocalCache(max_staleness=0.5, clock=clock)
@@ -123,6 +137,22 @@ async def test_a_write_in_one_process_replaces_the_other_local_copy(redis_client
     assert await page_b() == "new"
     await a.aclose()
     await b.aclose()
+
+
+async def test_a_write_by_the_same_process_replaces_its_own_local_copy(redis_client: redis.asyncio.Redis) -> None:
+    # The broadcast skips its sender, so the writer must drop its own copy itself; a set() without local=True
+    # used to leave the old value in the writer's L1 until it expired.
+    cache = Cache(redis_client, namespace="l1self", local=LocalCache())
+
+    async def old() -> str:
+        return "old"
+
+    assert await cache.get_or_set("k", old, local=True) == "old"
+    assert cache.local is not None
+    assert cache.local.get(cache.key("k")) is not None
+    await cache.set("k", "new")
+    assert await cache.get_or_set("k", old, local=True) == "new"
+    await cache.aclose()
 
 
 async def test_channel_loss_drops_the_local_tier(tmp_path: Path) -> None:
