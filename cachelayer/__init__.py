@@ -1,11 +1,12 @@
 """cachelayer: an asyncio cache over Redis with compressed values, tags and stampede protection."""
 
+from ._backend import Backend, Message, StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
-from ._cache import MISSING, Cache
+from ._cache import Cache
 from ._codec import Codec, Frame
 from ._decorator import BoundCachedFunction, CachedFunction, cached, get_default_cache, set_default_cache
 from ._dictionaries import DictionaryRegistry, train_dictionary
-from ._entry import CacheEntry, Outcome
+from ._entry import MISSING, CacheEntry, Missing, Outcome
 from ._errors import (
     CacheError,
     CodecError,
@@ -16,7 +17,11 @@ from ._errors import (
 )
 from ._keys import canonical_bytes
 from ._local import LocalCache
+from ._memory_backend import MemoryBackend
 from ._metrics import CacheMetrics, register_prometheus
+from ._null_backend import NullBackend
+from ._policy import EntryPolicy
+from ._redis_backend import RedisBackend
 from ._serializers import MsgpackSerializer, OrjsonSerializer, Serializer
 from ._stampede import StampedePolicy
 
@@ -24,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MISSING",
+    "Backend",
     "BoundCachedFunction",
     "Cache",
     "CacheEntry",
@@ -34,16 +40,24 @@ __all__ = [
     "Codec",
     "CodecError",
     "DictionaryRegistry",
+    "EntryPolicy",
     "Frame",
     "KeyEncodingError",
     "LeaseTimeoutError",
     "LocalCache",
+    "MemoryBackend",
+    "Message",
+    "Missing",
     "MsgpackSerializer",
+    "NullBackend",
     "OrjsonSerializer",
     "Outcome",
+    "RedisBackend",
     "SerializationError",
     "Serializer",
     "StampedePolicy",
+    "StoreUnavailable",
+    "Subscription",
     "ValueTooLargeError",
     "__version__",
     "cached",

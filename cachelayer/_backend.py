@@ -1,175 +1,150 @@
-"""Redis access for the cache: every call under a time budget and the circuit breaker, errors made uniform.
+"""The backend seam: everything the cache asks of a store, as one Protocol.
 
-Works with ``redis.asyncio.Redis`` and ``redis.asyncio.RedisCluster`` alike: every multi-key command here touches
-keys of one hash slot (a value and its lease), and everything else goes through non-transactional pipelines,
-which the Cluster client splits by slot.
+A backend stores opaque byte strings (frames, built by the codec) under string keys, with an expiry; it knows
+nothing of frames, policies or the local tier. Implementations: :class:`cachelayer.RedisBackend` (standalone and
+Cluster clients) and :class:`cachelayer.MemoryBackend` (in-process). Both are exercised by one set of tests.
+
+Every method may raise :class:`StoreUnavailable` (a :class:`CacheError`) and nothing else for a store problem:
+the store did not answer within its budget, answered with an error, or a circuit breaker refused the call. The
+:class:`Cache` turns it into fail-open behaviour; it never reaches a caller of the cache.
+
+Keys are the cache's own (see ``_keys.py``): a value key and its lease key share a Redis Cluster hash slot, so
+:meth:`Backend.poll` is one round trip on a cluster too.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
-from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from ._errors import CacheError
 
-from ._breaker import CircuitBreaker
-
-__all__ = ["BackendUnavailable", "RedisBackend"]
-
-T = TypeVar("T")
-
-# KEYS[1] lease key; ARGV[1] token. Delete only if we still own it, so a lease that expired and was taken by
-# another process is never released by us.
-_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# KEYS[1] lease key; ARGV[1] token; ARGV[2] new TTL in ms.
-_EXTEND: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+__all__ = ["Backend", "Message", "StoreUnavailable", "Subscription"]
 
 
-class BackendUnavailable(Exception):
-    """Redis did not answer within the budget, answered with an error, or the breaker is open. Internal: the
-    cache turns it into fail-open behaviour and a counted error, never into an exception for its callers."""
+class StoreUnavailable(CacheError):
+    """The store did not answer within the budget, answered with an error, or its breaker is open.
+
+    Raised by backends only; the cache turns it into fail-open behaviour and a counted error.
+    """
 
 
-class RedisBackend:
-    """The only place that talks to Redis."""
+Message = tuple[str, bytes]
+"""A pub/sub message: (channel, data)."""
 
-    def __init__(
-        self,
-        client: Redis | RedisCluster,
-        *,
-        timeout: float,
-        breaker: CircuitBreaker,
-        on_error: Callable[[BaseException], None] = lambda exc: None,
-    ) -> None:
-        self.client = client
-        self.timeout = timeout
-        self.breaker = breaker
-        self._on_error = on_error
-        self._release = client.register_script(_RELEASE)
-        self._extend = client.register_script(_EXTEND)
 
-    async def _call(self, make: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
-        permit = self.breaker.permit()
-        if permit is None:
-            refused = BackendUnavailable("circuit breaker is open")
-            self._on_error(refused)
-            raise refused
-        try:
-            async with asyncio.timeout(self.timeout if budget is None else budget):
-                result = await make()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.breaker.record_failure()
-            self._on_error(exc)
-            raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            if permit == "probe":  # only the probe's fate decides the half-open state
-                self.breaker.record_abandoned()
-            raise
-        self.breaker.record_success()
-        return result
+class Subscription(Protocol):
+    """One pub/sub connection of this process, on which channels are subscribed and messages read.
 
-    async def get(self, key: str) -> bytes | None:
-        value: Any = await self._call(lambda: self.client.get(key))
-        return value  # type: ignore[no-any-return]  # the client is built with decode_responses=False
+    ``alive_at`` is the monotonic time of the last sign of life from the store on this connection (a
+    confirmation, a message, an answer to :meth:`ping`); the local tier uses it to bound staleness.
+    Any connection problem raises :class:`StoreUnavailable`; the subscription is then unusable: close it and
+    open a new one.
+    """
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        async def run() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                return await pipe.execute()
+    alive_at: float
 
-        return await self._call(run)
+    async def subscribe(self, *channels: str) -> None: ...
+
+    async def unsubscribe(self, *channels: str) -> None: ...
+
+    async def next_message(self, timeout: float) -> Message | None:  # noqa: ASYNC109  # the protocol's
+        """The next message, or None when ``timeout`` seconds pass without one."""
+        ...
+
+    async def ping(self) -> None:
+        """Ask the store for a sign of life; its answer moves ``alive_at`` (read by :meth:`next_message`)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What :class:`cachelayer.Cache` asks of a store. See the module docstring for the error contract."""
+
+    timeout: float
+    """The budget of one call, in seconds."""
+
+    async def connect(self) -> None:
+        """Open connections and learn the topology now (the first call does it otherwise)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend owns. Safe to call twice."""
+        ...
+
+    # -- values -----------------------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
     async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
-        async def run() -> None:
-            if not tag_keys:
-                await self.client.set(key, value, px=ttl_ms)
-                return
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.set(key, value, px=ttl_ms)
-                for tag_key in tag_keys:
-                    pipe.sadd(tag_key, key)
-                    # NX gives a new set a TTL; GT only ever lengthens it, so a tag outlives every key it names.
-                    pipe.expire(tag_key, tag_ttl_s, nx=True)
-                    pipe.expire(tag_key, tag_ttl_s, gt=True)
-                await pipe.execute()
-
-        await self._call(run)
+        """Store ``value`` for ``ttl_ms`` and add ``key`` to each tag set, whose expiry only ever lengthens
+        (to at least ``tag_ttl_s``), so a tag set outlives every key it names."""
+        ...
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        async def run() -> None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for key, value, ttl_ms in items:
-                    pipe.set(key, value, px=ttl_ms)
-                await pipe.execute()
-
-        await self._call(run)
+        """Store several (key, value, ttl_ms) at once."""
+        ...
 
     async def delete(self, *keys: str) -> int:
-        if not keys:
-            return 0
+        """Delete ``keys``; how many existed."""
+        ...
 
-        return await self._call(lambda: self._delete_now(list(keys)))
+    async def overwrite(self, key: str, offset: int, data: bytes) -> bool:
+        """Overwrite bytes of an existing value in place, keeping its expiry; False (and nothing written) when
+        the key does not exist. The cache marks entries stale this way (the frame's expiry field)."""
+        ...
+
+    async def clear(self, prefix: str) -> int:
+        """Delete every key that starts with ``prefix`` (on Redis with SCAN, never KEYS); how many went."""
+        ...
+
+    # -- leases -----------------------------------------------------------------------------------------------
 
     async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        acquired = await self._call(lambda: self.client.set(lease_key, token, nx=True, px=ttl_ms))
-        return bool(acquired)
+        """Take the lease if nobody holds it."""
+        ...
+
+    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lease if ``token`` still holds it; False when it was lost."""
+        ...
 
     async def release_lease(self, lease_key: str, token: str) -> None:
-        await self._call(lambda: self._release(keys=[lease_key], args=[token]))
-
-    async def extend_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        extended = await self._call(lambda: self._extend(keys=[lease_key], args=[token, ttl_ms]))
-        return bool(extended)
+        """Give the lease up if ``token`` still holds it (never another holder's)."""
+        ...
 
     async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
-        """The value, if any, and whether the lease is still held: one round trip (one slot)."""
+        """The value under ``key`` (or None) and whether the lease is held: what a waiter checks."""
+        ...
 
-        async def run() -> list[Any]:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.get(key)
-                pipe.exists(lease_key)
-                return await pipe.execute()
+    # -- tags -------------------------------------------------------------------------------------------------
 
-        value, lease_held = await self._call(run)
-        return value, bool(lease_held)
+    async def tag_members(self, tag_key: str) -> list[str]: ...
 
-    async def tag_members(self, tag_key: str) -> list[str]:
-        members = await self._call(lambda: self.client.smembers(tag_key))
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None: ...
 
-    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
-        await self._call(lambda: self.client.srem(tag_key, *members))
+    # -- publish / subscribe ----------------------------------------------------------------------------------
 
-    async def scan_delete(self, pattern: str, batch: int = 500, budget: float = 60.0) -> int:
-        """Delete every key matching ``pattern`` with SCAN (never KEYS), in batches."""
+    async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
+        """Send ``data`` to the subscribers of ``channel``. ``sharded``: the channel lives on the shard of the
+        key it names (Redis Cluster SPUBLISH); elsewhere it is an ordinary channel."""
+        ...
 
-        async def run() -> int:
-            deleted = 0
-            batch_keys: list[str] = []
-            async for key in self.client.scan_iter(match=pattern, count=batch):
-                batch_keys.append(key.decode() if isinstance(key, bytes) else key)
-                if len(batch_keys) >= batch:
-                    deleted += await self._delete_now(batch_keys)
-                    batch_keys = []
-            if batch_keys:
-                deleted += await self._delete_now(batch_keys)
-            return deleted
+    def subscription(self, *, sharded: bool = False) -> Subscription:
+        """A new pub/sub connection (opened lazily by its first ``subscribe``)."""
+        ...
 
-        return await self._call(run, budget=budget)
+    # -- introspection ----------------------------------------------------------------------------------------
 
-    async def _delete_now(self, keys: list[str]) -> int:
-        # One DEL per key: on a cluster, keys of different slots cannot share a command.
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.delete(key)
-            return sum(await pipe.execute())
+    async def ping(self) -> None:
+        """One round trip to the store (health checks); raises :class:`StoreUnavailable`."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state for ``Cache.stats()``: at least ``store_errors`` (int), ``breaker_state``
+        (``"closed"``, ``"open"``, ``"half_open"``; for a backend with several breakers, the worst) and
+        ``breaker_opened`` (int)."""
+        ...

@@ -1,12 +1,19 @@
-"""A circuit breaker for the Redis connection: stop paying a timeout per request while Redis is down."""
+"""A circuit breaker for a store: stop paying a timeout per request while the store is down.
+
+Every transition is logged at WARNING with its reason (an open breaker means hits are turning into database
+loads: the operator must be able to see why), at most once per ``log_interval`` for repeated re-openings.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Literal
 
 __all__ = ["CircuitBreaker"]
+
+log = logging.getLogger("cachelayer")
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -22,23 +29,29 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         cooldown: float = 2.0,
         *,
+        name: str = "store",
+        log_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
         self.failure_threshold = failure_threshold
         self.cooldown = cooldown
-        self._clock = clock
+        self.clock = clock
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
         self.opened_count = 0
+        self.name = name
+        self.log_interval = log_interval
+        self._logged_at = float("-inf")
+        self._reopens_unlogged = 0
 
     @property
     def state(self) -> BreakerState:
         if self._opened_at is None:
             return "closed"
-        if self._probing or self._clock() - self._opened_at >= self.cooldown:
+        if self._probing or self.clock() - self._opened_at >= self.cooldown:
             return "half_open"
         return "open"
 
@@ -50,22 +63,49 @@ class CircuitBreaker:
         """Like :meth:`allow`, but says whether the caller is the half-open probe (None: refused)."""
         if self._opened_at is None:
             return "call"
-        if self._probing or self._clock() - self._opened_at < self.cooldown:
+        if self._probing or self.clock() - self._opened_at < self.cooldown:
             return None
         self._probing = True
         return "probe"
 
     def record_success(self) -> None:
+        if self._opened_at is not None:
+            log.warning(
+                "cachelayer: circuit breaker %s closed: the store answers again after %.1f s",
+                self.name,
+                self.clock() - self._opened_at,
+            )
+            self._logged_at = float("-inf")
         self._failures = 0
         self._opened_at = None
         self._probing = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, reason: BaseException | str | None = None) -> None:
         self._failures += 1
         if self._probing or (self._opened_at is None and self._failures >= self.failure_threshold):
-            self._opened_at = self._clock()
+            reopening = self._probing
+            now = self.clock()
+            self._opened_at = now
             self._probing = False
             self.opened_count += 1
+            self._log_open(now, reopening, reason)
+
+    def _log_open(self, now: float, reopening: bool, reason: BaseException | str | None) -> None:
+        if reopening and now - self._logged_at < self.log_interval:
+            self._reopens_unlogged += 1
+            return
+        self._logged_at = now
+        log.warning(
+            "cachelayer: circuit breaker %s %s after %d consecutive failures (last: %r); calls fail open "
+            "for %.1f s%s",
+            self.name,
+            "reopened" if reopening else "opened",
+            self._failures,
+            reason,
+            self.cooldown,
+            f" ({self._reopens_unlogged} reopenings not logged)" if self._reopens_unlogged else "",
+        )
+        self._reopens_unlogged = 0
 
     def record_abandoned(self) -> None:
         """A call ended with neither answer (cancelled): let the next caller probe instead of waiting forever."""

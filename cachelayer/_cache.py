@@ -1,70 +1,66 @@
-"""The cache-aside manager: get / set / get_or_set / tags, composed from the codec, backend and stampede parts."""
+"""The cache-aside manager: one public entry point, :meth:`Cache.fetch`, and the plain operations around it.
+
+A fetch reads straight down: the local tier, then the backend (reads of one key coalesced), the codec; on a miss
+the load path (``_loading.py``: single-flight, the lease, the store). Every store problem arrives here as
+:class:`StoreUnavailable` and becomes fail-open behaviour; only the loader's own errors and programming errors
+reach a caller.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import random
-import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
+from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-
-from ._backend import BackendUnavailable, RedisBackend
+from ._backend import Backend, StoreUnavailable
 from ._breaker import CircuitBreaker
-from ._codec import Codec, Frame
+from ._codec import EXPIRES_OFFSET, Codec
 from ._entry import CacheEntry
-from ._errors import CodecError, LeaseTimeoutError
 from ._keys import KeyLayout
-from ._local import LocalCache, LocalEntry
+from ._loading import INVALIDATED_AT, Loading
+from ._local import LocalCache
 from ._metrics import CacheMetrics
-from ._notify import ReadyNotifier
-from ._stampede import ReadCoalescer, SingleFlight, StampedePolicy, backoff_delays, jittered, xfetch_due
+from ._null_backend import NullBackend
+from ._policy import DEFAULT_POLICY, EntryPolicy, PolicyFields, ResolvedPolicy, policy_of
+from ._stampede import StampedePolicy
+from ._typed import ValueType
 
-__all__ = ["MISSING", "Cache"]
+if TYPE_CHECKING:
+    from redis.asyncio import Redis, RedisCluster
+
+__all__ = ["Cache"]
 
 log = logging.getLogger("cachelayer")
 
-MISSING: Final[Any] = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
-"""Pass as ``default`` to :meth:`Cache.get` to tell a cached ``None`` from a miss."""
+T = TypeVar("T")
 
-Loader = Callable[[], Awaitable[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    ttl: float
-    stale_ttl: float
-    none_ttl: float
-    tags: tuple[str, ...]
-    policy: StampedePolicy
-    local: bool = False
+# Marking an entry stale rewrites its frame's expiry field in place (its TTL and payload stay).
+_INVALIDATED_FIELD = round(INVALIDATED_AT * 1000).to_bytes(8, "big")
 
 
 class Cache:
-    """A cache in one Redis namespace.
+    """A cache in one namespace of a store.
 
     Build one per application at start-up and pass it where it is needed (or make it the decorator's default
     with :func:`set_default_cache`)::
 
-        cache = Cache(redis.asyncio.Redis(connection_pool=pool), namespace="wallpapers", default_ttl=60)
+        cache = Cache.from_url("redis://127.0.0.1:6379/0", namespace="wallpapers", default_ttl=60)
 
+    ``store`` is a :class:`Backend` (:class:`RedisBackend`, :class:`MemoryBackend`) or a redis-py client, which
+    is wrapped in a :class:`RedisBackend` with ``timeout`` (the budget of every call) and ``breaker``.
     ``stale_ttl`` (default: equal to the TTL) is how long a value outlives its TTL to be served stale while one
     refresh runs, or when the loader fails. ``none_ttl`` is the TTL of a cached ``None`` (default: the TTL).
-    ``jitter`` spreads each TTL over ``ttl * (1 +- jitter)``. ``timeout`` is the budget of every Redis call
-    (seconds); past it, or on any Redis error, the cache fails open: the loader runs and the caller never sees
-    the Redis error. ``breaker`` stops calling Redis for a cool-down after consecutive failures.
+    ``jitter`` spreads each TTL over ``ttl * (1 +- jitter)``.
     """
 
     def __init__(
         self,
-        redis: Redis | RedisCluster,
+        store: Backend | Redis | RedisCluster,
         *,
         namespace: str = "cache",
         codec: Codec | None = None,
@@ -73,29 +69,20 @@ class Cache:
         none_ttl: float | None = None,
         jitter: float = 0.1,
         stampede: StampedePolicy | None = None,
-        timeout: float = 0.1,
-        breaker: CircuitBreaker | None = None,
+        local: LocalCache | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
-        local: LocalCache | None = None,
+        timeout: float | None = None,
+        breaker: CircuitBreaker | None = None,
         owns_client: bool = False,
+        enabled: bool = True,
     ) -> None:
-        if redis.get_encoder().decode_responses:
-            raise ValueError("the Redis client must be built with decode_responses=False: values are bytes")
-        pool_options = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
-        if sys.version_info < (3, 12) and pool_options.get("socket_timeout") is not None:
-            log.warning(
-                "cachelayer: the Redis pool has socket_timeout=%s; on Python 3.11 it can stretch the cache's "
-                "%.3f s budget to the socket timeout: build the pool with socket_timeout=None "
-                "(docs/operations.md)",
-                pool_options["socket_timeout"],
-                timeout,
-            )
         if default_ttl <= 0:
             raise ValueError("default_ttl must be positive")
         if not 0 <= jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
-        self.redis = redis
+        self.backend: Backend = _as_backend(store, timeout, breaker, owns_client)
+        self._owns_backend = owns_client
         self.keys = KeyLayout(namespace)
         self.namespace = namespace
         self.codec = codec if codec is not None else Codec()
@@ -104,20 +91,15 @@ class Cache:
         self.none_ttl = none_ttl
         self.jitter = jitter
         self.stampede = stampede if stampede is not None else StampedePolicy()
+        self.enabled = enabled
         self.metrics = CacheMetrics()
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
-        self.backend = RedisBackend(redis, timeout=timeout, breaker=self.breaker, on_error=self._redis_error)
-        self._clock = clock
-        self._rand = rand
         self.local = local
         if local is not None:
-            local.attach(redis, self.keys.local_channel())
-        self._owns_client = owns_client
-        self._notifier = ReadyNotifier(redis, timeout=timeout)
-        self._reads = ReadCoalescer()
-        self._loads: SingleFlight[CacheEntry] = SingleFlight()
-        self._refreshes: SingleFlight[None] = SingleFlight()
-        self._background: set[asyncio.Task[Any]] = set()
+            local.attach(self.backend, self.keys.local_channel())
+        self._clock = clock
+        self._rand = rand
+        self._resolved: dict[EntryPolicy, ResolvedPolicy] = {}
+        self._loading: Loading | None = None
 
     @classmethod
     def from_url(
@@ -128,67 +110,187 @@ class Cache:
         max_connections: int = 64,
         pool_timeout: float = 1.0,
         socket_timeout: float | None = None,
+        timeout: float = 0.1,
+        breaker: CircuitBreaker | None = None,
         **options: Any,
     ) -> Cache:
-        """A cache with its own client: a bounded, blocking connection pool (a caller waits up to
-        ``pool_timeout`` for a free connection instead of opening more), closed by :meth:`aclose`.
+        """A cache with a store of its own, closed by :meth:`aclose`: ``memory://`` (in-process),
+        ``redis://``, ``rediss://``, ``unix://`` (a bounded, blocking pool: a caller waits up to
+        ``pool_timeout`` for a free connection instead of opening more), or ``redis+cluster://host:port``
+        (``rediss+cluster://``; also ``cluster=True`` with a ``redis://`` URL): a Redis Cluster, found from that
+        node. One client per event loop; ``socket_timeout`` is None on purpose (docs/operations.md)."""
+        scheme = urlsplit(url).scheme
+        backend: Backend
+        if scheme == "memory":
+            from ._memory_backend import MemoryBackend
 
-        ``socket_timeout`` is None on purpose: the cache's ``timeout`` already bounds every call, and on Python
-        3.11 redis-py's socket timeout runs sends under ``asyncio.wait_for``, which can swallow the budget's
-        cancellation and stretch a 0.1 s budget to the socket timeout (docs/operations.md)."""
-        client: Redis | RedisCluster
-        if cluster:
-            client = RedisCluster.from_url(url, max_connections=max_connections, socket_timeout=socket_timeout)
-        else:
-            pool = BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=pool_timeout, socket_timeout=socket_timeout
+            backend = MemoryBackend(timeout=timeout)
+        elif scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+            from ._redis_backend import RedisBackend
+
+            build = RedisBackend.cluster_from_url if cluster or scheme.endswith("+cluster") else RedisBackend.from_url
+            backend = build(
+                url,
+                max_connections=max_connections,
+                pool_timeout=pool_timeout,
+                socket_timeout=socket_timeout,
+                timeout=timeout,
+                breaker=breaker,
             )
-            client = Redis(connection_pool=pool)
-        return cls(client, owns_client=True, **options)
+        else:
+            raise ValueError(f"unsupported cache URL scheme {scheme!r}: memory, redis, rediss, unix, redis+cluster")
+        return cls(backend, owns_client=True, **options)
+
+    @classmethod
+    def disabled(cls, **options: Any) -> Cache:
+        """A cache that stores nothing: every fetch calls the loader (outcome ``"bypass"``). For measuring the
+        uncached path, and for an application's tests that must not depend on caching."""
+        return cls(NullBackend(), enabled=False, **options)
+
+    async def connect(self) -> None:
+        """Open the store's connections and learn its topology now, so the first request pays nothing for it.
+        Never raises for a store problem (the cache fails open until the store answers)."""
+        with contextlib.suppress(StoreUnavailable):
+            await self.backend.connect()
+
+    async def ping(self) -> bool:
+        """True when the store answers one round trip within its budget (health checks); never raises."""
+        try:
+            await self.backend.ping()
+        except StoreUnavailable:
+            return False
+        return True
 
     async def aclose(self) -> None:
-        """Wait for background refreshes, then close the client if this cache built it."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self._notifier.aclose()
+        """Wait for background refreshes, then close what this cache built."""
+        if self._loading is not None and self._loading.loop is asyncio.get_running_loop():
+            await self._loading.aclose()
         if self.local is not None:
             await self.local.aclose()
-        if self._owns_client:
-            await self.redis.aclose()
+        if self._owns_backend:
+            await self.backend.aclose()
 
-    # -- the plain operations ---------------------------------------------------------------------------------
+    def _state(self) -> Loading:
+        """The load machinery of the running loop (futures and tasks belong to one loop)."""
+        loading = self._loading
+        loop = asyncio.get_running_loop()
+        if loading is None or loading.loop is not loop:
+            loading = self._loading = Loading(self, loop)
+        return loading
+
+    # -- the entry point --------------------------------------------------------------------------------------
 
     def key(self, name: str) -> str:
-        """The Redis key that holds ``name``."""
+        """The store key that holds ``name``."""
         return self.keys.value_key(name)
 
-    async def get(self, name: str, default: Any = None) -> Any:
+    def resolve(self, policy: EntryPolicy) -> ResolvedPolicy:
+        """``policy`` with this cache's defaults filled in."""
+        resolved = self._resolved.get(policy)
+        if resolved is not None:
+            return resolved
+        ttl = self.default_ttl if policy.ttl is None else policy.ttl
+        stale_ttl = policy.stale_ttl
+        if stale_ttl is None:
+            # The stale window scales with a per-entry TTL, so a short-lived value is not served stale for the
+            # long window meant for the default TTL.
+            stale_ttl = self.stale_ttl if ttl == self.default_ttl else ttl * (self.stale_ttl / self.default_ttl)
+        none_ttl = policy.none_ttl if policy.none_ttl is not None else (self.none_ttl or ttl)
+        resolved = ResolvedPolicy(ttl, stale_ttl, none_ttl, policy.tags, policy.local, policy.stampede or self.stampede)
+        if len(self._resolved) >= 1024:
+            self._resolved.clear()
+        self._resolved[policy] = resolved
+        return resolved
+
+    async def fetch(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[T]],
+        policy: EntryPolicy = DEFAULT_POLICY,
+        *,
+        value_type: ValueType[T] | None = None,
+        parse: bool = True,
+    ) -> CacheEntry[T]:
+        """The entry under ``name``; on a miss, ``await loader()`` once (across processes) and store it.
+
+        ``parse=False`` checks the stored bytes without building the value (``entry.body()`` is then free).
+        ``value_type`` decodes hits to the type the loader returns (the decorator passes it from the return
+        annotation). Never raises for a store problem; the loader's exceptions propagate."""
+        if not self.enabled:
+            return await self._state().bypass(loader, value_type)
+        key = self.keys.value_key(name)
+        state = self._state()
+        local = self.local if policy.local else None
+        if local is not None:
+            local.ensure_listening()
+            hit = state.local_hit(key, local, policy, loader, parse, value_type)
+            if hit is not None:
+                return hit
+        return await state.fetch(key, loader, policy, parse, value_type)
+
+    async def refresh(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[T]],
+        policy: EntryPolicy = DEFAULT_POLICY,
+        *,
+        value_type: ValueType[T] | None = None,
+    ) -> CacheEntry[T]:
+        """Run ``loader`` now and store its value, whatever is stored."""
+        if not self.enabled:
+            return await self._state().bypass(loader, value_type)
+        return await self._state().load_and_store(self.key(name), loader, self.resolve(policy), None, value_type)
+
+    async def get_or_set(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[T]],
+        policy: EntryPolicy | None = None,
+        **fields: Unpack[PolicyFields],
+    ) -> T:
+        """The value under ``name``, loaded and stored on a miss: ``(await fetch(...)).value()``. The policy's
+        fields may be given as keywords (``ttl=30, tags=["home"]``)."""
+        return (await self.fetch(name, loader, policy_of(policy, fields))).value()
+
+    async def get_or_set_entry(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[T]],
+        policy: EntryPolicy | None = None,
+        **fields: Unpack[PolicyFields],
+    ) -> CacheEntry[T]:
+        """Like :meth:`get_or_set`, but the entry with its stored bytes checked, not parsed."""
+        return await self.fetch(name, loader, policy_of(policy, fields), parse=False)
+
+    # -- plain operations -------------------------------------------------------------------------------------
+
+    async def get(self, name: str, default: Any = None, *, value_type: ValueType[Any] | None = None) -> Any:
         """The fresh value stored under ``name``, or ``default`` (pass :data:`MISSING` to tell a cached
         ``None`` from a miss). A stale, undecodable or unreachable value is a miss."""
-        found = await self._lookup(self.key(name), want_value=True)
-        if found is None or not self._fresh(found[0]):
+        key = self.key(name)
+        try:
+            data = await self.backend.get(key)
+        except StoreUnavailable:
+            data = None
+        return await self._fresh_value(key, data, default, value_type)
+
+    async def get_many(
+        self, names: Sequence[str], default: Any = None, *, value_type: ValueType[Any] | None = None
+    ) -> list[Any]:
+        keys = [self.key(n) for n in names]
+        try:
+            stored = await self.backend.get_many(keys)
+        except StoreUnavailable:
+            stored = [None] * len(keys)
+        return [await self._fresh_value(key, data, default, value_type) for key, data in zip(keys, stored, strict=True)]
+
+    async def _fresh_value(self, key: str, data: bytes | None, default: Any, value_type: ValueType[Any] | None) -> Any:
+        found = await self._state().decode(key, data, True, value_type) if data is not None else None
+        if found is None or self._clock() >= found[0].expires_at:
             self.metrics.misses += 1
             return default
         self.metrics.hits += 1
         return found[1]
-
-    async def get_many(self, names: Sequence[str], default: Any = None) -> list[Any]:
-        keys = [self.key(n) for n in names]
-        try:
-            stored = await self.backend.get_many(keys)
-        except BackendUnavailable:
-            self.metrics.misses += len(keys)
-            return [default] * len(keys)
-        values: list[Any] = []
-        for key, data in zip(keys, stored, strict=True):
-            decoded = await self._decode(key, data, want_value=True) if data is not None else None
-            if decoded is None or not self._fresh(decoded[0]):
-                self.metrics.misses += 1
-                values.append(default)
-            else:
-                self.metrics.hits += 1
-                values.append(decoded[1])
-        return values
 
     async def set(
         self,
@@ -198,108 +300,81 @@ class Cache:
         *,
         stale_ttl: float | None = None,
         tags: Iterable[str] = (),
+        value_type: ValueType[Any] | None = None,
     ) -> None:
-        await self._store(self.key(name), value, self._options(ttl, stale_ttl, None, tags), recompute_time=0.0)
+        """Store ``value``. A value that cannot be stored raises :class:`SerializationError` (or
+        :class:`ValueTooLargeError`); a store problem does not."""
+        policy = self.resolve(EntryPolicy(ttl=ttl, stale_ttl=stale_ttl, tags=tuple(tags)))
+        await self._state().store(self.key(name), value, policy, 0.0, value_type, strict=True)
 
     async def set_many(self, values: Mapping[str, Any], ttl: float | None = None) -> None:
-        opts = self._options(ttl, None, None, ())
-        items = []
-        for name, value in values.items():
-            data, serialized_size, ttl_ms = self._encode(value, opts, recompute_time=0.0)
-            items.append((self.key(name), data, ttl_ms))
-            self._count_write(serialized_size, len(data))
-        with contextlib.suppress(BackendUnavailable):
-            await self.backend.set_many(items)
-        await self._forget_locally([key for key, _, _ in items])
+        policy = self.resolve(EntryPolicy(ttl=ttl))
+        state = self._state()
+        items = [(self.key(name), *state.encode(value, policy, 0.0, None)) for name, value in values.items()]
+        with contextlib.suppress(StoreUnavailable):
+            await self.backend.set_many([(key, data, ttl_ms) for key, data, ttl_ms, _ in items])
+        for _, data, _, raw in items:
+            self.metrics.count_write(raw, len(data))
+        await self.forget_locally([key for key, *_ in items])
 
     async def delete(self, name: str) -> bool:
-        return await self.delete_key(self.key(name))
-
-    async def delete_key(self, key: str) -> bool:
-        """Delete by full Redis key (as :meth:`key` or ``f.key(...)`` give it); False if absent or unreachable."""
-        await self._forget_locally([key])
+        """Delete the entry under ``name``; False if absent or the store is unavailable."""
+        key = self.key(name)
         try:
-            return await self.backend.delete(key) > 0
-        except BackendUnavailable:
-            return False
+            deleted = await self.backend.delete(key) > 0
+        except StoreUnavailable:
+            deleted = False
+        await self.forget_locally([key])
+        return deleted
 
     async def ttl(self, name: str) -> float | None:
         """Seconds until the value under ``name`` goes stale (negative once it is stale), or None if absent."""
-        found = await self._lookup(self.key(name), want_value=False)
+        key = self.key(name)
+        try:
+            data = await self.backend.get(key)
+        except StoreUnavailable:
+            return None
+        found = await self._state().decode(key, data, False, None) if data is not None else None
         return None if found is None else found[0].expires_at - self._clock()
 
-    async def get_or_set(
-        self,
-        name: str,
-        loader: Loader,
-        ttl: float | None = None,
-        *,
-        stale_ttl: float | None = None,
-        none_ttl: float | None = None,
-        tags: Iterable[str] = (),
-        stampede: StampedePolicy | None = None,
-        local: bool = False,
-    ) -> Any:
-        """The value under ``name``; on a miss, ``await loader()`` once (across processes) and store it.
-        ``local=True`` serves it from this process's local tier when the cache has one."""
-        entry = await self._fetch(
-            self.key(name), loader, self._options(ttl, stale_ttl, none_ttl, tags, stampede, local), want_value=True
-        )
-        return entry.value()
-
-    async def get_or_set_entry(
-        self,
-        name: str,
-        loader: Loader,
-        ttl: float | None = None,
-        *,
-        stale_ttl: float | None = None,
-        none_ttl: float | None = None,
-        tags: Iterable[str] = (),
-        stampede: StampedePolicy | None = None,
-        local: bool = False,
-    ) -> CacheEntry:
-        """Like :meth:`get_or_set`, but hands back the stored bytes without parsing them."""
-        return await self._fetch(
-            self.key(name), loader, self._options(ttl, stale_ttl, none_ttl, tags, stampede, local), want_value=False
-        )
-
-    async def invalidate_tags(self, *tags: str) -> int:
-        """Delete every key stored with any of ``tags``; returns how many keys went."""
-        deleted = 0
+    async def invalidate_tags(self, *tags: str, mark_stale: bool = False) -> int:
+        """Delete every entry stored with any of ``tags`` (``mark_stale``: mark them stale instead, so the next
+        read reloads and, if the loader fails, serves the old copy); returns how many entries it reached."""
+        reached = 0
         for tag in tags:
             tag_key = self.keys.tag_key(tag)
             try:
                 members = await self.backend.tag_members(tag_key)
                 if not members:
                     continue
-                # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
-                await self.backend.remove_tag_members(tag_key, members)
-                await self._forget_locally(members)
-                deleted += await self.backend.delete(*members)
-            except BackendUnavailable:
-                log.warning("cachelayer: could not invalidate tag %r: Redis unavailable", tag)
-        self.metrics.invalidations += deleted
+                if mark_stale:
+                    marked = await asyncio.gather(
+                        *(self.backend.overwrite(m, EXPIRES_OFFSET, _INVALIDATED_FIELD) for m in members)
+                    )
+                    reached += sum(marked)
+                else:
+                    # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
+                    await self.backend.remove_tag_members(tag_key, members)
+                    reached += await self.backend.delete(*members)
+            except StoreUnavailable as exc:
+                log.warning("cachelayer: could not invalidate tag %r (store unavailable: %s)", tag, exc)
+                continue
+            # After the store changed: a process told earlier could reload the old value into its local tier.
+            await self.forget_locally(members)
+        self.metrics.invalidations += reached
+        return reached
+
+    async def clear(self) -> int:
+        """Delete every key of this cache's namespace (SCAN, never KEYS); 0 when the store is unavailable."""
+        try:
+            deleted = await self.backend.clear(self.namespace + ":")
+        except StoreUnavailable as exc:
+            log.warning("cachelayer: could not clear namespace %r (store unavailable: %s)", self.namespace, exc)
+            deleted = 0
+        await self.forget_locally(None)
         return deleted
 
-    async def clear(self, namespace: str | None = None) -> int:
-        """Delete every key of this cache's namespace (or of ``namespace``) with SCAN, never KEYS."""
-        if namespace is None or namespace == self.namespace:
-            await self._forget_locally(None)
-        pattern = self.keys.pattern() if namespace is None else KeyLayout(namespace).pattern()
-        return await self.backend.scan_delete(pattern)
-
-    def stats(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = self.metrics.snapshot()
-        snapshot["breaker_state"] = self.breaker.state
-        snapshot["breaker_opened"] = self.breaker.opened_count
-        snapshot["loads_in_flight"] = len(self._loads)
-        snapshot["background_tasks"] = len(self._background)
-        if self.local is not None:
-            snapshot.update(self.local.stats())
-        return snapshot
-
-    async def _forget_locally(self, keys: Sequence[str] | None) -> None:
+    async def forget_locally(self, keys: Sequence[str] | None) -> None:
         """Drop ``keys`` (None: all) from this process's local tier and tell the other processes to."""
         if self.local is None:
             return
@@ -307,306 +382,38 @@ class Cache:
             self.local.clear()
         else:
             self.local.discard(keys)
-        await self.local.broadcast(keys, budget=self.backend.timeout)
+        await self.local.broadcast(keys)
 
-    # -- the cache-aside path ---------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = self.metrics.snapshot()
+        snapshot.update(self.backend.stats())
+        loading = self._loading
+        snapshot["loads_in_flight"] = 0 if loading is None else loading.in_flight()
+        snapshot["background_tasks"] = 0 if loading is None else len(loading.background)
+        if self.local is not None:
+            snapshot.update(self.local.stats())
+        return snapshot
 
-    def _options(
-        self,
-        ttl: float | None,
-        stale_ttl: float | None,
-        none_ttl: float | None,
-        tags: Iterable[str],
-        stampede: StampedePolicy | None = None,
-        local: bool = False,
-    ) -> _Options:
-        ttl = self.default_ttl if ttl is None else ttl
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
-        if stale_ttl is None:
-            # The cache's stale window scales with a per-call TTL, so a short-lived value is not served stale
-            # for the long window meant for the default TTL.
-            stale_ttl = self.stale_ttl if ttl == self.default_ttl else ttl * (self.stale_ttl / self.default_ttl)
-        none_ttl = none_ttl if none_ttl is not None else (self.none_ttl if self.none_ttl is not None else ttl)
-        return _Options(ttl, stale_ttl, none_ttl, tuple(tags), stampede or self.stampede, local)
+    # -- used by the load path --------------------------------------------------------------------------------
 
-    def _fresh(self, frame: Frame) -> bool:
-        return self._clock() < frame.expires_at
+    def is_fresh(self, expires_at: float) -> bool:
+        return self._clock() < expires_at
 
-    async def _fetch(self, key: str, loader: Loader, opts: _Options, *, want_value: bool) -> CacheEntry:
-        local = self.local if opts.local else None
-        if local is not None:
-            local.ensure_listening()
-            held = local.get(key)
-            now = self._clock()
-            if held is not None and now < held.frame.expires_at:
-                hit = self._local_hit(key, held, loader, opts, want_value, now)
-                if hit is not None:
-                    return hit
-        try:
-            data = await self._reads.read(key, lambda: self.backend.get(key))
-        except BackendUnavailable:
-            data = None
-        found = await self._decode(key, data, want_value) if data is not None else None
-        stale: Frame | None = None
-        if found is not None:
-            frame, decoded = found
-            now = self._clock()
-            if now < frame.expires_at:
-                if local is not None and data is not None:
-                    local.put(key, data, frame, None if want_value else decoded)
-                return self._hit(key, frame, decoded, loader, opts, want_value, now)
-            if opts.policy.stale_while_revalidate:
-                self.metrics.stale_served += 1
-                self._refresh_in_background(key, loader, opts, early=False)
-                return self._entry(frame, "stale", decoded, want_value)
-            stale = frame
-        self.metrics.misses += 1
-        if not opts.policy.single_flight:
-            return await self._load(key, loader, opts, stale)
-        return await self._loads.run(key, lambda: self._load(key, loader, opts, stale))
+    def now(self) -> float:
+        return self._clock()
 
-    def _local_hit(
-        self, key: str, held: LocalEntry, loader: Loader, opts: _Options, want_value: bool, now: float
-    ) -> CacheEntry | None:
-        frame = held.frame
-        try:
-            if want_value:
-                decoded: Any = self.codec.value(frame)
-            else:
-                if held.body is None:
-                    self.local.keep_body(held, self.codec.serialized(frame))  # type: ignore[union-attr]
-                decoded = held.body
-        except CodecError:
-            self.local.discard([key])  # type: ignore[union-attr]
-            return None
-        return self._hit(key, frame, decoded, loader, opts, want_value, now)
+    def random(self) -> float:
+        return self._rand()
 
-    def _hit(
-        self, key: str, frame: Frame, decoded: Any, loader: Loader, opts: _Options, want_value: bool, now: float
-    ) -> CacheEntry:
-        """A fresh value, from Redis or the local tier: count it, and start an early refresh when XFetch says so."""
-        self.metrics.hits += 1
-        policy = opts.policy
-        if policy.xfetch and xfetch_due(now, frame.expires_at, frame.recompute_time, policy.xfetch_beta, self._rand()):
-            self._refresh_in_background(key, loader, opts, early=True)
-        return self._entry(frame, "hit", decoded, want_value)
 
-    def _entry(self, frame: Frame, outcome: Any, decoded: Any, want_value: bool) -> CacheEntry:
-        if want_value:
-            return CacheEntry(self.codec, frame, outcome, value=decoded)
-        return CacheEntry(self.codec, frame, outcome, body=decoded)
+def _as_backend(
+    store: Backend | Redis | RedisCluster, timeout: float | None, breaker: CircuitBreaker | None, owns: bool
+) -> Backend:
+    if isinstance(store, Backend):
+        if timeout is not None or breaker is not None:
+            raise TypeError("timeout= and breaker= belong to the backend: RedisBackend(client, timeout=, breaker=)")
+        return store
+    from ._redis_backend import RedisBackend  # a redis-py client: the one place that knows redis
 
-    async def _lookup(self, key: str, *, want_value: bool) -> tuple[Frame, Any] | None:
-        try:
-            data = await self.backend.get(key)
-        except BackendUnavailable:
-            return None
-        return None if data is None else await self._decode(key, data, want_value)
+    return RedisBackend(store, timeout=0.1 if timeout is None else timeout, breaker=breaker, owns_client=owns)
 
-    async def _decode(self, key: str, data: bytes, want_value: bool) -> tuple[Frame, Any] | None:
-        """Header and value (or body); a value that does not decode is deleted and treated as a miss."""
-        codec = self.codec
-        try:
-            frame = codec.read_frame(data)
-            return frame, (codec.value(frame) if want_value else codec.serialized(frame))
-        except CodecError as exc:
-            self.metrics.decode_errors += 1
-            log.warning("cachelayer: dropping undecodable value at %s: %s", key, exc)
-            with contextlib.suppress(BackendUnavailable):
-                await self.backend.delete(key)
-            return None
-
-    async def _load(self, key: str, loader: Loader, opts: _Options, stale: Frame | None) -> CacheEntry:
-        # The lease is tried even when the read just failed: one slow read must not open the way to the
-        # database for every process. When Redis is really gone, the open breaker makes this attempt free.
-        policy = opts.policy
-        if not policy.lease:
-            return await self._load_and_store(key, loader, opts, stale)
-        lease_key = self.keys.lease_key(key)
-        token = os.urandom(16).hex()
-        lease_ms = math.ceil(policy.lease_ttl * 1000)
-        deadline = time.monotonic() + policy.lease_wait
-        wait_started: float | None = None
-        delays = backoff_delays(policy.poll_initial, policy.poll_max)
-        while True:
-            try:
-                acquired = await self.backend.acquire_lease(lease_key, token, lease_ms)
-            except BackendUnavailable:
-                return await self._load_and_store(key, loader, opts, stale)
-            if acquired:
-                self._end_wait(wait_started)
-                return await self._load_under_lease(key, loader, opts, stale, lease_key, token)
-            if wait_started is None:
-                wait_started = time.monotonic()
-                self.metrics.lease_waits += 1
-            # Another process is loading: wait for its value until it lands, the lease goes, or time runs out.
-            outcome = await self._wait_for_value(key, lease_key, deadline, delays, policy)
-            if isinstance(outcome, CacheEntry):
-                self._end_wait(wait_started)
-                return outcome
-            if outcome == "unavailable":
-                self._end_wait(wait_started)
-                return await self._load_and_store(key, loader, opts, stale)
-            if outcome == "timeout":
-                self._end_wait(wait_started)
-                self.metrics.lease_timeouts += 1
-                if stale is not None:
-                    self.metrics.stale_served += 1
-                    return CacheEntry(self.codec, stale, "stale")
-                if policy.on_lease_timeout == "raise":
-                    raise LeaseTimeoutError(f"waited {policy.lease_wait}s for the load of {key}")
-                return await self._load_and_store(key, loader, opts, stale)
-            # "released": the loader gave up or crashed; try to take the lease ourselves
-
-    async def _wait_for_value(
-        self, key: str, lease_key: str, deadline: float, delays: Iterator[float], policy: StampedePolicy
-    ) -> CacheEntry | str:
-        """Poll (woken early by pub/sub) until the value is fresh, the lease is gone, or the deadline passes."""
-        channel = lease_key + ":ready"
-        wake = await self._notifier.subscribe(channel) if policy.wake == "pubsub" else None
-        try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                delay = min(next(delays), remaining)
-                if wake is None:
-                    await asyncio.sleep(delay)
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(wake), delay)
-                try:
-                    data, lease_held = await self.backend.poll(key, lease_key)
-                except BackendUnavailable:
-                    return "unavailable"
-                found = await self._decode(key, data, want_value=True) if data is not None else None
-                if found is not None and self._fresh(found[0]):
-                    return CacheEntry(self.codec, found[0], "miss", value=found[1])
-                if not lease_held:
-                    return "released"
-                if wake is not None and wake.done():  # woken, but not for a fresh value: wait for the next one
-                    await self._notifier.unsubscribe(channel, wake)
-                    wake = await self._notifier.subscribe(channel)
-            return "timeout"
-        finally:
-            await self._notifier.unsubscribe(channel, wake)
-
-    def _end_wait(self, wait_started: float | None) -> None:
-        if wait_started is not None:
-            self.metrics.lease_wait_seconds += time.monotonic() - wait_started
-
-    async def _load_under_lease(
-        self,
-        key: str,
-        loader: Loader,
-        opts: _Options,
-        stale: Frame | None,
-        lease_key: str,
-        token: str,
-        *,
-        recheck: bool = True,
-    ) -> CacheEntry:
-        self.metrics.lease_acquired += 1
-        try:
-            if recheck:
-                # The value may have landed between our miss and our lease (another process just released it).
-                found = await self._lookup(key, want_value=True)
-                if found is not None and self._fresh(found[0]):
-                    return CacheEntry(self.codec, found[0], "miss", value=found[1])
-            extender = asyncio.create_task(self._keep_lease(lease_key, token, opts.policy.lease_ttl))
-            try:
-                entry = await self._load_and_store(key, loader, opts, stale)
-            finally:
-                extender.cancel()
-            if opts.policy.wake == "pubsub" and entry.outcome == "miss":
-                await self._notifier.publish(lease_key + ":ready")
-            return entry
-        finally:
-            with contextlib.suppress(BackendUnavailable):
-                await self.backend.release_lease(lease_key, token)
-
-    async def _keep_lease(self, lease_key: str, token: str, lease_ttl: float) -> None:
-        lease_ms = math.ceil(lease_ttl * 1000)
-        while True:
-            await asyncio.sleep(lease_ttl / 3)
-            try:
-                if not await self.backend.extend_lease(lease_key, token, lease_ms):
-                    return  # lost it (expired and taken): the new holder will store too; nothing to defend
-            except BackendUnavailable:
-                continue
-
-    async def _load_and_store(self, key: str, loader: Loader, opts: _Options, stale: Frame | None) -> CacheEntry:
-        self.metrics.loads += 1
-        started = time.perf_counter()
-        try:
-            value = await loader()
-        except Exception:
-            self.metrics.load_errors += 1
-            if stale is not None and opts.policy.stale_if_error:
-                self.metrics.stale_served += 1
-                log.warning("cachelayer: loader for %s failed; serving the stale value", key, exc_info=True)
-                return CacheEntry(self.codec, stale, "stale")
-            raise
-        finally:
-            self.metrics.load_seconds += time.perf_counter() - started
-        return await self._store(key, value, opts, recompute_time=time.perf_counter() - started)
-
-    def _encode(self, value: Any, opts: _Options, recompute_time: float) -> tuple[bytes, int, int]:
-        ttl = jittered(opts.none_ttl if value is None else opts.ttl, self.jitter, self._rand())
-        serialized = self.codec.serializer.dumps(value)
-        data = self.codec.encode_serialized(serialized, expires_at=self._clock() + ttl, recompute_time=recompute_time)
-        return data, len(serialized), max(1, math.ceil((ttl + opts.stale_ttl) * 1000))
-
-    async def _store(self, key: str, value: Any, opts: _Options, recompute_time: float) -> CacheEntry:
-        data, serialized_size, ttl_ms = self._encode(value, opts, recompute_time)
-        tag_keys = [self.keys.tag_key(tag) for tag in opts.tags]
-        with contextlib.suppress(BackendUnavailable):
-            await self.backend.set(key, data, ttl_ms, tag_keys, math.ceil(ttl_ms / 1000) + 1)
-        self._count_write(serialized_size, len(data))
-        frame = self.codec.read_frame(data)
-        await self._forget_locally([key])  # this process's copy too: the broadcast skips its sender
-        if opts.local and self.local is not None:
-            self.local.put(key, data, frame)
-        return CacheEntry(self.codec, frame, "miss", value=value)
-
-    def _count_write(self, raw: int, stored: int) -> None:
-        self.metrics.writes += 1
-        self.metrics.bytes_raw += raw
-        self.metrics.bytes_stored += stored
-
-    # -- background refresh (XFetch and stale-while-revalidate) ----------------------------------------------
-
-    def _refresh_in_background(self, key: str, loader: Loader, opts: _Options, *, early: bool) -> None:
-        if self._refreshes.running(key) or self._loads.running(key):
-            return
-        if early:
-            self.metrics.early_recomputes += 1
-        task = self._refreshes.start(key, lambda: self._refresh(key, loader, opts))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _refresh(self, key: str, loader: Loader, opts: _Options) -> None:
-        """Reload ``key`` if no other process is already doing it; never blocks, never raises."""
-        lease_key = self.keys.lease_key(key)
-        token = os.urandom(16).hex()
-        try:
-            if opts.policy.lease and not await self.backend.acquire_lease(
-                lease_key, token, math.ceil(opts.policy.lease_ttl * 1000)
-            ):
-                return
-        except BackendUnavailable:
-            return
-        self.metrics.background_refreshes += 1
-        try:
-            # stale=None: a background refresh whose loader fails leaves the stored value as it is.
-            if opts.policy.lease:
-                await self._load_under_lease(key, loader, opts, None, lease_key, token, recheck=False)
-            else:
-                await self._load_and_store(key, loader, opts, None)
-        except Exception:
-            log.warning("cachelayer: background refresh of %s failed", key, exc_info=True)
-
-    def _redis_error(self, exc: BaseException) -> None:
-        if isinstance(exc, BackendUnavailable):
-            self.metrics.breaker_rejections += 1
-        else:
-            self.metrics.redis_errors += 1
-            log.debug("cachelayer: Redis call failed: %r", exc)

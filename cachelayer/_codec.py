@@ -1,42 +1,62 @@
 """The value frame: every byte string cachelayer stores in Redis.
 
-A frame is a fixed 22-byte header followed by the payload. All integers are big-endian.
+A frame is a fixed header followed by the payload: 26 bytes in format version 2 (written by default), 22 in
+version 1 (still read). All integers are big-endian.
 
 ======  ====  ===============  ==========================================================================
 offset  size  field            meaning
 ======  ====  ===============  ==========================================================================
 0       2     magic            ``b"CL"`` (0x43 0x4C): not a pickle (0x80), not a bare zstd frame (0x28 ...)
-2       1     version          format version, 1. A reader refuses versions it does not know
-3       1     serializer       1 = orjson (JSON), 2 = msgpack
+2       1     version          format version, 2 (or 1). A reader refuses versions it does not know
+3       1     serializer       1 = orjson (JSON), 2 = msgpack; a reader refuses any other id
 4       1     compression      0 = none, 1 = zstd, 2 = zstd with a trained dictionary
 5       1     flags            reserved, 0; a frame with any flag set is refused
 6       4     dictionary id    the zstd dictionary's id when compression = 2, else 0
 10      8     expires at       logical expiry, Unix time in milliseconds; 0 = none
 18      4     recompute time   how long the value took to compute, in microseconds (XFetch's delta)
-22      ...   payload          serialized value; with compression 1 or 2, one standard zstd frame of it
+22      4     payload CRC-32   version 2 only: ``zlib.crc32`` of the payload as stored (after compression)
+22/26   ...   payload          serialized value; with compression 1 or 2, one standard zstd frame of it
 ======  ====  ===============  ==========================================================================
 
-Decoding is total: any byte string decodes to a value or raises :class:`CodecError`, nothing else.
+Decoding is total: any byte string decodes to a value or raises :class:`CodecError`, nothing else. Parsing a
+payload checks it, so the parse path does not pay for the CRC; the paths that serve stored bytes without parsing
+them (:meth:`Codec.verified_body`, :meth:`Codec.verified_zstd_frame`) check it.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import orjson
 import zstandard
 
 from ._dictionaries import DictionaryRegistry
 from ._errors import CodecError, ValueTooLargeError
 from ._serializers import Serializer, serializer_by_id, serializer_by_name
 
-__all__ = ["COMPRESSION_NONE", "COMPRESSION_ZSTD", "COMPRESSION_ZSTD_DICT", "Codec", "Frame"]
+_JSON_ID: Final = 1
+_KNOWN_SERIALIZERS: Final = frozenset({1, 2})
+
+__all__ = [
+    "COMPRESSION_NONE",
+    "COMPRESSION_ZSTD",
+    "COMPRESSION_ZSTD_DICT",
+    "EXPIRES_OFFSET",
+    "FORMAT_VERSION",
+    "Codec",
+    "Frame",
+]
 
 MAGIC: Final = b"CL"
-FORMAT_VERSION: Final = 1
-HEADER: Final = struct.Struct(">2sBBBBIQI")
-HEADER_SIZE: Final = HEADER.size  # 22
+FORMAT_VERSION: Final = 2
+HEADER_V1: Final = struct.Struct(">2sBBBBIQI")
+HEADER_V1_SIZE: Final = HEADER_V1.size  # 22
+HEADER: Final = struct.Struct(">2sBBBBIQII")  # version 2: version 1's fields, then the payload's CRC-32
+HEADER_SIZE: Final = HEADER.size  # 26
+EXPIRES_OFFSET: Final = 10  # where the logical expiry sits, in every version: marking stale rewrites it
 
 COMPRESSION_NONE: Final = 0
 COMPRESSION_ZSTD: Final = 1
@@ -60,6 +80,8 @@ class Frame:
     expires_at: float  # Unix seconds; 0.0 = none
     recompute_time: float  # seconds
     payload: memoryview
+    version: int = FORMAT_VERSION
+    checksum: int | None = None  # the header's CRC-32 of the payload; None in a version 1 frame
 
     @property
     def is_plain_zstd(self) -> bool:
@@ -74,7 +96,8 @@ class Codec:
     faster (``python -m benchmarks.codecs``, results in benchmarks/results/codecs.md). Values smaller than
     ``min_size`` (``min_size_with_dictionary`` when a dictionary is used) are stored uncompressed, and so is any
     value whose compressed form is not smaller. ``max_value_size`` bounds the serialized size on write
-    (:class:`ValueTooLargeError`) and the decompressed size on read (:class:`CodecError`).
+    (:class:`ValueTooLargeError`) and the decompressed size on read (:class:`CodecError`). ``format_version`` 2
+    (the default) writes the payload's CRC-32 into the header; 1 writes the old header, for rolling upgrades.
 
     Compressor and decompressor objects are built once and reused; a codec belongs to one thread.
     """
@@ -90,6 +113,7 @@ class Codec:
         min_size: int = 256,
         min_size_with_dictionary: int = 64,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        format_version: Literal[1, 2] = FORMAT_VERSION,
     ) -> None:
         self.serializer: Serializer = serializer_by_name(serializer) if isinstance(serializer, str) else serializer
         if compression not in ("zstd", "none"):
@@ -105,6 +129,10 @@ class Codec:
         self.dictionary_id = dictionary_id
         self.min_size = min_size_with_dictionary if dictionary_id is not None else min_size
         self.max_value_size = max_value_size
+        if format_version not in (1, 2):
+            raise ValueError(f"format_version must be 1 or 2, not {format_version!r}")
+        # 1 only while a rolling upgrade still has readers that know no version 2: they treat 2 as a miss.
+        self.format_version = format_version
         self._compressor = (
             self.dictionaries.compressor(dictionary_id, level)
             if dictionary_id is not None
@@ -132,9 +160,9 @@ class Codec:
             if len(compressed) < size:
                 compression, payload = self._compression_id, compressed
                 dict_id = self.dictionary_id or 0
-        header = HEADER.pack(
+        fields = (
             MAGIC,
-            FORMAT_VERSION,
+            self.format_version,
             self.serializer.id,
             compression,
             0,
@@ -142,19 +170,36 @@ class Codec:
             _clamp(expires_at * 1000, _MAX_U64),
             _clamp(recompute_time * 1_000_000, _MAX_U32),
         )
-        return header + payload
+        if self.format_version == 1:
+            return HEADER_V1.pack(*fields) + payload
+        return HEADER.pack(*fields, zlib.crc32(payload)) + payload
 
     # -- reading ---------------------------------------------------------------------------------------------
 
     def read_frame(self, data: bytes) -> Frame:
-        """Parse and check the header; the payload is left as stored."""
-        if len(data) < HEADER_SIZE:
+        """Parse and check the header; the payload is left as stored (and its CRC unchecked: see verify)."""
+        if len(data) < HEADER_V1_SIZE:
             raise CodecError(f"value of {len(data)} bytes is shorter than a frame header")
-        magic, version, serializer_id, compression, flags, dict_id, expires_ms, recompute_us = HEADER.unpack_from(data)
+        version = data[2]
+        checksum: int | None
+        if version == 2:
+            if len(data) < HEADER_SIZE:
+                raise CodecError(f"value of {len(data)} bytes is shorter than a version 2 frame header")
+            magic, _, serializer_id, compression, flags, dict_id, expires_ms, recompute_us, checksum = (
+                HEADER.unpack_from(data)
+            )
+            header_size = HEADER_SIZE
+        elif version == 1:
+            magic, _, serializer_id, compression, flags, dict_id, expires_ms, recompute_us = HEADER_V1.unpack_from(data)
+            header_size, checksum = HEADER_V1_SIZE, None
+        else:
+            magic = data[:2]
         if magic != MAGIC:
             raise CodecError(f"not a cachelayer frame (starts with {bytes(data[:4])!r})")
-        if version != FORMAT_VERSION:
-            raise CodecError(f"frame format version {version} is not readable by this reader (reads 1)")
+        if version not in (1, 2):
+            raise CodecError(f"frame format version {version} is not readable by this reader (reads 1 and 2)")
+        if serializer_id not in _KNOWN_SERIALIZERS:
+            raise CodecError(f"unknown serializer id {serializer_id}")
         if flags:
             raise CodecError(f"frame has unknown flags 0x{flags:02x}")
         if compression == COMPRESSION_ZSTD_DICT:
@@ -171,8 +216,46 @@ class Codec:
             dict_id,
             expires_ms / 1000,
             recompute_us / 1_000_000,
-            memoryview(data)[HEADER_SIZE:],
+            memoryview(data)[header_size:],
+            version,
+            checksum,
         )
+
+    @staticmethod
+    def verify(frame: Frame) -> None:
+        """Check a version 2 frame's payload against its CRC-32; a version 1 frame has none to check."""
+        if frame.checksum is not None and zlib.crc32(frame.payload) != frame.checksum:
+            raise CodecError("payload does not match the header's CRC-32 (corrupt, truncated or foreign)")
+
+    def verified_body(self, frame: Frame) -> bytes | memoryview:
+        """The JSON text of a JSON frame whose payload is verified, for serving without parsing.
+
+        Version 2: the CRC is checked, then the payload decompressed (zstd checks its own checksum too).
+        Version 1 has no CRC: the text is parsed once to prove it is JSON. Anything else is :class:`CodecError`.
+        """
+        if frame.serializer_id != _JSON_ID:
+            raise CodecError(f"serializer id {frame.serializer_id} is not JSON: the bytes are no HTTP body")
+        if frame.checksum is None:
+            body = self.serialized(frame)
+            try:
+                orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise CodecError(f"version 1 payload is not valid JSON: {exc}") from exc
+            return body
+        self.verify(frame)
+        return self.serialized(frame)
+
+    def verified_zstd_frame(self, frame: Frame) -> bytes | None:
+        """The stored zstd frame, for ``Content-Encoding: zstd`` passthrough, when that is safe: a version 2,
+        JSON, plain-zstd frame whose CRC checks. None otherwise (the caller serves :meth:`verified_body`)."""
+        if (
+            frame.checksum is None
+            or frame.serializer_id != _JSON_ID
+            or frame.compression != COMPRESSION_ZSTD
+            or zlib.crc32(frame.payload) != frame.checksum
+        ):
+            return None
+        return bytes(frame.payload)
 
     def serialized(self, frame: Frame) -> bytes | memoryview:
         """The frame's payload decompressed: the serializer's bytes (JSON text for orjson)."""

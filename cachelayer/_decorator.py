@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 from ._cache import Cache
 from ._entry import CacheEntry
 from ._errors import CacheError
-from ._keys import ArgumentKeyer
+from ._keys import ArgumentKeyer, check_method_owner, key_version
+from ._policy import EntryPolicy
+from ._serializers import serializer_by_name
 from ._stampede import StampedePolicy
+from ._typed import DeferredValueType, ValueType, value_type_for_function
 
 __all__ = ["BoundCachedFunction", "CachedFunction", "cached", "get_default_cache", "set_default_cache"]
 
@@ -21,6 +25,7 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 _default_cache: Cache | None = None
+_UNRESOLVED: Any = object()
 
 
 def set_default_cache(cache: Cache | None) -> None:
@@ -58,6 +63,8 @@ class CachedFunction(Generic[P, R]):
         stampede: StampedePolicy | None,
         name: str | None,
         local: bool = False,
+        version: str | None = None,
+        instances: Literal["key", "shared"] = "key",
     ) -> None:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"@cached needs an async function; {func.__qualname__} is not one")
@@ -65,13 +72,38 @@ class CachedFunction(Generic[P, R]):
         functools.update_wrapper(self, func)
         self._func = func
         self._cache = cache
-        self._keyer = ArgumentKeyer(func, exclude=exclude, template=key, tags=tags, prefix=name)
-        self._ttl = ttl
-        self._stale_ttl = stale_ttl
-        self._none_ttl = none_ttl
-        self._stampede = stampede
-        self._local = local
-        self._options: dict[tuple[Cache, tuple[str, ...]], Any] = {}
+        self._instances = instances
+        # The return annotation, resolved now so an unstorable type is an error at decoration; again for a cache
+        # whose serializer is not JSON (the stored bytes differ).
+        json_type = value_type_for_function(func, serializer_by_name("orjson"))
+        self._value_types: dict[int, ValueType[Any] | None] = {1: json_type}
+        self._keyer_options: dict[str, Any] = {
+            "exclude": exclude, "template": key, "tags": tuple(tags), "prefix": name, "instances": instances,
+        }  # fmt: skip
+        self._version = version
+        self._built_keyer: ArgumentKeyer | None = None
+        if not isinstance(json_type, DeferredValueType):
+            self._built_keyer = self._make_keyer()
+        self._base = EntryPolicy(ttl=ttl, stale_ttl=stale_ttl, none_ttl=none_ttl, local=local, stampede=stampede)
+        # One policy per tag tuple, built once: a hit must not build objects it can reuse.
+        self._policies: dict[tuple[str, ...], EntryPolicy] = {}
+
+    def _make_keyer(self) -> ArgumentKeyer:
+        json_type = self._value_types[1]
+        # The shape of the return type is part of the key: a deploy that changes it never reads old entries.
+        version = key_version(json_type.version if json_type is not None else "", self._version)
+        return ArgumentKeyer(self._func, version=version, **self._keyer_options)
+
+    @property
+    def _keyer(self) -> ArgumentKeyer:
+        keyer = self._built_keyer
+        if keyer is None:  # a return type named before it was defined: its shape is known at first use
+            keyer = self._built_keyer = self._make_keyer()
+        return keyer
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        first = next(iter(inspect.signature(self._func).parameters), "")
+        check_method_owner(owner, self._func.__qualname__, self._instances, first_parameter=first)
 
     @property
     def cache(self) -> Cache:
@@ -79,40 +111,47 @@ class CachedFunction(Generic[P, R]):
             return get_default_cache()
         return self._cache if isinstance(self._cache, Cache) else self._cache()
 
-    def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Cache, str, Any]:
-        cache = self.cache
-        name, tags = self._keyer.name_and_tags(args, kwargs)
-        # Options depend only on the cache and the tags: build them once, not on every hit.
-        opts = self._options.get((cache, tags))
-        if opts is None:
-            if len(self._options) >= 1024:
-                self._options.clear()
-            opts = self._options[(cache, tags)] = cache._options(
-                self._ttl, self._stale_ttl, self._none_ttl, tags, self._stampede, self._local
-            )
-        return cache, cache.key(name), opts
+    def _value_type(self, cache: Cache) -> ValueType[R] | None:
+        """The return type's codec for ``cache``'s serializer (JSON unless the cache says otherwise)."""
+        serializer = cache.codec.serializer
+        found = self._value_types.get(serializer.id, _UNRESOLVED)
+        if found is _UNRESOLVED:
+            found = self._value_types[serializer.id] = value_type_for_function(self._func, serializer)
+        return found  # type: ignore[no-any-return]  # resolved from this function's own annotation: R
 
-    async def _entry(self, args: tuple[Any, ...], kwargs: dict[str, Any], want_value: bool) -> CacheEntry:
-        cache, key, opts = self._plan(args, kwargs)
-        return await cache._fetch(key, lambda: self._func(*args, **kwargs), opts, want_value=want_value)
+    def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, EntryPolicy]:
+        name, tags = self._keyer.name_and_tags(args, kwargs)
+        policy = self._policies.get(tags)
+        if policy is None:
+            if len(self._policies) >= 1024:
+                self._policies.clear()
+            policy = self._policies[tags] = dataclasses.replace(self._base, tags=tags)
+        return name, policy
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        entry = await self._entry(args, kwargs, want_value=True)
-        return entry.value()  # type: ignore[no-any-return]
+        name, policy = self._plan(args, kwargs)
+        cache = self.cache
+        loader = lambda: self._func(*args, **kwargs)  # noqa: E731
+        return (await cache.fetch(name, loader, policy, value_type=self._value_type(cache))).value()
 
-    async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry:
-        return await self._entry(args, kwargs, want_value=False)
+    async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R]:
+        """The entry for these arguments with its stored bytes checked but not parsed (``entry.body()``)."""
+        name, policy = self._plan(args, kwargs)
+        cache = self.cache
+        loader = lambda: self._func(*args, **kwargs)  # noqa: E731
+        return await cache.fetch(name, loader, policy, value_type=self._value_type(cache), parse=False)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.cache.key(self._keyer.name_and_tags(args, kwargs)[0])
 
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
-        return await self.cache.delete_key(self.key(*args, **kwargs))
+        return await self.cache.delete(self._keyer.name_and_tags(args, kwargs)[0])
 
     async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        cache, key, opts = self._plan(args, kwargs)
-        entry = await cache._load_and_store(key, lambda: self._func(*args, **kwargs), opts, None)
-        return entry.value()  # type: ignore[no-any-return]
+        name, policy = self._plan(args, kwargs)
+        cache = self.cache
+        loader = lambda: self._func(*args, **kwargs)  # noqa: E731
+        return (await cache.refresh(name, loader, policy, value_type=self._value_type(cache))).value()
 
     @overload
     def __get__(self, instance: None, owner: type[Any] | None = None) -> CachedFunction[P, R]: ...
@@ -139,7 +178,7 @@ class BoundCachedFunction(Generic[P, R]):
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._function(self._instance, *args, **kwargs)
 
-    async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry:
+    async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R]:
         return await self._function.entry(self._instance, *args, **kwargs)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -164,6 +203,8 @@ def cached(
     stampede: StampedePolicy | None = None,
     name: str | None = None,
     local: bool = False,
+    version: str | None = None,
+    instances: Literal["key", "shared"] = "key",
 ) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
     """Cache an async function's results for ``ttl`` seconds (default: the cache's ``default_ttl``).
 
@@ -172,6 +213,14 @@ def cached(
     ``tags`` are templates too (``"wallpaper:{wallpaper_id}"``), for :meth:`Cache.invalidate_tags`. ``name``
     replaces ``module.qualname`` in the key (keep keys stable across a refactor). ``local=True`` serves hits
     from the cache's local tier (:class:`LocalCache`) when it has one.
+
+    The return annotation decides what a hit returns: ``-> list[Item]`` gives back ``Item`` objects (dataclasses,
+    pydantic models, ``datetime``, ``Decimal``, ...), equal in type and value to what the function returned; the
+    type's shape and ``version`` are part of the key, so two deploys with different definitions never read each
+    other's entries. Without an annotation values come back as JSON (dicts, lists, strings).
+
+    Methods: ``self`` is part of the key through its class's ``__cache_key__()``; a class without one is an
+    error when the class is created, unless ``instances="shared"`` says every instance shares the entries.
     """
 
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
@@ -187,6 +236,8 @@ def cached(
             stampede=stampede,
             name=name,
             local=local,
+            version=version,
+            instances=instances,
         )
 
     return decorate

@@ -4,6 +4,16 @@ A key is never built with ``str()`` of the arguments: ``f(1)``, ``f("1")``, ``f(
 different keys. Each argument is encoded into tagged, length-prefixed bytes (type tag, then content), so no two
 values of different types or structures share an encoding, and the bytes are hashed with BLAKE2b.
 
+Methods: with ``instances="key"`` (the default) ``self`` is part of the key, encoded through its class's
+``__cache_key__()``; a class without one is refused when the method is decorated (:func:`check_method_owner`).
+``instances="shared"`` leaves ``self`` out: every instance shares entries. ``cls`` is keyed by the class's
+module-qualified name.
+
+Versions: the key name carries the return type's shape digest and an optional explicit version, so deploys with
+different definitions never read each other's entries::
+
+    <module>.<qualname>@t<shape digest>/v<explicit version>:<argument hash>     (either part may be absent)
+
 Redis layout (the braces are a Redis Cluster hash tag: a value and its lease always share one slot)::
 
     {namespace}:{<name>}                 the value frame       (manager keys: <name> is the caller's key)
@@ -18,19 +28,22 @@ import datetime as dt
 import enum
 import hashlib
 import inspect
+import re
 import string
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._errors import KeyEncodingError
 
-__all__ = ["ArgumentKeyer", "KeyLayout", "canonical_bytes", "digest"]
+__all__ = ["ArgumentKeyer", "KeyLayout", "canonical_bytes", "check_method_owner", "digest", "key_version"]
 
 _LEN_SEP: Final = b":"
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _MEMO_SIZE: Final = 4096
+_VERSION_TEXT: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+Instances = Literal["key", "shared"]
 
 
 def _tagged(tag: bytes, content: bytes) -> bytes:
@@ -83,6 +96,8 @@ def _encode(value: Any, out: list[bytes]) -> None:
         out.append(_tagged(b"u", value.bytes))
     elif isinstance(value, Decimal):
         out.append(_tagged(b"m", str(value).encode()))
+    elif isinstance(value, type):  # cls of a classmethod, or a class passed as an argument: its name
+        out.append(_tagged(b"Y", f"{value.__module__}.{value.__qualname__}".encode()))
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         dc_type = type(value)
         out.append(_tagged(b"C", f"{dc_type.__module__}.{dc_type.__qualname__}".encode()))
@@ -149,16 +164,23 @@ class ArgumentKeyer:
         template: str | None = None,
         tags: Iterable[str] = (),
         prefix: str | None = None,
+        instances: Instances = "key",
+        version: str = "",
     ) -> None:
+        if instances not in ("key", "shared"):
+            raise ValueError(f"instances must be 'key' or 'shared', not {instances!r}")
         self.signature = inspect.signature(func)
         params = list(self.signature.parameters)
         self.exclude = frozenset(exclude)
         unknown = self.exclude - set(params)
         if unknown:
             raise ValueError(f"exclude names parameters {sorted(unknown)} that {func.__qualname__} does not have")
-        # self/cls never identify a call's result: the same method on two instances shares entries.
-        self.skip_first = bool(params) and params[0] in ("self", "cls") and "." in func.__qualname__
-        self.prefix = prefix or f"{func.__module__}.{func.__qualname__}"
+        is_method = bool(params) and params[0] in ("self", "cls") and "." in func.__qualname__
+        # self is keyed (through __cache_key__) unless the decoration says instances share entries.
+        self.skip_first = is_method and instances == "shared"
+        self.keyed_instance = is_method and instances == "key" and params[0] == "self"
+        base = prefix or f"{func.__module__}.{func.__qualname__}"
+        self.prefix = f"{base}@{version}" if version else base
         self.template = template
         self.tags = tuple(tags)
         for text in (template, *self.tags):
@@ -171,10 +193,20 @@ class ArgumentKeyer:
         hashing cost more than the rest of the decorator's work on a hit); the memo key carries each argument's type, so
         ``f(1)``, ``f(1.0)`` and ``f(True)``, which Python counts as equal, stay apart."""
         memo_key: tuple[Any, ...] | None = None
-        arg_types = tuple(map(type, args))
+        scalar_args: tuple[Any, ...] = args
+        head: tuple[Any, ...] = ()
+        if self.keyed_instance and args:
+            # An instance is memoized by its class and scalar cache key (an id() is reused after collection).
+            hook = getattr(args[0], "__cache_key__", None)
+            ident = hook() if hook is not None else None
+            if hook is not None and type(ident) in _SCALARS:
+                scalar_args, head = args[1:], (type(args[0]), ident)
+            else:
+                scalar_args = (args[0],)  # not a scalar: no memo
+        arg_types = tuple(map(type, scalar_args))
         kwarg_types = tuple(map(type, kwargs.values()))
         if _SCALARS.issuperset(arg_types) and _SCALARS.issuperset(kwarg_types):
-            memo_key = (args, arg_types, *kwargs.items(), *kwarg_types)
+            memo_key = (*head, scalar_args, arg_types, *kwargs.items(), *kwarg_types)
             found = self._memo.get(memo_key)
             if found is not None:
                 return found
@@ -208,3 +240,30 @@ class ArgumentKeyer:
 
     def tag_names(self, arguments: dict[str, Any]) -> list[str]:
         return [tag.format(**arguments) for tag in self.tags]
+
+
+def key_version(shape_digest: str = "", explicit: str | None = None) -> str:
+    """The version part of a key name: ``t<shape digest>``, ``v<explicit>``, or both joined by ``/``."""
+    parts = []
+    if shape_digest:
+        parts.append(f"t{shape_digest}")
+    if explicit:
+        if not _VERSION_TEXT.fullmatch(explicit):
+            raise ValueError(f"version must be 1-64 characters of A-Z a-z 0-9 . _ -, not {explicit!r}")
+        parts.append(f"v{explicit}")
+    return "/".join(parts)
+
+
+def check_method_owner(
+    owner_cls: type, func_qualname: str, instances: Instances, *, first_parameter: str = "self"
+) -> None:
+    """Refuse a method whose instances would share entries without saying so (call from ``__set_name__``)."""
+    if instances == "shared" or first_parameter != "self" or callable(getattr(owner_cls, "__cache_key__", None)):
+        return
+    raise KeyEncodingError(
+        f"{owner_cls.__module__}.{func_qualname} is a cached method, but {owner_cls.__qualname__} has no "
+        f"__cache_key__(), so two instances would share entries. Either define "
+        f"`def __cache_key__(self): return <the value that identifies the instance, e.g. self.db_name>` on "
+        f"{owner_cls.__qualname__}, or decorate with @cached(..., instances=\"shared\") to state that every "
+        f"instance shares the entries"
+    )

@@ -1,11 +1,11 @@
-"""The local tier (L1): stored frames of chosen keys kept in process memory, coherent through Redis.
+"""The local tier (L1): stored frames of chosen keys kept in process memory, coherent through the store.
 
-Every write and invalidation a process makes is broadcast on one Redis pub/sub channel per namespace; each
+Every write and invalidation a process makes is broadcast on one pub/sub channel per namespace; each
 process's listener drops the entries named. That keeps L1s coherent within the message's delivery time. When the
 channel is down, or has not proved alive (a message or a PING answer) within ``max_staleness``, an entry is served
 only while it is younger than ``max_staleness``; when the listener notices a break it drops everything, since it
 may have missed invalidations meanwhile. So an L1 never serves a value that another process replaced or deleted
-more than ``max_staleness`` ago (plus delivery time), whatever happens to Redis.
+more than ``max_staleness`` ago (plus delivery time), whatever happens to the store.
 
 Every process that writes to a namespace whose readers use an L1 must itself have the local tier configured:
 the broadcast is sent by the writer.
@@ -23,9 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
-
+from ._backend import Backend, StoreUnavailable, Subscription
 from ._codec import Frame
 
 __all__ = ["LocalCache", "LocalEntry"]
@@ -33,14 +31,20 @@ __all__ = ["LocalCache", "LocalEntry"]
 log = logging.getLogger("cachelayer")
 
 _EVERYTHING: Final = b"*"
+# What an entry costs beyond its key's and bytes' lengths: the LocalEntry, its Frame and memoryview, the key
+# string's header, the bytes objects' headers and the OrderedDict node (measured with tracemalloc in
+# tests/test_local.py: ~560 bytes on CPython 3.11; rounded up). Without it a cached "not found" (26 bytes of
+# frame) would count 26 and cost ~700, and max_bytes would not bound memory.
+ENTRY_OVERHEAD: Final = 640
 
 
-def _size(data: bytes, body: bytes | memoryview | None) -> int:
-    """Bytes an entry holds: the stored frame, plus the body unless it is a view into the frame (an
-    uncompressed payload is served straight out of ``data``)."""
+def _size(key: str, data: bytes, body: bytes | memoryview | None) -> int:
+    """Memory an entry holds: overhead, key, the stored frame, plus the body unless it is a view into the frame
+    (an uncompressed payload is served straight out of ``data``)."""
+    size = ENTRY_OVERHEAD + len(key) + len(data)
     if body is None or (isinstance(body, memoryview) and body.obj is data):
-        return len(data)
-    return len(data) + len(body)
+        return size
+    return size + len(body)
 
 
 @dataclass(slots=True)
@@ -73,7 +77,7 @@ class LocalCache:
         self._origin = os.urandom(8).hex().encode()
         self._connected_since: float | None = None
         self._last_heard = float("-inf")
-        self._client: Redis | RedisCluster | None = None
+        self._backend: Backend | None = None
         self._channel = ""
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -111,7 +115,7 @@ class LocalCache:
         return entry
 
     def put(self, key: str, data: bytes, frame: Frame, body: bytes | memoryview | None = None) -> None:
-        size = _size(data, body)
+        size = _size(key, data, body)
         if size > self.max_bytes:
             return
         self._drop(key)
@@ -122,10 +126,10 @@ class LocalCache:
             self._drop(oldest)
             self.evictions += 1
 
-    def keep_body(self, entry: LocalEntry, body: bytes | memoryview) -> None:
-        if entry.body is None:
+    def keep_body(self, key: str, entry: LocalEntry, body: bytes | memoryview) -> None:
+        if entry.body is None and self._entries.get(key) is entry:
             entry.body = body
-            self._bytes += _size(entry.data, body) - len(entry.data)
+            self._bytes += _size(key, entry.data, body) - _size(key, entry.data, None)
 
     def discard(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -138,29 +142,35 @@ class LocalCache:
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= _size(entry.data, entry.body)
+            self._bytes -= _size(key, entry.data, entry.body)
 
     # -- the invalidation channel ----------------------------------------------------------------------------
 
-    def attach(self, client: Redis | RedisCluster, channel: str) -> None:
+    def attach(self, backend: Backend, channel: str) -> None:
         """Called by :class:`Cache`: where to broadcast and listen. The listener starts on first use."""
-        if self._client is not None and (self._client is not client or self._channel != channel):
+        if self._backend is not None and (self._backend is not backend or self._channel != channel):
             raise ValueError("a LocalCache serves one Cache: give each Cache its own")
-        self._client, self._channel = client, channel
+        self._backend, self._channel = backend, channel
 
     def ensure_listening(self) -> None:
-        if self._listener is None and self._client is not None and not self._closed:
+        """Start the listener in the running loop, unless one runs there (a new loop gets a new one)."""
+        listener = self._listener
+        if listener is not None and not listener.done() and listener.get_loop() is asyncio.get_running_loop():
+            return
+        if self._backend is not None and not self._closed:
+            if listener is not None:  # it belonged to a loop that is gone: what it heard may be incomplete
+                self._connected_since = None
+                self.clear()
             self._listener = asyncio.create_task(self._listen(), name="cachelayer-local-invalidation")
 
-    async def broadcast(self, keys: Iterable[str] | None, *, budget: float) -> None:
+    async def broadcast(self, keys: Iterable[str] | None) -> None:
         """Tell the other processes to drop ``keys`` (None: everything). Best effort: a lost message is bounded
         by the readers' ``max_staleness`` rule only if their channel noticed; see the module docstring."""
-        if self._client is None:
+        if self._backend is None:
             return
         payload = self._origin + b"\n" + (_EVERYTHING if keys is None else "\n".join(keys).encode())
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(budget):
-                await self._client.publish(self._channel, payload)
+        with contextlib.suppress(StoreUnavailable):
+            await self._backend.publish(self._channel, payload)
 
     def _apply(self, payload: bytes) -> None:
         origin, _, names = payload.partition(b"\n")
@@ -173,44 +183,48 @@ class LocalCache:
             self.discard(names.decode().split("\n"))
 
     async def _listen(self) -> None:
-        assert self._client is not None
+        assert self._backend is not None
         backoff = 0.1
         while not self._closed:
-            pubsub = self._client.pubsub()
+            subscription = self._backend.subscription()
             try:
-                await pubsub.subscribe(self._channel)
-                while not self._closed:
-                    message = await pubsub.get_message(timeout=self.max_staleness / 3)
-                    if message is None:
-                        await pubsub.ping()  # answered by a "pong" message: the channel is alive
-                        continue
-                    self._last_heard = self._clock()
-                    kind = message["type"]
-                    if kind == "subscribe":
-                        self._connected_since = self._last_heard
-                        backoff = 0.1
-                    elif kind == "message":
-                        self._apply(message["data"])
-            except (RedisError, OSError) as exc:
-                log.warning("cachelayer: local-tier invalidation channel lost (%r); dropping the local tier", exc)
+                await subscription.subscribe(self._channel)
+                self._connected_since = self._last_heard = self._clock()
+                backoff = 0.1
+                await self._follow(subscription)
+            except StoreUnavailable as exc:
+                log.warning("cachelayer: local-tier invalidation channel lost (%s); dropping the local tier", exc)
             finally:
                 if self._connected_since is not None:
                     self.channel_breaks += 1
                 self._connected_since = None
                 self.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await subscription.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    async def _follow(self, subscription: Subscription) -> None:
+        while not self._closed:
+            message = await subscription.next_message(self.max_staleness / 3)
+            if message is None:
+                await subscription.ping()  # its answer moves alive_at
+            else:
+                self._apply(message[1])
+            self._last_heard = max(self._last_heard, self._heard_at(subscription))
+
+    def _heard_at(self, subscription: Subscription) -> float:
+        # alive_at is time.monotonic(); translate to this tier's clock (the same one unless a test drives it).
+        return self._clock() - (time.monotonic() - subscription.alive_at)
+
     async def aclose(self) -> None:
         self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
+        listener, self._listener = self._listener, None
+        if listener is not None and listener.get_loop() is asyncio.get_running_loop():
+            listener.cancel()
             # Bounded: on Python 3.11 redis-py can swallow a cancellation (asyncio.wait_for inside the client);
             # the loop then sees _closed and ends on its own, but we never wait on it for long.
-            await asyncio.wait({self._listener}, timeout=2.0)
-            self._listener = None
+            await asyncio.wait({listener}, timeout=2.0)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -27,9 +27,8 @@ class CacheMetrics:
     lease_waits: int = 0
     lease_wait_seconds: float = 0.0
     lease_timeouts: int = 0
-    redis_errors: int = 0
-    breaker_rejections: int = 0
     decode_errors: int = 0
+    unstorable: int = 0
     writes: int = 0
     bytes_raw: int = 0
     bytes_stored: int = 0
@@ -37,6 +36,11 @@ class CacheMetrics:
 
     def snapshot(self) -> dict[str, float]:
         return dataclasses.asdict(self)
+
+    def count_write(self, raw: int, stored: int) -> None:
+        self.writes += 1
+        self.bytes_raw += raw
+        self.bytes_stored += stored
 
 
 _DESCRIPTIONS: dict[str, str] = {
@@ -52,13 +56,24 @@ _DESCRIPTIONS: dict[str, str] = {
     "lease_waits": "Times a caller waited for another process's lease",
     "lease_wait_seconds": "Total time spent waiting for leases",
     "lease_timeouts": "Lease waits that ran out of time",
-    "redis_errors": "Redis calls that failed or ran out of their time budget",
-    "breaker_rejections": "Redis calls not made because the circuit breaker was open",
+    "store_errors": "Store calls that failed or ran out of their time budget",
+    "store_late_timeouts": "Store calls that ran out of time while the event loop was late (not held against it)",
+    "breaker_rejections": "Store calls not made because a circuit breaker was open",
     "decode_errors": "Stored values that could not be decoded (treated as misses and deleted)",
+    "unstorable": "Loaded values that could not be stored (returned uncached)",
     "writes": "Values written",
     "bytes_raw": "Serialized bytes of written values, before compression",
     "bytes_stored": "Bytes of written frames, after compression",
     "invalidations": "Keys deleted by invalidation",
+}
+
+
+_GAUGES: dict[str, str] = {
+    "loads_in_flight": "Loads running now in this process",
+    "local_entries": "Entries held by the local tier",
+    "local_bytes": "Bytes the local tier counts against max_bytes (per-entry overhead included)",
+    "local_evictions": "Entries the local tier evicted to stay within its bounds (a running total)",
+    "local_hits": "Hits served by the local tier (a running total)",
 }
 
 
@@ -77,13 +92,18 @@ def register_prometheus(
             snapshot = stats()
             for field, help_text in _DESCRIPTIONS.items():
                 family = CounterMetricFamily(f"{prefix}_{field}", help_text, labels=["cache"])
-                family.add_metric([name], float(snapshot[field]))
+                family.add_metric([name], float(snapshot.get(field, 0)))
                 yield family
             state = GaugeMetricFamily(
-                f"{prefix}_breaker_open", "1 while the Redis circuit breaker refuses calls", labels=["cache"]
+                f"{prefix}_breaker_open", "1 while a circuit breaker of the store refuses calls", labels=["cache"]
             )
             state.add_metric([name], 0.0 if snapshot["breaker_state"] == "closed" else 1.0)
             yield state
+            for field, help_text in _GAUGES.items():
+                if field in snapshot:
+                    gauge = GaugeMetricFamily(f"{prefix}_{field}", help_text, labels=["cache"])
+                    gauge.add_metric([name], float(snapshot[field]))
+                    yield gauge
 
     collector = _Collector()
     (registry if registry is not None else REGISTRY).register(collector)

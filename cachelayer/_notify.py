@@ -1,13 +1,14 @@
-"""Waking lease waiters the moment a value lands, through one shared pub/sub connection per cache.
+"""Waking lease waiters the moment a value lands, through one shared subscription per cache and event loop.
 
 Measured (``python -m benchmarks.lease_wake``): a waiter polling with backoff learns of a 50 ms load ~34 ms late
-with the default poll schedule, ~9 ms late polling every 2-20 ms; woken by pub/sub, ~0.5 ms late. So waiters
-subscribe to the key's channel and the loader publishes after its write. Polling stays as the safety net: a
-message can be lost (sent before the subscription took effect, or while the pub/sub connection reconnects), and
-then the next poll, at most ``poll_max`` later, finds the value. Nothing depends on a message arriving.
+with the default poll schedule; woken by pub/sub, ~0.5 ms late. So waiters subscribe to the key's channel and the
+loader publishes after its write. Polling stays the safety net: a message can be lost (sent before the
+subscription took effect, or while the connection reconnects), and then the next poll, at most ``poll_max``
+later, finds the value. Nothing depends on a message arriving.
 
-On Redis Cluster the channel is sharded (SSUBSCRIBE / SPUBLISH) and carries the key's hash tag, so it lives on
-the key's own shard.
+The channel is sharded (Redis Cluster SSUBSCRIBE / SPUBLISH) and carries the key's hash tag, so it lives on the
+key's own shard. Any error of the reader (whatever its type) resets the subscription and wakes every waiter, who
+polls at once and subscribes again on its next wait.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from ._backend import Backend, StoreUnavailable, Subscription
 
 __all__ = ["ReadyNotifier"]
 
@@ -26,46 +25,37 @@ log = logging.getLogger("cachelayer")
 
 
 class ReadyNotifier:
-    """Subscriptions of this process's waiters, and the publishing of "the value for this key is in"."""
+    """Subscriptions of this loop's waiters, and the publishing of "the value for this key is in"."""
 
-    def __init__(self, client: Redis | RedisCluster, *, timeout: float) -> None:
-        self._client = client
-        self._timeout = timeout
-        self._sharded = isinstance(client, RedisCluster)
-        self._pubsub: Any = None
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._subscription: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._closed = False
+        self.resets = 0
 
     async def publish(self, channel: str) -> None:
         """Best effort: a failure only means the waiters find out by polling."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                if self._sharded:
-                    await self._client.spublish(channel, b"1")
-                else:
-                    await self._client.publish(channel, b"1")
-        except (RedisError, OSError, TimeoutError):
-            return
+        with contextlib.suppress(StoreUnavailable):
+            await self._backend.publish(channel, b"1", sharded=True)
 
     async def subscribe(self, channel: str) -> asyncio.Future[None] | None:
         """A future resolved when ``channel`` gets a message (or the connection breaks), or None if the
         subscription could not be made: then the caller just polls."""
+        if self._closed:
+            return None
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.get(channel)
         if waiters is not None:
             waiters.add(future)
             return future
         self._waiters[channel] = {future}  # before the await: a second waiter joins instead of re-subscribing
+        if self._subscription is None:
+            self._subscription = self._backend.subscription(sharded=True)
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._pubsub is None:
-                    self._pubsub = self._client.pubsub()
-                if self._sharded:
-                    await self._pubsub.ssubscribe(channel)
-                else:
-                    await self._pubsub.subscribe(channel)
-        except (RedisError, OSError, TimeoutError):
+            await self._subscription.subscribe(channel)
+        except StoreUnavailable:
             await self._reset()
             return None
         if self._reader is None or self._reader.done():
@@ -80,44 +70,44 @@ class ReadyNotifier:
         if waiters:
             return
         del self._waiters[channel]
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(self._timeout):
-                if self._sharded:
-                    await self._pubsub.sunsubscribe(channel)
-                else:
-                    await self._pubsub.unsubscribe(channel)
+        if self._subscription is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._subscription.unsubscribe(channel)
 
     async def _read(self) -> None:
+        subscription = self._subscription
         try:
-            while self._waiters and not self._closed:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is None or message["type"] not in ("message", "smessage"):
+            while self._waiters and not self._closed and subscription is self._subscription:
+                assert subscription is not None
+                message = await subscription.next_message(1.0)
+                if message is None:
                     continue
-                channel = message["channel"]
-                channel = channel.decode() if isinstance(channel, bytes) else channel
-                for future in self._waiters.get(channel, ()):
+                for future in self._waiters.get(message[0], ()):
                     if not future.done():
                         future.set_result(None)
-        except (RedisError, OSError) as exc:
-            log.debug("cachelayer: pub/sub connection lost (%r); waiters fall back to polling", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any reader error: never let the task die silently with waiters parked
+            log.debug("cachelayer: wake-up subscription lost (%r); waiters fall back to polling", exc)
             await self._reset()
 
     async def _reset(self) -> None:
         # Wake everyone so they poll now, and start from a fresh connection on the next subscription.
+        self.resets += 1
         for waiters in self._waiters.values():
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
         self._waiters.clear()
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await subscription.aclose()
 
     async def aclose(self) -> None:
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()
-            # Bounded, for the same reason as LocalCache.aclose: a swallowed cancellation must not hang us.
+            # Bounded: on Python 3.11 redis-py can swallow a cancellation (asyncio.wait_for inside the client).
             await asyncio.wait({self._reader}, timeout=2.0)
         await self._reset()

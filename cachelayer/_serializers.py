@@ -1,5 +1,9 @@
 """Serializers: turning a Python value into bytes and back.
 
+This table is the **untyped** path: a function without a return annotation (or annotated ``Any``/``object``), or
+``cache.get``/``set`` without ``value_type``, gets JSON values back. A function annotated ``-> T`` gets a ``T``
+back, equal to what the loader returned (``_typed.py``; docs/value-format.md, "Typed values").
+
 Both serializers share one mapping of the types JSON lacks, so switching serializer never changes what a reader
 gets back:
 

@@ -18,6 +18,13 @@ fixture            what                                         override
                    ``mongo_db_name`` (``cachelayer_test``)
 ``private_redis``  a :class:`RedisServer` of the test's own:
                    stop/kill/start/pause it at will
+``redis_cluster``  a private 3 masters + 3 replicas Redis
+                   Cluster **started for the session** on free
+                   loopback ports (``tests/_cluster.py``)
+``store``          a fresh, empty :class:`cachelayer.Backend`,
+                   parametrized: ``memory``, ``redis`` (DB 15),
+                   ``cluster``: the cache-semantics tests run
+                   over each
 =================  ===========================================  =====================================
 
 A service that does not answer skips the test on a developer machine and fails it in CI
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,6 +53,8 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from cachelayer import Backend, MemoryBackend, RedisBackend  # noqa: E402
+from tests._cluster import RedisClusterServer, cluster_or_skip  # noqa: E402
 from tests._servers import (  # noqa: E402
     MySQLSettings,
     RedisServer,
@@ -107,6 +116,72 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A private 3+3 Redis Cluster for the session (fails in CI, skips elsewhere, without cluster support).
+    DB 0 only: the ``store`` fixture empties every master before each test. Tests that kill or freeze nodes
+    start a cluster of their own (``tests/test_redis_cluster.py``)."""
+    server = cluster_or_skip(
+        workdir=tmp_path_factory.mktemp("redis-cluster"), extra_args=("--cluster-require-full-coverage", "no")
+    )
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+STORES = ["memory", "redis", "cluster"]
+StoreFactory = Callable[[], Backend]
+
+
+@pytest_asyncio.fixture(params=STORES)
+async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    """Makes backends on one empty store of each kind (``memory``, ``redis`` DB 15, ``cluster``): two calls give
+    two "processes" sharing the store (for memory, one shared in-process store). All closed after the test."""
+    made: list[Backend] = []
+    if request.param == "memory":
+        shared = MemoryBackend()
+
+        def make() -> Backend:
+            return shared
+    elif request.param == "redis":
+        redis_url: str = request.getfixturevalue("redis_url")  # DB 15
+        admin = redis.asyncio.Redis.from_url(redis_url)
+        await admin.flushdb()
+        await admin.aclose()
+
+        def make() -> Backend:
+            return RedisBackend.from_url(redis_url, max_connections=32, timeout=1.0)
+    else:
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+
+        def make() -> Backend:
+            return RedisBackend.cluster_from_url(cluster.url, max_connections=32, pool_timeout=2.0, timeout=1.0)
+
+        first = make()
+        await first.connect()
+        client = first.client  # type: ignore[attr-defined]
+        await client.flushall(target_nodes=client.PRIMARIES)
+        made.append(first)
+
+    def factory() -> Backend:
+        backend = make()
+        made.append(backend)
+        return backend
+
+    try:
+        yield factory
+    finally:
+        for backend in made:
+            await backend.aclose()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Backend:
+    """An empty backend of each kind: the cache-semantics tests run over all three."""
+    return store_factory()
 
 
 # --------------------------------------------------------------------------- MariaDB

@@ -183,7 +183,7 @@ async def test_breaker_stops_calling_a_stopped_redis_then_closes_after_restart(
         return {"n": loads}
 
     assert await cache.get_or_set("warm", loader) == {"n": 1}
-    assert cache.stats()["redis_errors"] == 0
+    assert cache.stats()["store_errors"] == 0
 
     private_redis.stop()
     # A get_or_set against a dead Redis makes a few calls (GET, maybe the lease, SET): each one a failure,
@@ -193,7 +193,7 @@ async def test_breaker_stops_calling_a_stopped_redis_then_closes_after_restart(
         if cache.stats()["breaker_state"] == "open":
             break
     stats = cache.stats()
-    assert stats["redis_errors"] == 4
+    assert stats["store_errors"] == 4
     assert stats["breaker_state"] == "open"
     assert stats["breaker_opened"] == 1
 
@@ -207,14 +207,14 @@ async def test_breaker_stops_calling_a_stopped_redis_then_closes_after_restart(
         assert await cache.delete("k") is False
     elapsed = time.monotonic() - started
     stats = cache.stats()
-    assert stats["redis_errors"] == 4, "a call reached Redis while the breaker was open"
+    assert stats["store_errors"] == 4, "a call reached Redis while the breaker was open"
     # at least one refused call per operation (get_or_set makes two or three)
     assert stats["breaker_rejections"] - rejections_before >= 50 * 4
     assert elapsed < 5.0  # 200+ refusals; with a 0.2 s budget per call they would take 40 s if Redis were tried
 
     private_redis.start()
     assert await cache.get("k") is None  # still within the (fake) cool-down: refused, Redis not asked
-    assert cache.stats()["redis_errors"] == 4
+    assert cache.stats()["store_errors"] == 4
 
     clock.advance(5.0)  # cool-down over: the next call is the probe
     assert cache.stats()["breaker_state"] == "half_open"

@@ -10,6 +10,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
+from cachelayer._codec import HEADER_SIZE
+
 from cachelayer import MISSING, Cache, Codec, StampedePolicy
 
 
@@ -44,7 +46,7 @@ async def test_values_are_compressed_frames(cache: Cache, redis_client: redis.as
     stored = await redis_client.get(cache.key("big"))
     assert stored is not None
     assert stored[:2] == b"CL"
-    assert stored[22:26] == b"\x28\xb5\x2f\xfd"
+    assert stored[HEADER_SIZE : HEADER_SIZE + 4] == b"\x28\xb5\x2f\xfd"  # a zstd frame after the header
     stats = cache.stats()
     assert stats["bytes_stored"] < stats["bytes_raw"]
 
@@ -190,7 +192,7 @@ async def test_decode_responses_client_is_refused(redis_url: str) -> None:
 
 async def test_from_url_owns_a_bounded_pool(redis_url: str) -> None:
     cache = Cache.from_url(redis_url, namespace="fu", max_connections=4)
-    pool = cache.redis.connection_pool
+    pool = cache.backend.client.connection_pool
     assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
     assert pool.max_connections == 4
     await asyncio.gather(*(cache.set(f"k{i}", i) for i in range(50)))

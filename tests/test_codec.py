@@ -13,6 +13,7 @@ import random
 import struct
 import time
 import tracemalloc
+import zlib
 from typing import Any, Literal
 
 import orjson
@@ -30,6 +31,8 @@ from cachelayer._codec import (
     FORMAT_VERSION,
     HEADER,
     HEADER_SIZE,
+    HEADER_V1,
+    HEADER_V1_SIZE,
     MAGIC,
 )
 from tests._samples import sample as _sample
@@ -38,6 +41,7 @@ MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
 # Header offsets (see the table in cachelayer/_codec.py and docs/value-format.md).
 OFF_VERSION, OFF_SERIALIZER, OFF_COMPRESSION, OFF_FLAGS, OFF_DICT_ID, OFF_EXPIRES, OFF_RECOMPUTE = 2, 3, 4, 5, 6, 10, 18
+OFF_CRC = 22  # version 2 only
 
 SerializerName = Literal["orjson", "msgpack"]
 SERIALIZERS: tuple[SerializerName, ...] = ("orjson", "msgpack")
@@ -132,15 +136,19 @@ def decodes_or_codec_error(codec: Codec, data: bytes) -> tuple[bool, Any]:
 def header(
     *,
     magic: bytes = MAGIC,
-    version: int = FORMAT_VERSION,
+    version: int = 1,
     serializer: int = 1,
     compression: int = COMPRESSION_NONE,
     flags: int = 0,
     dict_id: int = 0,
     expires_ms: int = 0,
     recompute_us: int = 0,
+    crc: int | None = None,
 ) -> bytes:
-    return HEADER.pack(magic, version, serializer, compression, flags, dict_id, expires_ms, recompute_us)
+    """A handmade header: version 1 by default (no CRC to get right); ``crc`` makes it a version 2 header."""
+    if crc is not None:
+        return HEADER.pack(magic, 2, serializer, compression, flags, dict_id, expires_ms, recompute_us, crc)
+    return HEADER_V1.pack(magic, version, serializer, compression, flags, dict_id, expires_ms, recompute_us)
 
 
 def patched(data: bytes, offset: int, byte: int) -> bytes:
@@ -150,12 +158,15 @@ def patched(data: bytes, offset: int, byte: int) -> bytes:
 # --------------------------------------------------------------------------- the header
 
 
-def test_header_is_22_bytes_starting_with_cl() -> None:
-    assert HEADER_SIZE == 22 == HEADER.size
+def test_header_is_26_bytes_starting_with_cl_and_version_1_was_22() -> None:
+    assert HEADER_SIZE == 26 == HEADER.size
+    assert HEADER_V1_SIZE == 22 == HEADER_V1.size
+    assert FORMAT_VERSION == 2
     assert MAGIC == b"CL"
     data = Codec().encode({"a": 1})
     assert data[:2] == b"CL"
-    assert data[22:] == b'{"a":1}'
+    assert data[26:] == b'{"a":1}'
+    assert Codec(format_version=1).encode({"a": 1})[22:] == b'{"a":1}'
 
 
 @pytest.mark.parametrize("serializer", ["orjson", "msgpack"])
@@ -166,15 +177,16 @@ def test_header_fields_match_the_documented_table(
     codec = Codec(serializer, dictionaries=registry, dictionary_id=dict_id)
     data = codec.encode(value, expires_at=1_700_000_000.123, recompute_time=0.012345)
     assert data[0:2] == b"CL"
-    assert data[2] == 1
+    assert data[2] == 2
     assert data[3] == {"orjson": 1, "msgpack": 2}[serializer]
     assert data[4] == COMPRESSION_ZSTD_DICT == 2
     assert data[5] == 0
     assert int.from_bytes(data[6:10], "big") == dict_id
     assert int.from_bytes(data[10:18], "big") == 1_700_000_000_123
     assert int.from_bytes(data[18:22], "big") == 12345
+    assert int.from_bytes(data[22:26], "big") == zlib.crc32(data[26:])
     zdict = zstandard.ZstdCompressionDict(registry_bytes(registry, dict_id))
-    assert zstandard.ZstdDecompressor(dict_data=zdict).decompress(data[22:]) == codec.serializer.dumps(value)
+    assert zstandard.ZstdDecompressor(dict_data=zdict).decompress(data[26:]) == codec.serializer.dumps(value)
 
 
 def registry_bytes(registry: DictionaryRegistry, dict_id: int) -> bytes:
@@ -686,7 +698,7 @@ def _valid_frames_for_header_tests(registry: DictionaryRegistry, dict_id: int) -
     ]
 
 
-@pytest.mark.parametrize("version", [0, 2, 3, 127, 255])
+@pytest.mark.parametrize("version", [0, 3, 127, 255])
 def test_a_future_or_unknown_format_version_is_refused(
     reader: Codec, registry: DictionaryRegistry, dict_id: int, version: int
 ) -> None:
@@ -758,8 +770,11 @@ def test_serializer_byte_lying_about_the_payload(reader: Codec) -> None:
 @pytest.mark.parametrize("length", range(HEADER_SIZE))
 def test_anything_shorter_than_a_header_is_refused(reader: Codec, length: int) -> None:
     data = Codec().encode(None)
-    with pytest.raises(CodecError, match="shorter than a frame header"):
+    with pytest.raises(CodecError, match=r"shorter than a (version 2 )?frame header"):
         reader.decode(data[:length])
+    if length < HEADER_V1_SIZE:
+        with pytest.raises(CodecError, match="shorter than a frame header"):
+            reader.decode(Codec(format_version=1).encode(None)[:length])
 
 
 def test_a_header_with_an_empty_payload(reader: Codec, dict_id: int) -> None:
@@ -955,5 +970,109 @@ def test_codec_error_is_a_cache_error() -> None:
 
 def test_encoded_header_round_trips_through_struct() -> None:
     data = Codec("msgpack").encode([1, 2], expires_at=12.345, recompute_time=0.5)
-    fields = struct.unpack(">2sBBBBIQI", data[:22])
-    assert fields == (b"CL", 1, 2, 0, 0, 0, 12345, 500000)
+    fields = struct.unpack(">2sBBBBIQII", data[:26])
+    assert fields == (b"CL", 2, 2, 0, 0, 0, 12345, 500000, zlib.crc32(data[26:]))
+    v1 = Codec("msgpack", format_version=1).encode([1, 2], expires_at=12.345, recompute_time=0.5)
+    assert struct.unpack(">2sBBBBIQI", v1[:22]) == (b"CL", 1, 2, 0, 0, 0, 12345, 500000)
+
+
+# --------------------------------------------------------------------------- serving stored bytes unparsed
+
+AUDIT_PAYLOADS: dict[str, tuple[int, int, bytes]] = {
+    # name: (serializer id, compression, payload), each under a header that says "JSON" where it can
+    "random-bytes": (1, COMPRESSION_NONE, random.Random(9).randbytes(300)),
+    "truncated-json": (1, COMPRESSION_NONE, orjson.dumps(_samples(21, 5))[:-40]),
+    "zstd-of-html": (
+        1,
+        COMPRESSION_ZSTD,
+        zstandard.ZstdCompressor(write_checksum=True).compress(b"<html><body>502 Bad Gateway</body></html>" * 9),
+    ),
+    "msgpack-under-json": (1, COMPRESSION_NONE, Codec("msgpack").serializer.dumps(_samples(22, 5))),
+    "serializer-9": (9, COMPRESSION_NONE, orjson.dumps(_samples(23, 2))),
+}
+
+
+def _audit_frames(name: str) -> list[bytes]:
+    """The bad payload under a version 1 header and under version 2 headers whose CRC is some other payload's."""
+    serializer, compression, payload = AUDIT_PAYLOADS[name]
+    legit = Codec(compression="none").encode(_samples(24, 5))
+    return [
+        header(serializer=serializer, compression=compression) + payload,
+        header(serializer=serializer, compression=compression, crc=int.from_bytes(legit[22:26], "big")) + payload,
+        header(serializer=serializer, compression=compression, crc=0) + payload,
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(AUDIT_PAYLOADS))
+def test_every_audit_case_is_refused_by_the_unparsed_paths(reader: Codec, name: str) -> None:
+    for data in _audit_frames(name):
+        try:
+            frame = reader.read_frame(data)
+        except CodecError:
+            continue  # refused at the header: serializer 9
+        with pytest.raises(CodecError):
+            reader.verified_body(frame)
+        assert reader.verified_zstd_frame(frame) is None
+
+
+def test_serializer_9_is_refused_at_the_header(reader: Codec) -> None:
+    for data in _audit_frames("serializer-9"):
+        with pytest.raises(CodecError, match="unknown serializer id 9"):
+            reader.read_frame(data)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize("format_version", [1, 2])
+def test_verified_body_is_the_json_text(compression: Literal["none", "zstd"], format_version: Literal[1, 2]) -> None:
+    codec = Codec(compression=compression, format_version=format_version)
+    for value in VALUES:
+        frame = codec.read_frame(codec.encode(value))
+        assert bytes(codec.verified_body(frame)) == orjson.dumps(value)
+
+
+def test_verified_zstd_frame_only_for_version_2_plain_zstd_json() -> None:
+    value = {"page": _samples(25, 20)}
+    data = Codec().encode(value)
+    frame = Codec().read_frame(data)
+    zframe = Codec().verified_zstd_frame(frame)
+    assert zframe is not None
+    assert zframe == data[HEADER_SIZE:]
+    assert zstandard.ZstdDecompressor().decompress(zframe) == orjson.dumps(value)
+    for other in (Codec(format_version=1), Codec("msgpack"), Codec(compression="none")):
+        assert other.verified_zstd_frame(other.read_frame(other.encode(value))) is None
+
+
+def test_a_damaged_crc_or_payload_is_refused_by_the_unparsed_paths() -> None:
+    codec = Codec()
+    for value in ({"page": _samples(26, 20)}, {"small": 1}):
+        data = codec.encode(value)
+        for offset in (OFF_CRC, OFF_CRC + 3, HEADER_SIZE, len(data) - 1):
+            damaged = patched(data, offset, data[offset] ^ 0x01)
+            frame = codec.read_frame(damaged)
+            with pytest.raises(CodecError):
+                codec.verified_body(frame)
+            assert codec.verified_zstd_frame(frame) is None
+            with pytest.raises(CodecError, match="CRC-32"):
+                codec.verify(frame)
+
+
+def test_a_msgpack_frame_has_no_http_body() -> None:
+    codec = Codec("msgpack")
+    with pytest.raises(CodecError, match="not JSON"):
+        codec.verified_body(codec.read_frame(codec.encode({"a": 1})))
+
+
+def test_version_1_frames_stay_readable(registry: DictionaryRegistry, dict_id: int) -> None:
+    for ser in SERIALIZERS:
+        for writer in (Codec(ser, format_version=1), Codec(ser, format_version=1, compression="none")):
+            for value in VALUES:
+                data = writer.encode(value, expires_at=5.5)
+                assert data[OFF_VERSION] == 1
+                frame = Codec(dictionaries=registry).read_frame(data)
+                assert (frame.version, frame.checksum, frame.expires_at) == (1, None, 5.5)
+                assert Codec(dictionaries=registry).decode(data) == value
+
+
+def test_format_version_must_be_1_or_2() -> None:
+    with pytest.raises(ValueError, match="format_version"):
+        Codec(format_version=3)  # type: ignore[arg-type]

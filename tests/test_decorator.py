@@ -13,7 +13,7 @@ import pytest_asyncio
 import redis.asyncio
 
 import cachelayer
-from cachelayer import Cache, CacheError, cached, set_default_cache
+from cachelayer import Cache, CacheError, KeyEncodingError, cached, set_default_cache
 
 TYPING_DIR = Path(__file__).parent / "typing"
 
@@ -67,28 +67,59 @@ async def test_key_invalidate_refresh(cache: Cache, redis_client: redis.asyncio.
     assert await current("a") == {"name": "a", "version": 2}
 
 
-async def test_methods_share_entries_across_instances_and_bind_self(cache: Cache) -> None:
+async def test_methods_are_keyed_by_their_instance(cache: Cache) -> None:
     class Repo:
         loads = 0
 
-        def __init__(self, prefix: str) -> None:
-            self.prefix = prefix
+        def __init__(self, db: str) -> None:
+            self.db = db
+
+        def __cache_key__(self) -> str:
+            return self.db
 
         @cached(ttl=60, exclude=["trace"])
         async def get(self, wid: int, trace: str = "") -> str:
             Repo.loads += 1
-            return f"{self.prefix}{wid}"
+            return f"{self.db}:{wid}"
 
-    a, b = Repo("a"), Repo("b")
-    assert await a.get(1) == "a1"
-    assert await b.get(1, trace="x") == "a1"  # self is not part of the key, nor is trace
-    assert Repo.loads == 1
-    assert a.get.key(1) == b.get.key(1, trace="y")
+    a, b = Repo("db_a"), Repo("db_b")
+    assert await a.get(1) == "db_a:1"
+    assert await b.get(1, trace="x") == "db_b:1"  # another instance: its own entry
+    assert await Repo("db_a").get(1) == "db_a:1"  # an equal instance: the same entry
+    assert Repo.loads == 2
+    assert a.get.key(1) != b.get.key(1)
+    assert a.get.key(1) == Repo("db_a").get.key(1, trace="y")
     assert await b.get.invalidate(1)
-    assert await b.get.refresh(1) == "b1"
+    assert await b.get.refresh(1) == "db_b:1"
     entry = await a.get.entry(1)
     assert entry.outcome == "hit"
-    assert entry.body() == b'"b1"'
+    assert entry.body() == b'"db_a:1"'
+
+
+def test_a_method_without_cache_key_is_refused_with_both_fixes() -> None:
+    with pytest.raises(RuntimeError) as raised:  # Python wraps errors raised in __set_name__
+
+        class Repo:
+            @cached(ttl=60)
+            async def get(self, wid: int) -> str:
+                return str(wid)
+
+    cause = raised.value.__cause__
+    assert isinstance(cause, KeyEncodingError)
+    assert "__cache_key__" in str(cause) and 'instances="shared"' in str(cause)
+
+
+async def test_instances_may_share_entries_when_the_decoration_says_so(cache: Cache) -> None:
+    class Repo:
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+
+        @cached(ttl=60, instances="shared")
+        async def get(self, wid: int) -> str:
+            return f"{self.prefix}{wid}"
+
+    assert await Repo("a").get(1) == "a1"
+    assert await Repo("b").get(1) == "a1"  # stated: instances share entries
 
 
 async def test_tag_templates_drive_invalidation(cache: Cache) -> None:
@@ -112,7 +143,9 @@ async def test_template_key_is_readable(cache: Cache) -> None:
     async def listing(category: str, page: int = 1) -> list[int]:
         return [page]
 
-    assert listing.key("art", 2).startswith("dec:{listing:cat=art:page=2:")
+    key = listing.key("art", 2)
+    # name, the return type's shape version (list[int]), the readable part, the argument hash
+    assert key.startswith("dec:{listing@t") and ":cat=art:page=2:" in key, key
     assert await listing("art", 2) == [2]
 
 
@@ -186,6 +219,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(cachelayer.__all__) == sorted(
         [
             "MISSING",
+            "Backend",
             "BoundCachedFunction",
             "Cache",
             "CacheEntry",
@@ -196,16 +230,24 @@ def test_public_api_is_pinned() -> None:
             "Codec",
             "CodecError",
             "DictionaryRegistry",
+            "EntryPolicy",
             "Frame",
             "KeyEncodingError",
             "LeaseTimeoutError",
             "LocalCache",
+            "MemoryBackend",
+            "Message",
+            "Missing",
             "MsgpackSerializer",
+            "NullBackend",
             "OrjsonSerializer",
             "Outcome",
+            "RedisBackend",
             "SerializationError",
             "Serializer",
             "StampedePolicy",
+            "StoreUnavailable",
+            "Subscription",
             "ValueTooLargeError",
             "__version__",
             "cached",

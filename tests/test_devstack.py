@@ -295,3 +295,60 @@ def test_mysql_settings_reach_the_test_database(mysql_settings: MySQLSettings) -
             assert cursor.fetchone() == ("cachelayer_test",)
     finally:
         conn.close()
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_base_port() -> int:
+    """Six consecutive free ports whose cluster-bus ports (+10000) are free too."""
+    for _ in range(50):
+        base = free_port()
+        ports = range(base, base + 6)
+        if base + 10005 < 65536 and all(_bindable(p) and _bindable(p + 10000) for p in ports):
+            return base
+    pytest.skip("no six consecutive free ports")
+
+
+@pytest.mark.slow
+def test_cluster_up_status_down_on_free_ports(tmp_path: Path) -> None:
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip("redis-server / redis-cli not installed")
+    base = _cluster_base_port()
+    devstack = Devstack(tmp_path / "var", cluster=base)
+    ports = list(range(base, base + 6))
+    try:
+        before = devstack("status", "cluster")
+        assert sum("NOT answering" in line for line in before.splitlines() if line.startswith("cluster ")) == 6
+
+        out = devstack("up", "cluster")
+        assert "created: 3 masters + 3 replicas" in out, out
+        pids = {port: int((devstack.var / "run" / f"cluster-{port}.pid").read_text().split()[0]) for port in ports}
+        assert all(pid_alive(pid) for pid in pids.values())
+
+        status = devstack("status", "cluster")
+        for port in ports:
+            line = next(line for line in status.splitlines() if f"127.0.0.1:{port} " in line)
+            assert "cluster_state:ok" in line, status
+            assert f"started by devstack (pid {pids[port]})" in line, status
+
+        again = devstack("up", "cluster")  # already a cluster: nothing started, nothing re-created
+        assert "created" not in again, again
+        assert again.count("already answering") == 6, again
+
+        down = devstack("down", "cluster")
+        for pid in pids.values():
+            assert f"stopped pid {pid}" in down
+            assert not pid_alive(pid)
+        assert wait_for(lambda: not any(port_answers("127.0.0.1", port) for port in ports), 10)
+    finally:
+        devstack("down", "cluster", check=False)
+        devstack.kill_leftovers()

@@ -106,7 +106,7 @@ class Loader:
 
 def failures(cache: Cache) -> int:
     stats = cache.stats()
-    return int(stats["redis_errors"] + stats["breaker_rejections"])
+    return int(stats["store_errors"] + stats["breaker_rejections"])
 
 
 async def timed(call: Awaitable[Any]) -> tuple[Any, float]:
@@ -178,7 +178,7 @@ async def test_stopped_redis_fails_open_and_recovers_after_restart(
         assert elapsed < CEILING
     assert page_calls == [1, 1, 1, 1]  # the decorator's function ran on every call while Redis was gone
     stats = cache.stats()
-    assert stats["redis_errors"] >= 3
+    assert stats["store_errors"] >= 3
     assert stats["breaker_rejections"] > 0
     assert stats["breaker_state"] in ("open", "half_open")
 
@@ -203,7 +203,7 @@ async def test_unreachable_port_fails_open_within_budget(make_cache: CacheFactor
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     cache = make_cache(url, breaker=CircuitBreaker(failure_threshold=10_000))  # every call really tries
     await assert_fails_open(cache, rounds=10)
-    assert cache.stats()["redis_errors"] >= 10 * 5
+    assert cache.stats()["store_errors"] >= 10 * 5
     assert cache.stats()["breaker_rejections"] == 0
 
     @cached(ttl=30, cache=cache)
@@ -244,7 +244,7 @@ async def test_latency_above_budget_fails_open_within_bounded_time(
         value, elapsed = await timed(cache.get_or_set("hot", slow))
         assert value == {"value": "slow-1"}
         assert elapsed < CEILING
-        assert cache.stats()["redis_errors"] > 0
+        assert cache.stats()["store_errors"] > 0
 
         proxy.latency = 0.0  # the network recovers: the stored value is served again
         assert await eventually(lambda: _is_hit(cache, "hot", {"value": "warm-1"}))
@@ -265,7 +265,7 @@ async def test_latency_below_budget_still_hits(private_redis: RedisServer, make_
         assert loader.calls == 1
         stats = cache.stats()
         assert stats["hits"] == 5
-        assert stats["redis_errors"] == 0
+        assert stats["store_errors"] == 0
         assert proxy.bytes_down > 0  # the traffic really went through the proxy
 
 
@@ -281,7 +281,7 @@ async def test_blackholed_network_fails_open_within_bounded_time(
         await assert_fails_open(cache)
         values = await asyncio.gather(*(cache.get_or_set(f"c{i}", Loader(f"c{i}")) for i in range(20)))
         assert values == [{"value": f"c{i}-1"} for i in range(20)]
-        assert cache.stats()["redis_errors"] > 0
+        assert cache.stats()["store_errors"] > 0
         assert cache.stats()["breaker_rejections"] == 0
 
 
@@ -291,27 +291,25 @@ async def test_blackholed_network_fails_open_within_bounded_time(
 async def _stalled_get(cache: Cache, server: RedisServer) -> tuple[Any, float]:
     """One ``get`` on a connected pooled connection of a frozen Redis while something else holds the event loop
     for twice the budget (a CPU-heavy handler, a GC pause): the budget expires while the GET is being written."""
-    assert await cache.redis.ping()  # a connected connection waits in the pool (asked before the freeze)
+    assert await cache.backend.client.ping()  # a connected connection waits in the pool (asked before the freeze)
     with server.suspended():
         asyncio.get_running_loop().call_soon(time.sleep, 2 * BUDGET)
         return await timed(cache.get("k", default="dflt"))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    strict=True,
-    reason="bug: with redis-py's default socket_timeout (5 s) every send runs under asyncio.wait_for, which on "
-    "Python 3.11 swallows a cancellation that lands as the send completes; the budget's cancellation is lost "
-    "and the call waits for the frozen server until socket_timeout (5 s) instead of the 0.05 s budget",
-)
 async def test_budget_survives_an_event_loop_stall_with_default_socket_timeout(
     private_redis: RedisServer, make_cache: CacheFactory
 ) -> None:
-    cache = make_cache(private_redis.url, socket_timeout=5.0)  # redis-py 8's default, as Cache.from_url has it
+    """With redis-py's default socket_timeout (5 s) every send runs under asyncio.wait_for, which on Python 3.11
+    swallows a cancellation that lands as the send completes (the call then waited 5 s). The budget no longer
+    cancels at a deadline the stalled loop reached late: it re-arms (``_budget.py``), so its cancellation lands
+    while the reply is awaited, long after the send, and the call stays bounded."""
+    cache = make_cache(private_redis.url, socket_timeout=5.0)  # redis-py 8's default
     value, elapsed = await _stalled_get(cache, private_redis)
     assert value == "dflt"
     assert elapsed < CEILING, f"a 0.05 s budget took {elapsed:.2f}s"
+    assert cache.stats()["store_late_timeouts"] == 1
 
 
 @pytest.mark.slow
@@ -323,7 +321,9 @@ async def test_budget_survives_an_event_loop_stall_without_socket_timeout(
     value, elapsed = await _stalled_get(cache, private_redis)
     assert value == "dflt"
     assert elapsed < CEILING
-    assert cache.stats()["redis_errors"] == 1
+    # The loop, not Redis, was late at the deadline: the call fails open, the breaker is not told.
+    assert cache.stats()["store_errors"] == 0
+    assert cache.stats()["store_late_timeouts"] == 1
 
 
 
@@ -339,7 +339,7 @@ async def test_paused_redis_fails_open_within_bounded_time(
         concurrent = await asyncio.gather(*(timed(cache.get_or_set(f"p{i}", Loader(f"p{i}"))) for i in range(20)))
         assert [value for value, _ in concurrent] == [{"value": f"p{i}-1"} for i in range(20)]
         assert max(elapsed for _, elapsed in concurrent) < CEILING
-    assert cache.stats()["redis_errors"] >= 3
+    assert cache.stats()["store_errors"] >= 3
 
     # Thawed: the value written before the freeze is served again once the breaker lets calls through.
     assert await eventually(lambda: _is_hit(cache, "k", {"value": "before-1"}))
@@ -386,7 +386,8 @@ async def test_lease_scripts_survive_a_redis_restart(private_redis: RedisServer,
             assert await _lease_keys(admin) == []  # released by the script, not left to expire (0.6 s)
 
         await race("first")
-        release_sha, extend_sha = a.backend._release.sha, a.backend._extend.sha
+        scripts = a.backend._loop_client()
+        release_sha, extend_sha = scripts.release.sha, scripts.renew.sha
         assert await admin.script_exists(release_sha, extend_sha) == [True, True]
 
         private_redis.stop()
@@ -394,13 +395,15 @@ async def test_lease_scripts_survive_a_redis_restart(private_redis: RedisServer,
         await admin.aclose()
         admin = Redis.from_url(private_redis.url)  # a fresh client: the old one's connection died with Redis
         assert await admin.script_exists(release_sha, extend_sha) == [False, False]
-        # Let the pools notice the restart (their connections broke) before racing again.
+        # Drop the pools' dead connections (this test is about the script cache, not about stale connections,
+        # which test_stopped_redis_fails_open_and_recovers_after_restart covers), then race again.
         for cache in (a, b):
+            await cache.backend.client.connection_pool.disconnect()
             assert await eventually(lambda c=cache: _stores(c))
-        errors_before = a.stats()["redis_errors"] + b.stats()["redis_errors"]
+        errors_before = a.stats()["store_errors"] + b.stats()["store_errors"]
 
         await race("second")
-        assert a.stats()["redis_errors"] + b.stats()["redis_errors"] == errors_before  # no NoScriptError counted
+        assert a.stats()["store_errors"] + b.stats()["store_errors"] == errors_before  # no NoScriptError counted
         assert a.stats()["lease_acquired"] + b.stats()["lease_acquired"] >= 2
         assert await admin.script_exists(release_sha, extend_sha) == [True, True]  # reloaded on demand
     finally:
@@ -474,7 +477,7 @@ async def test_corrupted_value_is_a_miss_and_is_replaced(
     assert loader.calls == 1
     stats = cache.stats()
     assert stats["decode_errors"] == 1
-    assert stats["redis_errors"] == 0
+    assert stats["store_errors"] == 0
     stored = await raw.get(key)
     assert stored is not None
     assert cache.codec.decode(stored) == {"value": "fresh-1"}  # the bad value was replaced by a good frame
@@ -553,7 +556,7 @@ async def test_stale_if_error_serves_the_stale_value(
     stats = cache.stats()
     assert stats["load_errors"] == 2
     assert stats["stale_served"] == 2
-    assert stats["redis_errors"] == 0
+    assert stats["store_errors"] == 0
     assert await _lease_keys(raw) == []
 
     # A loader that works again replaces the stale value.

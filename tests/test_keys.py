@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cachelayer import KeyEncodingError, canonical_bytes
-from cachelayer._keys import ArgumentKeyer, KeyLayout
+from cachelayer._keys import ArgumentKeyer, KeyLayout, check_method_owner, key_version
 
 
 class Color(enum.Enum):
@@ -125,13 +125,99 @@ def test_key_names_module_and_qualname() -> None:
     assert name(keyer(), "art").startswith(f"{__name__}.listing:")
 
 
-def test_self_and_cls_are_left_out() -> None:
-    class Repo:
-        async def get(self, wid: int) -> None:
-            return None
+class Repo:
+    def __init__(self, db: str) -> None:
+        self.db = db
 
+    def __cache_key__(self) -> str:
+        return self.db
+
+    async def get(self, wid: int) -> str:
+        return f"{self.db}:{wid}"
+
+    @classmethod
+    async def build(cls, wid: int) -> None:
+        return None
+
+
+class Keyless:
+    async def get(self, wid: int) -> None:
+        return None
+
+
+def test_self_is_keyed_by_its_cache_key() -> None:
     k = keyer(Repo.get)
-    assert name(k, Repo(), 1) == name(k, Repo(), 1)
+    assert name(k, Repo("db_a"), 1) == name(k, Repo("db_a"), 1)
+    assert name(k, Repo("db_a"), 1) != name(k, Repo("db_b"), 1)
+    assert name(k, Repo("db_a"), 1) != name(k, Repo("db_a"), 2)
+
+
+def test_self_through_the_memo_fast_path() -> None:
+    k = keyer(Repo.get)
+    first = k.name_and_tags((Repo("db_a"), 1), {})
+    assert k.name_and_tags((Repo("db_a"), 1), {}) == first  # a memo hit for an equal instance
+    assert k.name_and_tags((Repo("db_b"), 1), {})[0] != first[0]
+    assert k.name_and_tags((Repo("db_a"), True), {})[0] != first[0]
+    assert first[0] == name(k, Repo("db_a"), 1)
+
+
+def test_instances_shared_leaves_self_out() -> None:
+    k = keyer(Repo.get, instances="shared")
+    assert name(k, Repo("db_a"), 1) == name(k, Repo("db_b"), 1)
+    assert name(keyer(Keyless.get, instances="shared"), Keyless(), 1) == name(k, Repo("x"), 1).replace(
+        "Repo.get", "Keyless.get"
+    )
+    with pytest.raises(ValueError, match="instances"):
+        keyer(Repo.get, instances="nope")
+
+
+def test_cls_is_keyed_by_the_class_name() -> None:
+    k = keyer(Repo.build.__func__)  # type: ignore[attr-defined]
+
+    class Sub(Repo):
+        pass
+
+    assert name(k, Repo, 1) == name(k, Repo, 1)
+    assert name(k, Repo, 1) != name(k, Sub, 1)
+    assert canonical_bytes(Repo) == b"Y" + str(len(f"{__name__}.Repo")).encode() + f":{__name__}.Repo".encode()
+
+
+def test_a_method_of_a_class_without_cache_key_is_refused_with_both_fixes() -> None:
+    with pytest.raises(KeyEncodingError) as info:
+        check_method_owner(Keyless, "Keyless.get", "key")
+    message = str(info.value)
+    assert "Keyless.get" in message
+    assert "__cache_key__(self)" in message
+    assert 'instances="shared"' in message
+    assert isinstance(info.value, TypeError)
+    check_method_owner(Keyless, "Keyless.get", "shared")
+    check_method_owner(Repo, "Repo.get", "key")
+    check_method_owner(Keyless, "Keyless.build", "key", first_parameter="cls")
+
+
+def test_version_goes_into_the_key_name() -> None:
+    plain = name(keyer(), "art")
+    typed = name(keyer(version=key_version("0bfa223b")), "art")
+    both = name(keyer(version=key_version("0bfa223b", "2")), "art")
+    explicit = name(keyer(version=key_version("", "2")), "art")
+    assert typed.startswith(f"{__name__}.listing@t0bfa223b:")
+    assert both.startswith(f"{__name__}.listing@t0bfa223b/v2:")
+    assert explicit.startswith(f"{__name__}.listing@v2:")
+    assert len({plain, typed, both, explicit}) == 4
+    assert {n.rsplit(":", 1)[1] for n in (plain, typed, both, explicit)} == {plain.rsplit(":", 1)[1]}
+    assert key_version() == ""
+    for bad in ("a b", "x{y}", "é", "x" * 65):
+        with pytest.raises(ValueError, match="version"):
+            key_version("", bad)
+
+
+def test_versioned_keys_keep_scalars_apart() -> None:
+    async def f(x: Any) -> None:
+        return None
+
+    k = keyer(f, version=key_version("0bfa223b", "7"))
+    names = {k.name_and_tags((v,), {})[0] for v in (1, "1", 1.0, True)}
+    assert len(names) == 4
 
 
 def test_excluded_arguments() -> None:

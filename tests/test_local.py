@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio
 
 from cachelayer import Cache, Codec, LocalCache, cached
+from cachelayer._local import ENTRY_OVERHEAD
 from tests._servers import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def test_an_uncompressed_body_is_not_counted_twice() -> None:
     assert body.obj is data  # a view into the stored frame, no copy
     local = LocalCache()
     local.put("k", data, frame, body)
-    assert local.size_bytes == len(data)
+    assert local.size_bytes == ENTRY_OVERHEAD + len("k") + len(data)
     local.discard(["k"])
     assert local.size_bytes == 0
 
@@ -128,7 +129,12 @@ async def test_a_write_in_one_process_replaces_the_other_local_copy(redis_client
     await asyncio.sleep(0.2)
     await a.set("x", 1)  # warm a's publisher path
     await redis_client.delete(page_b.key())
-    await a._store(page_b.key(), "new", a._options(60, None, None, ()), recompute_time=0)
+    # a's write of the same entry: another process's @cached function of the same name
+    @cached(ttl=60, cache=a, local=True, name="page")
+    async def page_a() -> str:
+        return "new"
+
+    await page_a.refresh()
 
     async def replaced() -> bool:
         return await page_b() == "new"

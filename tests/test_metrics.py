@@ -22,7 +22,7 @@ async def test_stats_count_hits_misses_loads_and_bytes(redis_client: redis.async
     assert stats["lease_acquired"] == 1
     assert 0 < stats["bytes_stored"] < stats["bytes_raw"]
     assert stats["breaker_state"] == "closed"
-    assert stats["redis_errors"] == stats["decode_errors"] == 0
+    assert stats["store_errors"] == stats["decode_errors"] == 0
 
 
 async def test_prometheus_collector_exposes_the_counters(redis_client: redis.asyncio.Redis) -> None:

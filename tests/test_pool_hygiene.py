@@ -100,7 +100,7 @@ async def admin(redis_client: redis.asyncio.Redis) -> redis.asyncio.Redis:
 
 
 async def storm(
-    pool: BlockingConnectionPool, url_client: Redis, caches: list[Cache], *, seed: int
+    pool: BlockingConnectionPool, admin: Redis, caches: list[Cache], *, seed: int
 ) -> tuple[dict[str, int], list[BaseException]]:
     """Run OPERATIONS random cache operations over ``caches`` (which share ``pool``); cancel a random subset."""
     rng = random.Random(seed)
@@ -165,7 +165,9 @@ async def storm(
     async def keep_wrongtype() -> None:
         key = caches[0].key("wrongtype")
         while not stopping:
-            async with url_client.pipeline(transaction=True) as pipe:
+            # The admin client (its own pool): the storm's pool is saturated by design, and the helper that keeps
+            # the list must not queue behind it (it did, on a loaded machine: "No connection available").
+            async with admin.pipeline(transaction=True) as pipe:
                 pipe.delete(key).rpush(key, "a", "b")
                 await pipe.execute()
             await asyncio.sleep(0.005)
@@ -249,7 +251,7 @@ async def test_every_connection_is_released_after_a_storm(
         try:
             # A storm takes ~7 s here; a hang becomes a failure that says where every task waits.
             async with asyncio.timeout(60):
-                outcomes, unexpected = await storm(pool, client, caches, seed=20240601)
+                outcomes, unexpected = await storm(pool, admin, caches, seed=20240601)
                 elapsed = time.monotonic() - started
                 for cache in caches:  # background refreshes (XFetch, stale-while-revalidate) finish too
                     await cache.aclose()
@@ -262,9 +264,9 @@ async def test_every_connection_is_released_after_a_storm(
         assert outcomes.get("cancelled", 0) > 100, outcomes
         assert outcomes.get("loader_failed", 0) > 100, outcomes
         assert outcomes.get("ok", 0) > OPERATIONS // 2, outcomes
-        redis_errors = sum(cache.stats()["redis_errors"] for cache in caches)
+        redis_errors = sum(cache.stats()["store_errors"] for cache in caches)
         assert redis_errors > 100  # WRONGTYPE replies and budget overruns happened, and were absorbed
-        assert caches[1].stats()["redis_errors"] > 0  # the tiny budget really ran out mid-command
+        assert caches[1].stats()["store_errors"] > 0  # the tiny budget really ran out mid-command
 
         # Released: nothing in use, nothing beyond the bound.
         assert in_use(pool) == 0
@@ -321,7 +323,7 @@ async def test_connections_are_released_when_every_reply_is_late(
             await sampler.stop()
             leaked = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
             assert leaked == []
-            assert cache.stats()["redis_errors"] > 100
+            assert cache.stats()["store_errors"] > 100
             assert in_use(pool) == 0
             assert max(sampler.samples) <= MAX_CONNECTIONS
 

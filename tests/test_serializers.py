@@ -449,11 +449,14 @@ class _BrokenSerializer:
 
 
 def test_a_custom_serializers_own_errors_become_codec_errors() -> None:
-    codec = Codec(_BrokenSerializer())
+    # A custom serializer must reuse an id the codec knows (1 or 2): the frame reader refuses every other id.
+    broken = _BrokenSerializer()
+    broken.id = 1
+    codec = Codec(broken)
     data = codec.encode([1, 2, 3])
-    assert codec.read_frame(data).serializer_id == 77
+    assert codec.read_frame(data).serializer_id == 1
     with pytest.raises(CodecError, match="broken could not read"):
         codec.decode(data)
-    # A reader without that serializer: unknown id.
+    broken.id = 77
     with pytest.raises(CodecError, match="unknown serializer id 77"):
-        Codec().decode(data)
+        Codec().decode(Codec(broken).encode([1, 2, 3]))

@@ -184,7 +184,7 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
 
     async def main(url, start_at, callers):
         cache = Cache.from_url(url, namespace="st2", max_connections=32)
-        client = cache.redis
+        client = cache.backend.client
         async def load():
             await client.incr("st2-loads")
             await asyncio.sleep(0.2)

@@ -34,11 +34,11 @@ from tests._servers import skip_or_fail
 DOC = Path(__file__).resolve().parent.parent / "docs" / "value-format.md"
 
 # The commands, exactly as documented. Inputs come from the environment: REDIS_URL, KEY, DICT.
-CMD_JSON = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | head -c -1 | tail -c +23 | zstd -dc'
-CMD_JSON_GETRANGE = 'redis-cli -u "$REDIS_URL" --raw GETRANGE "$KEY" 22 -1 | head -c -1 | zstd -dc'
-CMD_JSON_DICT = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | head -c -1 | tail -c +23 | zstd -dc -D "$DICT"'
-CMD_UNCOMPRESSED = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | head -c -1 | tail -c +23'
-CMD_HEADER = 'redis-cli -u "$REDIS_URL" --raw GETRANGE "$KEY" 0 21 | head -c 22 | od -An -tu1'
+CMD_JSON = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | head -c -1 | tail -c +27 | zstd -dc'
+CMD_JSON_GETRANGE = 'redis-cli -u "$REDIS_URL" --raw GETRANGE "$KEY" 26 -1 | head -c -1 | zstd -dc'
+CMD_JSON_DICT = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | head -c -1 | tail -c +27 | zstd -dc -D "$DICT"'
+CMD_UNCOMPRESSED = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | head -c -1 | tail -c +27'
+CMD_HEADER = 'redis-cli -u "$REDIS_URL" --raw GETRANGE "$KEY" 0 25 | head -c 26 | od -An -tu1'
 CMD_MSGPACK_TO_JSON = (
     "python3 -c 'import json, sys, msgpack; "
     "print(json.dumps(msgpack.unpackb(sys.stdin.buffer.read(), strict_map_key=False), ensure_ascii=False, "
@@ -57,7 +57,7 @@ def awkward_frame(codec: Codec, items: int, compression: int) -> tuple[Any, byte
     for seed in range(20_000):
         value = {"seed": seed, "page": page}
         data = codec.encode(value)
-        payload = data[22:-1]
+        payload = data[26:-1]
         if data[4] == compression and data.endswith(b"\n") and all(byte in payload for byte in (b"\n", b"\r", b"\0")):
             return value, data
     raise AssertionError("no awkward frame found")  # pragma: no cover
@@ -147,7 +147,7 @@ def test_redis_cli_raw_prints_the_bytes_and_one_newline(sync_redis: redis.Redis,
     plain = store_and_run(sync_redis, redis_url, key, data, 'redis-cli -u "$REDIS_URL" GET "$KEY"')
     assert plain.stdout == data + b"\n"
     quoted = store_and_run(sync_redis, redis_url, key, data, 'redis-cli -u "$REDIS_URL" --no-raw GET "$KEY"')
-    assert quoted.stdout.startswith(b'"CL\\x01')
+    assert quoted.stdout.startswith(b'"CL\\x02')
     assert quoted.stdout != data + b"\n"
 
 
@@ -155,7 +155,7 @@ def test_redis_cli_raw_prints_the_bytes_and_one_newline(sync_redis: redis.Redis,
 def test_without_dropping_the_newline_zstd_fails(sync_redis: redis.Redis, redis_url: str, key: str) -> None:
     """Why the documented command has `head -c -1`: zstd reads the trailing newline as a second frame."""
     _, data = awkward_frame(Codec(), 20, COMPRESSION_ZSTD)
-    command = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | tail -c +23 | zstd -dc'
+    command = 'redis-cli -u "$REDIS_URL" --raw GET "$KEY" | tail -c +27 | zstd -dc'
     result = store_and_run(sync_redis, redis_url, key, data, command)
     assert result.returncode != 0
     assert b"unknown header" in result.stderr
@@ -221,7 +221,7 @@ def test_header_bytes(
     data = codec.encode({"page": [_sample(random.Random(1), i) for i in range(20)]}, expires_at=1.7e9 + 0.25)
     result = store_and_run(sync_redis, redis_url, key, data, CMD_HEADER)
     assert result.returncode == 0, result.stderr
-    assert [int(token) for token in result.stdout.split()] == list(data[:22])
+    assert [int(token) for token in result.stdout.split()] == list(data[:26])
 
 
 @pytest.mark.usefixtures("tools")

@@ -1,0 +1,229 @@
+"""Redis Cluster failover benchmark (issue 10, item 6): what callers see while one shard fails.
+
+    python -m benchmarks.cluster [--quick] [--json PATH]
+
+Starts its own 3-master + 3-replica cluster on free loopback ports (tests/_cluster.py), then two worker processes
+run a steady mixed load of ``@cached`` reads (and ``refresh`` writes) through the public cachelayer API, while
+the parent goes through three phases: steady, failover (SIGKILL one master), reshard (move 1,000 slots from one
+master to another). Each row:
+
+* ``ops``, ``caller_errors`` (exceptions out of the cache), ``wrong_values``, ``over_budget_calls`` (> 2x the
+  0.1 s budget), ``extra_loads`` (loader calls above the steady phase's rate), ``loop_lag_p99_ms``;
+* ``healthy_shard_hit_ratio``: hits over reads of keys whose master the fault did not touch;
+* ``recovery_s``: from the fault to the last miss / error / over-budget read of the touched shard's keys.
+
+Results: benchmarks/results/cluster.{md,json,png} (the plot: hit ratio and loads over time around the faults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.crc import key_slot
+
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_text
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests._cluster import RedisClusterServer  # noqa: E402
+
+BUDGET = 0.1
+KEYS = 400
+COLUMNS = ["phase", "ops", "caller_errors", "wrong_values", "over_budget_calls", "healthy_shard_hit_ratio",
+           "extra_loads", "loop_lag_p99_ms", "recovery_s"]
+
+
+def make_cache(cluster_url: str, redis_url: str, namespace: str) -> Any:
+    """The new ``redis+cluster://`` form, or today's ``cluster=True`` with a ``redis://`` URL."""
+    from cachelayer import Cache
+
+    try:
+        return Cache.from_url(cluster_url, namespace=namespace, timeout=BUDGET)
+    except (ValueError, TypeError):
+        return Cache.from_url(redis_url, cluster=True, namespace=namespace, timeout=BUDGET)
+
+
+def slot_owners(port: int) -> dict[int, int]:
+    """slot -> master port, from CLUSTER SLOTS."""
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as conn:
+        ranges = conn.execute_command("CLUSTER SLOTS")
+    owners: dict[int, int] = {}
+    for entry in ranges:  # redis-py parses it to {(low, high): {"primary": (host, port), ...}}
+        if isinstance(ranges, dict):
+            (low, high), info = entry, ranges[entry]
+            master = int(info["primary"][1])
+        else:
+            low, high, master = int(entry[0]), int(entry[1]), int(entry[2][1])
+        for slot in range(low, high + 1):
+            owners[slot] = master
+    return owners
+
+
+async def worker_main(cluster_url: str, redis_url: str, start_port: int, end_at: float) -> dict[str, Any]:
+    from cachelayer import cached
+
+    cache = make_cache(cluster_url, redis_url, "bench-cluster")
+    if hasattr(cache, "connect"):
+        await cache.connect()
+    loads = 0
+
+    @cached(ttl=600, cache=cache)
+    async def item(i: int) -> int:
+        nonlocal loads
+        loads += 1
+        return i * 7
+
+    owners = slot_owners(start_port)
+    owner_of = [owners.get(key_slot(item.key(i).encode()), 0) for i in range(KEYS)]
+    ops: list[tuple[float, int, int, float, int, int]] = []  # t, owner, hit, elapsed, error, wrong
+    lags: list[tuple[float, float]] = []
+
+    async def lag() -> None:
+        while time.time() < end_at:
+            began = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append((time.time(), (time.perf_counter() - began - 0.01) * 1000))
+
+    async def load(seed: int) -> None:
+        nonlocal loads
+        n = seed
+        while time.time() < end_at:
+            n = (n * 1103515245 + 12345) % 2**31
+            i = n % KEYS
+            write = n % 20 == 0
+            before, began = loads, time.perf_counter()
+            error = wrong = 0
+            try:
+                value = await (item.refresh(i) if write else item(i))
+                wrong = int(value != i * 7)
+            except Exception:  # a caller error: what the cache promises never happens
+                error = 1
+            elapsed = time.perf_counter() - began
+            if not write:
+                ops.append((time.time(), owner_of[i], int(loads == before), elapsed, error, wrong))
+            await asyncio.sleep(0.002)
+
+    await asyncio.gather(lag(), *(load(seed) for seed in range(1, 17)))
+    await cache.aclose()
+    return {"ops": ops, "lags": lags, "loads": loads}
+
+
+def run_worker(cluster_url: str, redis_url: str, start_port: int, end_at: float, out: str) -> None:
+    result = asyncio.run(worker_main(cluster_url, redis_url, start_port, end_at))
+    Path(out).write_text(json.dumps(result))
+
+
+def summarize(phase: str, ops: list[list[float]], lags: list[list[float]], start: float, end: float,
+              fault_at: float | None, touched: set[int], steady_load_rate: float) -> dict[str, Any]:
+    window = [op for op in ops if start <= op[0] < end]
+    after_fault = [op for op in window if fault_at is None or op[0] >= fault_at]
+    healthy = [op for op in after_fault if int(op[1]) not in touched]
+    misses = len([op for op in window if not op[2]])
+    lag_values = sorted(value for t, value in lags if start <= t < end) or [0.0]
+    bad_touched = [op[0] for op in after_fault if int(op[1]) in touched and (not op[2] or op[4] or op[3] > 2 * BUDGET)]
+    return {
+        "phase": phase,
+        "ops": len(window),
+        "caller_errors": int(sum(op[4] for op in window)),
+        "wrong_values": int(sum(op[5] for op in window)),
+        "over_budget_calls": len([op for op in window if op[3] > 2 * BUDGET]),
+        "healthy_shard_hit_ratio": round(sum(op[2] for op in healthy) / len(healthy), 4) if healthy else None,
+        "extra_loads": max(0, round(misses - steady_load_rate * (end - start))),
+        "loop_lag_p99_ms": round(lag_values[int(len(lag_values) * 0.99) - 1 if len(lag_values) > 1 else 0], 1),
+        "recovery_s": round(max(bad_touched) - fault_at, 2) if fault_at is not None and bad_touched else 0.0,
+    }
+
+
+def plot(path: Path, ops: list[list[float]], t0: float, marks: list[tuple[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bucket = 0.5
+    times: dict[int, list[list[float]]] = {}
+    for op in ops:
+        times.setdefault(int((op[0] - t0) / bucket), []).append(op)
+    xs = sorted(times)
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5))
+    top.plot([x * bucket for x in xs], [sum(o[2] for o in times[x]) / len(times[x]) for x in xs])
+    top.set_ylabel("hit ratio")
+    bottom.plot([x * bucket for x in xs], [len([o for o in times[x] if not o[2]]) / bucket for x in xs])
+    bottom.set_ylabel("loads / s")
+    bottom.set_xlabel("s since start")
+    for label, at in marks:
+        for axis in (top, bottom):
+            axis.axvline(at - t0, color="red", linestyle="--")
+        top.annotate(label, (at - t0, 0.05))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short phases (a smoke run)")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "cluster.json")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where cluster.md / cluster.png go")
+    args = parser.parse_args(argv)
+    steady, fault_phase = (3.0, 8.0) if args.quick else (10.0, 15.0)
+    warmup = 2.0
+    with RedisClusterServer(node_timeout_ms=2000, extra_args=("--cluster-require-full-coverage", "no")) as cluster:
+        t0 = time.time()
+        phases = {"steady": t0 + warmup, "failover": t0 + warmup + steady,
+                  "reshard": t0 + warmup + steady + fault_phase}
+        end_at = phases["reshard"] + fault_phase
+        tmp = cluster.workdir / "ops"
+        tmp.mkdir()
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=run_worker, args=(cluster.url, cluster.redis_url, cluster.ports[0],
+                                                              end_at, str(tmp / f"w{n}.json"))) for n in range(2)]
+        for proc in workers:
+            proc.start()
+        victim, source, target = cluster.masters()[0], cluster.masters()[1], cluster.masters()[2]
+        time.sleep(max(0.0, phases["failover"] - time.time()))
+        killed_at = time.time()
+        cluster.kill(victim)
+        time.sleep(max(0.0, phases["reshard"] - time.time()))
+        cluster.wait_until_ok(10)
+        reshard_at = time.time()
+        cluster.reshard(source, target, 1000)
+        for proc in workers:
+            proc.join(timeout=end_at - time.time() + 60)
+            if proc.is_alive():
+                proc.kill()
+        ops: list[list[float]] = []
+        lags: list[list[float]] = []
+        for part in tmp.glob("w*.json"):
+            data = json.loads(part.read_text())
+            ops += data["ops"]
+            lags += data["lags"]
+    ops.sort()
+    steady_ops = [op for op in ops if phases["steady"] <= op[0] < phases["failover"]]
+    steady_rate = len([op for op in steady_ops if not op[2]]) / steady
+    rows = [
+        summarize("steady", ops, lags, phases["steady"], phases["failover"], None, set(), steady_rate),
+        summarize("failover", ops, lags, phases["failover"], phases["reshard"], killed_at, {victim}, steady_rate),
+        summarize("reshard", ops, lags, phases["reshard"], end_at, reshard_at, {source, target}, steady_rate),
+    ]
+    table = markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
+    print(table)
+    write_json(args.json, {"rows": rows})
+    write_text(args.results / "cluster.md", "# Redis Cluster failover (python -m benchmarks.cluster"
+               + (" --quick" if args.quick else "") + ")\n\n" + table + "\n")
+    plot(args.results / "cluster.png", ops, t0, [("kill", killed_at), ("reshard", reshard_at)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

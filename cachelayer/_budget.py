@@ -1,0 +1,78 @@
+"""Time budgets that do not blame the store for the event loop's own lateness.
+
+A budget of 0.1 s that runs out because this process was starved of CPU (a busy loop, a CPU hog beside it) says
+nothing about the store: its reply may sit unread in the socket. Counted as a store failure it opens the breaker
+on a healthy store, and the cache turns hits into database loads exactly when the machine is busiest.
+
+So the deadline is checked by a timer callback, not enforced blindly: when that callback itself runs late (the
+loop did not run on time), the call gets a fresh budget, at most ``MAX_GRACES`` times; and when it runs on time
+it still waits one more loop iteration, so a reply that arrived in the same iteration is used. A call that
+finally runs out only after the loop was late raises :class:`LateLoopTimeout`, which callers count apart from
+store failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+__all__ = ["LateLoopTimeout", "within_budget"]
+
+T = TypeVar("T")
+
+MAX_GRACES: Final = 1
+# A timer that fires this much past its deadline means the loop was not running: not the store's fault.
+LATE_FRACTION: Final = 0.25
+LATE_FLOOR: Final = 0.005
+
+
+class LateLoopTimeout(TimeoutError):
+    """The budget ran out, but the event loop was late at the deadline: not evidence against the store."""
+
+
+class _Deadline:
+    __slots__ = ("budget", "graces", "handle", "late", "loop", "scope")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scope: asyncio.Timeout, budget: float) -> None:
+        self.loop = loop
+        self.scope = scope
+        self.budget = budget
+        self.graces = 0
+        self.late = False
+        self.handle: asyncio.Handle = loop.call_at(loop.time() + budget, self._due, loop.time() + budget)
+
+    def _due(self, deadline: float) -> None:
+        now = self.loop.time()
+        if now - deadline > max(LATE_FLOOR, self.budget * LATE_FRACTION):
+            self.late = True
+            if self.graces < MAX_GRACES:
+                self.graces += 1
+                self.handle = self.loop.call_at(now + self.budget, self._due, now + self.budget)
+                return
+        # One more iteration: a reply read in this iteration resumes the caller before the budget ends it.
+        self.handle = self.loop.call_soon(self._expire)
+
+    def _expire(self) -> None:
+        self.scope.reschedule(self.loop.time())
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+async def within_budget(budget: float, make: Callable[[], Awaitable[T]]) -> T:
+    """``await make()`` within ``budget`` seconds of loop time the store could use; TimeoutError (or
+    :class:`LateLoopTimeout`) past it."""
+    loop = asyncio.get_running_loop()
+    deadline: _Deadline | None = None
+    try:
+        async with asyncio.timeout(None) as scope:
+            deadline = _Deadline(loop, scope, budget)
+            try:
+                return await make()
+            finally:
+                deadline.cancel()
+    except TimeoutError:
+        if deadline is not None and deadline.late:
+            raise LateLoopTimeout(f"budget of {budget}s ran out while the event loop was late") from None
+        raise

@@ -1,0 +1,123 @@
+"""The cross-process load lease: one loader per key across every process that shares the store.
+
+A loader takes a short lease (``StampedePolicy.lease_ttl``, default 1 s) and renews it every third of that
+while its load runs. A holder that goes silent (crashed, frozen, or cut off from the store by its breaker)
+stops renewing, so its lease lapses within ``lease_ttl`` and a waiter in another process takes over: nobody
+waits out the whole ``lease_wait`` for an orphaned lease. Waiters are woken by a "value ready" message
+(:class:`ReadyNotifier`) and poll as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Generic, Literal, TypeVar
+
+from ._backend import Backend, StoreUnavailable
+from ._notify import ReadyNotifier
+from ._stampede import StampedePolicy, backoff_delays
+
+__all__ = ["Lease", "LeaseCoordinator", "WaitEnd"]
+
+T = TypeVar("T")
+
+WaitEnd = Literal["released", "timeout", "unavailable"]
+"""Why a wait ended without a value: the lease went (take it), time ran out, or the store went away."""
+
+
+def lease_key(value_key: str) -> str:
+    return value_key + ":lease"
+
+
+class Lease:
+    """A held lease: renewed in the background until :meth:`release`."""
+
+    def __init__(self, coordinator: LeaseCoordinator[Any], key: str, token: str, ttl: float) -> None:
+        self._coordinator = coordinator
+        self.key = key
+        self.token = token
+        self._ttl_ms = math.ceil(ttl * 1000)
+        self._renewer = asyncio.create_task(self._renew(ttl / 3), name=f"cachelayer-lease:{key}")
+
+    async def _renew(self, every: float) -> None:
+        backend = self._coordinator.backend
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await backend.renew_lease(lease_key(self.key), self.token, self._ttl_ms):
+                    return  # lost it (lapsed and taken): the new holder stores too; nothing to defend
+            except StoreUnavailable:
+                continue  # keep trying: if the store stays away, the lease lapses and a waiter takes over
+
+    async def ready(self) -> None:
+        """Tell waiters in every process that the value is stored."""
+        await self._coordinator.notifier.publish(_ready_channel(self.key))
+
+    async def release(self) -> None:
+        self._renewer.cancel()
+        with contextlib.suppress(StoreUnavailable):
+            await self._coordinator.backend.release_lease(lease_key(self.key), self.token)
+
+
+class LeaseCoordinator(Generic[T]):
+    """Acquires leases and waits for other processes' loads. ``fresh(data)`` turns what a poll read into the
+    waiter's result (a decoded fresh value) or None."""
+
+    def __init__(self, backend: Backend, notifier: ReadyNotifier) -> None:
+        self.backend = backend
+        self.notifier = notifier
+
+    async def acquire(self, key: str, policy: StampedePolicy) -> Lease | None:
+        """The lease, or None when another process holds it. Raises :class:`StoreUnavailable`."""
+        token = os.urandom(16).hex()
+        if await self.backend.acquire_lease(lease_key(key), token, math.ceil(policy.lease_ttl * 1000)):
+            return Lease(self, key, token, policy.lease_ttl)
+        return None
+
+    async def wait(
+        self, key: str, policy: StampedePolicy, deadline: float, fresh: Callable[[bytes], Awaitable[T | None]]
+    ) -> T | WaitEnd:
+        """Wait (woken early by pub/sub) until the value is fresh, the lease is gone, or ``deadline``
+        (``time.monotonic()``) passes."""
+        channel = _ready_channel(key)
+        delays: Iterator[float] = backoff_delays(policy.poll_initial, policy.poll_max)
+        wake = await self.notifier.subscribe(channel) if policy.wake == "pubsub" else None
+        failures = 0
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                delay = min(next(delays), remaining)
+                if wake is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(wake), delay)
+                try:
+                    data, held = await self.backend.poll(key, lease_key(key))
+                except StoreUnavailable:
+                    # One failed poll (a pooled connection that died with a restart) is no reason to load
+                    # beside the holder; two in a row are.
+                    failures += 1
+                    if failures >= 2:
+                        return "unavailable"
+                    continue
+                failures = 0
+                found = await fresh(data) if data is not None else None
+                if found is not None:
+                    return found
+                if not held:
+                    return "released"
+                if wake is not None and wake.done():  # woken, but not for a fresh value: wait for the next one
+                    await self.notifier.unsubscribe(channel, wake)
+                    wake = await self.notifier.subscribe(channel)
+            return "timeout"
+        finally:
+            await self.notifier.unsubscribe(channel, wake)
+
+
+def _ready_channel(key: str) -> str:
+    return lease_key(key) + ":ready"
+

@@ -1,0 +1,94 @@
+"""A backend that stores nothing: what :meth:`Cache.disabled` runs on (every lookup a miss, every write gone)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from ._backend import Message
+
+__all__ = ["NullBackend"]
+
+
+class NullBackend:
+    """Holds nothing and never fails; every lease is granted (there is nothing to protect)."""
+
+    timeout = 0.0
+
+    async def connect(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        return None
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [None] * len(keys)
+
+    async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
+        return None
+
+    async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        return None
+
+    async def delete(self, *keys: str) -> int:
+        return 0
+
+    async def overwrite(self, key: str, offset: int, data: bytes) -> bool:
+        return False
+
+    async def clear(self, prefix: str) -> int:
+        return 0
+
+    async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+        return True
+
+    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+        return True
+
+    async def release_lease(self, lease_key: str, token: str) -> None:
+        return None
+
+    async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
+        return None, False
+
+    async def tag_members(self, tag_key: str) -> list[str]:
+        return []
+
+    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
+        return None
+
+    async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
+        return None
+
+    def subscription(self, *, sharded: bool = False) -> _NullSubscription:
+        return _NullSubscription()
+
+    async def ping(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"store_errors": 0, "breaker_state": "closed", "breaker_opened": 0}
+
+
+class _NullSubscription:
+    alive_at = float("inf")
+
+    async def subscribe(self, *channels: str) -> None:
+        return None
+
+    async def unsubscribe(self, *channels: str) -> None:
+        return None
+
+    async def next_message(self, timeout: float) -> Message | None:  # noqa: ASYNC109  # the protocol's
+        await asyncio.sleep(timeout)  # nothing ever arrives; never a busy loop for a listener
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,262 @@
+"""The chaos benchmark's parts, without a full run: the fault proxy's modes against a tiny echo server (in this
+process and as a child process), and the functions that build the result rows from a synthetic timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import chaos
+from benchmarks._faults import FaultProxy, ProxyProcess
+
+SILENCE_S = 0.3  # how long "nothing arrives" is watched for: an absence has no event to wait on
+
+
+class EchoServer:
+    """Echoes every chunk; ``received`` is set once it got any byte."""
+
+    def __init__(self) -> None:
+        self.received = asyncio.Event()
+        self.bytes_in = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(4096):
+                self.bytes_in += len(chunk)
+                self.received.set()
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> EchoServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+@pytest.fixture
+async def echo_proxy() -> AsyncIterator[tuple[EchoServer, FaultProxy]]:
+    async with EchoServer() as echo:
+        proxy = await FaultProxy(echo.port).start()
+        try:
+            yield echo, proxy
+        finally:
+            await proxy.aclose()
+
+
+async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+
+
+async def _roundtrip(port: int, payload: bytes = b"ping") -> bytes:
+    reader, writer = await _connect(port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+    finally:
+        writer.close()
+
+
+async def _silent(reader: asyncio.StreamReader) -> bool:
+    """True when nothing arrives on ``reader`` for SILENCE_S."""
+    try:
+        await asyncio.wait_for(reader.read(1), SILENCE_S)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 5) == b""
+    except (ConnectionError, OSError):
+        return True
+
+
+async def test_pass_and_latency(echo_proxy: tuple[EchoServer, FaultProxy]) -> None:
+    _echo, proxy = echo_proxy
+    assert await _roundtrip(proxy.port) == b"ping"
+    proxy.latency = 0.1
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await _roundtrip(proxy.port, b"slow") == b"slow"
+    assert loop.time() - started >= 0.2  # 0.1 s each way
+
+
+async def test_refuse_closes_open_connections_and_refuses_new_ones(echo_proxy: tuple[EchoServer, FaultProxy]) -> None:
+    _echo, proxy = echo_proxy
+    reader, writer = await _connect(proxy.port)
+    writer.write(b"x")
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == b"x"
+    await proxy.set_mode("refuse")
+    assert await _closed(reader)
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await _connect(proxy.port)
+    await proxy.set_mode("pass")
+    assert await _roundtrip(proxy.port) == b"ping"
+
+
+async def test_blackhole_accepts_and_swallows(echo_proxy: tuple[EchoServer, FaultProxy]) -> None:
+    echo, proxy = echo_proxy
+    await proxy.set_mode("blackhole")
+    reader, writer = await _connect(proxy.port)
+    writer.write(b"lost")
+    await writer.drain()
+    assert await _silent(reader)
+    assert echo.bytes_in == 0
+    await proxy.set_mode("pass")
+    assert await _closed(reader)  # it lost bytes: aborted when the network comes back
+    writer.close()
+    assert await _roundtrip(proxy.port) == b"ping"
+
+
+async def test_drop_replies_forwards_requests_only(echo_proxy: tuple[EchoServer, FaultProxy]) -> None:
+    echo, proxy = echo_proxy
+    reader, writer = await _connect(proxy.port)
+    await proxy.set_mode("drop_replies")
+    writer.write(b"write")
+    await writer.drain()
+    await asyncio.wait_for(echo.received.wait(), 5)
+    assert await _silent(reader)
+    assert echo.bytes_in == 5
+    await proxy.set_mode("pass")
+    assert await _closed(reader)
+    writer.close()
+    assert await _roundtrip(proxy.port) == b"ping"
+
+
+async def test_connection_limit(echo_proxy: tuple[EchoServer, FaultProxy]) -> None:
+    _echo, proxy = echo_proxy
+    proxy.max_connections = 1
+    reader, writer = await _connect(proxy.port)
+    writer.write(b"a")
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == b"a"
+    second, second_writer = await _connect(proxy.port)
+    assert await _closed(second)
+    second_writer.close()
+    writer.close()
+
+
+async def test_proxy_process_switches_modes(tmp_path: Path) -> None:
+    async with EchoServer() as echo:
+        proxy = await asyncio.to_thread(ProxyProcess, "echo", echo.port, log=tmp_path / "proxy.log")
+        try:
+            assert await _roundtrip(proxy.port) == b"ping"
+            await asyncio.to_thread(proxy.set_mode, "refuse")
+            with pytest.raises(ConnectionRefusedError):
+                await _connect(proxy.port)
+            await asyncio.to_thread(proxy.set_mode, "pass")
+            assert await _roundtrip(proxy.port) == b"ping"
+            with pytest.raises(RuntimeError):
+                await asyncio.to_thread(proxy.command, "mode nonsense")
+        finally:
+            await asyncio.to_thread(proxy.stop)
+        assert proxy.proc.returncode is not None
+
+
+# -- result building on a synthetic timeline ---------------------------------------------------------------------
+
+
+def _seconds(errors_at: dict[int, int], p99_at: dict[int, float] | None = None, n: int = 30) -> list[chaos.Second]:
+    """One point a second, 100 requests each, p99 10 ms, with the given errors / p99s."""
+    p99_at = p99_at or {}
+    return [
+        chaos.Second(t=float(t), duration=1.0, requests=100, non_2xx=errors_at.get(t, 0), socket_errors=0,
+                     p99_ms=p99_at.get(t, 10.0))
+        for t in range(n)
+    ]  # fmt: skip
+
+
+WINDOW = chaos.PhaseWindow("redis_kill", start=0.0, fault_start=5.0, fault_end=10.0, end=25.0)
+
+
+def test_recovery_is_the_first_clean_second_after_the_fault() -> None:
+    seconds = _seconds({7: 3, 10: 2, 11: 1}, {12: 25.0, 13: 19.0})
+    # 10, 11: errors; 12: p99 25 ms > 2 x 10 ms; 13: clean.
+    assert chaos.recovery_seconds(seconds, WINDOW) == 3.0
+    assert chaos.recovery_seconds(_seconds({}), WINDOW) == 0.0
+
+
+def test_recovery_ends_with_the_watch_and_throughput_is_reported_apart() -> None:
+    seconds = _seconds({}, {t: 50.0 for t in range(10, 30)})
+    assert chaos.recovery_seconds(seconds, WINDOW) is None
+    seconds = _seconds({})
+    for s in seconds[10:14]:
+        s.requests = 10  # a tenth of the baseline: answers are fast, but few
+    assert chaos.recovery_seconds(seconds, WINDOW) == 0.0
+    assert chaos.rate_recovery_seconds(seconds, WINDOW) == 4.0
+
+
+def test_loads_are_summed_over_workers_between_samples() -> None:
+    samples = [(0.0, {1: 0.0, 2: 0.0}), (5.0, {1: 10.0, 2: 5.0}), (25.0, {1: 40.0, 2: 5.0})]
+    assert chaos.loads_at(samples, -1.0) is None
+    assert chaos.loads_at(samples, 6.0) == 15.0
+    row = chaos.build_row(WINDOW, _seconds({7: 3}), samples, {"downloads_2xx": 0})
+    assert row["db_loads_during"] == 30
+    assert row["requests"] == 2000  # seconds 5..24
+    assert row["non_2xx_warm"] == 3
+    assert row["p99_ms_during"] == 10.0
+
+
+def _download(key: str, final: str) -> chaos.Download:
+    return chaos.Download(
+        key=key, wallpaper_id=1, phase="mysql_refuse", sent_at=0.0, attempts=[(1.0, final)], final=final
+    )
+
+
+def test_counting_by_key_finds_lost_and_double() -> None:
+    downloads = [_download("a", "200"), _download("b", "200"), _download("c", "503"), _download("d", "202")]
+    counts = chaos.count_downloads(downloads, {"a": 1, "c": 2, "d": 1, "other": 1}, rows_in_block=99)
+    assert counts == {
+        "downloads_2xx": 3,
+        "downloads_counted": 3,
+        "downloads_lost": 1,  # b
+        "downloads_double": 1,  # c
+        "counted_after_failure": 1,  # c answered 503 but has rows
+    }
+
+
+def test_counting_by_totals_without_a_key_column() -> None:
+    downloads = [_download("a", "200"), _download("b", "200"), _download("c", "503")]
+    assert chaos.count_downloads(downloads, None, rows_in_block=3)["downloads_double"] == 1
+    assert chaos.count_downloads(downloads, None, rows_in_block=1)["downloads_lost"] == 1
+
+
+def test_verdicts_follow_the_issue_targets() -> None:
+    row = {"fault": "mysql_blackhole", "non_2xx_warm": 7, "downloads_lost": 0, "downloads_double": 0,
+           "recovery_s": 1.0}  # fmt: skip
+    assert chaos.verdict(row) == (True, [])  # warm 503s are allowed under MySQL faults
+    assert chaos.verdict({**row, "fault": "redis_stop"})[0] is False
+    assert chaos.verdict({**row, "recovery_s": None})[0] is False
+    assert chaos.verdict({**row, "downloads_double": 1})[1] == ["downloads_double 1 (target 0)"]
+    assert chaos.verdict({**row, "downloads_counted": 3, "mongo_counted": 5})[0] is False
+
+
+def test_downloads_land_in_their_second_and_timeline_is_relative() -> None:
+    seconds = _seconds({})
+    chaos.add_downloads(seconds, [_download("a", "503"), _download("b", "200")])
+    assert (seconds[1].download_attempts, seconds[1].download_errors) == (2, 1)
+    timeline = chaos.timeline_for(seconds, WINDOW)
+    assert timeline[0]["t"] == -5.0
+    assert len(timeline) == 25
+    markdown = chaos.render_markdown(
+        {"rows": [{**chaos.build_row(WINDOW, seconds, [], chaos.count_downloads([], None, 0)), "pass": True,
+                   "failed": [], "mongo_counted": 0}],
+         "quick": True, "date": "today", "elapsed_s": 1.0, "mysql": "private", "connections": 1, "paths": 1,
+         "gap_s": 1, "fault_s": 1, "after_s": 1, "settle_s": 0, "stores_agree": "yes", "download_method": "m",
+         "chart": "chaos.png", "environment": {}, "notes": [], "source": "."}
+    )  # fmt: skip
+    assert "| redis_kill |" in markdown
+    assert "PASS" in markdown

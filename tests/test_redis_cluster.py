@@ -1,0 +1,326 @@
+"""A real Redis Cluster (tests/_cluster.py) and the cluster building blocks of cachelayer/_redis_cluster.py.
+
+Clusters here are private (free ports, own processes): ``cluster`` is shared by the module and only ever
+resharded; tests that kill a master start a cluster of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis
+from redis.asyncio import RedisCluster
+from redis.exceptions import MaxConnectionsError
+
+from cachelayer._backend import StoreUnavailable
+from cachelayer._redis_cluster import (
+    BoundedRedisCluster,
+    ClusterSubscription,
+    build_cluster_client,
+    node_name_for_key,
+)
+from tests._cluster import RedisClusterServer, cluster_or_skip
+
+pytestmark = pytest.mark.slow
+
+BUDGET = 0.1
+# A cache wants the healthy shards to keep serving while one fails over (see /work/notes/CLUSTER.md).
+PARTIAL = ("--cluster-require-full-coverage", "no")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    server = cluster_or_skip(workdir=tmp_path_factory.mktemp("cluster"), extra_args=PARTIAL)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
+    """A cluster this test may break."""
+    server = cluster_or_skip(workdir=tmp_path / "cluster", extra_args=PARTIAL)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest_asyncio.fixture
+async def client(cluster: RedisClusterServer) -> AsyncIterator[BoundedRedisCluster]:
+    bounded = build_cluster_client(cluster.url, max_connections=8, pool_timeout=5.0)
+    await bounded.initialize()
+    try:
+        yield bounded
+    finally:
+        await bounded.aclose()
+
+
+def keys_of(client: RedisCluster, node_name: str, count: int, prefix: str = "k") -> list[str]:
+    """``count`` keys whose slot ``node_name`` owns."""
+    found: list[str] = []
+    for i in range(count * 20):
+        key = f"{prefix}{i}"
+        if node_name_for_key(client, key) == node_name:
+            found.append(key)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"not enough keys on {node_name}")
+
+
+def command_counts(cluster: RedisClusterServer) -> dict[str, int]:
+    """CLUSTER SLOTS and COMMAND calls served by the running nodes since their last CONFIG RESETSTAT."""
+    totals = {"cluster|slots": 0, "command": 0}
+    for port in cluster.running_ports():
+        with cluster.client(port) as conn:
+            stats = conn.info("commandstats")
+        for name in totals:
+            totals[name] += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+    return totals
+
+
+def reset_stats(cluster: RedisClusterServer) -> None:
+    for port in cluster.running_ports():
+        with cluster.client(port) as conn:
+            conn.config_resetstat()
+
+
+# --------------------------------------------------------------------------- the cluster itself
+
+
+def test_cluster_starts_with_three_masters_and_three_replicas(cluster: RedisClusterServer) -> None:
+    assert len(cluster.masters()) == 3
+    assert len(cluster.replicas()) == 3
+    assert set(cluster.masters()) | set(cluster.replicas()) == set(cluster.ports)
+    assert cluster.url == f"redis+cluster://127.0.0.1:{cluster.ports[0]}"
+    assert cluster.startup_nodes[0] == ("127.0.0.1", cluster.ports[0])
+    assert cluster.is_ok()
+    with redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0]) as sync_client:
+        for i in range(30):
+            sync_client.set(f"start:{i}", i)
+        assert [int(sync_client.get(f"start:{i}") or -1) for i in range(30)] == list(range(30))
+
+
+def test_close_stops_every_node_by_pid(tmp_path: Path) -> None:
+    server = cluster_or_skip(workdir=tmp_path / "c")
+    pids = [node.pid for node in server.nodes.values()]
+    server.close()
+    assert all(not node.running for node in server.nodes.values())
+    for pid in pids:
+        assert pid is not None
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_reshard_moves_slots_and_keys(cluster: RedisClusterServer) -> None:
+    source, target = cluster.masters()[:2]
+    before = {n.port: n.slot_count for n in cluster.nodes_view()}
+    with redis.RedisCluster(host="127.0.0.1", port=source) as sync_client:
+        for i in range(200):
+            sync_client.set(f"reshard:{i}", i)
+        cluster.reshard(source, target, 100)
+        assert cluster.wait_until_ok(30)
+        after = {n.port: n.slot_count for n in cluster.nodes_view()}
+        assert after[source] == before[source] - 100
+        assert after[target] == before[target] + 100
+        assert [int(sync_client.get(f"reshard:{i}") or -1) for i in range(200)] == list(range(200))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+async def test_node_name_for_key_matches_the_slot_owner(client: BoundedRedisCluster) -> None:
+    for i in range(200):
+        key = f"cachelayer:wp:{{user:{i}}}:v"
+        assert node_name_for_key(client, key) == client.get_node_from_key(key).name
+    assert node_name_for_key(client, b"bytes-key") == client.get_node_from_key(b"bytes-key").name
+    fresh = build_cluster_client("redis://127.0.0.1:1", max_connections=1, pool_timeout=0.1)
+    assert node_name_for_key(fresh, "k") == "unknown"  # nothing known before discovery, and no I/O
+
+
+async def test_300_concurrent_calls_wait_for_one_of_8_connections(client: BoundedRedisCluster) -> None:
+    async def one(i: int) -> bytes | None:
+        await client.set(f"pool:{i}", str(i))
+        return await client.get(f"pool:{i}")
+
+    results = await asyncio.gather(*(one(i) for i in range(300)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, errors[:3]
+    assert results == [str(i).encode() for i in range(300)]
+    for node in client.get_nodes():
+        assert len(node._connections) <= 8
+
+
+async def test_pool_timeout_still_bounds_the_wait(cluster: RedisClusterServer) -> None:
+    bounded = build_cluster_client(cluster.url, max_connections=1, pool_timeout=0.05)
+    await bounded.initialize()
+    try:
+        key = "pool-timeout:{a}"
+        slow = asyncio.create_task(bounded.blpop([key], timeout=0.5))  # holds the node's only connection
+        await asyncio.sleep(0.1)
+        with pytest.raises(MaxConnectionsError):
+            await bounded.get(key)
+        assert await slow is None
+        assert await bounded.get(key) is None  # and the connection is free again
+    finally:
+        await bounded.aclose()
+
+
+async def test_command_table_is_loaded_once(cluster: RedisClusterServer) -> None:
+    reset_stats(cluster)
+    bounded = build_cluster_client(cluster.url, max_connections=4, pool_timeout=1.0)
+    try:
+        await asyncio.gather(*(bounded.set(f"once:{i}", i) for i in range(50)))
+        bounded._initialize = True  # what a connection error does: the next call "re-initializes"
+        await asyncio.gather(*(bounded.get(f"once:{i}") for i in range(50)))
+        assert bounded.command_table_loads == 1
+        assert bounded.discoveries == 1
+        assert command_counts(cluster)["command"] == 1
+    finally:
+        await bounded.aclose()
+
+
+async def test_sharded_subscriber_gets_spublish_quickly(client: BoundedRedisCluster) -> None:
+    channels = [f"cachelayer:wp:{{item:{i}}}:ready" for i in range(6)]  # spread over the masters
+    subscription = ClusterSubscription(client, sharded=True)
+    received: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue()
+
+    async def reader() -> None:
+        while True:
+            message = await subscription.next_message(timeout=5.0)
+            if message is not None:
+                received.put_nowait((*message, time.monotonic()))
+
+    try:
+        await subscription.subscribe(*channels)
+        task = asyncio.create_task(reader())
+        delays = []
+        for channel in channels:
+            sent = time.monotonic()
+            await client.execute_command("SPUBLISH", channel, b"ready")
+            got_channel, data, at = await asyncio.wait_for(received.get(), 5.0)
+            assert (got_channel, data) == (channel, b"ready")
+            delays.append(at - sent)
+        assert sorted(delays)[len(delays) // 2] < 0.05, delays
+        before = subscription.alive_at
+        await subscription.ping()
+        assert await asyncio.wait_for(_moves(lambda: subscription.alive_at > before), 5.0)
+        task.cancel()
+    finally:
+        await subscription.aclose()
+
+
+async def _moves(predicate: object) -> bool:
+    assert callable(predicate)
+    for _ in range(500):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_classic_subscription_hears_publish_from_any_node(client: BoundedRedisCluster) -> None:
+    subscription = ClusterSubscription(client, sharded=False)
+    try:
+        await subscription.subscribe("cachelayer:wp:invalidate")
+        for node in client.get_primaries():  # PUBLISH on any node reaches every node's subscribers
+            await client.execute_command("PUBLISH", "cachelayer:wp:invalidate", node.name, target_nodes=node)
+            message = await subscription.next_message(timeout=5.0)
+            assert message == ("cachelayer:wp:invalidate", node.name.encode())
+        assert await subscription.next_message(timeout=0.05) is None
+    finally:
+        await subscription.aclose()
+    with pytest.raises(StoreUnavailable):
+        await subscription.next_message(timeout=0.01)
+
+
+# --------------------------------------------------------------------------- failover
+
+
+async def test_failover_is_isolated_and_refreshes_are_bounded(own_cluster: RedisClusterServer) -> None:
+    cluster = own_cluster
+    bounded = build_cluster_client(cluster.url, max_connections=16, pool_timeout=1.0, min_refresh_interval=0.5)
+    await bounded.initialize()
+    victim = cluster.masters()[0]
+    victim_name = f"127.0.0.1:{victim}"
+    healthy_names = [f"127.0.0.1:{port}" for port in cluster.masters() if port != victim]
+    healthy_keys = [key for name in healthy_names for key in keys_of(bounded, name, 20, prefix=f"{name}:")]
+    victim_keys = keys_of(bounded, victim_name, 20, prefix="victim:")
+    for key in healthy_keys + victim_keys:
+        await bounded.set(key, key)
+    sharded = ClusterSubscription(bounded, sharded=True)
+    classic = ClusterSubscription(bounded, sharded=False)
+    await sharded.subscribe(victim_keys[0])
+    await classic.subscribe(victim_keys[1])  # the classic connection lives on the victim too
+    reset_stats(cluster)
+
+    elapsed: list[float] = []
+    failed = 0
+    stop = asyncio.Event()
+
+    async def load(key: str) -> None:
+        nonlocal failed
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                assert await asyncio.wait_for(bounded.get(key), BUDGET) == key.encode()
+            except (TimeoutError, redis.RedisError):
+                failed += 1
+            elapsed.append(time.monotonic() - began)
+            await asyncio.sleep(0.01)
+
+    workers = [asyncio.create_task(load(key)) for key in healthy_keys[::4]]
+    try:
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        with pytest.raises(StoreUnavailable):  # both subscriptions learn of it
+            await sharded.next_message(timeout=10.0)
+        with pytest.raises(StoreUnavailable):
+            await classic.next_message(timeout=10.0)
+        promoted = await asyncio.to_thread(
+            cluster.wait_until, lambda: victim not in cluster.masters() and len(cluster.masters()) == 3, 20.0)
+        assert promoted, cluster.describe()
+        assert time.monotonic() - killed_at < cluster.node_timeout_ms / 1000 + 5
+        await asyncio.to_thread(cluster.wait_until_ok, 20.0)
+        # the victim's keys answer again (from the promoted replica) once a background refresh saw it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if await asyncio.wait_for(bounded.get(victim_keys[2]), BUDGET) == victim_keys[2].encode():
+                    break
+            except (TimeoutError, redis.RedisError):
+                await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the failed shard's keys never answered again")
+        fault_seconds = time.monotonic() - killed_at
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        await sharded.aclose()
+        await classic.aclose()
+
+    counts = command_counts(cluster)
+    try:
+        assert counts["command"] == 0, counts
+        # at most one refresh per interval (+ the in-flight one), however many calls failed
+        assert counts["cluster|slots"] <= fault_seconds / bounded.min_refresh_interval + 3, (counts, fault_seconds)
+        assert bounded.command_table_loads == 1
+        over = [e for e in elapsed if e > 2 * BUDGET]
+        assert len(over) <= max(1, len(elapsed) // 100), (len(over), len(elapsed), max(elapsed))
+        assert failed <= len(elapsed) // 20, (failed, len(elapsed))
+
+        # a new sharded subscription follows the new topology
+        again = ClusterSubscription(bounded, sharded=True)
+        try:
+            await again.subscribe(victim_keys[0])
+            await bounded.execute_command("SPUBLISH", victim_keys[0], b"after")
+            assert await again.next_message(timeout=5.0) == (victim_keys[0], b"after")
+        finally:
+            await again.aclose()
+    finally:
+        await bounded.aclose()
