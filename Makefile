@@ -26,11 +26,43 @@ RUN_CMD     ?= $(PY) -m service dev
 SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server h2load:nghttp2-client \
                mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Another apt-get/dpkg (unattended-upgrades, a colleague's install) may hold the package locks: wait for them up to
+# APT_LOCK_WAIT seconds instead of failing. apt-get waits for the dpkg lock itself (DPkg::Lock::Timeout); the
+# lists lock of `apt-get update` it does not wait for, so we poll every lock first (APT_LOCKS_FREE).
+APT_LOCK_WAIT  ?= 600
+APT_LOCK_FILES ?= /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock
+APT_GET        := $(SUDO) apt-get -o DPkg::Lock::Timeout=$(APT_LOCK_WAIT)
+# Exit 0 when no process holds any of the lock files (argv). F_GETLK asks without taking the lock, so the check
+# never blocks the apt-get it waits for; python3 is all `make test` needs before .venv exists.
+define APT_LOCKS_FREE
+import fcntl, os, struct, sys
+def held(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        probe = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 0, 0)
+        return struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+sys.exit(1 if any(held(p) for p in sys.argv[1:]) else 0)
+endef
+export APT_LOCKS_FREE
+# Shell: wait until no package lock is held, at most APT_LOCK_WAIT seconds (then fail).
+WAIT_FOR_APT_LOCKS = waited=0; \
+	until $(PYTHON) -c "$$APT_LOCKS_FREE" $(APT_LOCK_FILES); do \
+	  if [ "$$waited" -ge "$(APT_LOCK_WAIT)" ]; then \
+	    echo "apt-lock-wait: a package lock is still held after $(APT_LOCK_WAIT) s; giving up" >&2; exit 1; \
+	  fi; \
+	  [ "$$waited" -gt 0 ] || echo "apt-lock-wait: another apt-get/dpkg holds a package lock; waiting (up to $(APT_LOCK_WAIT) s)"; \
+	  sleep 2; waited=$$((waited + 2)); \
+	done
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help test system-deps venv up down status lint typecheck pytest run bench-codecs clean
+.PHONY: help test system-deps apt-lock-wait venv up down status lint typecheck pytest run bench-codecs clean
 
 help:
 	@echo "make test          system packages, .venv, dev stack, ruff, mypy --strict, pytest (PYTEST_ARGS=...)"
@@ -53,11 +85,20 @@ system-deps:
 	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "system-deps: installing$$missing"; \
-	  $(SUDO) apt-get update -q; \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	  $(WAIT_FOR_APT_LOCKS); \
+	  until $(APT_GET) update -q; do \
+	    $(PYTHON) -c "$$APT_LOCKS_FREE" $(APT_LOCK_FILES) && exit 1; \
+	    $(WAIT_FOR_APT_LOCKS); \
+	  done; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q --no-install-recommends $$missing; \
 	else \
 	  echo "system-deps: all present"; \
 	fi
+
+# Wait (up to APT_LOCK_WAIT s) until no other apt-get/dpkg holds a package lock. `apt-get update` above retries
+# only when it failed while a lock was held (lost the race to another apt-get); any other failure stops the build.
+apt-lock-wait:
+	@$(WAIT_FOR_APT_LOCKS)
 
 # (b) the virtualenv; pip runs again only when pyproject.toml changed since the last install.
 venv: $(STAMP)

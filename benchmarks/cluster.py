@@ -39,6 +39,8 @@ from tests._cluster import RedisClusterServer  # noqa: E402
 
 BUDGET = 0.1
 KEYS = 400
+TASKS = 16  # callers per worker process
+THINK = 0.005  # seconds between one caller's calls: a steady load, not a CPU saturation test
 COLUMNS = ["phase", "ops", "caller_errors", "wrong_values", "over_budget_calls", "healthy_shard_hit_ratio",
            "extra_loads", "loop_lag_p99_ms", "recovery_s"]
 
@@ -69,7 +71,7 @@ def slot_owners(port: int) -> dict[int, int]:
     return owners
 
 
-async def worker_main(cluster_url: str, redis_url: str, start_port: int, end_at: float) -> dict[str, Any]:
+async def worker_main(cluster_url: str, redis_url: str, start_port: int, ready: Any, go: Any) -> dict[str, Any]:
     from cachelayer import cached
 
     cache = make_cache(cluster_url, redis_url, "bench-cluster")
@@ -85,6 +87,11 @@ async def worker_main(cluster_url: str, redis_url: str, start_port: int, end_at:
 
     owners = slot_owners(start_port)
     owner_of = [owners.get(key_slot(item.key(i).encode()), 0) for i in range(KEYS)]
+    # Warm-up: every key stored (or found) once, so the steady phase measures a warm cache.
+    for i in range(KEYS):
+        await item(i)
+    ready.put("warm")
+    end_at: float = await asyncio.to_thread(go.get, True, 300)
     ops: list[tuple[float, int, int, float, int, int]] = []  # t, owner, hit, elapsed, error, wrong
     lags: list[tuple[float, float]] = []
 
@@ -95,31 +102,50 @@ async def worker_main(cluster_url: str, redis_url: str, start_port: int, end_at:
             lags.append((time.time(), (time.perf_counter() - began - 0.01) * 1000))
 
     async def load(seed: int) -> None:
-        nonlocal loads
         n = seed
         while time.time() < end_at:
             n = (n * 1103515245 + 12345) % 2**31
             i = n % KEYS
             write = n % 20 == 0
-            before, began = loads, time.perf_counter()
-            error = wrong = 0
+            began = time.perf_counter()
+            error = wrong = hit = 0
             try:
-                value = await (item.refresh(i) if write else item(i))
+                if write:
+                    value = await item.refresh(i)
+                else:
+                    entry = await item.entry(i)
+                    value, hit = entry.value(), int(entry.outcome == "hit")
                 wrong = int(value != i * 7)
             except Exception:  # a caller error: what the cache promises never happens
                 error = 1
             elapsed = time.perf_counter() - began
             if not write:
-                ops.append((time.time(), owner_of[i], int(loads == before), elapsed, error, wrong))
-            await asyncio.sleep(0.002)
+                ops.append((time.time(), owner_of[i], hit, elapsed, error, wrong))
+            await asyncio.sleep(THINK)
 
-    await asyncio.gather(lag(), *(load(seed) for seed in range(1, 17)))
+    await asyncio.gather(lag(), *(load(seed) for seed in range(1, TASKS + 1)))
     await cache.aclose()
     return {"ops": ops, "lags": lags, "loads": loads}
 
 
-def run_worker(cluster_url: str, redis_url: str, start_port: int, end_at: float, out: str) -> None:
-    result = asyncio.run(worker_main(cluster_url, redis_url, start_port, end_at))
+async def idle_loop_lag(end_at: float) -> list[tuple[float, float]]:
+    """The lateness of a 10 ms timer on an otherwise idle loop: what the machine alone costs a loop."""
+    lags: list[tuple[float, float]] = []
+    while time.time() < end_at:
+        began = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lags.append((time.time(), (time.perf_counter() - began - 0.01) * 1000))
+    return lags
+
+
+def run_idle(ready: Any, go: Any, out: str) -> None:
+    ready.put("idle")
+    end_at = go.get(True, 300)
+    Path(out).write_text(json.dumps({"lags": asyncio.run(idle_loop_lag(end_at))}))
+
+
+def run_worker(cluster_url: str, redis_url: str, start_port: int, ready: Any, go: Any, out: str) -> None:
+    result = asyncio.run(worker_main(cluster_url, redis_url, start_port, ready, go))
     Path(out).write_text(json.dumps(result))
 
 
@@ -158,6 +184,7 @@ def plot(path: Path, ops: list[list[float]], t0: float, marks: list[tuple[str, f
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5))
     top.plot([x * bucket for x in xs], [sum(o[2] for o in times[x]) / len(times[x]) for x in xs])
     top.set_ylabel("hit ratio")
+    top.set_ylim(0, 1.05)
     bottom.plot([x * bucket for x in xs], [len([o for o in times[x] if not o[2]]) / bucket for x in xs])
     bottom.set_ylabel("loads / s")
     bottom.set_xlabel("s since start")
@@ -170,6 +197,11 @@ def plot(path: Path, ops: list[list[float]], t0: float, marks: list[tuple[str, f
     plt.close(fig)
 
 
+def p99(values: list[float]) -> float:
+    ordered = sorted(values) or [0.0]
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short phases (a smoke run)")
@@ -177,19 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where cluster.md / cluster.png go")
     args = parser.parse_args(argv)
     steady, fault_phase = (3.0, 8.0) if args.quick else (10.0, 15.0)
-    warmup = 2.0
-    with RedisClusterServer(node_timeout_ms=2000, extra_args=("--cluster-require-full-coverage", "no")) as cluster:
-        t0 = time.time()
-        phases = {"steady": t0 + warmup, "failover": t0 + warmup + steady,
-                  "reshard": t0 + warmup + steady + fault_phase}
-        end_at = phases["reshard"] + fault_phase
+    node_timeout_ms = 2000
+    with RedisClusterServer(node_timeout_ms=node_timeout_ms,
+                            extra_args=("--cluster-require-full-coverage", "no")) as cluster:
         tmp = cluster.workdir / "ops"
         tmp.mkdir()
         context = multiprocessing.get_context("spawn")
+        ready = context.Queue()
+        gos = [context.Queue() for _ in range(3)]
         workers = [context.Process(target=run_worker, args=(cluster.url, cluster.redis_url, cluster.ports[0],
-                                                              end_at, str(tmp / f"w{n}.json"))) for n in range(2)]
+                                                              ready, gos[n], str(tmp / f"w{n}.json")))
+                   for n in range(2)]
+        workers.append(context.Process(target=run_idle, args=(ready, gos[2], str(tmp / "idle.json"))))
         for proc in workers:
             proc.start()
+        for _ in workers:  # both workers warm (every key stored once), the idle loop started
+            ready.get(True, 300)
+        t0 = time.time()
+        phases = {"steady": t0 + 1.0, "failover": t0 + 1.0 + steady, "reshard": t0 + 1.0 + steady + fault_phase}
+        end_at = phases["reshard"] + fault_phase
+        for go in gos:
+            go.put(end_at)
         victim, source, target = cluster.masters()[0], cluster.masters()[1], cluster.masters()[2]
         time.sleep(max(0.0, phases["failover"] - time.time()))
         killed_at = time.time()
@@ -208,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             data = json.loads(part.read_text())
             ops += data["ops"]
             lags += data["lags"]
+        idle = json.loads((tmp / "idle.json").read_text())["lags"]
     ops.sort()
     steady_ops = [op for op in ops if phases["steady"] <= op[0] < phases["failover"]]
     steady_rate = len([op for op in steady_ops if not op[2]]) / steady
@@ -216,11 +257,20 @@ def main(argv: list[str] | None = None) -> int:
         summarize("failover", ops, lags, phases["failover"], phases["reshard"], killed_at, {victim}, steady_rate),
         summarize("reshard", ops, lags, phases["reshard"], end_at, reshard_at, {source, target}, steady_rate),
     ]
+    bounds = [(phases["steady"], phases["failover"]), (phases["failover"], phases["reshard"]),
+              (phases["reshard"], end_at)]
+    idle_p99 = {row["phase"]: p99([lag for t, lag in idle if start <= t < end])
+                for row, (start, end) in zip(rows, bounds, strict=True)}
     table = markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
+    context_line = (f"{TASKS} callers x 2 processes, {THINK * 1000:.0f} ms think time, {KEYS} keys, budget "
+                    f"{BUDGET * 1000:.0f} ms, node timeout {node_timeout_ms} ms, cluster-require-full-coverage no. "
+                    "Loop lag of an idle asyncio loop in a third process, same run (p99 ms): "
+                    + ", ".join(f"{phase} {value}" for phase, value in idle_p99.items()) + ".")
     print(table)
-    write_json(args.json, {"rows": rows})
+    print(context_line)
+    write_json(args.json, {"rows": rows, "idle_loop_lag_p99_ms": idle_p99})
     write_text(args.results / "cluster.md", "# Redis Cluster failover (python -m benchmarks.cluster"
-               + (" --quick" if args.quick else "") + ")\n\n" + table + "\n")
+               + (" --quick" if args.quick else "") + ")\n\n" + table + "\n\n" + context_line + "\n")
     plot(args.results / "cluster.png", ops, t0, [("kill", killed_at), ("reshard", reshard_at)])
     return 0
 

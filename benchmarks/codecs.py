@@ -11,11 +11,16 @@ cores); without it the repeats are longer and more of them.
   ``"default": true`` with ``passthrough_us`` (decompress without parsing, as a cache serving stored bytes does).
   Every other combination is measured directly with reused compressor objects where the library offers them.
 * floor rows: orjson dumps/loads alone (the orjson + none row) and zstd-1 compress/decompress alone.
+* typed rows (medium class only): the page's 20 items as ``list[Item]``, ``Item`` a dataclass (msgspec) or a
+  pydantic model (pydantic's TypeAdapter), through the library's own ``ValueType`` (what ``@cached`` builds from a
+  ``-> list[Item]`` annotation); encode includes its read-back check, decode is validation into the type. Each is
+  also timed in alternating rounds against ``orjson.loads`` of the same bytes (the untyped hit's parse).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -29,6 +34,7 @@ import msgpack
 import orjson
 import zstandard
 
+from benchmarks import _items
 from benchmarks._common import (
     RESULTS_DIR,
     Comparison,
@@ -40,7 +46,8 @@ from benchmarks._common import (
     write_json,
     write_text,
 )
-from cachelayer import Codec, DictionaryRegistry, train_dictionary
+from cachelayer import Codec, DictionaryRegistry, OrjsonSerializer, train_dictionary
+from cachelayer._typed import ValueType
 from service.demo_data import SIZE_CLASSES, TRAINING_SEED_BASE, dictionary_training_samples
 
 Encoder = Callable[[Any], bytes]
@@ -51,6 +58,8 @@ VALUE_SEED: Final = 0
 DICTIONARY_SIZE: Final = 32 * 1024
 VIA_CODEC: Final = "cachelayer.Codec"
 VIA_DIRECT: Final = "direct"
+VIA_TYPED: Final = "cachelayer ValueType"
+TYPED_SIZE_CLASS: Final = "medium"
 ROW_KEYS: Final = (
     "serializer",
     "compression",
@@ -304,6 +313,74 @@ def run(mode: Mode, *, progress: bool = True) -> tuple[list[dict[str, Any]], dic
     return rows, dictionaries
 
 
+# -- typed values ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TypedRow:
+    kind: str
+    engine: str
+    vs_loads: Comparison
+
+
+def typed_rows(mode: Mode) -> tuple[list[dict[str, Any]], list[TypedRow]]:
+    """Rows for decoding the medium page's items into ``list[Item]`` (dataclass; pydantic model when installed)."""
+    kinds = ["dataclass"] + (["pydantic"] if _items.PItem is not None else [])
+    rows: list[dict[str, Any]] = []
+    paired: list[TypedRow] = []
+    for kind in kinds:
+        item_type = _items.Item if kind == "dataclass" else _items.PItem
+        value = _items.page_items(kind, VALUE_SEED)
+        raw = orjson.dumps(_items.page_items("dict", VALUE_SEED))
+        value_type: ValueType[Any] = ValueType(list[item_type], OrjsonSerializer(), owner=f"benchmarks.codecs.{kind}")  # type: ignore[valid-type]
+        stored = value_type.dumps(value)
+        if value_type.loads(stored) != value:
+            raise AssertionError(f"list[Item] ({kind}) does not round-trip")
+        encode = time_call(functools.partial(value_type.dumps, value), repeats=mode.repeats, min_time=mode.min_time)
+        decode = time_call(functools.partial(value_type.loads, stored), repeats=mode.repeats, min_time=mode.min_time)
+        rows.append(
+            {
+                "serializer": f"typed:{kind}",
+                "compression": "none",
+                "size_class": TYPED_SIZE_CLASS,
+                "raw_bytes": len(raw),
+                "stored_bytes": len(stored),
+                "ratio": round(len(stored) / len(raw), 4),
+                "encode_us": round(encode.median_us, 3),
+                "decode_us": round(decode.median_us, 3),
+                "via": VIA_TYPED,
+                "floor": f"list[Item], {value_type.engine}",
+            }
+        )
+        typed_decode, plain_decode = (
+            functools.partial(value_type.loads, stored),
+            functools.partial(orjson.loads, stored),
+        )
+        comparison = compare(typed_decode, plain_decode, repeats=mode.repeats * 3, min_time=mode.min_time)
+        paired.append(TypedRow(kind, value_type.engine, comparison))
+    return rows, paired
+
+
+def _typed_note(paired: Sequence[TypedRow]) -> list[str]:
+    if not paired:
+        return []
+    lines = [
+        "",
+        "## Typed decode (the medium page's items as `list[Item]`)",
+        "",
+        "A hit of a function annotated `-> list[Item]` validates the stored JSON into the type instead of "
+        "`orjson.loads`; timed in alternating rounds against `orjson.loads` of the same bytes:",
+        "",
+    ]
+    rows = [
+        [f"list[Item], Item a {t.kind}", t.engine, round(t.vs_loads.a.median_us, 2), round(t.vs_loads.b.median_us, 2),
+         round(t.vs_loads.ratio, 3)]
+        for t in paired
+    ]  # fmt: skip
+    lines.append(markdown_table(["value", "decoder", "typed decode us", "orjson.loads us", "x orjson.loads"], rows))
+    return lines
+
+
 # -- targets -----------------------------------------------------------------------------------------------------
 
 
@@ -429,7 +506,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
             row["size_class"],
             row["serializer"],
             row["compression"],
-            "Codec" if row["via"] == VIA_CODEC else "direct",
+            {VIA_CODEC: "Codec", VIA_TYPED: "ValueType"}.get(row["via"], "direct"),
             row["raw_bytes"],
             row["stored_bytes"],
             row["ratio"],
@@ -462,6 +539,7 @@ def render_markdown(
     dictionaries: dict[str, Dictionary],
     png: str | None,
     paired: PairedTimings | None,
+    typed: Sequence[TypedRow] = (),
 ) -> str:
     dictionary, msgpack_dictionary = dictionaries["json"], dictionaries["msgpack"]
     env = environment(["orjson", "zstandard", "msgpack", "lz4", "brotli"])
@@ -484,6 +562,7 @@ def render_markdown(
             [[t.description, t.measured, t.limit, t.verdict, t.how] for t in targets],
         ),
         *_passthrough_note(paired),
+        *_typed_note(typed),
         "",
         "## Method",
         "",
@@ -529,7 +608,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
               "large": ("D", "tab:red")}  # fmt: skip
     fig, ax = plt.subplots(figsize=(14, 8.5))
     for size_class, (marker, colour) in styles.items():
-        class_rows = [r for r in rows if r["size_class"] == size_class and r["serializer"] != "none"]
+        class_rows = [
+            r for r in rows if r["size_class"] == size_class and r["serializer"] != "none" and r["via"] != VIA_TYPED
+        ]
         if not class_rows:
             continue
         xs = [r["decode_us"] for r in class_rows]
@@ -565,19 +646,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows, dictionaries = run(mode)
     paired = paired_timings(mode) if "medium" in mode.size_classes else None
+    typed: list[TypedRow] = []
+    if TYPED_SIZE_CLASS in mode.size_classes:
+        extra, typed = typed_rows(mode)
+        rows += extra
     targets = evaluate_targets(rows, paired)
 
     print(format_table(TABLE_HEADERS, table_rows(rows)))
     print()
     for target in targets:
         print(f"{target.verdict:5} {target.description}: {target.measured} (limit {target.limit}) {target.how}")
+    for t in typed:
+        print(f"typed decode list[Item] ({t.kind}, {t.engine}): {t.vs_loads.a.median_us:.2f} us = "
+              f"{t.vs_loads.ratio:.3f} x orjson.loads ({t.vs_loads.b.median_us:.2f} us)")  # fmt: skip
 
     out_dir: Path = args.out_dir
     png_name: str | None = None
     if mode.plot:
         plot(rows, out_dir / "codecs.png")
         png_name = "codecs.png"
-    write_text(out_dir / "codecs.md", render_markdown(rows, targets, mode, dictionaries, png_name, paired))
+    write_text(out_dir / "codecs.md", render_markdown(rows, targets, mode, dictionaries, png_name, paired, typed))
     write_json(out_dir / "codecs.json", rows)
     if args.json is not None:
         write_json(args.json, rows)

@@ -1,133 +1,162 @@
-"""How fast a waiting process learns that another process's load has landed: polling against pub/sub.
+"""How late a waiting cache learns that another cache's load has landed: pub/sub against polling.
 
-``python -m benchmarks.lease_wake [--rounds 40]``
+``python -m benchmarks.lease_wake [--rounds 40] [--json PATH]``
 
-One process (here: one task with its own connections) takes the lease, "loads" for 50 ms and stores the value;
-a waiter, holding separate connections as another process would, learns of it either by cachelayer's backoff
-poll (GET value + EXISTS lease per round trip, now the fallback: ``StampedePolicy(wake="poll")``) or by a pub/sub
-message the loader publishes after the write. The pub/sub side is a minimal stand-in written here, measured before
-``cachelayer/_notify.py`` existed (which does the same: SUBSCRIBE, then GET after the message), so the figure is
-that mechanism's, not a run of the library's notifier. Reported: the delay between the
-write and the waiter having the value, and the Redis commands the waiter sent.
+Two :class:`cachelayer.Cache` objects, each with its own Redis backend (its own connection pool and its own
+load state, as two processes have), share one namespace on one Redis. In each round the holder's ``fetch`` takes
+the lease and runs a 50 ms loader; once the loader has started, the waiter's ``fetch`` of the same name misses,
+finds the lease held and waits, as the library does: woken by the holder's "value ready" message
+(``StampedePolicy(wake="pubsub")``, the default) or by its backoff poll (``wake="poll"``). Wake = the time from
+the holder's store of the value (the end of its backend ``set``) to the waiter's ``fetch`` returning it. Commands =
+the waiter's store round trips in that fetch (GET, lease attempt, polls; pub/sub's SUBSCRIBE/UNSUBSCRIBE on the
+shared pub/sub connection are not counted). The variants are interleaved round by round, so each sees the same
+machine load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-import redis.asyncio
-
 from benchmarks._common import BENCH_REDIS_URL, RESULTS_DIR, format_table, markdown_table, write_json, write_text
-from cachelayer import StampedePolicy
-from cachelayer._stampede import backoff_delays
+from cachelayer import Cache, EntryPolicy, StampedePolicy
 
 REDIS_URL = BENCH_REDIS_URL
 LOAD = 0.05
+#: Each round's load lasts LOAD x a factor drawn from this range (the same for every variant of the round): with a
+#: fixed duration a poll schedule can happen to poll just after the store every time, which flatters it.
+LOAD_SPREAD = (0.6, 1.8)
+NAMESPACE = "lease-wake"
+VALUE = {"items": list(range(20))}
+VARIANTS: dict[str, StampedePolicy] = {
+    "pub/sub (default)": StampedePolicy(),
+    "poll (default: 5 ms x1.6 up to 50 ms)": StampedePolicy(wake="poll"),
+    "poll (2 ms x1.6 up to 20 ms)": StampedePolicy(wake="poll", poll_initial=0.002, poll_max=0.02),
+}
 
 
-async def _poll_waiter(client: redis.asyncio.Redis, key: str, policy: StampedePolicy) -> tuple[float, int]:
-    commands = 0
-    for delay in backoff_delays(policy.poll_initial, policy.poll_max):
-        await asyncio.sleep(delay)
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.exists(key + ":lease")
-            value, _ = await pipe.execute()
-        commands += 1  # noqa: SIM113  # counts round trips, not loop turns
-        if value is not None:
-            return time.perf_counter(), commands
-    raise AssertionError("unreachable")
+class _Probe:
+    """Wraps backend methods of one cache instance: when the holder's value was stored, how many round trips
+    the waiter made. Instance attributes shadow the methods; the library calls them through the instance."""
 
+    def __init__(self, holder: Cache, waiter: Cache) -> None:
+        self.stored_at = 0.0
+        self.waiter_calls = 0
+        store = holder.backend.set
 
-async def _pubsub_waiter(client: redis.asyncio.Redis, key: str, subscribed: asyncio.Event) -> tuple[float, int]:
-    pubsub = client.pubsub()
-    await pubsub.subscribe(key + ":ready")
-    subscribed.set()
-    commands = 2  # SUBSCRIBE, then the GET after the message
-    async for message in pubsub.listen():
-        if message["type"] == "message":
-            break
-    await client.get(key)
-    done = time.perf_counter()
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
-    return done, commands
+        async def timed_set(*args: Any, **kwargs: Any) -> None:
+            await store(*args, **kwargs)
+            self.stored_at = time.perf_counter()
+
+        setattr(holder.backend, "set", timed_set)  # noqa: B010  # shadowing a method on purpose
+        for name in ("get", "poll", "acquire_lease"):
+            setattr(waiter.backend, name, self._counted(getattr(waiter.backend, name)))
+
+    def _counted(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.waiter_calls += 1
+            return await method(*args, **kwargs)
+
+        return counted
 
 
 async def one_round(
-    mode: str, policy: StampedePolicy, loader_client: Any, waiter_client: Any, tag: str
+    holder: Cache, waiter: Cache, probe: _Probe, policy: EntryPolicy, name: str, load_s: float = LOAD
 ) -> tuple[float, int]:
-    key = f"wake:{mode}:{tag}"
-    subscribed = asyncio.Event()
-    if mode == "poll":
-        subscribed.set()
-        waiter = asyncio.create_task(_poll_waiter(waiter_client, key, policy))
-    else:
-        waiter = asyncio.create_task(_pubsub_waiter(waiter_client, key, subscribed))
-    await subscribed.wait()
-    await loader_client.set(key + ":lease", "t", px=10_000)
-    await asyncio.sleep(LOAD)
-    await loader_client.set(key, b"value", px=60_000)
-    written = time.perf_counter()
-    if mode == "pubsub":
-        await loader_client.publish(key + ":ready", b"1")
-    await loader_client.delete(key + ":lease")
-    done, commands = await waiter
-    return (done - written) * 1000, commands
+    started = asyncio.Event()
+
+    async def load() -> Any:
+        started.set()  # the holder has the lease by now: the loader runs under it
+        await asyncio.sleep(load_s)
+        return VALUE
+
+    async def must_not_load() -> Any:
+        raise AssertionError("the waiter loaded: it should have waited for the holder")
+
+    holding = asyncio.create_task(holder.fetch(name, load, policy))
+    await started.wait()
+    probe.waiter_calls = 0
+    entry = await waiter.fetch(name, must_not_load, policy)
+    done = time.perf_counter()
+    await holding
+    if entry.value() != VALUE:
+        raise AssertionError("the waiter got another value")
+    return (done - probe.stored_at) * 1000, probe.waiter_calls
 
 
 async def measure(rounds: int) -> dict[str, dict[str, float]]:
-    loader_client = redis.asyncio.Redis.from_url(REDIS_URL)
-    waiter_client = redis.asyncio.Redis.from_url(REDIS_URL)
-    variants = {
-        "poll (default: 5 ms x1.6 up to 50 ms)": ("poll", StampedePolicy()),
-        "poll (2 ms x1.6 up to 20 ms)": ("poll", StampedePolicy(poll_initial=0.002, poll_max=0.02)),
-        "pub/sub": ("pubsub", StampedePolicy()),
-    }
+    holder = Cache.from_url(REDIS_URL, namespace=NAMESPACE)
+    waiter = Cache.from_url(REDIS_URL, namespace=NAMESPACE)
+    probe = _Probe(holder, waiter)
+    await holder.clear()
+    policies = {name: EntryPolicy(ttl=60, stampede=stampede) for name, stampede in VARIANTS.items()}
+    delays: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    commands: dict[str, list[int]] = {name: [] for name in VARIANTS}
+    draw = random.Random(0)
+    for i in range(rounds):
+        load_s = LOAD * draw.uniform(*LOAD_SPREAD)
+        for v, (name, policy) in enumerate(policies.items()):
+            delay, sent = await one_round(holder, waiter, probe, policy, f"round-{i}-variant-{v}", load_s)
+            delays[name].append(delay)
+            commands[name].append(sent)
+    lease_waits = waiter.stats().get("lease_waits")
+    await holder.clear()
+    await holder.aclose()
+    await waiter.aclose()
     result: dict[str, dict[str, float]] = {}
-    for v, (name, (mode, policy)) in enumerate(variants.items()):
-        delays, commands = [], []
-        for i in range(rounds):
-            delay, sent = await one_round(mode, policy, loader_client, waiter_client, f"wake:{v}:{i}")
-            delays.append(delay)
-            commands.append(sent)
+    for name in VARIANTS:
+        ordered = sorted(delays[name])
         result[name] = {
-            "wake_p50_ms": round(statistics.median(delays), 2),
-            "wake_max_ms": round(max(delays), 2),
-            "commands_per_wait": round(statistics.mean(commands), 1),
+            "wake_p50_ms": round(statistics.median(ordered), 2),
+            "wake_p90_ms": round(ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))], 2),
+            "wake_max_ms": round(ordered[-1], 2),
+            "commands_per_wait": round(statistics.mean(commands[name]), 1),
         }
-    await loader_client.flushdb()
-    await loader_client.aclose()
-    await waiter_client.aclose()
+    if lease_waits != rounds * len(VARIANTS):
+        raise AssertionError(f"expected {rounds * len(VARIANTS)} lease waits, the waiter counted {lease_waits}")
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lease_wake", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
+    load_start = [round(x, 2) for x in os.getloadavg()]
     result = asyncio.run(measure(args.rounds))
-    headers = ["waiter", "wake p50 ms", "wake max ms", "commands per wait"]
-    rows = [[name, r["wake_p50_ms"], r["wake_max_ms"], r["commands_per_wait"]] for name, r in result.items()]
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    headers = ["waiter", "wake p50 ms", "wake p90 ms", "wake max ms", "round trips per wait"]
+    rows = [
+        [name, r["wake_p50_ms"], r["wake_p90_ms"], r["wake_max_ms"], r["commands_per_wait"]]
+        for name, r in result.items()
+    ]
     print(format_table(headers, rows))
     write_text(
         RESULTS_DIR / "lease_wake.md",
         "\n".join(
             [
-                "# Lease waiters: polling against pub/sub",
+                "# Lease waiters: pub/sub against polling, two real caches",
                 "",
-                f"Command: `python -m benchmarks.lease_wake --rounds {args.rounds}`; "
-                f"loader takes {LOAD * 1000:.0f} ms; wake = time from the value's write to the waiter holding it.",
+                f"Command: `python -m benchmarks.lease_wake --rounds {args.rounds}`; two `Cache` objects with their "
+                f"own Redis backends on {REDIS_URL}; the holder's loader takes {LOAD * LOAD_SPREAD[0] * 1000:.0f}-"
+                f"{LOAD * LOAD_SPREAD[1] * 1000:.0f} ms (drawn per round, seeded); wake = time from "
+                "the holder's store of the value to the waiter's `fetch` returning it; variants interleaved round by "
+                f"round. Load average {load_start} at start, {load_end} at end ({time.strftime('%Y-%m-%d %H:%M')}).",
                 "",
                 markdown_table(headers, rows),
             ]
         ),
     )
     write_json(RESULTS_DIR / "lease_wake.json", result)
+    if args.json:
+        write_json(args.json, {**result, "loadavg_start": load_start, "loadavg_end": load_end})
     return 0
 
 

@@ -66,6 +66,10 @@ class Backend(Protocol):
     timeout: float
     """The budget of one call, in seconds."""
 
+    stores_objects: bool
+    """True when :meth:`get` hands back the very ``bytes`` object :meth:`set` stored (an in-process store): the
+    cache may then reuse what it decoded from that object instead of decoding it again on every hit."""
+
     async def connect(self) -> None:
         """Open connections and learn the topology now (the first call does it otherwise)."""
         ...

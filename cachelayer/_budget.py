@@ -6,7 +6,8 @@ on a healthy store, and the cache turns hits into database loads exactly when th
 
 So the deadline is checked by a timer callback, not enforced blindly: when that callback itself runs late (the
 loop did not run on time), the call gets a fresh budget, at most ``MAX_GRACES`` times; and when it runs on time
-it still waits one more loop iteration, so a reply that arrived in the same iteration is used. A call that
+it still waits ``SETTLE_HOPS`` loop iterations, so a reply that is already in the socket is used (a reply reaches
+its caller in two hops: the transport's read callback wakes a future, whose callback resumes the task). A call that
 finally runs out only after the loop was late raises :class:`LateLoopTimeout`, which callers count apart from
 store failures.
 """
@@ -25,6 +26,7 @@ MAX_GRACES: Final = 1
 # A timer that fires this much past its deadline means the loop was not running: not the store's fault.
 LATE_FRACTION: Final = 0.25
 LATE_FLOOR: Final = 0.005
+SETTLE_HOPS: Final = 3
 
 
 class LateLoopTimeout(TimeoutError):
@@ -50,11 +52,14 @@ class _Deadline:
                 self.graces += 1
                 self.handle = self.loop.call_at(now + self.budget, self._due, now + self.budget)
                 return
-        # One more iteration: a reply read in this iteration resumes the caller before the budget ends it.
-        self.handle = self.loop.call_soon(self._expire)
+        # A few more iterations: a reply already read (or readable) resumes the caller before the budget ends it.
+        self.handle = self.loop.call_soon(self._expire, SETTLE_HOPS)
 
-    def _expire(self) -> None:
-        self.scope.reschedule(self.loop.time())
+    def _expire(self, hops: int) -> None:
+        if hops > 1:
+            self.handle = self.loop.call_soon(self._expire, hops - 1)
+        else:
+            self.scope.reschedule(self.loop.time())
 
     def cancel(self) -> None:
         self.handle.cancel()

@@ -1,6 +1,6 @@
 """The cross-process load lease: one loader per key across every process that shares the store.
 
-A loader takes a short lease (``StampedePolicy.lease_ttl``, default 1 s) and renews it every third of that
+A loader takes a short lease (``StampedePolicy.lease_ttl``, default 0.9 s) and renews it every third of that
 while its load runs. A holder that goes silent (crashed, frozen, or cut off from the store by its breaker)
 stops renewing, so its lease lapses within ``lease_ttl`` and a waiter in another process takes over: nobody
 waits out the whole ``lease_wait`` for an orphaned lease. Waiters are woken by a "value ready" message
@@ -41,12 +41,17 @@ class Lease:
         self.key = key
         self.token = token
         self._ttl_ms = math.ceil(ttl * 1000)
+        self._released = False
         self._renewer = asyncio.create_task(self._renew(ttl / 3), name=f"cachelayer-lease:{key}")
 
     async def _renew(self, every: float) -> None:
         backend = self._coordinator.backend
-        while True:
+        # The flag, not only the cancellation, ends the loop: on Python 3.11 a client call can swallow a
+        # cancellation (asyncio.wait_for inside redis-py), and a renewer must never outlive its lease's holder.
+        while not self._released:
             await asyncio.sleep(every)
+            if self._released:
+                return
             try:
                 if not await backend.renew_lease(lease_key(self.key), self.token, self._ttl_ms):
                     return  # lost it (lapsed and taken): the new holder stores too; nothing to defend
@@ -58,6 +63,7 @@ class Lease:
         await self._coordinator.notifier.publish(_ready_channel(self.key))
 
     async def release(self) -> None:
+        self._released = True
         self._renewer.cancel()
         with contextlib.suppress(StoreUnavailable):
             await self._coordinator.backend.release_lease(lease_key(self.key), self.token)

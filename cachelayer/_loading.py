@@ -41,8 +41,11 @@ the background, served only when the reload fails."""
 
 Decoded = tuple[Frame, Any]  # a frame and its value (or its checked body)
 
-# One WARNING per type of value that cannot be stored, for the life of the process: enough to be seen.
-_WARNED_UNSTORABLE: set[str] = set()
+_DECODED_MEMO_SIZE: Final = 4096
+
+# One WARNING per function and type of value that cannot be stored, for the life of the process: enough to be
+# seen, never a flood. Bounded by the functions a program has.
+_WARNED_UNSTORABLE: set[tuple[str, type]] = set()
 
 
 class Loading:
@@ -63,6 +66,9 @@ class Loading:
         # Stored bytes handed out unparsed (an HTTP body passthrough) must be JSON whose payload checks out.
         codec = self.codec
         self._body = codec.verified_body if codec.serializer.id == OrjsonSerializer.id else codec.serialized
+        # An in-process store hands back the same bytes object until the value changes: decode it once. Values
+        # are shared between callers anyway (CacheEntry's rule: treat them as read-only).
+        self._decoded: dict[str, tuple[bytes, Any, Decoded]] | None = {} if cache.backend.stores_objects else None
 
     def in_flight(self) -> int:
         return len(self.loads)
@@ -106,6 +112,12 @@ class Loading:
         parse: bool,
         value_type: ValueType[Any] | None,
     ) -> CacheEntry[Any]:
+        flight = self.loads.joinable(key)
+        if flight is not None:
+            # This process is loading the key right now: its value is the freshest there will be. Joining it
+            # skips the read (10,000 callers of a cold key pay for one GET, not one wait per caller for it).
+            self.metrics.misses += 1
+            return await asyncio.shield(flight)
         try:
             data = await self.reads.read(key, lambda: self.backend.get(key))
         except StoreUnavailable:
@@ -170,16 +182,26 @@ class Loading:
         self, key: str, data: bytes, parse: bool, value_type: ValueType[Any] | None
     ) -> Decoded | None:
         """Header and value (or checked body); a value that does not decode is deleted and is a miss."""
+        memo = self._decoded
+        if memo is not None and parse:
+            known = memo.get(key)
+            if known is not None and known[0] is data and known[1] is value_type:
+                return known[2]
         codec = self.codec
         try:
             frame = codec.read_frame(data)
-            return frame, (self._value(frame, value_type) if parse else self._body(frame))
+            decoded = frame, (self._value(frame, value_type) if parse else self._body(frame))
         except CodecError as exc:
             self.metrics.decode_errors += 1
             log.warning("cachelayer: dropping undecodable value at %s: %s", key, exc)
             with contextlib.suppress(StoreUnavailable):
                 await self.backend.delete(key)
             return None
+        if memo is not None and parse:
+            if len(memo) >= _DECODED_MEMO_SIZE:
+                memo.clear()
+            memo[key] = (data, value_type, decoded)
+        return decoded
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -349,12 +371,14 @@ class Loading:
 
     def _unstorable(self, key: str, value: Any, value_type: ValueType[Any] | None, exc: Exception) -> None:
         self.metrics.unstorable += 1
-        kind = type(value).__qualname__
-        if kind in _WARNED_UNSTORABLE:
+        # The function (for @cached: "namespace:{module.qualname"; the argument hash dropped), then the type.
+        owner = key.rsplit(":", 1)[0].replace("{", "", 1) if "{" in key else key
+        warned = (owner, type(value))
+        if warned in _WARNED_UNSTORABLE:
             return
-        _WARNED_UNSTORABLE.add(kind)
+        _WARNED_UNSTORABLE.add(warned)
         # A typed value's error already names the function, the type and the fixes.
-        message = str(exc) if value_type is not None else describe_unstorable(value, key, reason=str(exc))
+        message = str(exc) if value_type is not None else describe_unstorable(value, owner, reason=str(exc))
         log.warning("cachelayer: not caching %s: %s (the caller gets the value, uncached)", key, message)
 
     async def bypass(self, loader: Callable[[], Awaitable[T]], value_type: ValueType[T] | None) -> CacheEntry[T]:

@@ -115,6 +115,7 @@ class MemoryBackend:
         self.max_leases = max_leases
         self.max_queued_messages = max_queued_messages
         self.timeout = timeout  # memory calls never take long; kept for the protocol
+        self.stores_objects = True  # get() returns the stored bytes object itself: the cache reuses its decoding
         self._clock = clock
         self._values: OrderedDict[str, _Value] = OrderedDict()  # least recently used first
         self._leases: dict[str, tuple[str, float]] = {}  # lease key -> (token, expires_at)

@@ -1,7 +1,8 @@
 """Waking lease waiters the moment a value lands, through one shared subscription per cache and event loop.
 
-Measured (``python -m benchmarks.lease_wake``): a waiter polling with backoff learns of a 50 ms load ~34 ms late
-with the default poll schedule; woken by pub/sub, ~0.5 ms late. So waiters subscribe to the key's channel and the
+Measured (``python -m benchmarks.lease_wake``, two real caches, benchmarks/results/lease_wake.md): a waiter
+polling with backoff learns of another's load 13 ms late at p50 with the default poll schedule; woken by pub/sub,
+1.6 ms late. So waiters subscribe to the key's channel and the
 loader publishes after its write. Polling stays the safety net: a message can be lost (sent before the
 subscription took effect, or while the connection reconnects), and then the next poll, at most ``poll_max``
 later, finds the value. Nothing depends on a message arriving.

@@ -15,6 +15,7 @@ class NullBackend:
     """Holds nothing and never fails; every lease is granted (there is nothing to protect)."""
 
     timeout = 0.0
+    stores_objects = False
 
     async def connect(self) -> None:
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +32,7 @@ from redis.exceptions import RedisError
 from ._backend import Message, StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
 from ._budget import LateLoopTimeout, within_budget
-from ._redis_cluster import ClusterSubscription, build_cluster_client, node_name_for_key
+from ._redis_cluster import BoundedRedisCluster, ClusterSubscription, build_cluster_client, node_name_for_key
 
 __all__ = ["RedisBackend", "RedisClient"]
 
@@ -105,6 +106,7 @@ class RedisBackend:
             self._given = given
             self._factory = lambda: _copy_client(given)
         self.timeout = timeout
+        self.stores_objects = False  # every GET is a new bytes object off the wire
         self.clear_budget = clear_budget
         self.breaker = breaker if breaker is not None else CircuitBreaker(name="redis")
         self._node_breakers: dict[str, CircuitBreaker] = {}
@@ -219,6 +221,7 @@ class RedisBackend:
         permit = breaker.permit()
         if permit is None:
             self.breaker_rejections += 1
+            self._topology_suspect()
             raise StoreUnavailable("circuit breaker is open")
         try:
             result = await within_budget(self.timeout if budget is None else budget, make)
@@ -238,7 +241,19 @@ class RedisBackend:
         breaker.record_success()
         return result
 
+    def _topology_suspect(self) -> None:
+        """A call failed or a breaker refused one: on a cluster, the map may be out of date (a replica promoted,
+        slots moved) and nothing else would refresh it: a timeout by our budget (a frozen node) or a refused
+        call never reaches redis-py's own "refresh on connection error". The client throttles the requests
+        (one refresh at a time, at most every ``min_refresh_interval``), so asking on every failure is cheap;
+        without it, a failed-over shard's keys would fail open until some call happened to get a
+        connection error."""
+        current = self._current
+        if current is not None and isinstance(current.client, BoundedRedisCluster):
+            current.client.request_refresh()
+
     def _failed(self, breaker: CircuitBreaker, exc: BaseException) -> None:
+        self._topology_suspect()
         self.store_errors += 1
         now = time.monotonic()
         if now - self._last_failure > _QUIET_PERIOD:
@@ -364,8 +379,11 @@ class RedisBackend:
 
     async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
         client = self._loop_client().client
-        if sharded and isinstance(client, RedisCluster):
-            await self._call(lambda: client.execute_command("SPUBLISH", channel, data), key=channel)
+        if isinstance(client, RedisCluster):
+            if sharded:
+                await self._call(lambda: client.execute_command("SPUBLISH", channel, data), key=channel)
+            else:
+                await self._call(lambda: _publish_on_any_master(client, channel, data))
         else:
             await self._call(lambda: client.publish(channel, data))
 
@@ -461,6 +479,20 @@ class RedisSubscription:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pubsub.aclose(), self._backend.timeout)  # type: ignore[no-untyped-call]
+
+
+async def _publish_on_any_master(client: RedisCluster, channel: str, data: bytes) -> None:
+    """A cluster forwards PUBLISH to every node, so any live master will do: a dead one (the channel's own slot
+    owner, failing over) must not drop a local-tier invalidation that every other node could carry."""
+    masters = client.get_primaries()
+    random.shuffle(masters)
+    for attempt, node in enumerate(masters):
+        try:
+            await client.execute_command("PUBLISH", channel, data, target_nodes=node)
+            return
+        except (RedisError, OSError):
+            if attempt == len(masters) - 1:
+                raise
 
 
 async def _delete_now(client: RedisClient, keys: list[str]) -> int:

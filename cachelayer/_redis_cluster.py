@@ -161,10 +161,12 @@ class BoundedRedisCluster(RedisCluster):
         if delay:
             await asyncio.sleep(delay)
         self._refreshing = True
+        roles = {name: node.server_type for name, node in self.nodes_manager.nodes_cache.items()}
         try:
             async with asyncio.timeout(self.refresh_timeout):
                 await self.nodes_manager.initialize(last_failed_node_name=last_failed_node_name)
             self.refreshes += 1
+            self._keep_connections(roles)
         except (RedisError, OSError, TimeoutError) as exc:
             self.refresh_failures += 1
             log.debug("cachelayer: cluster topology refresh failed: %r", exc)
@@ -172,6 +174,16 @@ class BoundedRedisCluster(RedisCluster):
             self._refreshing = False
             self._last_refresh = time.monotonic()
             self._adopt_nodes()
+
+    def _keep_connections(self, roles: dict[str, str | None]) -> None:
+        """Undo redis-py's "reconnect every connection of every node" after a refresh, for nodes whose role did not
+        change. Its reason (a replica connection's READONLY state) does not apply to a client that reads from
+        masters only, and during a failover refreshes come every ``min_refresh_interval``: each would make every
+        healthy node's connections reconnect (a handshake of several round trips each) in the middle of requests."""
+        for name, node in self.nodes_manager.nodes_cache.items():
+            if roles.get(name) is not None and roles[name] == node.server_type:
+                for connection in node._connections:
+                    connection.reset_should_reconnect()  # type: ignore[no-untyped-call]
 
     def _adopt_nodes(self) -> None:
         """Give every node a connection gate (nodes appear on discovery, refreshes and MOVED)."""

@@ -1,8 +1,8 @@
 """Stampede protection: the pieces the cache composes so that a cold or expiring key costs one load.
 
 - :class:`SingleFlight` — in one process, concurrent callers for a key share one load.
-- the Redis lease (driven by the cache, see ``_cache.py``) — across processes, one loader per key; the others wait
-  a bounded time, polling with backoff, and are released as soon as the value lands.
+- the lease (``_lease.py``) — across processes, one loader per key; the others wait a bounded time, woken when
+  the value lands, polling with backoff as a safety net.
 - :func:`xfetch_due` — probabilistic early recompute (Vattani, Chierichetti, Lowenstein, VLDB 2015).
 - stale-while-revalidate / stale-if-error — values outlive their logical expiry by ``stale_ttl``.
 """
@@ -27,14 +27,16 @@ class StampedePolicy:
     ``lease_wait`` bounds how long a process waits for another's load; when it runs out the caller gets the stale
     value if there is one, else ``on_lease_timeout`` decides: ``"load"`` (load anyway) or ``"raise"``
     (:class:`LeaseTimeoutError`). ``lease_ttl`` is how long a lease lives without renewal; a running loader renews
-    it every third of that, so a crashed loader's lease frees itself within ``lease_ttl``. Waiters are woken by
+    it every third of that, so the lease of a loader that crashed, froze or lost the store lapses within
+    ``lease_ttl`` (0.9 s: with one poll interval, a waiter in another process takes over within 1 s): nobody
+    waits out ``lease_wait`` for an orphaned lease. Waiters are woken by
     pub/sub the moment the value lands (``wake="pubsub"``) and poll with backoff from ``poll_initial`` to
     ``poll_max`` as a safety net; ``wake="poll"`` polls only.
     """
 
     single_flight: bool = True
     lease: bool = True
-    lease_ttl: float = 10.0
+    lease_ttl: float = 0.9
     lease_wait: float = 5.0
     on_lease_timeout: Literal["load", "raise"] = "load"
     wake: Literal["pubsub", "poll"] = "pubsub"
@@ -102,6 +104,10 @@ class SingleFlight(Generic[T]):
         if task is None:
             task = self.start(key, work)
         return await asyncio.shield(task)
+
+    def joinable(self, key: str) -> asyncio.Task[T] | None:
+        """The running call for ``key``, if any: a caller may wait for it (``await asyncio.shield(task)``)."""
+        return self._flights.get(key)
 
     def start(self, key: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
         """Start ``work`` under ``key`` unless it already runs; return the running task either way."""

@@ -54,9 +54,9 @@ _SCALARS: Final[dict[Any, str]] = {
 _UNTYPED: Final = (Any, object)
 _FIXES: Final = (
     "make it a dataclass, NamedTuple, TypedDict or pydantic model whose fields are storable types; "
-    "return a JSON-native value (str, int, float, bool, None, list, dict with str keys) annotated as such; "
-    "or drop the return annotation to store untyped JSON (a hit then returns JSON natives)"
+    "return a JSON-native value (str, int, float, bool, None, list, dict with str keys) annotated as such"
 )
+_FIX_UNTYPED: Final = "; or drop the return annotation to store untyped JSON (a hit then returns JSON natives)"
 
 
 def _pydantic_base() -> type | None:
@@ -356,7 +356,7 @@ def _unstorable_type_message(owner: str, annotation: Any, part: Any, reason: str
     where = "" if part is annotation else f" (in {type_name(annotation)})"
     return (
         f"{owner} is annotated to return {type_name(annotation)}, which cachelayer cannot store: "
-        f"{type_name(part)}{where}: {reason}. Fixes: {_FIXES}"
+        f"{type_name(part)}{where}: {reason}. Fixes: {_FIXES}{_FIX_UNTYPED}"
     )
 
 
@@ -369,7 +369,7 @@ def describe_unstorable(value: Any, owner: str, annotation: Any = None, reason: 
         hint = f"annotate the return type (-> {type_name(type(value))}) so it is stored typed; "
     return (
         f"{owner} returned a value of type {type_name(type(value))} that cannot be stored; the function "
-        f"{declared}{because}. Fixes: {hint}{_FIXES}"
+        f"{declared}{because}. Fixes: {hint}{_FIXES}{'' if annotation is None else _FIX_UNTYPED}"
     )
 
 

@@ -26,11 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--processes", type=int, help="worker processes, 0 = one per core (server.processes)")
     serve.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (server.loop)")
 
-    seed = sub.add_parser("seed", help="load the deterministic demo data (idempotent)")
+    seed = sub.add_parser("seed", help="load the deterministic demo data (idempotent; continues a partial seed)")
     common(seed)
     seed.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers (default 10000)")
 
-    dev = sub.add_parser("dev", help="seed if the stores are empty, then serve on :8888 (for `make run`)")
+    dev = sub.add_parser("dev", help="seed unless a complete seed is there, then serve on :8888 (`make run`)")
     common(dev)
     dev.add_argument("--port", type=int, help="listen port (default 8888)")
     dev.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers to seed when empty")
@@ -49,17 +49,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, server={**base.server.model_dump(), **server})
 
 
-async def _seed(settings: Settings, wallpapers: int, *, only_if_empty: bool) -> dict[str, Any] | None:
+def _seed_settings(settings: Settings) -> Settings:
+    """Seeding writes 500-document batches to a store that may be starting: budgets made for bulk writes."""
+    mongo = settings.mongo.model_copy(
+        update={"timeout_ms": 30_000, "socket_timeout_ms": 30_000, "server_selection_timeout_ms": 5_000}
+    )
+    return settings.model_copy(update={"mongo": mongo})
+
+
+async def _seed(settings: Settings, wallpapers: int, *, dev: bool) -> dict[str, Any] | None:
+    """Seed (``dev``: only when the stores do not hold a complete seed); None when nothing was needed."""
     from .logs import setup_logging
     from .runtime import Services
-    from .seed import seed, stores_empty
+    from .seed import adopt, prepare_stores, seed, seed_state
 
     handle = setup_logging(settings.log)
-    services = await Services.start(settings)
+    services = await Services.start(_seed_settings(settings), prepare=False)
     try:
-        await services.health()
-        if only_if_empty and not await stores_empty(services):
-            return None
+        if dev:
+            await prepare_stores(services)
+            state = await seed_state(services, wallpapers)
+            if state == "complete" or (state == "unmarked" and await adopt(services, wallpapers)):
+                return None
+            if state == "partial":
+                print("a previous seed did not finish: finishing it", flush=True)
         return await seed(services, wallpapers)
     finally:
         await services.close()
@@ -79,6 +92,7 @@ def _curl_examples(port: int) -> str:
             f"  curl -s -X POST '{api}/wallpaper/42/download'",
             f"  curl -s '{api}/wallpaper/42.json' -H 'Accept-Encoding: zstd' -o - | zstd -d",
             f"  curl -s '{base}/healthz'",
+            f"  curl -s '{base}/readyz'",
             f"  curl -s '{base}/metrics' | head",
         ]
     )
@@ -94,14 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runtime import serve
 
     if args.command == "seed":
-        done = asyncio.run(_seed(settings, args.wallpapers, only_if_empty=False))
+        done = asyncio.run(_seed(settings, args.wallpapers, dev=False))
         print(f"seeded: {done}")
         return 0
     if args.command == "dev":
         if args.port is None and settings.server.port != 8888:
             settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": 8888})})
-        done = asyncio.run(_seed(settings, args.wallpapers, only_if_empty=True))
-        print("seeded: " + str(done) if done else "stores already hold data: not seeding", flush=True)
+        done = asyncio.run(_seed(settings, args.wallpapers, dev=True))
+        print("seeded: " + str(done) if done else "stores hold a complete seed: not seeding", flush=True)
         print(_curl_examples(settings.server.port), flush=True)
     serve(settings)
     return 0

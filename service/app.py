@@ -16,7 +16,7 @@ import tornado.ioloop
 import tornado.routing
 import tornado.web
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cachelayer import register_prometheus
 
@@ -26,11 +26,13 @@ from .handlers import (
     CeilingHandler,
     DetailHandler,
     DownloadHandler,
+    GzipWhenAccepted,
     HealthHandler,
     ListHandler,
     MetricsHandler,
     NotFoundHandler,
     OpenAPIHandler,
+    ReadyHandler,
 )
 from .logs import ACCESS_LOGGER
 from .openapi import PREFIX
@@ -39,6 +41,12 @@ from .runtime import Services
 __all__ = ["make_app"]
 
 access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+_LOCAL_GAUGES = {
+    "local_entries": "Entries held by this process's local tier",
+    "local_bytes": "Bytes the local tier counts against its max_bytes",
+}
 
 
 class _PoolCollector:
@@ -56,6 +64,19 @@ class _PoolCollector:
         in_flight = GaugeMetricFamily("wallpaper_http_in_flight", "Requests being served by this process")
         in_flight.add_metric([], float(self.services.in_flight))
         yield in_flight
+        # The local tier's figures (cache.stats() has them when cache.local is on); register_prometheus exports a
+        # fixed set that does not include them.
+        stats = self.services.cache.stats()
+        if "local_entries" in stats:
+            for name, help_text in _LOCAL_GAUGES.items():
+                gauge = GaugeMetricFamily(f"cachelayer_{name}", help_text, labels=["cache"])
+                gauge.add_metric(["wallpaper"], float(stats[name]))
+                yield gauge
+            evictions = CounterMetricFamily(
+                "cachelayer_local_evictions", "Entries the local tier evicted to stay in bounds", labels=["cache"]
+            )
+            evictions.add_metric(["wallpaper"], float(stats["local_evictions"]))
+            yield evictions
 
 
 class AccessLines:
@@ -215,12 +236,15 @@ def make_app(services: Services) -> tornado.web.Application:
             route(rf"{PREFIX}/categories\.json", CategoriesHandler, "categories"),
             route(rf"{PREFIX}/wallpaper/([^/]{{1,64}})/download", DownloadHandler, "download"),
             route(r"/healthz", HealthHandler, "healthz"),
+            route(r"/readyz", ReadyHandler, "readyz"),
             route(r"/metrics", MetricsHandler, "metrics"),
             route(r"/openapi\.json", OpenAPIHandler, "openapi"),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "route": "not_found"},
-        compress_response=services.settings.server.gzip,
+        # Tornado's gzip transform ignores q=0; ours does not (handlers.GzipWhenAccepted).
+        transforms=[GzipWhenAccepted] if services.settings.server.gzip else [],
+        gzip_transform=services.settings.server.gzip,
         log_function=log_request,
         metrics_registry=registry,
         serve_traceback=False,

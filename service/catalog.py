@@ -14,26 +14,28 @@ A download changes one wallpaper's counter, which shows in its detail and in the
 of ``_all`` (as the item's ``downloads`` and, for ``sort=hot``, in the order): exactly those three tags go.
 Category counts are wallpaper counts, which a download does not change.
 
-Settings: ``cache.enabled = false`` replaces each cached function by :class:`Uncached` (the loader on every call,
-Redis never touched: a measurement setting); ``cache.local = true`` marks the three reads ``local=True``, so a hit
-is served from the process's :class:`cachelayer.LocalCache` tier (built in runtime.py) before Redis.
+An invalidation marks the entries stale instead of deleting them (``mark_stale=True``): the next read reloads, and
+when that reload fails (MySQL or MongoDB down) the previous copy is served (``X-Cache: stale``) instead of a 503.
+
+Settings: ``cache.enabled = false`` gives a ``Cache.disabled(...)`` (built in runtime.py: the loader on every
+call, Redis never touched, outcome ``bypass``: a measurement setting); ``cache.local = true`` marks the three
+reads ``local=True``, so a hit is served from the process's :class:`cachelayer.LocalCache` tier before Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Generic, ParamSpec, TypeVar
-
-import orjson
+from typing import Any, Final, ParamSpec, TypeVar
 
 from cachelayer import Cache, CachedFunction, cached
 
 from .config import CacheSettings, EndpointCache
 from .demo_data import list_item
+from .downloads import Downloads
 from .repositories import MongoWallpaperRepository, MySQLRepository
 
-__all__ = ["ALL", "TAG_LIST", "TAG_WALLPAPER", "Catalog", "DirectEntry", "Uncached", "envelope"]
+__all__ = ["ALL", "TAG_LIST", "TAG_WALLPAPER", "Catalog", "envelope"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,34 +48,6 @@ TAG_CATEGORIES: Final = "categories"
 
 def envelope(data: Any) -> dict[str, Any]:
     return {"code": 0, "msg": "ok", "data": data}
-
-
-class DirectEntry:
-    """A loader's result as the handlers send a cache entry: ``outcome`` ``"bypass"``, no expiry, no stored frame."""
-
-    __slots__ = ("_body",)
-    outcome: Final = "bypass"
-    expires_at: Final = 0.0
-
-    def __init__(self, value: Any) -> None:
-        self._body = orjson.dumps(value)
-
-    def body(self) -> bytes:
-        return self._body
-
-    def zstd_frame(self) -> None:
-        return None
-
-
-class Uncached(Generic[P, R]):
-    """The surface of a :class:`cachelayer.CachedFunction` the handlers use (``entry``), calling the loader every
-    time."""
-
-    def __init__(self, func: Callable[P, Awaitable[R]]) -> None:
-        self._func = func
-
-    async def entry(self, *args: P.args, **kwargs: P.kwargs) -> DirectEntry:
-        return DirectEntry(await self._func(*args, **kwargs))
 
 
 class Catalog:
@@ -89,15 +63,13 @@ class Catalog:
         self.cache = cache
         self.wallpapers = wallpapers
         self.mysql = mysql
-        self.enabled = settings.enabled
+        self.downloads = Downloads(wallpapers, mysql, self._invalidate_download)
         nf = settings.not_found_ttl
         local = settings.local  # hits from this process's LocalCache (runtime.py gives the Cache one when on)
 
         def through_cache(
             loader: Callable[P, Awaitable[R]], endpoint: EndpointCache, name: str, tag: str, none_ttl: float | None
-        ) -> CachedFunction[P, R] | Uncached[P, R]:
-            if not settings.enabled:
-                return Uncached(loader)
+        ) -> CachedFunction[P, R]:
             return cached(
                 ttl=endpoint.ttl,
                 stale_ttl=endpoint.stale_ttl,
@@ -146,21 +118,15 @@ class Catalog:
 
     # -- the write ----------------------------------------------------------------------------------------------
 
-    async def record_download(self, wallpaper_id: int, client_ip: str | None = None) -> dict[str, Any] | None:
-        """Count a download (Mongo ``$inc``, then an event row in MySQL) and drop the entries that show it.
-
-        Returns ``{"id", "downloads"}``, or None for an unknown id (nothing is written then)."""
-        doc = await self.wallpapers.increment_downloads(wallpaper_id)
-        if doc is None:
-            return None
-        await self.mysql.record_download(wallpaper_id, client_ip)
-        if self.enabled:
-            await self.cache.invalidate_tags(
-                TAG_WALLPAPER.format(wallpaper_id=wallpaper_id),
-                TAG_LIST.format(scope=ALL),
-                TAG_LIST.format(scope=doc["category"]),
-            )
-        return {"id": wallpaper_id, "downloads": doc["counts"]["downloads"]}
+    async def _invalidate_download(self, wallpaper_id: int, category: str) -> None:
+        """A download changed one counter: mark stale the entries that show it (never raises)."""
+        # Marked stale, not deleted: if the reload fails (MySQL down), the previous copy is served, not a 503.
+        await self.cache.invalidate_tags(
+            TAG_WALLPAPER.format(wallpaper_id=wallpaper_id),
+            TAG_LIST.format(scope=ALL),
+            TAG_LIST.format(scope=category),
+            mark_stale=True,
+        )
 
     async def invalidate_all(self) -> int:
         """Drop every entry of the namespace (after a reseed)."""

@@ -7,6 +7,7 @@ Precedence, highest first: values passed in code, environment (``WALLPAPER_MONGO
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "CacheSettings",
     "ConfigError",
+    "DownloadSettings",
     "EndpointCache",
     "LogSettings",
     "MongoSettings",
@@ -65,6 +67,9 @@ class MongoSettings(_Section):
     server_selection_timeout_ms: int = Field(default=1500, ge=50, le=60_000)
     connect_timeout_ms: int = Field(default=1000, ge=50, le=60_000)
     socket_timeout_ms: int = Field(default=2000, ge=50, le=120_000)
+    # The budget of one repository call, end to end (server selection, pool wait, connect, reply): pymongo's
+    # client-side operation timeout (timeoutMS) and an asyncio timeout around the call.
+    timeout_ms: int = Field(default=2000, ge=50, le=120_000)
 
     @field_validator("uri")
     @classmethod
@@ -106,6 +111,14 @@ class CacheSettings(_Section):
     local_max_staleness: float = Field(default=1.0, gt=0, le=3600)
 
 
+class DownloadSettings(_Section):
+    # Each process catches up Mongo counters that lag the MySQL events: at start-up, then every interval.
+    reconcile_interval: float = Field(default=5.0, gt=0, le=3600)
+    reconcile_batch: int = Field(default=1000, ge=1, le=100_000)
+    # Events younger than this are left to the request that wrote them (a lower id may still be committing).
+    reconcile_settle: float = Field(default=5.0, ge=0, le=3600)
+
+
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8888, ge=0, le=65535)
@@ -118,6 +131,19 @@ class ServerSettings(_Section):
     # Adds GET /_bench/ceiling (the list endpoint's bytes from memory: what Tornado alone serves). Benchmarks only.
     bench_routes: bool = False
     shutdown_timeout: float = Field(default=10, ge=0, le=300)
+    # Peers (CIDR) whose X-Forwarded-For / X-Real-IP name the client; empty: the peer is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Seconds to receive a request's head, counting the idle wait between keep-alive requests (Tornado's
+    # header timeout is its idle-connection timeout: the two cannot be set apart).
+    header_timeout: float = Field(default=60, gt=0, le=3600)
+    body_timeout: float = Field(default=10, gt=0, le=600)  # seconds to receive a request's whole body
+    max_request_line: int = Field(default=8192, ge=256, le=1 << 20)  # longer: 414
+    max_header_bytes: int = Field(default=32768, ge=1024, le=1 << 20)  # request line + headers; more: 431
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
 
 
 class LogSettings(_Section):
@@ -142,6 +168,7 @@ class Settings(BaseSettings):
     mongo: MongoSettings = MongoSettings()
     mysql: MySQLSettings = MySQLSettings()
     cache: CacheSettings = CacheSettings()
+    downloads: DownloadSettings = DownloadSettings()
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
 

@@ -2,14 +2,14 @@
 
 A cached read: validate -> ``catalog.<fn>.entry(...)`` -> :meth:`BaseHandler.send_entry`, which sends the stored
 zstd frame as is to a client that accepts zstd (``Content-Encoding: zstd``), the decompressed JSON bytes otherwise
-(Tornado may gzip them), with a weak ETag of the bytes, ``Cache-Control: max-age`` = the remaining TTL and
-``X-Cache``. Every error is a JSON ``{"code", "msg"}`` (``write_error`` is overridden: never an HTML traceback).
+(Tornado may gzip them, unless the client refuses gzip with ``q=0``), with a weak ETag of the bytes,
+``Cache-Control: max-age`` = the remaining TTL, ``X-Cache`` and ``Cache-Status`` (RFC 9211). Every error is a
+JSON ``{"code", "msg"}`` (``write_error`` is overridden: never an HTML traceback).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -21,7 +21,6 @@ import orjson
 import pymongo.errors
 import pymysql.err  # type: ignore[import-untyped]
 import tornado
-import tornado.netutil
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import httputil
@@ -29,13 +28,19 @@ from tornado import httputil
 from cachelayer import LeaseTimeoutError
 
 from .catalog import ALL
+from .downloads import IDEMPOTENCY_KEY_RE, KeyConflict, NotRecorded
 from .openapi import openapi_document
+from .request_ids import Process, new_request_id
 from .runtime import Services
 from .validation import (
     CATEGORY_NOT_FOUND,
     DEPENDENCY_UNAVAILABLE,
+    IDEMPOTENCY_KEY_CONFLICT,
     INTERNAL_ERROR,
+    INVALID_PARAMETER,
     METHOD_NOT_ALLOWED,
+    NOT_READY,
+    NOT_RECORDED,
     ROUTE_NOT_FOUND,
     WALLPAPER_NOT_FOUND,
     ApiError,
@@ -55,6 +60,8 @@ __all__ = [
     "MetricsHandler",
     "NotFoundHandler",
     "OpenAPIHandler",
+    "ReadyHandler",
+    "cache_status",
 ]
 
 log = logging.getLogger("wallpaper.http")
@@ -63,38 +70,14 @@ _REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Entry(Protocol):
-    """What :meth:`BaseHandler.send_entry` needs: a :class:`cachelayer.CacheEntry`, or catalog's uncached one."""
+    """What :meth:`BaseHandler.send_entry` needs of a :class:`cachelayer.CacheEntry`."""
 
     @property
-    def outcome(self) -> str: ...
+    def outcome(self) -> Any: ...
     @property
     def expires_at(self) -> float: ...
     def body(self) -> bytes: ...
     def zstd_frame(self) -> bytes | None: ...
-
-
-class _Process:
-    """Per-process constants, reset in a forked child: the pid header and the request-id generator.
-
-    A generated request id is ``<8 random hex of this process>-<counter, hex>``: unique across workers and
-    restarts for any practical purpose, and ~10x cheaper than ``uuid4().hex`` (no urandom read per request)."""
-
-    pid = str(os.getpid())
-    prefix = os.urandom(4).hex() + "-"
-    counter = itertools.count(1)
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.pid = str(os.getpid())
-        cls.prefix = os.urandom(4).hex() + "-"
-        cls.counter = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_Process.reset)
-
-
-def new_request_id() -> str:
-    return f"{_Process.prefix}{next(_Process.counter):x}"
 
 
 def weak_etag(body: bytes) -> str:
@@ -104,8 +87,10 @@ def weak_etag(body: bytes) -> str:
 class _ETags:
     """Weak ETags of stored values, memoized: BLAKE2b-96 of the body once per stored value, not per request.
 
-    Keyed by (route, arguments, expires_at, recompute_time, stored payload size): a stored value is written once
-    and these header fields come with it, so a rewrite (even of the same bytes) gets a new key. Bounded."""
+    Keyed by (route and arguments, expires_at, body length): a stored value is written once with its expiry, so a
+    rewrite (even of the same bytes) gets a new key. An entry that was not stored (``expires_at`` 0: bypass) is
+    hashed every time. The ETag is of the bytes themselves, so changed content never gets an old ETag (no false
+    304). Bounded."""
 
     def __init__(self, limit: int = 8192) -> None:
         self.limit = limit
@@ -113,10 +98,10 @@ class _ETags:
 
     def get(self, key: Any, entry: Entry, body: bytes) -> str:
         """The ETag of ``body``, the bytes of ``entry``."""
-        frame = getattr(entry, "frame", None)
-        if frame is None:  # not from the cache (caching switched off): hash the bytes
+        expires_at = entry.expires_at
+        if not expires_at:
             return weak_etag(body)
-        memo_key = (key, frame.expires_at, frame.recompute_time, len(frame.payload))
+        memo_key = (key, expires_at, len(body))
         etag = self.memo.get(memo_key)
         if etag is None:
             if len(self.memo) >= self.limit:
@@ -138,18 +123,7 @@ def http_date() -> str:
     return str(_date[1])
 
 
-def client_ip(request: httputil.HTTPServerRequest) -> str | None:
-    """The client's address: ``X-Real-Ip``, else the last ``X-Forwarded-For`` hop, else the peer (what
-    Tornado's ``xheaders`` did, here only where an address is used)."""
-    forwarded = request.headers.get("X-Forwarded-For")
-    ip = forwarded.split(",")[-1].strip() if forwarded else None
-    ip = request.headers.get("X-Real-Ip", ip)
-    if ip and tornado.netutil.is_valid_ip(ip):
-        return ip
-    return request.remote_ip
-
-
-_ZSTD_ACCEPTED: dict[str, bool] = {}
+_ACCEPTED: dict[tuple[str, str], bool] = {}
 _LIST_QUERIES: dict[str, ListQuery] = {}
 
 
@@ -184,31 +158,72 @@ def dependency_of(exc: BaseException) -> str | None:
     return None
 
 
-def accepts_zstd(header: str) -> bool:
-    """Whether an ``Accept-Encoding`` value accepts zstd (present, and not with ``q=0``)."""
+def accepts(header: str, coding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value accepts ``coding``: listed (or ``*`` is) with a q above 0."""
+    star: bool | None = None
     for part in header.split(","):
-        coding, *params = part.split(";")
-        if coding.strip().lower() != "zstd":
+        name, *params = part.split(";")
+        name = name.strip().lower()
+        if name not in (coding, "*"):
             continue
+        ok = True
         for param in params:
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
                 try:
-                    return float(value) > 0
+                    ok = float(value) > 0
                 except ValueError:
-                    return False
-        return True
-    return False
+                    ok = False
+        if name == coding:
+            return ok
+        star = ok
+    return bool(star)
 
 
-def accepts_zstd_cached(header: str) -> bool:
-    """:func:`accepts_zstd`, memoized per header value (clients send a handful of distinct values)."""
-    ok = _ZSTD_ACCEPTED.get(header)
+def accepts_cached(header: str, coding: str) -> bool:
+    """:func:`accepts`, memoized per header value (clients send a handful of distinct values)."""
+    ok = _ACCEPTED.get((header, coding))
     if ok is None:
-        if len(_ZSTD_ACCEPTED) >= 1024:
-            _ZSTD_ACCEPTED.clear()
-        ok = _ZSTD_ACCEPTED[header] = accepts_zstd(header)
+        if len(_ACCEPTED) >= 1024:
+            _ACCEPTED.clear()
+        ok = _ACCEPTED[(header, coding)] = accepts(header, coding)
     return ok
+
+
+class GzipWhenAccepted(tornado.web.GZipContentEncoding):
+    """Tornado's gzip transform, but ``gzip;q=0`` (or ``*;q=0``) is a refusal (Tornado only looks for "gzip")."""
+
+    def __init__(self, request: httputil.HTTPServerRequest) -> None:
+        super().__init__(request)
+        self._gzipping = accepts_cached(request.headers.get("Accept-Encoding", ""), "gzip")
+
+
+def cache_status(outcome: str, expires_at: float, now: float) -> str:
+    """The RFC 9211 ``Cache-Status`` value of a cached route (the cache is named ``wallpaper``)."""
+    ttl = int(expires_at - now) if expires_at else 0
+    if outcome == "hit":
+        return f"wallpaper; hit; ttl={ttl}"
+    if outcome == "stale":
+        return f"wallpaper; fwd=stale; ttl={ttl}"
+    if outcome == "miss":
+        return f"wallpaper; fwd=miss; stored; ttl={ttl}"
+    if outcome == "fail_open":
+        return "wallpaper; fwd=miss; detail=store-unavailable"
+    return "wallpaper; fwd=bypass"
+
+
+_ALLOWED: dict[type, str] = {}
+
+
+def allowed_methods(handler: type[tornado.web.RequestHandler]) -> str:
+    """The ``Allow`` value of a handler class: the methods it implements."""
+    allow = _ALLOWED.get(handler)
+    if allow is None:
+        unimplemented = tornado.web.RequestHandler._unimplemented_method
+        methods = [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+                   if getattr(handler, m.lower()) is not unimplemented]  # fmt: skip
+        allow = _ALLOWED[handler] = ", ".join(methods)
+    return allow
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -219,7 +234,6 @@ class BaseHandler(tornado.web.RequestHandler):
         self.services = services
         self.route = route
         self.cache_outcome: str | None = None
-        self.request_id = ""
         self._counted = False
 
     def clear(self) -> None:
@@ -234,14 +248,19 @@ class BaseHandler(tornado.web.RequestHandler):
         # Trusted constant values: straight into the header map (set_header re-validates each value).
         headers = self._headers
         headers["Content-Type"] = JSON_TYPE
-        headers["X-Worker-Pid"] = _Process.pid
-        if not self.application.settings.get("compress_response"):
+        headers["X-Worker-Pid"] = Process.pid
+        # Here, not in prepare(): every answer carries it, also a 405 Tornado raises before prepare() and an
+        # error page (send_error clears the headers and comes back here; the id is kept).
+        request_id = self.__dict__.get("request_id")
+        if request_id is None:
+            given = self.request.headers.get("X-Request-Id")
+            request_id = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else new_request_id()
+            self.request_id = request_id
+        headers["X-Request-Id"] = request_id
+        if not self.application.settings.get("gzip_transform"):
             headers["Vary"] = "Accept-Encoding"
 
     def prepare(self) -> None:
-        given = self.request.headers.get("X-Request-Id")
-        self.request_id = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else new_request_id()
-        self._headers["X-Request-Id"] = self.request_id
         self.services.request_started()
         self._counted = True
 
@@ -260,16 +279,19 @@ class BaseHandler(tornado.web.RequestHandler):
     def send_entry(self, entry: Entry, not_found: Callable[[], ApiError], key: Any) -> None:
         """Send a cached envelope from its stored bytes (no JSON parse); ``not_found()`` is raised for a cached
         "not found". ``key`` identifies the value (route and arguments) for the ETag memo."""
-        outcome = self.cache_outcome = entry.outcome
+        outcome = self.cache_outcome = entry.outcome.value
         body = entry.body()
         if body == b"null":
             raise not_found()
         etag = ETAGS.get(key, entry, body)
-        remaining = 0 if outcome == "stale" else max(0, int(entry.expires_at - time.time()))
+        now = time.time()
+        expires_at = entry.expires_at
+        remaining = 0 if outcome == "stale" or not expires_at else max(0, int(expires_at - now))
         headers = self._headers  # values built here, all header-safe: no set_header validation per call
         headers["ETag"] = etag
         headers["Cache-Control"] = f"public, max-age={remaining}"
         headers["X-Cache"] = outcome
+        headers["Cache-Status"] = cache_status(outcome, expires_at, now)
         request_headers = self.request.headers
         inm = request_headers.get("If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
@@ -277,7 +299,7 @@ class BaseHandler(tornado.web.RequestHandler):
             self.finish()
             return
         encoding = request_headers.get("Accept-Encoding")
-        if encoding is not None and "zstd" in encoding.lower() and accepts_zstd_cached(encoding):
+        if encoding is not None and "zstd" in encoding.lower() and accepts_cached(encoding, "zstd"):
             frame = entry.zstd_frame()
             if frame is not None:
                 headers["Content-Encoding"] = "zstd"
@@ -293,10 +315,21 @@ class BaseHandler(tornado.web.RequestHandler):
         elif isinstance(exc, tornado.web.HTTPError):
             if status_code == 405:
                 code, msg = METHOD_NOT_ALLOWED, f"method {self.request.method} not allowed on {self.request.path}"
+                self.set_header("Allow", allowed_methods(type(self)))
             elif status_code == 404:
                 code, msg = ROUTE_NOT_FOUND, f"no such path: {self.request.path[:100]}"
             else:
                 code, msg = status_code * 100 + 1, exc.log_message or self._reason
+        elif isinstance(exc, NotRecorded):
+            status_code, code = 503, NOT_RECORDED
+            msg = (
+                "the download was not recorded (a store is unavailable); retrying with the same Idempotency-Key"
+                f" ({exc.key}) is safe: if it was recorded after all, it is found by key and not counted twice"
+            )
+            self.set_header("Retry-After", "1")
+            self.set_header("Idempotency-Key", exc.key)
+        elif isinstance(exc, KeyConflict):
+            status_code, code, msg = 409, IDEMPOTENCY_KEY_CONFLICT, str(exc)
         elif exc is not None and (store := dependency_of(exc)) is not None:
             status_code, code, msg = 503, DEPENDENCY_UNAVAILABLE, f"{store} unavailable, try again later"
             self.set_header("Retry-After", "1")
@@ -307,7 +340,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps({"code": code, "msg": msg}))
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, ApiError | KeyConflict):
+            return
+        if isinstance(value, NotRecorded):
+            log.warning("%s", value, extra={"request_id": self.request_id})
             return
         if value is not None and (store := dependency_of(value)) is not None:
             log.warning("%s unavailable: %r", store, value, extra={"request_id": self.request_id})
@@ -326,6 +362,8 @@ class ListHandler(BaseHandler):
             ("list", args),
         )
 
+    head = get
+
 
 class DetailHandler(BaseHandler):
     async def get(self, raw_id: str) -> None:
@@ -337,41 +375,78 @@ class DetailHandler(BaseHandler):
             ("detail", wallpaper_id),
         )
 
+    head = get
+
 
 class CategoriesHandler(BaseHandler):
     async def get(self) -> None:
         entry = await self.services.catalog.categories.entry()
         self.send_entry(entry, lambda: ApiError(404, CATEGORY_NOT_FOUND, "no categories"), ("categories",))
 
+    head = get
+
 
 class DownloadHandler(BaseHandler):
     async def post(self, raw_id: str) -> None:
         wallpaper_id = parse_wallpaper_id(raw_id)
-        result = await self.services.catalog.record_download(wallpaper_id, client_ip(self.request))
+        key = self.request.headers.get("Idempotency-Key")
+        if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+            raise ApiError(400, INVALID_PARAMETER, "invalid header Idempotency-Key: expected 1-64 of [A-Za-z0-9_-]")
+        client = self.services.proxies.client_ip(self.request)
+        result = await self.services.catalog.downloads.record(wallpaper_id, client, key)
         if result is None:
             raise ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}")
         self.set_header("Cache-Control", "no-store")
-        self.write_json({"code": 0, "msg": "ok", "data": result})
+        self.set_header("Idempotency-Key", result.key)
+        if result.replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        if result.counted:
+            self.write_json({"code": 0, "msg": "ok", "data": {"id": wallpaper_id, "downloads": result.downloads}})
+        else:
+            msg = "accepted: the download is recorded; the counter catches up within seconds"
+            self.write_json({"code": 0, "msg": msg, "data": {"id": wallpaper_id, "downloads": None}}, 202)
 
 
 class HealthHandler(BaseHandler):
-    async def get(self) -> None:
-        dependencies = await self.services.health()
-        down = [name for name, state in dependencies.items() if not state["ok"]]
-        data = {"status": "down" if down else "ok", "pid": os.getpid(), "dependencies": dependencies}
+    """Liveness: the process serves (200), unless it is shutting down (503). Touches no dependency."""
+
+    def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        if down:
-            self.write_json(
-                {"code": DEPENDENCY_UNAVAILABLE, "msg": f"unavailable: {', '.join(down)}", "data": data}, 503
-            )
+        if self.services.stopping:
+            self.write_json({"code": NOT_READY, "msg": "shutting down", "data": {"status": "stopping"}}, 503)
         else:
-            self.write_json({"code": 0, "msg": "ok", "data": data})
+            self.write_json({"code": 0, "msg": "ok", "data": {"status": "alive", "pid": os.getpid()}})
+
+    head = get
+
+
+class ReadyHandler(BaseHandler):
+    """Readiness: 503 when MongoDB (every page needs it) is down or the process is stopping; Redis or MySQL down
+    is ``degraded`` but ready (pages are still answered: from MongoDB, or from the cache)."""
+
+    async def get(self) -> None:
+        dependencies = await self.services.readiness()
+        down = [name for name, state in dependencies.items() if state["status"] != "ok"]
+        ready = dependencies["mongo"]["status"] == "ok" and not self.services.stopping
+        status = "stopping" if self.services.stopping else "down" if not ready else "degraded" if down else "ok"
+        data = {"status": status, "pid": os.getpid(), "dependencies": dependencies}
+        self.set_header("Cache-Control", "no-store")
+        listed = ", ".join(down) or "none"
+        if ready:
+            msg = "ok" if not down else f"degraded: {listed} down"
+            self.write_json({"code": 0, "msg": msg, "data": data})
+        else:
+            self.write_json({"code": NOT_READY, "msg": f"not ready: {status}; down: {listed}", "data": data}, 503)
+
+    head = get
 
 
 class MetricsHandler(BaseHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.application.settings["metrics_registry"]))
+
+    head = get
 
 
 class OpenAPIHandler(BaseHandler):
@@ -381,6 +456,8 @@ class OpenAPIHandler(BaseHandler):
         if OpenAPIHandler._body is None:
             OpenAPIHandler._body = orjson.dumps(openapi_document())
         self.finish(OpenAPIHandler._body)
+
+    head = get
 
 
 class NotFoundHandler(BaseHandler):

@@ -117,7 +117,16 @@ def openapi_document() -> dict[str, Any]:
             f"{PREFIX}/wallpaper/{{id}}/download": {
                 "post": {
                     "operationId": "recordDownload",
-                    "parameters": [_ID_PARAM],
+                    "parameters": [
+                        _ID_PARAM,
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "A retry with the same key is never counted twice",
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        },
+                    ],
                     "responses": {
                         "200": _ok(
                             {
@@ -125,18 +134,29 @@ def openapi_document() -> dict[str, Any]:
                                 "required": ["id", "downloads"],
                                 "properties": {"id": {"type": "integer"}, "downloads": {"type": "integer"}},
                             },
-                            "The download was recorded",
+                            "The download was recorded and counted",
                         ),
+                        "202": {"description": "Recorded; the counter catches up within seconds"},
                         "400": _ERROR,
                         "404": _ERROR,
+                        "409": _ERROR,
                         "503": _ERROR,
                     },
                 }
             },
             "/healthz": {
                 "get": {
-                    "operationId": "health",
-                    "responses": {"200": {"description": "Every dependency answers"}, "503": _ERROR},
+                    "operationId": "liveness",
+                    "responses": {"200": {"description": "The process serves"}, "503": _ERROR},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readiness",
+                    "responses": {
+                        "200": {"description": "Ready (status ok, or degraded: Redis or MySQL down)"},
+                        "503": _ERROR,
+                    },
                 }
             },
             "/metrics": {

@@ -25,8 +25,11 @@ from tornado.httpserver import HTTPServer
 
 from cachelayer import Cache, LocalCache
 
+from .addresses import TrustedProxies
 from .catalog import Catalog
 from .config import Settings
+from .downloads import Reconciler
+from .http_edges import EdgeHTTPServer
 from .logs import setup_logging
 from .repositories import MongoWallpaperRepository, MySQLRepository, close_client, create_client, create_pool
 
@@ -60,6 +63,9 @@ class Services:
         self.wallpapers = wallpapers
         self.mysql = mysql
         self.catalog = Catalog(cache, wallpapers, mysql, settings.cache)
+        self.reconciler = Reconciler(self.catalog.downloads, settings.downloads)
+        self.proxies = TrustedProxies(settings.server.trusted_proxies)
+        self.stopping = False  # set at SIGTERM: /healthz and /readyz answer 503 so the balancer drains us
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -74,7 +80,7 @@ class Services:
         """Build the clients (call after forking). ``prepare``: create indexes and migrate the schema; a store
         that does not answer then is logged and the process starts degraded (its endpoints answer 503)."""
         r, m, q = settings.redis, settings.mongo, settings.mysql
-        cache = Cache.from_url(
+        cache = Cache.disabled(namespace=r.namespace) if not settings.cache.enabled else Cache.from_url(
             r.url,
             namespace=r.namespace,
             max_connections=r.max_connections,
@@ -84,6 +90,7 @@ class Services:
             timeout=r.timeout,
             local=_local_tier(settings),
         )
+        await cache.connect()  # open the pool now (never raises: the cache fails open until Redis answers)
         mongo_client = create_client(
             m.driver,
             m.uri,
@@ -92,8 +99,9 @@ class Services:
             server_selection_timeout_ms=m.server_selection_timeout_ms,
             connect_timeout_ms=m.connect_timeout_ms,
             socket_timeout_ms=m.socket_timeout_ms,
+            timeout_ms=m.timeout_ms,
         )
-        wallpapers = MongoWallpaperRepository(mongo_client, m.database)
+        wallpapers = MongoWallpaperRepository(mongo_client, m.database, timeout=m.timeout_ms / 1000)
         pool_args: dict[str, Any] = {
             "host": q.host, "port": q.port, "user": q.user, "password": q.password, "database": q.database,
             "maxsize": q.pool_max, "connect_timeout": q.connect_timeout,
@@ -122,27 +130,31 @@ class Services:
         except Exception as exc:
             log.error("mysql: could not migrate the schema at start-up: %r", exc)
 
-    async def health(self) -> dict[str, dict[str, Any]]:
-        """Each dependency: ``{"ok": bool, "latency_ms": float, "error"?: str}``, checked concurrently."""
-        timeout = 1.0
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        """Each dependency: ``{"status": "ok" | "down", "latency_ms": float, "error"?: str}``, concurrently, each
+        within 1 s."""
 
         async def check(probe: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
             started = time.perf_counter()
+            result: dict[str, Any] = {"status": "ok"}
             try:
-                await asyncio.wait_for(probe(), timeout)
-                result: dict[str, Any] = {"ok": True}
+                async with asyncio.timeout(1.0):
+                    if await probe() is False:
+                        result = {"status": "down", "error": "no answer"}
             except Exception as exc:
-                result = {"ok": False, "error": type(exc).__name__}
+                result = {"status": "down", "error": type(exc).__name__}
             result["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
             return result
 
         redis_state, mongo_state, mysql_state = await asyncio.gather(
-            check(self.cache.redis.ping), check(self.wallpapers.ping), check(self.mysql.ping)
+            check(self.cache.ping), check(self.wallpapers.ping), check(self.mysql.ping)
         )
         return {"redis": redis_state, "mongo": mongo_state, "mysql": mysql_state}
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
-        redis_pool = getattr(self.cache.redis, "connection_pool", None)
+        # The Redis backend's client pool (none for a disabled cache or a cluster backend: zeros then).
+        client = getattr(getattr(self.cache, "backend", None), "client", None)
+        redis_pool = getattr(client, "connection_pool", None)
         in_use = len(getattr(redis_pool, "_in_use_connections", ()))
         return {
             "mysql": self.mysql.pool_stats(),
@@ -165,6 +177,7 @@ class Services:
             await asyncio.wait_for(self._idle.wait(), grace)
 
     async def close(self) -> None:
+        await self.reconciler.stop()
         for closer in self._closers:
             with contextlib.suppress(Exception):
                 closer()
@@ -178,10 +191,20 @@ async def start_server(services: Services, sockets: list[socket.socket]) -> HTTP
     from .app import make_app
 
     app = make_app(services)
+    s = services.settings.server
     # xheaders=False: Tornado's X-Real-Ip handling validates an address with getaddrinfo() on every request;
-    # the one handler that uses the client's address reads the proxy headers itself (handlers.client_ip).
-    server = HTTPServer(app, xheaders=False, max_body_size=64 * 1024, idle_connection_timeout=60)
+    # the one handler that uses the client's address reads the proxy headers itself, from trusted proxies only.
+    server = EdgeHTTPServer(
+        app,
+        xheaders=False,
+        max_body_size=64 * 1024,
+        idle_connection_timeout=s.header_timeout,  # Tornado's header timeout too
+        body_timeout=s.body_timeout,
+        max_request_line=s.max_request_line,
+        max_header_bytes=s.max_header_bytes,
+    )
     server.add_sockets(sockets)
+    services.reconciler.start()
     return server
 
 
@@ -195,6 +218,7 @@ async def _process_main(settings: Settings, sockets: list[socket.socket]) -> Non
     log.info("serving on port %s (pid %d, loop %s)", settings.server.port, os.getpid(), type(loop).__module__)
     await stopping.wait()
     log.info("shutting down: %d request(s) in flight", services.in_flight)
+    services.stopping = True
     server.stop()
     await services.drain(settings.server.shutdown_timeout)
     with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["CountingLoader", "FakeClock", "LoaderFailed", "eventually"]
+__all__ = ["CountingLoader", "FakeClock", "FixedRandom", "LoaderFailed", "eventually"]
 
 
 class FakeClock:
@@ -26,6 +26,16 @@ class FakeClock:
         self.now += seconds
 
 
+class FixedRandom:
+    """A ``random.random`` stand-in that returns ``value`` (settable) every time: XFetch and jitter made exact."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def __call__(self) -> float:
+        return self.value
+
+
 class LoaderFailed(Exception):
     """What a failing :class:`CountingLoader` raises."""
 
@@ -35,28 +45,42 @@ class CountingLoader:
 
     ``delay``: seconds it takes (a real sleep: it stands in for a database). ``fail``: raise
     :class:`LoaderFailed` instead. ``gate``: an event the loader waits for before returning (a test holds the
-    load open exactly as long as it needs, without timing guesses). ``started`` is set on the first call.
+    load open exactly as long as it needs, without timing guesses). ``started`` is set on the first call, and
+    ``started_at`` is its ``time.monotonic()`` (when a takeover happened). ``result``: builds the value from the
+    call number instead (``lambda n: {"value": f"down-{n}"}``).
     """
 
     def __init__(
-        self, value: Any = None, *, delay: float = 0.0, fail: bool = False, gate: asyncio.Event | None = None
+        self,
+        value: Any = None,
+        *,
+        delay: float = 0.0,
+        fail: bool = False,
+        gate: asyncio.Event | None = None,
+        result: Callable[[int], Any] | None = None,
     ) -> None:
         self.value = value
         self.delay = delay
         self.fail = fail
         self.gate = gate
+        self.result = result
         self.calls = 0
         self.started = asyncio.Event()
+        self.started_at: float | None = None
 
     async def __call__(self) -> Any:
         self.calls += 1
+        if self.started_at is None:
+            self.started_at = time.monotonic()
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.delay:
-            await asyncio.sleep(self.delay)
+            await asyncio.sleep(self.delay)  # stands for the loader's work (a database query), not a wait
         if self.fail:
             raise LoaderFailed(f"call {self.calls}")
+        if self.result is not None:
+            return self.result(self.calls)
         return {"version": self.calls} if self.value is None else self.value
 
 

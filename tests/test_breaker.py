@@ -14,18 +14,8 @@ import pytest_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from cachelayer import Cache, CircuitBreaker
+from tests._doubles import FakeClock
 from tests._servers import RedisServer
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def fail(breaker: CircuitBreaker, times: int) -> None:

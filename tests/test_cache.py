@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,24 +11,19 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
-from cachelayer._codec import HEADER_SIZE
-
 from cachelayer import MISSING, Cache, Codec, StampedePolicy
+from cachelayer._codec import HEADER_SIZE
+from tests._doubles import FakeClock
 
 
-class FakeClock:
-    """Logical time the test moves by hand (Redis keeps real TTLs; values carry logical expiry)."""
-
-    def __init__(self, now: float = 1_900_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+def unique(prefix: str) -> str:
+    """A namespace of this test's own: exact counts must not see another test session's keys."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest_asyncio.fixture
 async def cache(redis_client: redis.asyncio.Redis) -> AsyncIterator[Cache]:
-    c = Cache(redis_client, namespace="t", default_ttl=60)
+    c = Cache(redis_client, namespace=unique("t"), default_ttl=60)
     yield c
     await c.aclose()
 
@@ -66,7 +62,7 @@ async def test_negative_caching_tells_none_from_miss(cache: Cache) -> None:
 
 
 async def test_none_ttl(redis_client: redis.asyncio.Redis) -> None:
-    cache = Cache(redis_client, namespace="t", default_ttl=600, none_ttl=5, stale_ttl=0, jitter=0)
+    cache = Cache(redis_client, namespace=unique("t"), default_ttl=600, none_ttl=5, stale_ttl=0, jitter=0)
     await cache.get_or_set("n", _none)
     await cache.get_or_set("v", _one)
     assert 4 <= await redis_client.pttl(cache.key("n")) / 1000 <= 5
@@ -82,8 +78,8 @@ async def _one() -> int:
 
 
 async def test_ttl_jitter_bounds_and_stale_window(redis_client: redis.asyncio.Redis) -> None:
-    clock = FakeClock()
-    cache = Cache(redis_client, namespace="t", default_ttl=100, stale_ttl=50, jitter=0.1, clock=clock)
+    clock = FakeClock(1_900_000_000.0)  # logical time (Redis keeps real TTLs; values carry logical expiry)
+    cache = Cache(redis_client, namespace=unique("t"), default_ttl=100, stale_ttl=50, jitter=0.1, clock=clock)
     logical, physical = [], []
     for i in range(200):
         await cache.set(f"k{i}", i)
@@ -95,8 +91,8 @@ async def test_ttl_jitter_bounds_and_stale_window(redis_client: redis.asyncio.Re
 
 
 async def test_per_call_ttl(redis_client: redis.asyncio.Redis) -> None:
-    clock = FakeClock()
-    cache = Cache(redis_client, namespace="t", default_ttl=100, jitter=0, clock=clock)
+    clock = FakeClock(1_900_000_000.0)
+    cache = Cache(redis_client, namespace=unique("t"), default_ttl=100, jitter=0, clock=clock)
     await cache.set("k", 1, ttl=5)
     assert await cache.ttl("k") == pytest.approx(5, abs=0.01)
     clock.now += 6
@@ -116,7 +112,7 @@ async def test_get_or_set_loads_once(cache: Cache) -> None:
     async def load() -> dict[str, int]:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # stands for the load's work, so the 200 callers overlap it
         return {"v": calls}
 
     results = await asyncio.gather(*(cache.get_or_set("k", load) for _ in range(200)))
@@ -157,7 +153,7 @@ async def test_tags_invalidate_exactly_their_keys(cache: Cache) -> None:
 
 
 async def test_tag_sets_expire_after_their_keys(redis_client: redis.asyncio.Redis) -> None:
-    cache = Cache(redis_client, namespace="t", jitter=0)
+    cache = Cache(redis_client, namespace=unique("t"), jitter=0)
     await cache.set("w1", 1, ttl=10, stale_ttl=0, tags=["t"])
     await cache.set("w2", 2, ttl=1000, stale_ttl=0, tags=["t"])
     await cache.set("w3", 3, ttl=5, stale_ttl=0, tags=["t"])  # GT: a shorter key never shortens the set
@@ -165,8 +161,8 @@ async def test_tag_sets_expire_after_their_keys(redis_client: redis.asyncio.Redi
 
 
 async def test_clear_uses_scan_and_spares_other_namespaces(redis_client: redis.asyncio.Redis) -> None:
-    mine = Cache(redis_client, namespace="mine")
-    other = Cache(redis_client, namespace="other")
+    mine = Cache(redis_client, namespace=unique("mine"))
+    other = Cache(redis_client, namespace=unique("other"))
     for i in range(1200):
         await mine.set(f"k{i}", i)
     await other.set("k", 1)
@@ -176,7 +172,7 @@ async def test_clear_uses_scan_and_spares_other_namespaces(redis_client: redis.a
 
 
 async def test_msgpack_codec(redis_client: redis.asyncio.Redis) -> None:
-    cache = Cache(redis_client, namespace="mp", codec=Codec("msgpack"))
+    cache = Cache(redis_client, namespace=unique("mp"), codec=Codec("msgpack"))
     await cache.set("k", {"a": [1, 2.5, "x", None, True]})
     assert await cache.get("k") == {"a": [1, 2.5, "x", None, True]}
 
@@ -191,11 +187,14 @@ async def test_decode_responses_client_is_refused(redis_url: str) -> None:
 
 
 async def test_from_url_owns_a_bounded_pool(redis_url: str) -> None:
-    cache = Cache.from_url(redis_url, namespace="fu", max_connections=4)
+    # A budget that covers queueing for one of 4 connections behind 49 others on a loaded machine: this test is
+    # about the pool being bounded and owned, not about budgets (test_failopen.py).
+    cache = Cache.from_url(redis_url, namespace=unique("fu"), max_connections=4, timeout=5.0)
     pool = cache.backend.client.connection_pool
     assert isinstance(pool, redis.asyncio.BlockingConnectionPool)
     assert pool.max_connections == 4
     await asyncio.gather(*(cache.set(f"k{i}", i) for i in range(50)))
+    assert cache.stats()["store_errors"] == 0
     assert await cache.get("k7") == 7
     await cache.clear()
     await cache.aclose()
@@ -217,7 +216,7 @@ async def test_no_single_flight_policy_loads_per_caller(cache: Cache) -> None:
     async def load() -> int:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # stands for the load's work, so the five callers overlap it
         return 1
 
     policy = StampedePolicy(single_flight=False, lease=False)

@@ -80,3 +80,14 @@ def test_common_helpers() -> None:
     text = format_table(["name", "n"], [["a", 1], ["bb", 2.5]])
     assert text.splitlines()[0].startswith("name")
     assert markdown_table(["name", "n"], [["a", 1]]).splitlines()[1] == "|---|---:|"
+
+
+def test_typed_decode_rows(smoke_run: tuple[Path, list[dict[str, Any]]]) -> None:
+    out, rows = smoke_run
+    typed = {r["serializer"]: r for r in rows if r["via"] == codecs.VIA_TYPED}
+    assert "typed:dataclass" in typed
+    for row in typed.values():
+        assert row["size_class"] == codecs.TYPED_SIZE_CLASS
+        assert row["decode_us"] > 0
+        assert row["encode_us"] > 0
+    assert "## Typed decode" in (out / "codecs.md").read_text()

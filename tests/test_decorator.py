@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ TYPING_DIR = Path(__file__).parent / "typing"
 
 @pytest_asyncio.fixture
 async def cache(redis_client: redis.asyncio.Redis) -> AsyncIterator[Cache]:
-    c = Cache(redis_client, namespace="dec")
+    # A namespace of this test's own: the exact load counts below must not see another session's entries.
+    c = Cache(redis_client, namespace=f"dec-{uuid.uuid4().hex[:10]}")
     set_default_cache(c)
     yield c
     set_default_cache(None)
@@ -54,7 +56,7 @@ async def test_key_invalidate_refresh(cache: Cache, redis_client: redis.asyncio.
         return {"name": name, "version": version}
 
     key = current.key("a")
-    assert key.startswith("dec:{")
+    assert key.startswith(f"{cache.namespace}:{{")
     assert f"{__name__}." in key
     assert await current("a") == {"name": "a", "version": 0}
     assert await redis_client.exists(key) == 1
@@ -106,7 +108,8 @@ def test_a_method_without_cache_key_is_refused_with_both_fixes() -> None:
 
     cause = raised.value.__cause__
     assert isinstance(cause, KeyEncodingError)
-    assert "__cache_key__" in str(cause) and 'instances="shared"' in str(cause)
+    assert "__cache_key__" in str(cause)
+    assert 'instances="shared"' in str(cause)
 
 
 async def test_instances_may_share_entries_when_the_decoration_says_so(cache: Cache) -> None:
@@ -145,12 +148,13 @@ async def test_template_key_is_readable(cache: Cache) -> None:
 
     key = listing.key("art", 2)
     # name, the return type's shape version (list[int]), the readable part, the argument hash
-    assert key.startswith("dec:{listing@t") and ":cat=art:page=2:" in key, key
+    assert key.startswith(f"{cache.namespace}:{{listing@t"), key
+    assert ":cat=art:page=2:" in key, key
     assert await listing("art", 2) == [2]
 
 
 async def test_explicit_cache_and_factory(redis_client: redis.asyncio.Redis) -> None:
-    mine = Cache(redis_client, namespace="explicit")
+    mine = Cache(redis_client, namespace=f"explicit-{uuid.uuid4().hex[:10]}")
 
     @cached(ttl=5, cache=mine)
     async def one() -> int:
@@ -161,7 +165,7 @@ async def test_explicit_cache_and_factory(redis_client: redis.asyncio.Redis) -> 
         return 2
 
     assert (await one(), await two()) == (1, 2)
-    assert one.key().startswith("explicit:")
+    assert one.key().startswith(f"{mine.namespace}:")
 
 
 async def test_no_default_cache_is_a_clear_error() -> None:

@@ -190,8 +190,9 @@ def test_require_service_fails_in_ci_and_skips_elsewhere(monkeypatch: pytest.Mon
         require_service("nothing", "127.0.0.1", port)
 
 
-async def test_redis_client_uses_db_15_and_starts_empty(redis_client: redis.asyncio.Redis) -> None:
-    assert redis_client.connection_pool.connection_kwargs["db"] == 15
+async def test_redis_client_uses_db_15_and_starts_empty(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
+    expected = 15 if redis_url == "redis://127.0.0.1:6379/15" else int(redis_url.rsplit("/", 1)[1])
+    assert redis_client.connection_pool.connection_kwargs["db"] == expected  # 15, unless the env names another
     assert await redis_client.dbsize() == 0
     await redis_client.set("cachelayer:test:fixture", b"1")
     assert await redis_client.get("cachelayer:test:fixture") == b"1"

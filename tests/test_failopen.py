@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ import redis.asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from cachelayer import Cache, CircuitBreaker, StampedePolicy, cached
+from tests._doubles import CountingLoader, FakeClock, LoaderFailed, eventually
 from tests._servers import LatencyProxy, RedisServer, free_port
 
 # A generous ceiling for one cache call when Redis misbehaves and the budget is BUDGET: a get_or_set makes at
@@ -89,19 +89,9 @@ async def raw(private_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
         await client.aclose()
 
 
-class Loader:
-    """An async loader that counts its calls and returns a value naming the call."""
-
-    def __init__(self, prefix: str = "v", delay: float = 0.0) -> None:
-        self.prefix = prefix
-        self.delay = delay
-        self.calls = 0
-
-    async def __call__(self) -> dict[str, Any]:
-        self.calls += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return {"value": f"{self.prefix}-{self.calls}"}
+def Loader(prefix: str = "v", delay: float = 0.0) -> CountingLoader:
+    """A counting loader whose n-th call returns ``{"value": "<prefix>-<n>"}``: a value naming the call."""
+    return CountingLoader(delay=delay, result=lambda n: {"value": f"{prefix}-{n}"})
 
 
 def failures(cache: Cache) -> int:
@@ -113,16 +103,6 @@ async def timed(call: Awaitable[Any]) -> tuple[Any, float]:
     started = time.monotonic()
     result = await call
     return result, time.monotonic() - started
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + within
-    while True:
-        if await check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval)
 
 
 async def assert_fails_open(cache: Cache, *, rounds: int = 5) -> None:
@@ -188,7 +168,7 @@ async def test_stopped_redis_fails_open_and_recovers_after_restart(
         value = await cache.get_or_set("after", Loader("back"))
         return await cache.get("after") == value
 
-    assert await eventually(stored_again), "the cache did not start storing values again after the restart"
+    await eventually(stored_again)  # the cache stores values again after the restart
     assert cache.stats()["breaker_state"] == "closed"
     # Redis really holds the value again, and a hit does not call the loader.
     again = Loader("again")
@@ -247,7 +227,7 @@ async def test_latency_above_budget_fails_open_within_bounded_time(
         assert cache.stats()["store_errors"] > 0
 
         proxy.latency = 0.0  # the network recovers: the stored value is served again
-        assert await eventually(lambda: _is_hit(cache, "hot", {"value": "warm-1"}))
+        await eventually(lambda: _is_hit(cache, "hot", {"value": "warm-1"}))
 
 
 async def _is_hit(cache: Cache, name: str, expected: Any) -> bool:
@@ -293,6 +273,7 @@ async def _stalled_get(cache: Cache, server: RedisServer) -> tuple[Any, float]:
     for twice the budget (a CPU-heavy handler, a GC pause): the budget expires while the GET is being written."""
     assert await cache.backend.client.ping()  # a connected connection waits in the pool (asked before the freeze)
     with server.suspended():
+        # time.sleep stands for a CPU-bound handler holding the loop (the work), not for a wait.
         asyncio.get_running_loop().call_soon(time.sleep, 2 * BUDGET)
         return await timed(cache.get("k", default="dflt"))
 
@@ -342,7 +323,7 @@ async def test_paused_redis_fails_open_within_bounded_time(
     assert cache.stats()["store_errors"] >= 3
 
     # Thawed: the value written before the freeze is served again once the breaker lets calls through.
-    assert await eventually(lambda: _is_hit(cache, "k", {"value": "before-1"}))
+    await eventually(lambda: _is_hit(cache, "k", {"value": "before-1"}))
 
 
 @pytest.mark.slow
@@ -356,7 +337,7 @@ async def test_pause_shorter_than_the_wait_is_bounded_too(
     value, elapsed = await timed(cache.get_or_set("k", Loader("frozen")))
     assert value == {"value": "frozen-1"}
     assert elapsed < CEILING
-    assert await eventually(lambda: _is_hit(cache, "k", {"value": "before-1"}))
+    await eventually(lambda: _is_hit(cache, "k", {"value": "before-1"}))
 
 
 # --------------------------------------------------------------------------- Lua scripts across a restart
@@ -399,7 +380,7 @@ async def test_lease_scripts_survive_a_redis_restart(private_redis: RedisServer,
         # which test_stopped_redis_fails_open_and_recovers_after_restart covers), then race again.
         for cache in (a, b):
             await cache.backend.client.connection_pool.disconnect()
-            assert await eventually(lambda c=cache: _stores(c))
+            await eventually(lambda c=cache: _stores(c))
         errors_before = a.stats()["store_errors"] + b.stats()["store_errors"]
 
         await race("second")
@@ -520,18 +501,6 @@ async def test_corrupted_value_read_by_get_is_the_default_and_deleted(
 # --------------------------------------------------------------------------- stale-if-error (Redis healthy)
 
 
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class LoaderFailed(Exception):
-    pass
-
-
 async def failing_loader() -> Any:
     raise LoaderFailed("the database is down")
 
@@ -539,7 +508,7 @@ async def failing_loader() -> Any:
 async def test_stale_if_error_serves_the_stale_value(
     private_redis: RedisServer, raw: redis.asyncio.Redis, make_cache: CacheFactory
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock(time.time())
     # Stale-while-revalidate off, so an expired value goes through the loader in the caller (stale-if-error).
     policy = StampedePolicy(stale_while_revalidate=False, xfetch=False)
     cache = make_cache(
@@ -567,7 +536,7 @@ async def test_stale_if_error_serves_the_stale_value(
 async def test_stale_while_revalidate_with_a_failing_refresh_keeps_serving_stale(
     private_redis: RedisServer, make_cache: CacheFactory
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock(time.time())
     cache = make_cache(
         private_redis.url, timeout=1.0, clock=clock, default_ttl=10, stale_ttl=100, jitter=0.0,
         stampede=StampedePolicy(xfetch=False),
@@ -575,7 +544,7 @@ async def test_stale_while_revalidate_with_a_failing_refresh_keeps_serving_stale
     assert await cache.get_or_set("item", Loader("orig")) == {"value": "orig-1"}
     clock.now += 50
     assert await cache.get_or_set("item", failing_loader) == {"value": "orig-1"}  # served stale at once
-    assert await eventually(_no_background(cache))
+    await eventually(_no_background(cache))
     stats = cache.stats()
     assert stats["background_refreshes"] == 1
     assert stats["load_errors"] == 1  # the refresh failed in the background; the caller never saw it
@@ -609,7 +578,7 @@ async def test_without_a_stale_value_the_loaders_exception_propagates_unchanged(
     short = make_cache(private_redis.url, timeout=1.0, default_ttl=0.1, stale_ttl=0.1, jitter=0.0,
                        stampede=StampedePolicy(stale_while_revalidate=False, xfetch=False))
     await short.get_or_set("item", Loader())
-    assert await eventually(lambda: _gone(raw, short.key("item")), within=5.0)
+    await eventually(lambda: _gone(raw, short.key("item")), within=5.0)
     with pytest.raises(LoaderFailed) as info:
         await short.get_or_set("item", loader)
     assert info.value is raised

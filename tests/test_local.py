@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +17,27 @@ import redis.asyncio
 
 from cachelayer import Cache, Codec, LocalCache, cached
 from cachelayer._local import ENTRY_OVERHEAD
+from tests._doubles import FakeClock, eventually
 from tests._servers import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+def namespace(prefix: str) -> str:
+    """A namespace of this test's own: pub/sub channels are server-wide (no DB), so another session's caches in
+    a same-named namespace would hear, and send, our invalidations."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool]], within: float) -> None:
-    """Poll a condition that another process's (or task's) message makes true."""
-    deadline = time.monotonic() + within
-    while not await predicate() and time.monotonic() < deadline:  # noqa: ASYNC110  # no event to wait on
-        await asyncio.sleep(0.005)
+async def subscribed(admin: redis.asyncio.Redis, channel: str, listeners: int = 1) -> None:
+    """Wait until Redis itself counts ``listeners`` subscribers on ``channel``: a message published after that
+    reaches them (a listener that has only *sent* SUBSCRIBE may not be registered yet)."""
+
+    async def registered() -> bool:
+        counts = await admin.pubsub_numsub(channel)
+        return int(counts[0][1]) >= listeners
+
+    await eventually(registered)
 
 
 def frame_bytes(value: Any) -> tuple[bytes, Any]:
@@ -78,7 +81,7 @@ def test_an_uncompressed_body_is_not_counted_twice() -> None:
 
 
 def test_without_a_live_channel_nothing_older_than_max_staleness_is_served() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     local = LocalCache(max_staleness=0.5, clock=clock)
     local.put("k", *frame_bytes(1))
     clock.now += 0.4
@@ -89,16 +92,17 @@ def test_without_a_live_channel_nothing_older_than_max_staleness_is_served() -> 
 
 async def test_invalidation_reaches_another_cache_local_tier(redis_client: redis.asyncio.Redis) -> None:
     # Two Cache objects with their own local tiers stand for two processes (a real pair is tested below).
-    a = Cache(redis_client, namespace="l1", local=LocalCache(max_staleness=5))
-    b = Cache(redis_client, namespace="l1", local=LocalCache(max_staleness=5))
+    ns = namespace("l1")
+    a = Cache(redis_client, namespace=ns, local=LocalCache(max_staleness=5))
+    b = Cache(redis_client, namespace=ns, local=LocalCache(max_staleness=5))
     version = {"n": 1}
 
     async def load() -> dict[str, int]:
         return dict(version)
 
     assert await b.get_or_set("k", load, tags=["t"], local=True) == {"n": 1}
-    await asyncio.sleep(0.2)  # b's listener subscribes
     assert b.local is not None
+    await subscribed(redis_client, b.keys.local_channel())
     assert b.local.channel_alive()
     await redis_client.set(b.key("k"), b"junk")  # a Redis-level change that b's L1 does not see...
     assert await b.get_or_set("k", load, tags=["t"], local=True) == {"n": 1}  # ...served from L1
@@ -108,25 +112,26 @@ async def test_invalidation_reaches_another_cache_local_tier(redis_client: redis
     await a.invalidate_tags("t")  # a drops the entry in Redis and broadcasts
     local_b = b.local
 
-    async def dropped() -> bool:
+    def dropped() -> bool:
         return local_b.get(b.key("k")) is None
 
-    await eventually(dropped, 2)
+    await eventually(dropped)
     assert await b.get_or_set("k", load, tags=["t"], local=True) == {"n": 2}
     await a.aclose()
     await b.aclose()
 
 
 async def test_a_write_in_one_process_replaces_the_other_local_copy(redis_client: redis.asyncio.Redis) -> None:
-    a = Cache(redis_client, namespace="l1w", local=LocalCache())
-    b = Cache(redis_client, namespace="l1w", local=LocalCache())
+    ns = namespace("l1w")
+    a = Cache(redis_client, namespace=ns, local=LocalCache())
+    b = Cache(redis_client, namespace=ns, local=LocalCache())
 
     @cached(ttl=60, cache=b, local=True, name="page")
     async def page_b() -> str:
         return "old"
 
     assert await page_b() == "old"
-    await asyncio.sleep(0.2)
+    await subscribed(redis_client, b.keys.local_channel())
     await a.set("x", 1)  # warm a's publisher path
     await redis_client.delete(page_b.key())
     # a's write of the same entry: another process's @cached function of the same name
@@ -139,7 +144,7 @@ async def test_a_write_in_one_process_replaces_the_other_local_copy(redis_client
     async def replaced() -> bool:
         return await page_b() == "new"
 
-    await eventually(replaced, 2)
+    await eventually(replaced)
     assert await page_b() == "new"
     await a.aclose()
     await b.aclose()
@@ -148,7 +153,7 @@ async def test_a_write_in_one_process_replaces_the_other_local_copy(redis_client
 async def test_a_write_by_the_same_process_replaces_its_own_local_copy(redis_client: redis.asyncio.Redis) -> None:
     # The broadcast skips its sender, so the writer must drop its own copy itself; a set() without local=True
     # used to leave the old value in the writer's L1 until it expired.
-    cache = Cache(redis_client, namespace="l1self", local=LocalCache())
+    cache = Cache(redis_client, namespace=namespace("l1self"), local=LocalCache())
 
     async def old() -> str:
         return "old"
@@ -165,7 +170,7 @@ async def test_channel_loss_drops_the_local_tier(tmp_path: Path) -> None:
     server = RedisServer(workdir=tmp_path / "redis").start()
     try:
         client = redis.asyncio.Redis.from_url(server.url)
-        cache = Cache(client, namespace="l1c", local=LocalCache(max_staleness=0.3))
+        cache = Cache(client, namespace=namespace("l1c"), local=LocalCache(max_staleness=0.3))
         loads = 0
 
         async def load() -> int:
@@ -174,24 +179,26 @@ async def test_channel_loss_drops_the_local_tier(tmp_path: Path) -> None:
             return loads
 
         assert await cache.get_or_set("k", load, local=True) == 1
-        await asyncio.sleep(0.2)
         assert cache.local is not None
-        assert cache.local.channel_alive()
-        await client.client_kill_filter(_type="pubsub")
         local = cache.local
+        await subscribed(client, cache.keys.local_channel())
+        await eventually(local.channel_alive)
+        await client.client_kill_filter(_type="pubsub")
 
-        async def emptied() -> bool:
+        def emptied() -> bool:
             return len(local) == 0
 
-        await eventually(emptied, 3)
+        await eventually(emptied)
         assert len(cache.local) == 0  # the listener noticed and dropped everything it might hold wrongly
         assert cache.stats()["local_channel_breaks"] >= 1
 
         # Redis frozen: the channel cannot prove itself alive, so L1 serves nothing older than max_staleness.
         assert await cache.get_or_set("k", load, local=True) == 1  # back in L1 (from Redis)
-        await asyncio.sleep(0.2)
+        await subscribed(client, cache.keys.local_channel())  # the listener is back: the channel can prove itself
         with server.suspended():
-            await asyncio.sleep(0.5)
+            # Not a synchronization: the passing of time is what is tested. 0.5 s is past max_staleness (0.3 s),
+            # and a longer stall on a loaded machine only makes the entry older.
+            await asyncio.sleep(0.5)  # the time passing is what is tested (see above), not a wait for an event
             assert cache.local.get(cache.key("k")) is None
         await cache.aclose()
         await client.aclose()
@@ -205,34 +212,36 @@ READER = textwrap.dedent(
     import redis.asyncio
     from cachelayer import Cache, LocalCache
 
-    async def main(url):
+    async def main(url, namespace):
         client = redis.asyncio.Redis.from_url(url)
-        cache = Cache(client, namespace="l1p", local=LocalCache(max_staleness=5))
+        cache = Cache(client, namespace=namespace, local=LocalCache(max_staleness=5))
         async def load():
-            return (await client.get("l1p-version")).decode()
+            return (await client.get(namespace + "-version")).decode()
         first = await cache.get_or_set("k", load, tags=["t"], local=True)
         print("ready", first, flush=True)
         sys.stdin.readline()  # the writer has changed the version and invalidated
         started = time.perf_counter()
         while (value := await cache.get_or_set("k", load, tags=["t"], local=True)) == first:
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # a poll interval: how soon the change is seen is what is measured
         print("seen", value, round((time.perf_counter() - started) * 1000, 2), cache.stats()["local_hits"], flush=True)
         await cache.aclose()
         await client.aclose()
 
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
     """
 )
 
 
 @pytest.mark.slow
 async def test_invalidation_between_two_real_processes(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
-    await redis_client.set("l1p-version", "v1")
+    ns = namespace("l1p")
+    await redis_client.set(ns + "-version", "v1")
     reader = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         READER,
         redis_url,
+        ns,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -241,9 +250,9 @@ async def test_invalidation_between_two_real_processes(redis_client: redis.async
     assert reader.stdin is not None
     line = await asyncio.wait_for(reader.stdout.readline(), 30)
     assert line.split() == [b"ready", b"v1"]
-    await asyncio.sleep(0.3)  # its listener subscribes
-    writer = Cache(redis_client, namespace="l1p", local=LocalCache())
-    await redis_client.set("l1p-version", "v2")
+    writer = Cache(redis_client, namespace=ns, local=LocalCache())
+    await subscribed(redis_client, writer.keys.local_channel())  # the reader's listener
+    await redis_client.set(ns + "-version", "v2")
     await writer.invalidate_tags("t")
     reader.stdin.write(b"go\n")
     await reader.stdin.drain()

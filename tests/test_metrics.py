@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import redis.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -12,8 +14,13 @@ async def load_page() -> dict[str, list[int]]:
     return {"items": list(range(300))}
 
 
+def unique() -> str:
+    """A namespace of this test's own: the exact counts must not see another session's entries."""
+    return f"m-{uuid.uuid4().hex[:10]}"
+
+
 async def test_stats_count_hits_misses_loads_and_bytes(redis_client: redis.asyncio.Redis) -> None:
-    cache = Cache(redis_client, namespace="m")
+    cache = Cache(redis_client, namespace=unique())
     await cache.get_or_set("p", load_page)
     await cache.get_or_set("p", load_page)
     await cache.get("absent")
@@ -26,7 +33,7 @@ async def test_stats_count_hits_misses_loads_and_bytes(redis_client: redis.async
 
 
 async def test_prometheus_collector_exposes_the_counters(redis_client: redis.asyncio.Redis) -> None:
-    cache = Cache(redis_client, namespace="m")
+    cache = Cache(redis_client, namespace=unique())
     registry = CollectorRegistry()
     register_prometheus("pages", cache.stats, registry)
     await cache.get_or_set("p", load_page)

@@ -27,6 +27,7 @@ import redis.asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from cachelayer import Cache, CircuitBreaker, StampedePolicy
+from tests._doubles import LoaderFailed
 from tests._servers import LatencyProxy
 
 MAX_CONNECTIONS = 12
@@ -45,10 +46,6 @@ def in_use(pool: BlockingConnectionPool) -> int:
 
 def idle(pool: BlockingConnectionPool) -> int:
     return int(pool.get_connection_count()[0][0])
-
-
-class LoaderFailed(Exception):
-    pass
 
 
 async def count_ours(admin: redis.asyncio.Redis, name: str) -> int:
@@ -72,7 +69,7 @@ class Sampler:
     async def _run(self) -> None:
         while not self._stopping:
             self.samples.append(await count_ours(self.admin, self.name))
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the sampling period (work paced, not a wait for an event)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -110,11 +107,11 @@ async def storm(
     loop = asyncio.get_running_loop()
 
     async def loader_ok(i: int) -> dict[str, Any]:
-        await asyncio.sleep(rng.random() * 0.003)
+        await asyncio.sleep(rng.random() * 0.003)  # stands for the load's work
         return {"i": i, "pad": "x" * rng.randrange(0, 2000)}  # some values big enough to be compressed
 
     async def loader_raises(i: int) -> Any:
-        await asyncio.sleep(rng.random() * 0.002)
+        await asyncio.sleep(rng.random() * 0.002)  # stands for the load's work before it fails
         raise LoaderFailed(i)
 
     async def operation(i: int) -> None:
@@ -170,7 +167,7 @@ async def storm(
             async with admin.pipeline(transaction=True) as pipe:
                 pipe.delete(key).rpush(key, "a", "b")
                 await pipe.execute()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the re-creation period (work paced, not a wait for an event)
 
     wrongtype = asyncio.create_task(keep_wrongtype())
     try:

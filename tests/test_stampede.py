@@ -1,5 +1,6 @@
 """Stampede protection: single-flight, the Redis lease (also between two real processes), XFetch,
-stale-while-revalidate, stale-if-error. Logical time is injected; Redis is real (DB 15)."""
+stale-while-revalidate, stale-if-error. Logical time is injected; Redis is real (DB 15), and every test works in a
+namespace of its own, so the exact counts here cannot be disturbed by another test session."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,49 +19,36 @@ import redis.asyncio
 
 from cachelayer import Cache, LeaseTimeoutError, StampedePolicy
 from cachelayer._stampede import SingleFlight, jittered, xfetch_due
+from tests._doubles import CountingLoader, FakeClock, FixedRandom, LoaderFailed, eventually
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-class FakeClock:
-    def __init__(self, now: float = 1_900_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+Loader = CountingLoader
+CacheMaker = Callable[..., Cache]
 
 
-class FixedRandom:
-    def __init__(self, value: float = 0.5) -> None:
-        self.value = value
-
-    def __call__(self) -> float:
-        return self.value
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_900_000_000.0)
 
 
 @pytest_asyncio.fixture
-async def clock() -> AsyncIterator[FakeClock]:
-    yield FakeClock()
+async def make_cache(redis_client: redis.asyncio.Redis, clock: FakeClock) -> AsyncIterator[CacheMaker]:
+    """Caches on the test's Redis in one namespace of this test's own (two of them stand for two processes)."""
+    namespace = f"st-{uuid.uuid4().hex[:10]}"
+    made: list[Cache] = []
 
+    def make(rand: FixedRandom | None = None, **kw: object) -> Cache:
+        cache = Cache(
+            redis_client, namespace=namespace, default_ttl=60, stale_ttl=60, jitter=0, clock=clock,
+            rand=rand or FixedRandom(), **kw,  # type: ignore[arg-type]
+        )
+        made.append(cache)
+        return cache
 
-def make_cache(client: redis.asyncio.Redis, clock: FakeClock, rand: FixedRandom | None = None, **kw: object) -> Cache:
-    return Cache(
-        client, namespace="st", default_ttl=60, stale_ttl=60, jitter=0, clock=clock, rand=rand or FixedRandom(), **kw
-    )  # type: ignore[arg-type]
-
-
-class Loader:
-    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
-        self.calls = 0
-        self.delay = delay
-        self.fail = fail
-
-    async def __call__(self) -> dict[str, int]:
-        self.calls += 1
-        await asyncio.sleep(self.delay)
-        if self.fail:
-            raise RuntimeError("loader failed")
-        return {"version": self.calls}
+    yield make
+    for cache in made:
+        await cache.aclose()
 
 
 # -- pure parts ------------------------------------------------------------------------------------------------
@@ -90,7 +78,7 @@ async def test_single_flight_survives_a_cancelled_caller() -> None:
     async def work() -> int:
         nonlocal finished
         started.set()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the work the other callers join
         finished += 1
         return 42
 
@@ -108,9 +96,9 @@ async def test_single_flight_survives_a_cancelled_caller() -> None:
 # -- the lease ---------------------------------------------------------------------------------------------
 
 
-async def test_lease_makes_two_caches_load_once(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+async def test_lease_makes_two_caches_load_once(redis_client: redis.asyncio.Redis, make_cache: CacheMaker) -> None:
     # Two Cache objects have separate single-flight tables, like two processes: only the lease joins them.
-    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    a, b = make_cache(), make_cache()
     loader = Loader(delay=0.1)
     results = await asyncio.gather(*(c.get_or_set("k", loader) for c in (a, b) for _ in range(50)))
     assert loader.calls == 1
@@ -119,20 +107,25 @@ async def test_lease_makes_two_caches_load_once(redis_client: redis.asyncio.Redi
     assert await redis_client.exists(a.keys.lease_key(a.key("k"))) == 0
 
 
-async def test_waiter_takes_over_when_the_loader_fails(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
-    failing, working = Loader(delay=0.05, fail=True), Loader()
+async def test_waiter_takes_over_when_the_loader_fails(make_cache: CacheMaker) -> None:
+    a, b = make_cache(), make_cache()
+    fail_now = asyncio.Event()
+    failing, working = Loader(fail=True, gate=fail_now), Loader()
     first = asyncio.create_task(a.get_or_set("k", failing))
-    await asyncio.sleep(0.01)
+    await failing.started.wait()  # a holds the lease
     second = asyncio.create_task(b.get_or_set("k", working))
-    with pytest.raises(RuntimeError):
+    await eventually(lambda: b.stats()["lease_waits"] == 1)  # b waits for a's load
+    fail_now.set()
+    with pytest.raises(LoaderFailed):
         await first
     assert await second == {"version": 1}
     assert (failing.calls, working.calls) == (1, 1)
 
 
-async def test_lease_timeout_policies(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    cache = make_cache(redis_client, clock)
+async def test_lease_timeout_policies(
+    redis_client: redis.asyncio.Redis, make_cache: CacheMaker, clock: FakeClock
+) -> None:
+    cache = make_cache()
     lease_key = cache.keys.lease_key(cache.key("k"))
     await redis_client.set(lease_key, "someone-else", px=10_000)  # a loader elsewhere that never finishes
 
@@ -155,25 +148,25 @@ async def test_lease_timeout_policies(redis_client: redis.asyncio.Redis, clock: 
     assert await redis_client.get(lease_key) == b"someone-else"  # never released by a non-owner
 
 
-async def test_lease_is_extended_while_a_slow_loader_runs(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+async def test_lease_is_extended_while_a_slow_loader_runs(make_cache: CacheMaker) -> None:
     policy = StampedePolicy(lease_ttl=0.3, lease_wait=3.0)
-    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
-    slow = Loader(delay=1.0)
+    a, b = make_cache(), make_cache()
+    slow = Loader(delay=1.0)  # a load that outlives the lease's TTL three times
     first = asyncio.create_task(a.get_or_set("k", slow, stampede=policy))
-    await asyncio.sleep(0.1)
+    await slow.started.wait()
     other = Loader()
     second = await b.get_or_set("k", other, stampede=policy)  # waits: the lease outlives its 0.3 s TTL
     assert await first == second == {"version": 1}
     assert other.calls == 0
 
 
-async def test_crashed_loader_lease_frees_itself(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    cache = make_cache(redis_client, clock)
+async def test_crashed_loader_lease_frees_itself(redis_client: redis.asyncio.Redis, make_cache: CacheMaker) -> None:
+    cache = make_cache()
     await redis_client.set(cache.keys.lease_key(cache.key("k")), "crashed", px=300)
     loader = Loader()
-    started = time.monotonic()
     assert await cache.get_or_set("k", loader, stampede=StampedePolicy(lease_wait=5)) == {"version": 1}
-    assert time.monotonic() - started < 3  # took over when the lease expired, not at the end of lease_wait
+    stats = cache.stats()
+    assert (stats["lease_waits"], stats["lease_timeouts"]) == (1, 0)  # took over when it lapsed, not at lease_wait
 
 
 TWO_PROCESS_SCRIPT = textwrap.dedent(
@@ -182,27 +175,29 @@ TWO_PROCESS_SCRIPT = textwrap.dedent(
     import redis.asyncio
     from cachelayer import Cache
 
-    async def main(url, start_at, callers):
-        cache = Cache.from_url(url, namespace="st2", max_connections=32)
+    async def main(url, namespace, callers):
+        cache = Cache.from_url(url, namespace=namespace, max_connections=32)
         client = cache.backend.client
         async def load():
-            await client.incr("st2-loads")
-            await asyncio.sleep(0.2)
+            await client.incr(namespace + "-loads")
+            await asyncio.sleep(0.2)  # stands for the database query
             return {"loaded": True}
-        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await cache.connect()
+        print("ready", flush=True)
+        sys.stdin.readline()  # the start line: both processes are ready
         results = await asyncio.gather(*(cache.get_or_set("cold", load) for _ in range(callers)))
         assert all(r == {"loaded": True} for r in results), results
         print(cache.stats()["loads"], cache.stats()["lease_waits"])
         await cache.aclose()
 
-    asyncio.run(main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
     """
 )
 
 
 @pytest.mark.slow
 async def test_lease_between_two_real_processes(redis_client: redis.asyncio.Redis, redis_url: str) -> None:
-    start_at = time.time() + 1.5
+    namespace = f"st2-{uuid.uuid4().hex[:10]}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         await asyncio.create_subprocess_exec(
@@ -210,18 +205,23 @@ async def test_lease_between_two_real_processes(redis_client: redis.asyncio.Redi
             "-c",
             TWO_PROCESS_SCRIPT,
             redis_url,
-            str(start_at),
+            namespace,
             "200",
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )
         for _ in range(2)
     ]
-    outputs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    for p in procs:  # a start barrier: both are connected before either asks for the cold key
+        assert p.stdout is not None
+        line = await asyncio.wait_for(p.stdout.readline(), 60)
+        assert line == b"ready\n", (line, await p.communicate())
+    outputs = [await asyncio.wait_for(p.communicate(b"go\n"), 60) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err.decode()
-    assert await redis_client.get("st2-loads") == b"1"
+    assert await redis_client.get(namespace + "-loads") == b"1"
     loads = sorted(int(out.split()[0]) for out, _ in outputs)
     assert loads == [0, 1]
 
@@ -230,16 +230,12 @@ async def test_lease_between_two_real_processes(redis_client: redis.asyncio.Redi
 
 
 async def wait_background(cache: Cache) -> None:
-    for _ in range(200):
-        if not cache.stats()["background_tasks"]:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("background refresh did not finish")
+    await eventually(lambda: not cache.stats()["background_tasks"])
 
 
-async def test_xfetch_recomputes_early_in_the_background(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+async def test_xfetch_recomputes_early_in_the_background(make_cache: CacheMaker, clock: FakeClock) -> None:
     rand = FixedRandom(0.5)  # -ln(0.5) = 0.69
-    cache = make_cache(redis_client, clock, rand)
+    cache = make_cache(rand)
     loader = Loader(delay=0.05)
     await cache.get_or_set("k", loader)
     frame_delta = (await cache.get_or_set_entry("k", loader)).frame.recompute_time
@@ -259,8 +255,8 @@ async def test_xfetch_recomputes_early_in_the_background(redis_client: redis.asy
     assert await cache.get("k") == {"version": 2}
 
 
-async def test_stale_while_revalidate(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    cache = make_cache(redis_client, clock)
+async def test_stale_while_revalidate(make_cache: CacheMaker, clock: FakeClock) -> None:
+    cache = make_cache()
     loader = Loader(delay=0.05)
     await cache.get_or_set("k", loader, ttl=10, stale_ttl=100)
     clock.now += 20
@@ -273,8 +269,8 @@ async def test_stale_while_revalidate(redis_client: redis.asyncio.Redis, clock: 
     assert (fresh.outcome, fresh.value()) == ("hit", {"version": 2})
 
 
-async def test_without_swr_a_stale_value_is_a_miss(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    cache = make_cache(redis_client, clock)
+async def test_without_swr_a_stale_value_is_a_miss(make_cache: CacheMaker, clock: FakeClock) -> None:
+    cache = make_cache()
     policy = StampedePolicy(stale_while_revalidate=False)
     loader = Loader()
     await cache.get_or_set("k", loader, ttl=10, stampede=policy)
@@ -283,8 +279,8 @@ async def test_without_swr_a_stale_value_is_a_miss(redis_client: redis.asyncio.R
     assert (entry.outcome, entry.value()) == ("miss", {"version": 2})
 
 
-async def test_stale_if_error(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    cache = make_cache(redis_client, clock)
+async def test_stale_if_error(make_cache: CacheMaker, clock: FakeClock) -> None:
+    cache = make_cache()
     policy = StampedePolicy(stale_while_revalidate=False)
     await cache.get_or_set("k", Loader(), ttl=10, stampede=policy)
     clock.now += 20
@@ -293,14 +289,14 @@ async def test_stale_if_error(redis_client: redis.asyncio.Redis, clock: FakeCloc
     assert (entry.outcome, entry.value()) == ("stale", {"version": 1})
     assert cache.stats()["load_errors"] == 1
     off = StampedePolicy(stale_while_revalidate=False, stale_if_error=False)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LoaderFailed):
         await cache.get_or_set("k", failing, ttl=10, stampede=off)
 
 
 async def test_failed_background_refresh_keeps_the_stale_value(
-    redis_client: redis.asyncio.Redis, clock: FakeClock
+    redis_client: redis.asyncio.Redis, make_cache: CacheMaker, clock: FakeClock
 ) -> None:
-    cache = make_cache(redis_client, clock)
+    cache = make_cache()
     await cache.get_or_set("k", Loader(), ttl=10, stale_ttl=100)
     clock.now += 20
     failing = Loader(fail=True)
@@ -311,25 +307,33 @@ async def test_failed_background_refresh_keeps_the_stale_value(
     assert await redis_client.exists(cache.keys.lease_key(cache.key("k"))) == 0
 
 
-async def test_pubsub_wakes_waiters_before_their_next_poll(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
-    # Polls 2 s apart: a waiter that gets the value well before that was woken by the loader's message.
-    policy = StampedePolicy(poll_initial=2.0, poll_max=2.0, lease_wait=10)
-    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
-    loader = Loader(delay=0.2)
+async def test_pubsub_wakes_waiters_before_their_next_poll(
+    redis_client: redis.asyncio.Redis, make_cache: CacheMaker
+) -> None:
+    # Polls 60 s apart: a waiter that gets the value within the 30 s below was woken by the loader's message.
+    policy = StampedePolicy(poll_initial=60.0, poll_max=60.0, lease_wait=120)
+    a, b = make_cache(), make_cache()
+    finish = asyncio.Event()
+    loader = Loader(gate=finish)
     first = asyncio.create_task(a.get_or_set("k", loader, stampede=policy))
-    await asyncio.sleep(0.05)
-    started = time.monotonic()
-    assert await b.get_or_set("k", Loader(), stampede=policy) == {"version": 1}
-    assert time.monotonic() - started < 1.5
+    await loader.started.wait()  # a holds the lease
+    other = Loader()
+    second = asyncio.create_task(b.get_or_set("k", other, stampede=policy))
+
+    async def waiter_subscribed() -> bool:  # Redis has registered b's subscription to the key's "ready" channel
+        return bool(await redis_client.pubsub_channels(f"{b.namespace}:*ready*"))
+
+    await eventually(waiter_subscribed)
+    finish.set()
+    assert await asyncio.wait_for(second, 30) == {"version": 1}
     assert await first == {"version": 1}
+    assert other.calls == 0
     assert b.stats()["lease_waits"] == 1
-    await a.aclose()
-    await b.aclose()
 
 
-async def test_poll_only_waiters_still_get_the_value(redis_client: redis.asyncio.Redis, clock: FakeClock) -> None:
+async def test_poll_only_waiters_still_get_the_value(make_cache: CacheMaker) -> None:
     policy = StampedePolicy(wake="poll", poll_initial=0.01, poll_max=0.02)
-    a, b = make_cache(redis_client, clock), make_cache(redis_client, clock)
+    a, b = make_cache(), make_cache()
     loader = Loader(delay=0.1)
     results = await asyncio.gather(
         a.get_or_set("k", loader, stampede=policy), b.get_or_set("k", loader, stampede=policy)

@@ -15,7 +15,7 @@ from service.runtime import Services, start_server
 from tests._servers import MySQLSettings, free_port
 
 N_WALLPAPERS = 300
-DB_NAME = "cachelayer_test_service"
+DB_NAME = "cachelayer_test_service"  # the Mongo database (on the session's own SecantusDB)
 API = "/client/v3/wallpaper_4d"
 
 
@@ -28,7 +28,7 @@ def make_settings(redis_url: str, mysql: MySQLSettings, mongo_uri: str, **sectio
             "port": mysql.port,
             "user": mysql.user,
             "password": mysql.password,
-            "database": DB_NAME,
+            "database": mysql.database,  # CACHELAYER_TEST_MYSQL_DATABASE (tests/conftest.py)
             "pool_min": 1,
             "pool_max": 5,
         },
@@ -83,3 +83,24 @@ async def stop_service(running: Running) -> None:
     running.server.stop()
     await running.server.close_all_connections()
     await running.services.close()
+
+
+def with_sections(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """``settings`` with some fields of some sections replaced: ``with_sections(s, cache={"local": True})``."""
+    update = {name: getattr(settings, name).model_copy(update=values) for name, values in sections.items()}
+    return settings.model_copy(update=update)
+
+
+def mysql_rows(settings: Settings, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on the test database directly (pymysql, autocommit) and return its rows."""
+    import pymysql  # type: ignore[import-untyped]
+
+    m = settings.mysql
+    conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, database=m.database,
+                           autocommit=True, connect_timeout=5)  # fmt: skip
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            return list(cursor.fetchall())
+    finally:
+        conn.close()

@@ -9,7 +9,7 @@ import zstandard
 from service import demo_data
 from service.openapi import openapi_document
 from service.validation import MAX_PAGE_SIZE
-from tests.service._support import API, DB_NAME, N_WALLPAPERS, Running
+from tests.service._support import API, N_WALLPAPERS, Running
 
 LIST = f"{API}/wallpaperList.json"
 
@@ -110,7 +110,7 @@ async def test_categories_with_counts(service: Running) -> None:
 
 def mysql_events(service: Running, wallpaper_id: int) -> int:
     m = service.services.settings.mysql
-    conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, database=DB_NAME)
+    conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, database=m.database)
     try:
         with conn.cursor() as cursor:
             cursor.execute("SELECT COUNT(*) FROM download_events WHERE wallpaper_id = %s", (wallpaper_id,))
@@ -266,10 +266,13 @@ async def test_unknown_path_is_404_json(service: Running) -> None:
 async def test_health_metrics_openapi(service: Running) -> None:
     response, body = await service.json("/healthz")
     assert response.code == 200
+    assert body["data"]["status"] == "alive"
+    assert body["data"]["pid"] == int(response.headers["X-Worker-Pid"])
+    response, body = await service.json("/readyz")
+    assert response.code == 200
     assert body["data"]["status"] == "ok"
     assert set(body["data"]["dependencies"]) == {"redis", "mongo", "mysql"}
-    assert all(d["ok"] and d["latency_ms"] >= 0 for d in body["data"]["dependencies"].values())
-    assert body["data"]["pid"] == int(response.headers["X-Worker-Pid"])
+    assert all(d["status"] == "ok" and d["latency_ms"] >= 0 for d in body["data"]["dependencies"].values())
     await service.fetch(LIST)
     metrics = await service.fetch("/metrics")
     text = metrics.body.decode()

@@ -81,3 +81,11 @@ def test_cli_refuses_to_start_with_a_bad_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "mongo.driver" in result.stderr
     assert "WALLPAPER_MONGO__DRIVER" in result.stderr
+
+
+def test_trusted_proxies_are_cidrs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WALLPAPER_SERVER__TRUSTED_PROXIES", '["10.0.0.0/8", "::1", "192.168.1.7/24"]')
+    assert load_settings(DEFAULT_CONFIG).server.trusted_proxies == ["10.0.0.0/8", "::1/128", "192.168.1.0/24"]
+    monkeypatch.setenv("WALLPAPER_SERVER__TRUSTED_PROXIES", '["not-a-network"]')
+    with pytest.raises(ConfigError, match=r"server\.trusted_proxies"):
+        load_settings(DEFAULT_CONFIG)

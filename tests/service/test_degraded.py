@@ -37,9 +37,11 @@ async def test_mongo_down_gives_503_json_without_hanging(seeded: Settings, redis
         response, body = await running.json(f"{API}/wallpaper/1/download", "POST")
         assert response.code == 503
         response, body = await running.json("/healthz")
-        assert response.code == 503
-        assert body["data"]["dependencies"]["mongo"]["ok"] is False
-        assert body["data"]["dependencies"]["mysql"]["ok"] is True
+        assert response.code == 200  # liveness: the process serves
+        response, body = await running.json("/readyz")
+        assert response.code == 503  # readiness: no page can be built without MongoDB
+        assert body["data"]["dependencies"]["mongo"]["status"] == "down"
+        assert body["data"]["dependencies"]["mysql"]["status"] == "ok"
     finally:
         await stop_service(running)
 

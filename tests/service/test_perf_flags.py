@@ -1,5 +1,6 @@
-"""The settings the load benchmark uses: the bench route (off by default), ``cache.enabled = false`` (no Redis at
-all), ``cache.local = true`` (hits from the in-process tier); and the hot path's cheap request ids and ETags."""
+"""The settings the load benchmark uses: the bench route (off by default), ``cache.local = true`` (hits from the
+in-process tier); and the hot path's cheap request ids and ETags. (``cache.enabled = false`` needs the second
+edition of the core: tests/service/test_cache_semantics.py.)"""
 
 from __future__ import annotations
 
@@ -12,16 +13,12 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from service.app import AccessLines
 from service.config import DEFAULT_CONFIG, Settings, load_settings
-from service.handlers import _LIST_QUERIES, list_query, new_request_id
+from service.handlers import _LIST_QUERIES, list_query
+from service.request_ids import new_request_id
 from service.validation import ApiError
-from tests.service._support import API, run_service, stop_service
+from tests.service._support import API, run_service, stop_service, with_sections
 
 LIST = f"{API}/wallpaperList.json?pageSize=20"
-
-
-def with_sections(settings: Settings, **sections: dict[str, object]) -> Settings:
-    update = {name: getattr(settings, name).model_copy(update=values) for name, values in sections.items()}
-    return settings.model_copy(update=update)
 
 
 def test_defaults_are_off() -> None:
@@ -48,28 +45,6 @@ async def test_bench_route_serves_the_list_bytes(seeded: Settings, redis_client:
         again = await running.fetch("/_bench/ceiling?pageSize=20")
         assert real.code == ceiling.code == again.code == 200
         assert ceiling.body == real.body == again.body
-    finally:
-        await stop_service(running)
-
-
-async def test_cache_disabled_never_touches_redis(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
-    running = await run_service(with_sections(seeded, cache={"enabled": False}))
-    try:
-        for _ in range(2):
-            response = await running.fetch(LIST)
-            assert response.code == 200
-            assert response.headers["X-Cache"] == "bypass"
-            assert response.headers["Cache-Control"] == "public, max-age=0"
-        detail = await running.fetch(f"{API}/wallpaper/4.json")
-        assert detail.code == 200
-        assert json.loads(detail.body)["data"]["id"] == 4
-        assert (await running.fetch(f"{API}/wallpaper/999999.json")).code == 404
-        assert (await running.fetch(f"{API}/categories.json")).code == 200
-        assert (await running.fetch(f"{API}/wallpaper/4/download", "POST")).code == 200
-        assert await redis_client.dbsize() == 0  # nothing read or written: no entries, no tags, no leases
-        stats = running.services.cache.stats()
-        assert stats["hits"] == 0
-        assert stats["misses"] == 0
     finally:
         await stop_service(running)
 

@@ -1,0 +1,119 @@
+"""The service on the second edition of the cache core (/work/notes/API.md): ``Cache.disabled``, invalidation
+that marks stale (stale beats 503), ``Cache-Status`` (RFC 9211) from ``entry.outcome``/``expires_at``, and the
+local tier's figures in /metrics.
+
+Most of these need the new core (``Cache.disabled``, ``invalidate_tags(mark_stale=True)``, the ``fail_open``
+outcome); the hit/miss ``Cache-Status`` and /metrics tests pass on the first edition too."""
+
+from __future__ import annotations
+
+import json
+
+import redis.asyncio
+
+from service.config import Settings
+from service.handlers import cache_status
+from tests._servers import LatencyProxy, MySQLSettings, free_port
+from tests.service._support import API, Running, run_service, stop_service, with_sections
+
+LIST = f"{API}/wallpaperList.json?pageSize=20"
+
+
+def test_cache_status_values() -> None:
+    assert cache_status("hit", 1042.4, 1000.0) == "wallpaper; hit; ttl=42"
+    assert cache_status("stale", 990.0, 1000.0) == "wallpaper; fwd=stale; ttl=-10"
+    assert cache_status("miss", 1030.0, 1000.0) == "wallpaper; fwd=miss; stored; ttl=30"
+    assert cache_status("fail_open", 0.0, 1000.0) == "wallpaper; fwd=miss; detail=store-unavailable"
+    assert cache_status("bypass", 0.0, 1000.0) == "wallpaper; fwd=bypass"
+
+
+async def test_cache_status_beside_x_cache_on_every_cached_route(service: Running) -> None:
+    for path in (LIST, f"{API}/wallpaper/8.json", f"{API}/categories.json"):
+        first = await service.fetch(path)
+        second = await service.fetch(path)
+        assert first.headers["X-Cache"] == "miss"
+        assert first.headers["Cache-Status"].startswith("wallpaper; fwd=miss; stored; ttl=")
+        assert second.headers["X-Cache"] == "hit"
+        ttl = int(second.headers["Cache-Status"].rsplit("ttl=", 1)[1])
+        assert 0 <= ttl <= int(second.headers["Cache-Control"].split("max-age=")[1]) + 1
+
+
+async def test_metrics_export_the_local_tier(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(with_sections(seeded, cache={"local": True}))
+    try:
+        await running.fetch(LIST)
+        await running.fetch(LIST)
+        text = (await running.fetch("/metrics")).body.decode()
+        for name in ("cachelayer_local_entries", "cachelayer_local_bytes", "cachelayer_local_evictions_total"):
+            assert f'{name}{{cache="wallpaper"}}' in text, name
+    finally:
+        await stop_service(running)
+
+
+async def test_cache_disabled_never_touches_redis(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(with_sections(seeded, cache={"enabled": False}))
+    try:
+        for _ in range(2):
+            response = await running.fetch(LIST)
+            assert response.code == 200
+            assert response.headers["X-Cache"] == "bypass"
+            assert response.headers["Cache-Status"] == "wallpaper; fwd=bypass"
+            assert response.headers["Cache-Control"] == "public, max-age=0"
+        detail = await running.fetch(f"{API}/wallpaper/4.json")
+        assert detail.code == 200
+        assert json.loads(detail.body)["data"]["id"] == 4
+        assert (await running.fetch(f"{API}/wallpaper/999999.json")).code == 404
+        assert (await running.fetch(f"{API}/categories.json")).code == 200
+        assert (await running.fetch(f"{API}/wallpaper/4/download", "POST")).code == 200
+        assert await redis_client.dbsize() == 0  # nothing read or written: no entries, no tags, no leases
+    finally:
+        await stop_service(running)
+
+
+async def test_redis_down_is_fail_open_in_cache_status(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    running = await run_service(with_sections(seeded, redis={"url": f"redis://127.0.0.1:{free_port()}/11"}))
+    try:
+        response = await running.fetch(f"{API}/wallpaper/9.json")
+        assert response.code == 200
+        assert response.headers["X-Cache"] == "fail_open"
+        assert response.headers["Cache-Status"] == "wallpaper; fwd=miss; detail=store-unavailable"
+    finally:
+        await stop_service(running)
+
+
+async def test_a_download_marks_pages_stale_and_stale_beats_503(
+    seeded: Settings, redis_client: redis.asyncio.Redis, mysql_settings: MySQLSettings
+) -> None:
+    """After a download the category page must be rebuilt, which needs MySQL (category_exists): with MySQL gone
+    the previous copy is served, marked stale, instead of a 503."""
+    async with LatencyProxy(mysql_settings.host, mysql_settings.port) as proxy:
+        running = await run_service(with_sections(seeded, mysql={"port": proxy.port, "pool_acquire_timeout": 0.3,
+                                                                 "query_timeout": 0.3, "connect_timeout": 0.3}))
+        try:
+            page = f"{API}/wallpaperList.json?category=anime&pageSize=100"
+            first = await running.fetch(page)
+            assert first.code == 200
+            item = json.loads(first.body)["data"]["items"][0]["id"]
+            posted = await running.fetch(f"{API}/wallpaper/{item}/download", "POST")
+            assert posted.code == 200
+            await proxy.aclose()  # MySQL refuses from now on
+            stale = await running.fetch(page)
+            assert stale.code == 200
+            assert stale.headers["X-Cache"] == "stale"
+            assert stale.headers["Cache-Status"].startswith("wallpaper; fwd=stale")
+            assert stale.body == first.body
+            assert stale.headers["Cache-Control"].endswith("max-age=0")
+        finally:
+            await stop_service(running)
+
+
+async def test_an_old_etag_never_gets_a_304_for_changed_content(service: Running) -> None:
+    url = f"{API}/wallpaper/12.json"
+    before = await service.fetch(url)
+    etag = before.headers["Etag"]
+    assert (await service.fetch(url, headers={"If-None-Match": etag})).code == 304
+    assert (await service.fetch(f"{API}/wallpaper/12/download", "POST")).code == 200
+    after = await service.fetch(url, headers={"If-None-Match": etag})
+    assert after.code == 200  # the stale-marked entry was reloaded: new content, new ETag
+    assert after.headers["Etag"] != etag
+    assert after.headers["X-Cache"] == "miss"
