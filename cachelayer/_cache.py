@@ -24,9 +24,11 @@ from ._entry import CacheEntry
 from ._keys import KeyLayout
 from ._loading import INVALIDATED_AT, Loading
 from ._local import LocalCache
+from ._memory_backend import MemoryBackend
 from ._metrics import CacheMetrics
 from ._null_backend import NullBackend
 from ._policy import DEFAULT_POLICY, EntryPolicy, PolicyFields, ResolvedPolicy, policy_of
+from ._redis_backend import RedisBackend
 from ._stampede import StampedePolicy
 from ._typed import ValueType
 
@@ -122,12 +124,8 @@ class Cache:
         scheme = urlsplit(url).scheme
         backend: Backend
         if scheme == "memory":
-            from ._memory_backend import MemoryBackend
-
             backend = MemoryBackend(timeout=timeout)
         elif scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-            from ._redis_backend import RedisBackend
-
             build = RedisBackend.cluster_from_url if cluster or scheme.endswith("+cluster") else RedisBackend.from_url
             backend = build(
                 url,
@@ -413,7 +411,6 @@ def _as_backend(
         if timeout is not None or breaker is not None:
             raise TypeError("timeout= and breaker= belong to the backend: RedisBackend(client, timeout=, breaker=)")
         return store
-    from ._redis_backend import RedisBackend  # a redis-py client: the one place that knows redis
-
+    # A redis-py client: wrapped by the one module that knows redis.
     return RedisBackend(store, timeout=0.1 if timeout is None else timeout, breaker=breaker, owns_client=owns)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Self
 
 import redis
 
-from tests._servers import LOCALHOST, ServerProcess, free_port, redis_ping
+from tests._servers import LOCALHOST, ServerProcess, free_port, redis_ping, wait_for
 
 __all__ = ["ClusterNodeInfo", "ClusterUnavailable", "RedisClusterServer", "cluster_or_skip", "cluster_supported"]
 
@@ -184,7 +183,7 @@ class RedisClusterServer:
             )
             if created.returncode != 0:
                 raise ClusterUnavailable(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
-            if not wait_until(lambda: self.is_ok() and self.replicas_in_sync(), self.start_timeout):
+            if not wait_for(lambda: self.is_ok() and self.replicas_in_sync(), self.start_timeout):
                 raise ClusterUnavailable(f"cluster not ok after {self.start_timeout}s: {self.describe()}")
         except BaseException:
             self.close()
@@ -300,10 +299,10 @@ class RedisClusterServer:
             return False
 
     def wait_until_ok(self, timeout: float = 30.0) -> bool:
-        return wait_until(self.is_ok, timeout)
+        return wait_for(self.is_ok, timeout)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        return wait_until(predicate, timeout)
+        return wait_for(predicate, timeout)
 
     def describe(self) -> str:
         parts = []
@@ -334,16 +333,6 @@ class RedisClusterServer:
 
     def __repr__(self) -> str:
         return f"<RedisClusterServer ports={self.ports}>"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def _port_taken(port: int) -> bool:

@@ -11,24 +11,14 @@ import pytest
 
 from cachelayer._backend import Backend, StoreUnavailable, Subscription
 from cachelayer._memory_backend import ENTRY_OVERHEAD, TAG_MEMBER_OVERHEAD, MemoryBackend
+from tests._doubles import FakeClock
 
 WAIT = 5.0  # upper bound for anything a test waits on; it normally takes microseconds
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
