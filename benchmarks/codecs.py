@@ -6,7 +6,7 @@ cores); without it the repeats are longer and more of them.
 
 * ratio = stored bytes / the value's raw orjson bytes (so every serializer is compared with the same base).
 * encode = serialize + compress; decode = decompress + parse; medians over repeats (see ``benchmarks._common``).
-* orjson + zstd rows go through the real :class:`cachelayer.Codec` (its 22-byte header counts, its reused
+* orjson + zstd rows go through the real :class:`cachelayer.Codec` (its 26-byte header counts, its reused
   compressor objects are what is measured); ``Codec()`` is the library default and its rows are marked
   ``"default": true`` with ``passthrough_us`` (decompress without parsing, as a cache serving stored bytes does).
   Every other combination is measured directly with reused compressor objects where the library offers them.
@@ -465,11 +465,11 @@ def evaluate_targets(rows: Sequence[dict[str, Any]], paired: PairedTimings | Non
     )
     return [
         Target("medium: default codec stored / raw orjson", ratio("medium", "zstd-1"), TARGET_MEDIUM_DEFAULT_RATIO,
-               "stored bytes incl. the 22-byte header"),
+               "stored bytes incl. the 26-byte header"),
         Target("medium: zstd-3 + dictionary stored / raw orjson", ratio("medium", "zstd-3-dict"),
-               TARGET_MEDIUM_DICT_RATIO, "stored bytes incl. the 22-byte header"),
+               TARGET_MEDIUM_DICT_RATIO, "stored bytes incl. the 26-byte header"),
         Target("small: zstd-3 + dictionary stored / raw orjson", ratio("small", "zstd-3-dict"),
-               TARGET_SMALL_DICT_RATIO, "stored bytes incl. the 22-byte header"),
+               TARGET_SMALL_DICT_RATIO, "stored bytes incl. the 26-byte header"),
         Target("medium: default codec decode (decompress + parse) / orjson.loads alone", decode_ratio,
                TARGET_DECODE_VS_LOADS, decode_how),
         Target("medium: zstd decompress alone / orjson.loads alone", zstd_ratio, TARGET_DECOMPRESS_VS_LOADS,
@@ -571,7 +571,7 @@ def render_markdown(
         "- ratio = stored bytes / raw orjson bytes of the same value, for every serializer.",
         "- encode = serialize + compress; decode = decompress + parse (values checked to round-trip); "
         "times are medians over repeats, in microseconds per call, garbage collector off.",
-        "- orjson + zstd rows (`via` Codec) are measured through `cachelayer.Codec`: the 22-byte header is counted "
+        "- orjson + zstd rows (`via` Codec) are measured through `cachelayer.Codec`: the 26-byte header is counted "
         "and the compressor/decompressor reuse is the library's own. `Codec()` (orjson, zstd level 1) is the "
         "default; `passthrough us` is `codec.serialized(codec.read_frame(data))`: decompress without parsing.",
         "- Every other row is measured directly (no header), with reused `ZstdCompressor`/`ZstdDecompressor` "

@@ -100,7 +100,7 @@ class Cache:
             local.attach(self.backend, self.keys.local_channel())
         self._clock = clock
         self._rand = rand
-        self._resolved: dict[EntryPolicy, ResolvedPolicy] = {}
+        self._resolved: dict[int, tuple[EntryPolicy, ResolvedPolicy]] = {}
         self._loading: Loading | None = None
 
     @classmethod
@@ -184,9 +184,9 @@ class Cache:
 
     def resolve(self, policy: EntryPolicy) -> ResolvedPolicy:
         """``policy`` with this cache's defaults filled in."""
-        resolved = self._resolved.get(policy)
-        if resolved is not None:
-            return resolved
+        known = self._resolved.get(id(policy))
+        if known is not None and known[0] is policy:  # by identity: hashing a policy costs more than resolving
+            return known[1]
         ttl = self.default_ttl if policy.ttl is None else policy.ttl
         stale_ttl = policy.stale_ttl
         if stale_ttl is None:
@@ -195,9 +195,9 @@ class Cache:
             stale_ttl = self.stale_ttl if ttl == self.default_ttl else ttl * (self.stale_ttl / self.default_ttl)
         none_ttl = policy.none_ttl if policy.none_ttl is not None else (self.none_ttl or ttl)
         resolved = ResolvedPolicy(ttl, stale_ttl, none_ttl, policy.tags, policy.local, policy.stampede or self.stampede)
-        if len(self._resolved) >= 1024:
+        if len(self._resolved) >= 256:
             self._resolved.clear()
-        self._resolved[policy] = resolved
+        self._resolved[id(policy)] = (policy, resolved)  # the policy is kept: its id is not reused meanwhile
         return resolved
 
     async def fetch(

@@ -123,7 +123,7 @@ class CachedFunction(Generic[P, R]):
         name, tags = self._keyer.name_and_tags(args, kwargs)
         policy = self._policies.get(tags)
         if policy is None:
-            if len(self._policies) >= 1024:
+            if len(self._policies) >= 256:
                 self._policies.clear()
             policy = self._policies[tags] = dataclasses.replace(self._base, tags=tags)
         return name, policy

@@ -41,7 +41,8 @@ __all__ = ["ArgumentKeyer", "KeyLayout", "canonical_bytes", "check_method_owner"
 
 _LEN_SEP: Final = b":"
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
-_MEMO_SIZE: Final = 4096
+# Hot keys, not every key: each entry is a few hundred bytes that the local tier's byte bound does not see.
+_MEMO_SIZE: Final = 1024
 _VERSION_TEXT: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Instances = Literal["key", "shared"]
 

@@ -92,7 +92,7 @@ class _ETags:
     hashed every time. The ETag is of the bytes themselves, so changed content never gets an old ETag (no false
     304). Bounded."""
 
-    def __init__(self, limit: int = 8192) -> None:
+    def __init__(self, limit: int = 2048) -> None:  # ~0.3 KB each: hot keys, not every key
         self.limit = limit
         self.memo: dict[Any, str] = {}
 
