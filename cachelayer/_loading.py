@@ -132,7 +132,7 @@ class Loading:
             stampede = policy.stampede or self.cache.stampede
             if stampede.stale_while_revalidate and frame.expires_at != INVALIDATED_AT:
                 self.metrics.stale_served += 1
-                self.refresh_in_background(key, loader, self.cache.resolve(policy), value_type, early=False)
+                self.refresh_in_background(key, loader, self.cache.resolve(policy), value_type, frame, early=False)
                 return self._entry(frame, Outcome.STALE, decoded, parse, value_type)
             stale = self._entry(frame, Outcome.STALE, decoded, parse, value_type)
         self.metrics.misses += 1
@@ -162,7 +162,7 @@ class Loading:
         if stampede.xfetch and xfetch_due(
             cache.now(), frame.expires_at, frame.recompute_time, stampede.xfetch_beta, cache.random()
         ):
-            self.refresh_in_background(key, loader, cache.resolve(policy), value_type, early=True)
+            self.refresh_in_background(key, loader, cache.resolve(policy), value_type, frame, early=True)
         return self._entry(frame, Outcome.HIT, decoded, parse, value_type)
 
     def _entry(
@@ -388,12 +388,20 @@ class Loading:
 
     # -- background refresh (XFetch and stale-while-revalidate) ----------------------------------------------
 
+    async def _replaced_since(self, key: str, seen_expires_at: float) -> bool:
+        try:
+            data = await self.backend.get(key)
+            return data is not None and self.codec.read_frame(data).expires_at > seen_expires_at
+        except (StoreUnavailable, CodecError):
+            return False
+
     def refresh_in_background(
         self,
         key: str,
         loader: Callable[[], Awaitable[Any]],
         policy: ResolvedPolicy,
         value_type: ValueType[Any] | None,
+        seen: Frame,
         *,
         early: bool,
     ) -> None:
@@ -401,14 +409,19 @@ class Loading:
             return
         if early:
             self.metrics.early_recomputes += 1
-        task = self.refreshes.start(key, lambda: self._refresh(key, loader, policy, value_type))
+        task = self.refreshes.start(key, lambda: self._refresh(key, loader, policy, value_type, seen.expires_at))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
     async def _refresh(
-        self, key: str, loader: Callable[[], Awaitable[Any]], policy: ResolvedPolicy, value_type: ValueType[Any] | None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[Any]],
+        policy: ResolvedPolicy,
+        value_type: ValueType[Any] | None,
+        seen_expires_at: float,
     ) -> None:
-        """Reload ``key`` unless another process already does; never blocks a caller, never raises."""
+        """Reload ``key`` unless another process already does or did; never blocks a caller, never raises."""
         lease: Lease | None = None
         if policy.stampede.lease:
             try:
@@ -416,6 +429,10 @@ class Loading:
             except StoreUnavailable:
                 return
             if lease is None:
+                return
+            if await self._replaced_since(key, seen_expires_at):
+                # Another process refreshed it between our read and our lease: one load per expiry, not two.
+                await lease.release()
                 return
         self.metrics.background_refreshes += 1
         try:
