@@ -220,7 +220,6 @@ class Cache:
         state = self._state()
         local = self.local if policy.local else None
         if local is not None:
-            local.ensure_listening()
             hit = state.local_hit(key, local, policy, loader, parse, value_type)
             if hit is not None:
                 return hit

@@ -69,6 +69,8 @@ class Loading:
         # An in-process store hands back the same bytes object until the value changes: decode it once. Values
         # are shared between callers anyway (CacheEntry's rule: treat them as read-only).
         self._decoded: dict[str, tuple[bytes, Any, Decoded]] | None = {} if cache.backend.stores_objects else None
+        if cache.local is not None:
+            cache.local.ensure_listening()  # once per loop: the listener reconnects by itself until closed
 
     def in_flight(self) -> int:
         return len(self.loads)

@@ -3,7 +3,7 @@
 Stock ``redis.asyncio.RedisCluster`` (redis-py 8.1) re-runs ``CLUSTER SLOTS`` *and* ``COMMAND`` on the request
 path after every connection error or timeout to any node (``_execute_command`` sets ``_initialize``; the next
 call awaits ``initialize()``), and parsing ``COMMAND`` blocks the event loop for ~100 ms. Its per-node pools raise
-``MaxConnectionsError`` at once when full. See /work/notes/CLUSTER.md for the measurements.
+``MaxConnectionsError`` at once when full. Measured in docs/operations.md ("Redis Cluster").
 
 :func:`build_cluster_client` returns a :class:`BoundedRedisCluster`, which
 

@@ -6,7 +6,7 @@ decoration, and a hit returns a value of the annotated type equal to what the lo
 
 The bytes stay the serializer's format (JSON text by default, so ``zstd -dc`` and the HTTP byte passthrough keep
 working). Encoding and validating decoding use msgspec, or pydantic's ``TypeAdapter`` when the type contains a
-pydantic model: measured fastest for each (/work/notes/TYPED_REPORT.md, ``python -m benchmarks.codecs``). Decoding
+pydantic model: measured fastest for each (docs/value-format.md, ``python -m benchmarks.codecs``). Decoding
 is strict: stored bytes of the wrong shape raise :class:`CodecError` (a miss), never a coerced or wrong-typed value.
 
 ``ValueType.version`` is a digest of the type's *shape* (field names and types, recursively, plus the encoder),

@@ -68,6 +68,8 @@ from tests._servers import (  # noqa: E402
 __all__ = ["MySQLSettings", "free_port", "in_ci", "require_service"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
+# A cache cluster keeps its healthy shards serving while one fails over (docs/operations.md, "Redis Cluster").
+CACHE_CLUSTER_ARGS = ("--cluster-require-full-coverage", "no")
 TEST_DB_NAME = "cachelayer_test"
 
 
@@ -123,9 +125,17 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """A private 3+3 Redis Cluster for the session (fails in CI, skips elsewhere, without cluster support).
     DB 0 only: the ``store`` fixture empties every master before each test. Tests that kill or freeze nodes
     start a cluster of their own (``tests/test_redis_cluster.py``)."""
-    server = cluster_or_skip(
-        workdir=tmp_path_factory.mktemp("redis-cluster"), extra_args=("--cluster-require-full-coverage", "no")
-    )
+    server = cluster_or_skip(workdir=tmp_path_factory.mktemp("redis-cluster"), extra_args=CACHE_CLUSTER_ARGS)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
+    """A 3+3 cluster of this test's own, which it may break (SIGKILL or freeze a master); stopped by PID."""
+    server = cluster_or_skip(workdir=tmp_path / "cluster", extra_args=CACHE_CLUSTER_ARGS)
     try:
         yield server
     finally:

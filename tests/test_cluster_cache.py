@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,11 @@ from cachelayer import Cache, EntryPolicy, LocalCache, StampedePolicy
 from cachelayer._backend import Message, StoreUnavailable, Subscription
 from cachelayer._lease import _ready_channel, lease_key
 from cachelayer._redis_cluster import node_name_for_key
-from tests._cluster import RedisClusterServer, cluster_or_skip
+from tests._cluster import RedisClusterServer
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-PARTIAL = ("--cluster-require-full-coverage", "no")
 TARGET = 0.05  # the issue's 50 ms
 
 
@@ -65,15 +64,6 @@ async def run_script(script: str, *args: str, limit: float = 120.0) -> Any:
     assert proc.returncode == 0, err.decode()[-3000:]
     return json.loads(out.decode().strip().splitlines()[-1])
 
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
-    """A cluster this test may break (SIGKILL a master)."""
-    server = cluster_or_skip(workdir=tmp_path / "cluster", extra_args=PARTIAL)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(params=["cluster", "redis"])

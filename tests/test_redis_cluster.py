@@ -25,31 +25,21 @@ from cachelayer._redis_cluster import (
     node_name_for_key,
 )
 from tests._cluster import RedisClusterServer, cluster_or_skip
+from tests.conftest import CACHE_CLUSTER_ARGS
 
 pytestmark = pytest.mark.slow
 
 BUDGET = 0.1
-# A cache wants the healthy shards to keep serving while one fails over (see /work/notes/CLUSTER.md).
-PARTIAL = ("--cluster-require-full-coverage", "no")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
-    server = cluster_or_skip(workdir=tmp_path_factory.mktemp("cluster"), extra_args=PARTIAL)
+    server = cluster_or_skip(workdir=tmp_path_factory.mktemp("cluster"), extra_args=CACHE_CLUSTER_ARGS)
     try:
         yield server
     finally:
         server.close()
 
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServer]:
-    """A cluster this test may break."""
-    server = cluster_or_skip(workdir=tmp_path / "cluster", extra_args=PARTIAL)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest_asyncio.fixture

@@ -1,4 +1,4 @@
-"""The service on the second edition of the cache core (/work/notes/API.md): ``Cache.disabled``, invalidation
+"""The service on the second edition of the cache core (README: "The manager"): ``Cache.disabled``, invalidation
 that marks stale (stale beats 503), ``Cache-Status`` (RFC 9211) from ``entry.outcome``/``expires_at``, and the
 local tier's figures in /metrics.
 
