@@ -209,7 +209,9 @@ async def test_renewal_keeps_a_slow_loaders_lease_alive(
     private_redis: RedisServer, admin: Redis, make_cache: CacheFactory
 ) -> None:
     namespace = unique_namespace()
-    policy = StampedePolicy(lease_ttl=0.3)  # renewed every 0.1 s
+    # Renewed every 0.4 s: long enough that a CPU-starved test loop (CI shares its cores) does not let the
+    # lease lapse between renewals, short enough that three renewals outlive an unrenewed lease.
+    policy = StampedePolicy(lease_ttl=1.2)
     holder = make_cache(private_redis.url, namespace, stampede=policy)
     waiter = make_cache(private_redis.url, namespace, stampede=policy)
     renewals = count_renewals(holder)
@@ -224,7 +226,7 @@ async def test_renewal_keeps_a_slow_loaders_lease_alive(
     waiting = asyncio.create_task(waiter.get_or_set("page", other, stampede=policy))
     await eventually(lambda: waiter.stats()["lease_waits"] == 1)
 
-    # Four accepted renewals, 0.1 s apart: the load has run past the 0.3 s an unrenewed lease would live.
+    # Four accepted renewals, 0.4 s apart: the load has run past the 1.2 s an unrenewed lease would live.
     await eventually(lambda: renewals[0] >= 4)
     assert await admin.get(lease_key(holder, "page")) == token  # still the holder's, never taken over
     assert other.calls == 0

@@ -148,18 +148,6 @@ async def test_lease_timeout_policies(
     assert await redis_client.get(lease_key) == b"someone-else"  # never released by a non-owner
 
 
-async def test_lease_is_extended_while_a_slow_loader_runs(make_cache: CacheMaker) -> None:
-    policy = StampedePolicy(lease_ttl=0.3, lease_wait=3.0)
-    a, b = make_cache(), make_cache()
-    slow = Loader(delay=1.0)  # a load that outlives the lease's TTL three times
-    first = asyncio.create_task(a.get_or_set("k", slow, stampede=policy))
-    await slow.started.wait()
-    other = Loader()
-    second = await b.get_or_set("k", other, stampede=policy)  # waits: the lease outlives its 0.3 s TTL
-    assert await first == second == {"version": 1}
-    assert other.calls == 0
-
-
 async def test_crashed_loader_lease_frees_itself(redis_client: redis.asyncio.Redis, make_cache: CacheMaker) -> None:
     cache = make_cache()
     await redis_client.set(cache.keys.lease_key(cache.key("k")), "crashed", px=300)
