@@ -40,13 +40,13 @@ async def main(url: str) -> None:
 
     entry = await wallpaper.entry(7)
     stats = cache.stats()
-    print(f"stored: {stats['bytes_stored']} bytes for {stats['bytes_raw']} bytes of JSON; outcome {entry.outcome!r}")
+    print(f"stored: {stats['bytes_stored']} bytes for {stats['bytes_raw']} bytes of JSON; outcome {entry.outcome.value}")
     print(f"Redis key: {wallpaper.key(7)}")
 
     await cache.invalidate_tags("wallpaper:7")
     await wallpaper(7)
     print(f"after invalidate_tags('wallpaper:7'): {LOADS} loads; value title {results[0]['title']!r}")
-    print("inspect it: redis-cli --raw GET '" + wallpaper.key(7) + "' | head -c -1 | tail -c +23 | zstd -dc")
+    print("inspect it: redis-cli --raw GET '" + wallpaper.key(7) + "' | head -c -1 | tail -c +27 | zstd -dc")
     await cache.aclose()
 
 
