@@ -40,7 +40,7 @@ async def main(url: str) -> None:
 
     entry = await wallpaper.entry(7)
     stats = cache.stats()
-    print(f"stored: {stats['bytes_stored']} bytes for {stats['bytes_raw']} bytes of JSON; outcome {entry.outcome.value}")
+    print(f"stored: {stats['bytes_stored']} bytes for {stats['bytes_raw']} bytes of JSON; {entry.outcome.value}")
     print(f"Redis key: {wallpaper.key(7)}")
 
     await cache.invalidate_tags("wallpaper:7")
