@@ -10,15 +10,22 @@ it still waits ``SETTLE_HOPS`` loop iterations, so a reply that is already in th
 its caller in two hops: the transport's read callback wakes a future, whose callback resumes the task). A call that
 finally runs out only after the loop was late raises :class:`LateLoopTimeout`, which callers count apart from
 store failures.
+
+Nor is a call that ran out while it still waited for a free connection of this process's own pool evidence
+against the store: the process asked more than its pool carries (a burst of distinct keys), and the calls that
+do hold connections are getting answers. A pool that knows it cut a waiting call off says so with
+:func:`note_cut_in_queue`; the budget then raises :class:`QueueTimeout`, also counted apart. When the store
+really hangs, the calls on the wire run out too, and those are held against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Final, TypeVar
 
-__all__ = ["LateLoopTimeout", "within_budget"]
+__all__ = ["LateLoopTimeout", "QueueTimeout", "note_cut_in_queue", "within_budget"]
 
 T = TypeVar("T")
 
@@ -31,6 +38,22 @@ SETTLE_HOPS: Final = 3
 
 class LateLoopTimeout(TimeoutError):
     """The budget ran out, but the event loop was late at the deadline: not evidence against the store."""
+
+
+class QueueTimeout(TimeoutError):
+    """The budget ran out while the call waited for a free connection of its own pool: not evidence against the
+    store."""
+
+
+# Set in the calling task's context (a pool runs inline in the task that awaits the command); a part of a call
+# that runs in a task of its own (redis-py's cluster pipelines gather one task per node) cannot set it, and such
+# a timeout counts against the store as before.
+_CUT_IN_QUEUE: ContextVar[bool] = ContextVar("cachelayer_cut_in_queue", default=False)
+
+
+def note_cut_in_queue() -> None:
+    """For a connection pool: the running call was cancelled while it still waited for a free connection."""
+    _CUT_IN_QUEUE.set(True)
 
 
 class _Deadline:
@@ -70,6 +93,8 @@ async def within_budget(budget: float, make: Callable[[], Awaitable[T]]) -> T:
     :class:`LateLoopTimeout`) past it."""
     loop = asyncio.get_running_loop()
     deadline: _Deadline | None = None
+    if _CUT_IN_QUEUE.get():  # left over from a call of this task that was cancelled from outside
+        _CUT_IN_QUEUE.set(False)
     try:
         async with asyncio.timeout(None) as scope:
             deadline = _Deadline(loop, scope, budget)
@@ -80,4 +105,7 @@ async def within_budget(budget: float, make: Callable[[], Awaitable[T]]) -> T:
     except TimeoutError:
         if deadline is not None and deadline.late:
             raise LateLoopTimeout(f"budget of {budget}s ran out while the event loop was late") from None
+        if _CUT_IN_QUEUE.get():
+            _CUT_IN_QUEUE.set(False)
+            raise QueueTimeout(f"budget of {budget}s ran out while waiting for a free connection") from None
         raise

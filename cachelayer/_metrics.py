@@ -58,6 +58,9 @@ _DESCRIPTIONS: dict[str, str] = {
     "lease_timeouts": "Lease waits that ran out of time",
     "store_errors": "Store calls that failed or ran out of their time budget",
     "store_late_timeouts": "Store calls that ran out of time while the event loop was late (not held against it)",
+    "store_queue_timeouts": (
+        "Store calls that ran out of time waiting for a free connection of this process's pool (not held against it)"
+    ),
     "breaker_rejections": "Store calls not made because a circuit breaker was open",
     "breaker_opened": "Times a circuit breaker of the store opened",
     "decode_errors": "Stored values that could not be decoded (treated as misses and deleted)",

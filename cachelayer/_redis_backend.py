@@ -23,6 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -31,7 +32,7 @@ from redis.exceptions import RedisError
 
 from ._backend import Message, StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
-from ._budget import LateLoopTimeout, within_budget
+from ._budget import LateLoopTimeout, QueueTimeout, note_cut_in_queue, within_budget
 from ._redis_cluster import BoundedRedisCluster, ClusterSubscription, build_cluster_client, node_name_for_key
 
 __all__ = ["RedisBackend", "RedisClient"]
@@ -116,6 +117,7 @@ class RedisBackend:
         self._closed = False
         self.store_errors = 0
         self.late_timeouts = 0
+        self.queue_timeouts = 0
         self.breaker_rejections = 0
         self._last_failure = float("-inf")
 
@@ -136,7 +138,7 @@ class RedisBackend:
         timeout runs sends under ``asyncio.wait_for``, which can swallow the budget's cancellation."""
 
         def make() -> RedisClient:
-            pool = BlockingConnectionPool.from_url(
+            pool = QueueAwarePool.from_url(
                 url, max_connections=max_connections, timeout=pool_timeout, socket_timeout=socket_timeout
             )
             return Redis(connection_pool=pool)
@@ -225,9 +227,13 @@ class RedisBackend:
             raise StoreUnavailable("circuit breaker is open")
         try:
             result = await within_budget(self.timeout if budget is None else budget, make)
-        except LateLoopTimeout as exc:
-            # The loop, not Redis, was late: this call fails open, the breaker learns nothing.
-            self.late_timeouts += 1
+        except (LateLoopTimeout, QueueTimeout) as exc:
+            # The loop was late, or the call never left this process's pool: this call fails open, the breaker
+            # learns nothing (the calls on the wire tell it how Redis is).
+            if isinstance(exc, LateLoopTimeout):
+                self.late_timeouts += 1
+            else:
+                self.queue_timeouts += 1
             if permit == "probe":
                 breaker.record_abandoned()
             raise StoreUnavailable(str(exc)) from exc
@@ -406,6 +412,7 @@ class RedisBackend:
         stats: dict[str, Any] = {
             "store_errors": self.store_errors,
             "store_late_timeouts": self.late_timeouts,
+            "store_queue_timeouts": self.queue_timeouts,
             "breaker_rejections": self.breaker_rejections,
             "breaker_state": worst,
             "breaker_opened": sum(b.opened_count for b in breakers),
@@ -512,6 +519,32 @@ async def _initialize(client: RedisClient) -> None:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+_QUEUED: ContextVar[bool] = ContextVar("cachelayer_pool_queued", default=False)
+
+
+class QueueAwarePool(BlockingConnectionPool):
+    """A blocking pool that tells the time budget when it cut a call off before the call had a connection
+    (``_budget.note_cut_in_queue``): such a call says nothing about Redis. The wait ends where redis-py
+    starts connecting (``ensure_connection``), so a connect to a hung Redis still counts against it."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.can_get_connection():
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        token = _QUEUED.set(True)
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except asyncio.CancelledError:
+            if _QUEUED.get():
+                note_cut_in_queue()
+            raise
+        finally:
+            _QUEUED.reset(token)
+
+    async def ensure_connection(self, connection: Any) -> None:
+        _QUEUED.set(False)
+        await super().ensure_connection(connection)
 
 
 def _copy_client(client: RedisClient) -> RedisClient:

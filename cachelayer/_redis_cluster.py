@@ -38,6 +38,7 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from redis.retry import Retry
 
 from ._backend import Message, StoreUnavailable
+from ._budget import note_cut_in_queue
 
 __all__ = [
     "BoundedRedisCluster",
@@ -73,11 +74,17 @@ class _NodeGate:
         self.semaphore = asyncio.Semaphore(limit)
 
     async def acquire(self, node_name: str) -> None:
+        if not self.semaphore.locked():
+            await self.semaphore.acquire()  # free: returns without waiting
+            return
         try:
             async with asyncio.timeout(self.timeout):
                 await self.semaphore.acquire()
         except TimeoutError:
             raise MaxConnectionsError(f"no free connection to {node_name} within {self.timeout} s") from None
+        except asyncio.CancelledError:
+            note_cut_in_queue()  # cut off (by the call's budget) before it had a connection: not the node's fault
+            raise
 
 
 class _GatedClusterNode(ClusterNode):

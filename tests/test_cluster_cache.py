@@ -281,9 +281,10 @@ async def test_c_300_cold_calls_with_8_connections_all_stored(
     redis_cluster: RedisClusterServer, caches: list[Cache]
 ) -> None:
     """Per-node pools wait for a free connection (pool_timeout) instead of raising MaxConnectionsError. The budget
-    is generous (1 s): the point is the pool, not the latency of 300 calls through 8 connections on a busy box."""
+    is longer than the pool wait: the point is the pool, not the latency of 300 calls through 8 connections on a
+    busy box (beside a CPU hog, a call queued behind the others once ran past a 1 s budget)."""
     cache = Cache.from_url(redis_cluster.url, namespace=unique("cold"), max_connections=8, pool_timeout=5.0,
-                           timeout=1.0)
+                           timeout=10.0)
     caches.append(cache)
     await cache.connect()
 
