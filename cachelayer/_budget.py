@@ -13,8 +13,9 @@ store failures.
 
 Nor is a call that ran out while it still waited for a free connection of this process's own pool evidence
 against the store: the process asked more than its pool carries (a burst of distinct keys), and the calls that
-do hold connections are getting answers. A pool that knows it cut a waiting call off says so with
-:func:`note_cut_in_queue`; the budget then raises :class:`QueueTimeout`, also counted apart. When the store
+do hold connections are getting answers. A pool says when a call starts and stops waiting for a connection
+(:func:`note_waiting_for_connection`); a budget that ends during such a wait raises :class:`QueueTimeout`, also
+counted apart. When the store
 really hangs, the calls on the wire run out too, and those are held against it.
 """
 
@@ -25,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Final, TypeVar
 
-__all__ = ["LateLoopTimeout", "QueueTimeout", "note_cut_in_queue", "within_budget"]
+__all__ = ["LateLoopTimeout", "QueueTimeout", "note_waiting_for_connection", "within_budget"]
 
 T = TypeVar("T")
 
@@ -48,12 +49,13 @@ class QueueTimeout(TimeoutError):
 # Set in the calling task's context (a pool runs inline in the task that awaits the command); a part of a call
 # that runs in a task of its own (redis-py's cluster pipelines gather one task per node) cannot set it, and such
 # a timeout counts against the store as before.
-_CUT_IN_QUEUE: ContextVar[bool] = ContextVar("cachelayer_cut_in_queue", default=False)
+_WAITING: ContextVar[bool] = ContextVar("cachelayer_waiting_for_connection", default=False)
 
 
-def note_cut_in_queue() -> None:
-    """For a connection pool: the running call was cancelled while it still waited for a free connection."""
-    _CUT_IN_QUEUE.set(True)
+def note_waiting_for_connection(waiting: bool) -> None:
+    """For a connection pool: the running call starts (True) or stops (False) waiting for a free connection."""
+    if waiting or _WAITING.get():  # the usual case, a free connection at once, sets nothing
+        _WAITING.set(waiting)
 
 
 class _Deadline:
@@ -93,8 +95,8 @@ async def within_budget(budget: float, make: Callable[[], Awaitable[T]]) -> T:
     :class:`LateLoopTimeout`) past it."""
     loop = asyncio.get_running_loop()
     deadline: _Deadline | None = None
-    if _CUT_IN_QUEUE.get():  # left over from a call of this task that was cancelled from outside
-        _CUT_IN_QUEUE.set(False)
+    if _WAITING.get():  # left over from a call of this task that ended while it waited (cancelled, pool timeout)
+        _WAITING.set(False)
     try:
         async with asyncio.timeout(None) as scope:
             deadline = _Deadline(loop, scope, budget)
@@ -105,7 +107,7 @@ async def within_budget(budget: float, make: Callable[[], Awaitable[T]]) -> T:
     except TimeoutError:
         if deadline is not None and deadline.late:
             raise LateLoopTimeout(f"budget of {budget}s ran out while the event loop was late") from None
-        if _CUT_IN_QUEUE.get():
-            _CUT_IN_QUEUE.set(False)
+        if _WAITING.get():
+            _WAITING.set(False)
             raise QueueTimeout(f"budget of {budget}s ran out while waiting for a free connection") from None
         raise

@@ -23,7 +23,6 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -32,7 +31,7 @@ from redis.exceptions import RedisError
 
 from ._backend import Message, StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
-from ._budget import LateLoopTimeout, QueueTimeout, note_cut_in_queue, within_budget
+from ._budget import LateLoopTimeout, QueueTimeout, note_waiting_for_connection, within_budget
 from ._redis_cluster import BoundedRedisCluster, ClusterSubscription, build_cluster_client, node_name_for_key
 
 __all__ = ["RedisBackend", "RedisClient"]
@@ -521,30 +520,18 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-_QUEUED: ContextVar[bool] = ContextVar("cachelayer_pool_queued", default=False)
-
-
 class QueueAwarePool(BlockingConnectionPool):
-    """A blocking pool that tells the time budget when it cut a call off before the call had a connection
-    (``_budget.note_cut_in_queue``): such a call says nothing about Redis. The wait ends where redis-py
-    starts connecting (``ensure_connection``), so a connect to a hung Redis still counts against it."""
+    """A blocking pool that tells the time budget while a call waits for a free connection
+    (``_budget.note_waiting_for_connection``): a call cut off then says nothing about Redis.
 
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        if self.can_get_connection():
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        token = _QUEUED.set(True)
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except asyncio.CancelledError:
-            if _QUEUED.get():
-                note_cut_in_queue()
-            raise
-        finally:
-            _QUEUED.reset(token)
+    redis-py's ``get_connection`` waits until ``can_get_connection()`` is true, then takes a connection with no
+    suspension point in between, and only then connects it: so the wait ends before connecting, and a connect
+    to a hung Redis counts against it. The hook is a plain call on redis-py's own path (no extra await)."""
 
-    async def ensure_connection(self, connection: Any) -> None:
-        _QUEUED.set(False)
-        await super().ensure_connection(connection)
+    def can_get_connection(self) -> bool:
+        free = bool(super().can_get_connection())
+        note_waiting_for_connection(not free)
+        return free
 
 
 def _copy_client(client: RedisClient) -> RedisClient:

@@ -38,7 +38,7 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from redis.retry import Retry
 
 from ._backend import Message, StoreUnavailable
-from ._budget import note_cut_in_queue
+from ._budget import note_waiting_for_connection
 
 __all__ = [
     "BoundedRedisCluster",
@@ -77,14 +77,13 @@ class _NodeGate:
         if not self.semaphore.locked():
             await self.semaphore.acquire()  # free: returns without waiting
             return
+        note_waiting_for_connection(True)  # a budget that ends meanwhile is not the node's fault
         try:
             async with asyncio.timeout(self.timeout):
                 await self.semaphore.acquire()
         except TimeoutError:
             raise MaxConnectionsError(f"no free connection to {node_name} within {self.timeout} s") from None
-        except asyncio.CancelledError:
-            note_cut_in_queue()  # cut off (by the call's budget) before it had a connection: not the node's fault
-            raise
+        note_waiting_for_connection(False)
 
 
 class _GatedClusterNode(ClusterNode):

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio
 
 from cachelayer import RedisBackend, StoreUnavailable
-from cachelayer._budget import LateLoopTimeout, QueueTimeout, note_cut_in_queue, within_budget
+from cachelayer._budget import LateLoopTimeout, QueueTimeout, note_waiting_for_connection, within_budget
 from tests._cluster import RedisClusterServer
 from tests._servers import RedisServer
 
@@ -125,7 +125,7 @@ async def test_the_budget_tells_a_queue_timeout_from_a_store_timeout() -> None:
     """The signal belongs to one call: a call cancelled from outside while queued leaves nothing for the next."""
 
     async def queued_forever() -> None:
-        note_cut_in_queue()  # as a pool does when the cancellation finds the call still queued
+        note_waiting_for_connection(True)  # as a pool does while a call waits for a connection
         await asyncio.Event().wait()
 
     async def silent_store() -> None:
