@@ -51,6 +51,7 @@ from cachelayer import Cache, LocalCache
 REDIS_URL = BENCH_REDIS_URL
 QUIET_S = 0.05  # after the last expected message, how long an observer keeps counting
 WAIT_S = 2.0  # the longest we wait for a message naming the key
+EXPIRY_S = 0.5  # how long the expiring value lives in Redis
 
 
 @dataclass
@@ -134,10 +135,11 @@ async def _observe(observers: Sequence[Observer], step: Step, wait: float) -> Sa
     return Sample(latency, {o.name: o.count_since(step.since) for o in observers})
 
 
-async def measure(rounds: int, url: str = REDIS_URL) -> dict[str, list[Sample]]:
+async def measure(rounds: int, url: str = REDIS_URL, budget: float = 0.1) -> dict[str, list[Sample]]:
+    """``budget``: the writer's budget per Redis call (the library's default)."""
     namespace = f"l1ch-{uuid.uuid4().hex[:8]}"
     admin = redis.Redis.from_url(url)
-    writer = Cache.from_url(url, namespace=namespace, local=LocalCache(max_staleness=1.0))
+    writer = Cache.from_url(url, namespace=namespace, local=LocalCache(max_staleness=1.0), timeout=budget)
     sub_pubsub = redis.Redis.from_url(url).pubsub()
     tracked = redis.Redis.from_url(url, single_connection_client=True)
     # redis-py 8 opens RESP3 connections (HELLO 3), to which Redis sends invalidations as push frames, not as
@@ -201,11 +203,13 @@ async def measure(rounds: int, url: str = REDIS_URL) -> dict[str, list[Sample]]:
             return Step(key, since)
 
         async def do_expiry(i: int) -> Step:
-            # Kept 0.1 s in Redis (TTL + stale window), counted from when Redis runs the SET, after ``since``:
-            # timed from the earliest moment it can go.
+            # Kept EXPIRY_S in Redis (TTL + stale window), counted from when Redis runs the SET, after ``since``:
+            # timed from the earliest moment it can go. Not shorter: Redis sends a tracking client the keys written
+            # in one event-loop iteration as one message, so a Redis stalled that long between the SET and its
+            # next iteration would report the write and the expiry in one message.
             since = time.perf_counter()
-            await writer.set(f"expiring:{i}", {"i": i}, ttl=0.05, stale_ttl=0.05)
-            return Step(writer.key(f"expiring:{i}"), since, own_write, since + 0.1)
+            await writer.set(f"expiring:{i}", {"i": i}, ttl=EXPIRY_S / 2, stale_ttl=EXPIRY_S / 2)
+            return Step(writer.key(f"expiring:{i}"), since, own_write, since + EXPIRY_S)
 
         await run("set", do_set)
         await run("cold load", do_cold_load)

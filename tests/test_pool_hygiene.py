@@ -320,7 +320,9 @@ async def test_connections_are_released_when_every_reply_is_late(
             await sampler.stop()
             leaked = [r for r in results if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)]
             assert leaked == []
-            assert cache.stats()["store_errors"] > 100
+            stats = cache.stats()
+            # The budget cut calls off again and again (late ones, on a starved machine, are counted apart).
+            assert stats["store_errors"] + stats["store_late_timeouts"] > 100, stats
             assert in_use(pool) == 0
             assert max(sampler.samples) <= MAX_CONNECTIONS
 
