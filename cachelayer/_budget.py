@@ -15,8 +15,7 @@ Nor is a call that ran out while it still waited for a free connection of this p
 against the store: the process asked more than its pool carries (a burst of distinct keys), and the calls that
 do hold connections are getting answers. A pool says when a call starts and stops waiting for a connection
 (:func:`note_waiting_for_connection`); a budget that ends during such a wait raises :class:`QueueTimeout`, also
-counted apart. When the store
-really hangs, the calls on the wire run out too, and those are held against it.
+counted apart. When the store really hangs, the calls on the wire run out too, and those are held against it.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class _NodeGate:
             async with asyncio.timeout(self.timeout):
                 await self.semaphore.acquire()
         except TimeoutError:
+            note_waiting_for_connection(False)  # the gate's own limit: an error of its own, held against the node
             raise MaxConnectionsError(f"no free connection to {node_name} within {self.timeout} s") from None
         note_waiting_for_connection(False)
 
