@@ -84,6 +84,10 @@ async def test_concurrent_misses_share_one_load(store: Backend) -> None:
 async def test_two_processes_share_one_load_through_the_lease(store_factory: StoreFactory) -> None:
     """Two caches on one store, as two processes would be: one loads, the other waits for its value."""
     a, b = new_cache(store_factory()), new_cache(store_factory())
+    # As processes do at start-up: on a cluster, a fresh client's topology discovery parses COMMAND on the loop
+    # (seconds beside a CPU hog), long enough for a's 0.9 s lease to lapse unrenewed if b did it mid-test.
+    await a.connect()
+    await b.connect()
     gate = asyncio.Event()
     loader = CountingLoader(gate=gate)
     first = asyncio.create_task(a.get_or_set("cold", loader))
@@ -153,6 +157,8 @@ async def test_stale_while_revalidate_and_stale_if_error(store: Backend) -> None
 async def test_local_tier_stays_coherent_between_two_caches(store_factory: StoreFactory) -> None:
     a = new_cache(store_factory(), local=LocalCache(max_staleness=5.0))
     b = new_cache(store_factory(), local=LocalCache(max_staleness=5.0))
+    await a.connect()
+    await b.connect()
     policy = EntryPolicy(local=True)
     assert (await a.fetch("page", CountingLoader({"v": 1}), policy)).value() == {"v": 1}
     assert a.local is not None
