@@ -85,9 +85,14 @@ class CountingLoader:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = 10.0, interval: float = 0.005
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    within: float = 10.0,
+    what: str | None = None,
+    *,
+    interval: float = 0.005,
 ) -> None:
-    """Wait until ``check()`` is true; fail the test (AssertionError) if it is not within ``within`` seconds.
+    """Wait until ``check()`` is true; fail the test (AssertionError, naming ``what``) if it is not within
+    ``within`` seconds.
 
     For conditions that another process or a store's message makes true, where no event can be awaited.
     ``within`` is generous on purpose (a loaded 2-core machine); a passing test returns as soon as it holds."""
@@ -99,5 +104,5 @@ async def eventually(
         if result:
             return
         if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {within} s: {getattr(check, '__name__', check)!r}")
+            raise AssertionError(f"condition not met within {within} s: {what or getattr(check, '__name__', check)!r}")
         await asyncio.sleep(interval)

@@ -28,6 +28,7 @@ from cachelayer._backend import Message, StoreUnavailable, Subscription
 from cachelayer._lease import _ready_channel, lease_key
 from cachelayer._redis_cluster import node_name_for_key
 from tests._cluster import RedisClusterServer
+from tests._doubles import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -38,20 +39,6 @@ TARGET = 0.05  # the issue's 50 ms
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def until(predicate: Callable[[], bool | Awaitable[bool]], limit: float, what: str) -> None:
-    """Wait for a condition (checked every 5 ms), failing with ``what`` after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def run_script(script: str, *args: str, limit: float = 120.0) -> Any:
@@ -153,7 +140,7 @@ async def test_a_waiter_in_another_process_is_woken_within_50ms(store_url: str, 
             _, held = await cache.backend.poll(key, lease_key(key))
             return held
 
-        await until(lease_held, 60.0, f"the other process's lease on w{i}")
+        await eventually(lease_held, 60.0, f"the other process's lease on w{i}")
         entry = await cache.fetch(f"w{i}", must_not_load, EntryPolicy(stampede=poll_only_late))
         got_at.append(time.time() if entry.outcome == "miss" else None)  # "hit": it landed before we waited
         assert entry.value() == i
@@ -239,11 +226,11 @@ async def test_b_notifier_survives_a_reader_error_and_resubscribes(
 
     key = holder.key("k")
     loading = asyncio.create_task(holder.get_or_set("k", slow_load))
-    await until(lambda: holder.stats()["loads_in_flight"] == 1, 10.0, "the holder's load")
+    await eventually(lambda: holder.stats()["loads_in_flight"] == 1, 10.0, "the holder's load")
     waiting = asyncio.create_task(waiter.fetch(
         "k", must_not_load, EntryPolicy(stampede=StampedePolicy(poll_initial=1.0, poll_max=1.0, lease_wait=20.0))))
     notifier = await _notifier_of(waiter)
-    await until(lambda: len(made) == 1 and notifier._reader is not None, 10.0, "the first subscription")
+    await eventually(lambda: len(made) == 1 and notifier._reader is not None, 10.0, "the first subscription")
     client: Any = waiter.backend.client  # type: ignore[attr-defined]
     channel = _ready_channel(key)
 
@@ -252,12 +239,12 @@ async def test_b_notifier_survives_a_reader_error_and_resubscribes(
         reply = await client.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=owner)
         return sum(n for _, n in reply) >= 1
 
-    await until(subscribed, 10.0, "the ready channel subscribed")
+    await eventually(subscribed, 10.0, "the ready channel subscribed")
     made[0].injected.set()  # the reader's next_message raises `error`
-    await until(lambda: notifier.resets == 1, 10.0, "the notifier's reset")
+    await eventually(lambda: notifier.resets == 1, 10.0, "the notifier's reset")
     # The waiter was woken, polled (lease still held) and subscribed again on a fresh subscription.
-    await until(lambda: len(made) == 2, 10.0, "a new subscription")
-    await until(subscribed, 10.0, "the ready channel subscribed again")
+    await eventually(lambda: len(made) == 2, 10.0, "a new subscription")
+    await eventually(subscribed, 10.0, "the ready channel subscribed again")
     assert not waiting.done()
     release.set()
     entry = await asyncio.wait_for(waiting, 20.0)
@@ -269,7 +256,7 @@ async def test_b_notifier_survives_a_reader_error_and_resubscribes(
 
 
 async def _notifier_of(cache: Cache) -> Any:
-    await until(lambda: cache._loading is not None, 10.0, "the cache's load state")
+    await eventually(lambda: cache._loading is not None, 10.0, "the cache's load state")
     assert cache._loading is not None
     return cache._loading.notifier
 
@@ -353,7 +340,7 @@ async def test_d_invalidations_reach_another_process_l1_within_50ms(
 
         assert (await cache.fetch(f"inv{i}", old, LOCAL)).value() == {"v": 1}
     assert len(local) == count
-    await until(local.channel_alive, 10.0, "the local tier's channel")
+    await eventually(local.channel_alive, 10.0, "the local tier's channel")
     dropped_at: dict[str, float] = {}
     apply = local._apply
 
@@ -366,7 +353,7 @@ async def test_d_invalidations_reach_another_process_l1_within_50ms(
     stall = LoopStallMonitor()
     with stall:
         sent_at: dict[str, float] = await run_script(WRITER_SCRIPT, redis_cluster.url, namespace, str(count))
-        await until(lambda: len(dropped_at) >= count, 10.0, "every invalidation")
+        await eventually(lambda: len(dropped_at) >= count, 10.0, "every invalidation")
     delays = [dropped_at[cache.key(name)] - at for name, at in sent_at.items()]
     p99 = percentile(delays, 0.99)
     print(f"\nL1 invalidation over {len(delays)} writes: median {statistics.median(delays) * 1000:.1f} ms, "
@@ -432,13 +419,13 @@ async def test_d_local_tiers_empty_and_recover_when_the_channel_node_fails(
                 await cache.fetch(name, one, LOCAL)
         return all(t.channel_alive() and len(t) == len(names) for t in tiers)
 
-    await until(filled, 20.0, "both L1s full, both channels alive")
+    await eventually(filled, 20.0, "both L1s full, both channels alive")
 
     own_cluster.kill(victim)
-    await until(lambda: all(len(t) == 0 and t.channel_breaks >= 1 for t in tiers), 10.0, "both L1s to empty")
+    await eventually(lambda: all(len(t) == 0 and t.channel_breaks >= 1 for t in tiers), 10.0, "both L1s to empty")
     recover_by = own_cluster.node_timeout_ms / 1000 + 10
-    await until(lambda: all(t.channel_alive() for t in tiers), recover_by, "both channels back")
-    await until(lambda: asyncio.to_thread(own_cluster.is_ok), 30.0, "the cluster to be ok")
+    await eventually(lambda: all(t.channel_alive() for t in tiers), recover_by, "both channels back")
+    await eventually(lambda: asyncio.to_thread(own_cluster.is_ok), 30.0, "the cluster to be ok")
 
     # Coherent again: each reads into its L1, then a write by one reaches the other's L1.
     for round_, (writer, reader) in enumerate(((first, second), (second, first)), start=2):
@@ -454,7 +441,7 @@ async def test_d_local_tiers_empty_and_recover_when_the_channel_node_fails(
         for name in names[:10]:
             await writer.set(name, round_)
         keys = [reader.key(n) for n in names[:10]]
-        await until(lambda t=reader_tier, k=keys: all(t.get(key) is None for key in k), 5.0,
+        await eventually(lambda t=reader_tier, k=keys: all(t.get(key) is None for key in k), 5.0,
                     "the other L1 to drop the written keys")
         for name in names[:10]:
             async def stale() -> int:
@@ -520,7 +507,7 @@ async def test_e_one_dead_master_fails_open_only_its_keys(
 
     tasks = [asyncio.create_task(lag_monitor()), *(asyncio.create_task(reader(s)) for s in range(1, 13))]
     try:
-        await until(lambda: len(samples) > 200, 20.0, "a steady load")
+        await eventually(lambda: len(samples) > 200, 20.0, "a steady load")
         killed_at = time.monotonic()
         own_cluster.kill(victim)
 
@@ -528,9 +515,9 @@ async def test_e_one_dead_master_fails_open_only_its_keys(
             recent = [s for s in samples if s[0] > killed_at + 0.5 and s[1]][-20:]
             return len(recent) == 20 and all(s[2] == "hit" for s in recent)
 
-        await until(lambda: asyncio.to_thread(own_cluster.wait_until, lambda: victim not in own_cluster.masters()
+        await eventually(lambda: asyncio.to_thread(own_cluster.wait_until, lambda: victim not in own_cluster.masters()
                                               and len(own_cluster.masters()) == 3, 0.5), 30.0, "the promotion")
-        await until(victim_hits_again, 20.0, "the dead shard's keys to hit again")
+        await eventually(victim_hits_again, 20.0, "the dead shard's keys to hit again")
         recovered_at = time.monotonic()
     finally:
         stop.set()

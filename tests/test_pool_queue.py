@@ -12,7 +12,6 @@ The only connection of a pool is held by a ``BLPOP`` on an empty list (released 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,17 +22,11 @@ import redis.asyncio
 from cachelayer import RedisBackend, StoreUnavailable
 from cachelayer._budget import LateLoopTimeout, QueueTimeout, note_waiting_for_connection, within_budget
 from tests._cluster import RedisClusterServer
+from tests._doubles import eventually
 from tests._servers import RedisServer
 
 QUEUED = 8
 BUDGET = 0.2
-
-
-async def until(condition: Any, what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)  # a poll interval, not a synchronizing sleep
 
 
 async def queued_gets(backend: RedisBackend, key: str) -> int:
@@ -70,7 +63,7 @@ async def test_calls_queued_behind_a_busy_pool_do_not_count_against_redis(
         client: Any = backend.client
         pool = client.connection_pool
         holder = asyncio.create_task(blpop(backend.client, blocker))
-        await until(lambda: len(pool._in_use_connections) == 1, "the BLPOP to hold the only connection")
+        await eventually(lambda: len(pool._in_use_connections) == 1, what="the BLPOP to hold the only connection")
         assert_not_held_against_the_store(backend, await queued_gets(backend, "k"))
         await redis_client.lpush(blocker, b"go")
         assert await holder == [blocker.encode(), b"go"]
@@ -91,7 +84,7 @@ async def test_calls_queued_at_a_busy_cluster_node_do_not_count_against_it(
         client: Any = backend.client
         gate = client.get_node_from_key(key)._lock
         holder = asyncio.create_task(blpop(client, blocker))
-        await until(gate.semaphore.locked, "the BLPOP to hold the node's only connection")
+        await eventually(gate.semaphore.locked, what="the BLPOP to hold the node's only connection")
         assert_not_held_against_the_store(backend, await queued_gets(backend, key))
         assert backend.stats()["breakers_open"] == 0
         admin = redis.asyncio.RedisCluster.from_url(redis_cluster.redis_url)
@@ -112,11 +105,13 @@ async def test_a_hung_redis_still_opens_the_breaker_through_the_calls_on_the_wir
     backend = RedisBackend.from_url(private_redis.url, max_connections=2, pool_timeout=5.0, timeout=0.1)
     try:
         await backend.set("k", b"v", 60_000)
+
+        async def opened_by_a_burst() -> bool:
+            await asyncio.gather(*(backend.get("k") for _ in range(20)), return_exceptions=True)
+            return bool(backend.stats()["breaker_state"] == "open")
+
         with private_redis.suspended():
-            deadline = time.monotonic() + 20
-            while backend.stats()["breaker_state"] != "open":
-                assert time.monotonic() < deadline, backend.stats()
-                await asyncio.gather(*(backend.get("k") for _ in range(20)), return_exceptions=True)
+            await eventually(opened_by_a_burst, 20.0, "the breaker to open")
         stats = backend.stats()
         assert stats["store_errors"] >= 5, stats  # the breaker's threshold, reached by the calls on the wire
         assert stats["store_queue_timeouts"] > 0, stats  # while the queued ones were not held against Redis
@@ -127,8 +122,11 @@ async def test_a_hung_redis_still_opens_the_breaker_through_the_calls_on_the_wir
 async def test_the_budget_tells_a_queue_timeout_from_a_store_timeout() -> None:
     """The signal belongs to one call: a call cancelled from outside while queued leaves nothing for the next."""
 
+    waiting = asyncio.Event()
+
     async def queued_forever() -> None:
         note_waiting_for_connection(True)  # as a pool does while a call waits for a connection
+        waiting.set()
         await asyncio.Event().wait()
 
     async def silent_store() -> None:
@@ -139,8 +137,9 @@ async def test_the_budget_tells_a_queue_timeout_from_a_store_timeout() -> None:
     async def cancelled_from_outside() -> None:
         await within_budget(10.0, queued_forever)
 
+    waiting.clear()
     task = asyncio.create_task(cancelled_from_outside())
-    await asyncio.sleep(0)  # let it start: the flag is set in its context
+    await waiting.wait()  # the flag is set, in that task's context
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

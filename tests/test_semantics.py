@@ -84,8 +84,9 @@ async def test_concurrent_misses_share_one_load(store: Backend) -> None:
 async def test_two_processes_share_one_load_through_the_lease(store_factory: StoreFactory) -> None:
     """Two caches on one store, as two processes would be: one loads, the other waits for its value."""
     a, b = new_cache(store_factory()), new_cache(store_factory())
-    # As processes do at start-up: on a cluster, a fresh client's topology discovery parses COMMAND on the loop
-    # (seconds beside a CPU hog), long enough for a's 0.9 s lease to lapse unrenewed if b did it mid-test.
+    # As processes do at start-up, so that this tests the lease and not a fresh cluster client's topology
+    # discovery (it parses COMMAND on the loop: 0.15-0.23 s stalls beside a CPU hog). With b discovering mid-test,
+    # two full-suite runs beside the hog failed here: b never reached its lease wait.
     await a.connect()
     await b.connect()
     gate = asyncio.Event()
