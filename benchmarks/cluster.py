@@ -10,7 +10,13 @@ master to another). Each row:
 * ``ops``, ``caller_errors`` (exceptions out of the cache), ``wrong_values``, ``over_budget_calls`` (> 2x the
   0.1 s budget), ``extra_loads`` (loader calls above the steady phase's rate), ``loop_lag_p99_ms``;
 * ``healthy_shard_hit_ratio``: hits over reads of keys whose master the fault did not touch;
-* ``recovery_s``: from the fault to the last miss / error / over-budget read of the touched shard's keys.
+* ``recovery_s``: from the fault to the last miss / error / over-budget read of the touched shard's keys;
+* ``cluster_slots_calls``, ``command_calls``: topology discoveries the clients made in the phase (served by the
+  running nodes): refreshes are throttled, and ``COMMAND`` is loaded once per client, before the phases, so a
+  ``command_calls`` above 0 means a client threw its topology away and rediscovered on the request path.
+
+Writes are tagged (``SET`` plus the tag's ``SADD``/``EXPIRE``: a pipeline across shards), so the failover phase also
+exercises pipelines that meet the dead master.
 
 Results: benchmarks/results/cluster.{md,json,png} (the plot: hit ratio and loads over time around the faults).
 """
@@ -42,7 +48,7 @@ KEYS = 400
 TASKS = 16  # callers per worker process
 THINK = 0.005  # seconds between one caller's calls: a steady load, not a CPU saturation test
 COLUMNS = ["phase", "ops", "caller_errors", "wrong_values", "over_budget_calls", "healthy_shard_hit_ratio",
-           "extra_loads", "loop_lag_p99_ms", "recovery_s"]
+           "extra_loads", "loop_lag_p99_ms", "recovery_s", "cluster_slots_calls", "command_calls"]
 
 
 def make_cache(cluster_url: str, redis_url: str, namespace: str) -> Any:
@@ -79,7 +85,7 @@ async def worker_main(cluster_url: str, redis_url: str, start_port: int, ready: 
         await cache.connect()
     loads = 0
 
-    @cached(ttl=600, cache=cache)
+    @cached(ttl=600, cache=cache, tags=("item:{i}",))
     async def item(i: int) -> int:
         nonlocal loads
         loads += 1
@@ -147,6 +153,18 @@ def run_idle(ready: Any, go: Any, out: str) -> None:
 def run_worker(cluster_url: str, redis_url: str, start_port: int, ready: Any, go: Any, out: str) -> None:
     result = asyncio.run(worker_main(cluster_url, redis_url, start_port, ready, go))
     Path(out).write_text(json.dumps(result))
+
+
+def topology_calls(cluster: RedisClusterServer) -> tuple[int, int]:
+    """``CLUSTER SLOTS`` and ``COMMAND`` calls the running nodes served since the last call (then reset)."""
+    slots = command = 0
+    for port in cluster.running_ports():
+        with cluster.client(port) as conn:
+            stats: dict[str, Any] = conn.info("commandstats")
+            conn.config_resetstat()
+        slots += int(stats.get("cmdstat_cluster|slots", {}).get("calls", 0))
+        command += int(stats.get("cmdstat_command", {}).get("calls", 0))
+    return slots, command
 
 
 def summarize(phase: str, ops: list[list[float]], lags: list[list[float]], start: float, end: float,
@@ -231,17 +249,22 @@ def main(argv: list[str] | None = None) -> int:
         for go in gos:
             go.put(end_at)
         victim, source, target = cluster.masters()[0], cluster.masters()[1], cluster.masters()[2]
+        time.sleep(max(0.0, phases["steady"] - time.time()))
+        topology_calls(cluster)  # from zero
         time.sleep(max(0.0, phases["failover"] - time.time()))
+        topology = {"steady": topology_calls(cluster)}
         killed_at = time.time()
         cluster.kill(victim)
         time.sleep(max(0.0, phases["reshard"] - time.time()))
         cluster.wait_until_ok(10)
+        topology["failover"] = topology_calls(cluster)
         reshard_at = time.time()
         cluster.reshard(source, target, 1000)
         for proc in workers:
             proc.join(timeout=end_at - time.time() + 60)
             if proc.is_alive():
                 proc.kill()
+        topology["reshard"] = topology_calls(cluster)
         ops: list[list[float]] = []
         lags: list[list[float]] = []
         for part in tmp.glob("w*.json"):
@@ -257,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         summarize("failover", ops, lags, phases["failover"], phases["reshard"], killed_at, {victim}, steady_rate),
         summarize("reshard", ops, lags, phases["reshard"], end_at, reshard_at, {source, target}, steady_rate),
     ]
+    for row in rows:
+        row["cluster_slots_calls"], row["command_calls"] = topology[row["phase"]]
     bounds = [(phases["steady"], phases["failover"]), (phases["failover"], phases["reshard"]),
               (phases["reshard"], end_at)]
     idle_p99 = {row["phase"]: p99([lag for t, lag in idle if start <= t < end])

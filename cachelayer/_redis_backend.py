@@ -27,12 +27,18 @@ from typing import Any, Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._backend import Message, StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
 from ._budget import LateLoopTimeout, QueueTimeout, note_waiting_for_connection, within_budget
-from ._redis_cluster import BoundedRedisCluster, ClusterSubscription, build_cluster_client, node_name_for_key
+from ._redis_cluster import (
+    CLIENT_ERRORS,
+    BoundedRedisCluster,
+    ClusterSubscription,
+    build_cluster_client,
+    node_name_for_key,
+)
 
 __all__ = ["RedisBackend", "RedisClient"]
 
@@ -57,9 +63,10 @@ _OVERWRITE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2]) return 1 end
 return 0
 """
-# Errors of a store call that mean "the store is not usable now". RuntimeError: redis-py raises it for a
-# connection of a closed loop or an unset pub/sub connection; never a caller's problem.
-_STORE_ERRORS: Final = (RedisError, OSError, TimeoutError, RuntimeError)
+# Errors of a store call that mean "the store is not usable now" (CLIENT_ERRORS, plus our budget's TimeoutError).
+# RuntimeError: redis-py raises it for a connection of a closed loop or an unset pub/sub connection; never a
+# caller's problem.
+_STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError)
 # A failure after this long without one is logged at WARNING: the first sign of trouble at 3 a.m.
 _QUIET_PERIOD: Final = 30.0
 
@@ -496,7 +503,7 @@ async def _publish_on_any_master(client: RedisCluster, channel: str, data: bytes
         try:
             await client.execute_command("PUBLISH", channel, data, target_nodes=node)
             return
-        except (RedisError, OSError):
+        except CLIENT_ERRORS:
             if attempt == len(masters) - 1:
                 raise
 

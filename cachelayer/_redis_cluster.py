@@ -26,21 +26,22 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import ClusterNode, PipelineStrategy
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.event import AsyncAfterSlotsCacheRefreshEvent, AsyncEventListenerInterface
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ._backend import Message, StoreUnavailable
 from ._budget import note_waiting_for_connection
 
 __all__ = [
+    "CLIENT_ERRORS",
     "BoundedRedisCluster",
     "ClusterSubscription",
     "build_cluster_client",
@@ -49,6 +50,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("cachelayer")
+
+#: What a redis-py client raises when the store is not usable. ``RedisClusterException`` is not a ``RedisError``:
+#: the cluster client raises it when no node answers discovery ("cannot be connected", at start-up with the
+#: whole cluster down) and for a slot missing from its map (``SlotNotCoveredError``).
+CLIENT_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 
 #: connections per node beyond ``max_connections`` for pub/sub borrowed from node pools (stock ClusterPubSub),
 #: so that a subscriber can never make an admitted command hit the node's hard limit
@@ -174,7 +180,7 @@ class BoundedRedisCluster(RedisCluster):
                 await self.nodes_manager.initialize(last_failed_node_name=last_failed_node_name)
             self.refreshes += 1
             self._keep_connections(roles)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self.refresh_failures += 1
             log.debug("cachelayer: cluster topology refresh failed: %r", exc)
         finally:
@@ -202,11 +208,11 @@ class BoundedRedisCluster(RedisCluster):
                     node._lock = _NodeGate(self.connection_limit, self.pool_timeout)  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
-        # Stock _execute_command calls self.aclose() on CLUSTERDOWN / slot-not-covered, which drops the
-        # connections of every node (in-flight calls to healthy shards fail) and forces a re-discovery on the
-        # request path. From there, ask for a background refresh instead; from anyone else, really close.
-        caller = sys._getframe(1).f_code
-        if caller is RedisCluster._execute_command.__code__:
+        # Stock _execute_command calls self.aclose() on CLUSTERDOWN / slot-not-covered, and a pipeline on any
+        # connection error of any node (before its retry): that drops the connections of every node (in-flight
+        # calls to healthy shards fail) and forces a re-discovery, COMMAND included, on the request path. From
+        # there, ask for a background refresh instead; from anyone else, really close.
+        if sys._getframe(1).f_code in _REQUEST_PATH_CLOSERS:
             self.request_refresh()
             return
         if self._refresh_task is not None:
@@ -216,6 +222,10 @@ class BoundedRedisCluster(RedisCluster):
             self._refresh_task = None
         self._topology_known = False
         await super().aclose()
+
+
+#: redis-py's request-path code that calls ``RedisCluster.aclose()`` on a node's failure (redis-py 8.1)
+_REQUEST_PATH_CLOSERS: Final = frozenset({RedisCluster._execute_command.__code__, PipelineStrategy.execute.__code__})
 
 
 class _TopologyListener(AsyncEventListenerInterface):
@@ -299,7 +309,7 @@ class ClusterSubscription:
                     self._channel_node[channel] = node_name
                 if node_name not in self._readers:
                     self._readers[node_name] = asyncio.get_running_loop().create_task(self._read(node_name, pubsub))
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise StoreUnavailable(f"cluster subscribe failed: {exc!r}") from exc
 
     async def unsubscribe(self, *channels: str) -> None:
@@ -312,7 +322,7 @@ class ClusterSubscription:
                 self._leaving.add(channel)
                 pubsub = self._pubsubs[node_name]
                 await (pubsub.sunsubscribe(channel) if self._sharded else pubsub.unsubscribe(channel))
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise StoreUnavailable(f"cluster unsubscribe failed: {exc!r}") from exc
 
     async def next_message(self, timeout: float) -> Message | None:  # noqa: ASYNC109 - the protocol's signature
@@ -331,7 +341,7 @@ class ClusterSubscription:
         try:
             for pubsub in list(self._pubsubs.values()):
                 await pubsub.ping()  # the answer arrives through the reader, which moves alive_at
-        except (RedisError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise StoreUnavailable(f"cluster subscription ping failed: {exc!r}") from exc
 
     async def aclose(self) -> None:

@@ -25,5 +25,7 @@ def test_quick_run_writes_rows_with_the_issue_keys(tmp_path: Path) -> None:
     for row in rows:
         assert list(row) == bench.COLUMNS
         assert row["ops"] > 0
+        # no client threw its topology away (a tagged write to the dead master once closed the whole client)
+        assert row["command_calls"] == 0, rows
     assert (tmp_path / "cluster.md").read_text().count("|") > 10
     assert (tmp_path / "cluster.png").stat().st_size > 1000

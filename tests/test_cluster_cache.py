@@ -27,8 +27,10 @@ from cachelayer import Cache, EntryPolicy, LocalCache, StampedePolicy
 from cachelayer._backend import Message, StoreUnavailable, Subscription
 from cachelayer._lease import _ready_channel, lease_key
 from cachelayer._redis_cluster import node_name_for_key
-from tests._cluster import RedisClusterServer
+from tests._cluster import ClusterUnavailable, RedisClusterServer, cluster_supported
 from tests._doubles import eventually
+from tests._servers import skip_or_fail
+from tests.conftest import CACHE_CLUSTER_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -539,3 +541,52 @@ async def test_e_one_dead_master_fails_open_only_its_keys(
     assert hit_ratio >= 0.95
     assert not unexplained, [(round(s[3], 3), s[2]) for s in unexplained[:10]]
     assert recovered_at - killed_at < own_cluster.node_timeout_ms / 1000 + 15
+
+
+# --------------------------------------------------------------------------- (f) down when the process starts
+
+
+async def test_f_a_cluster_down_at_start_up_fails_open_then_serves_once_up(
+    tmp_path: Path, caches: list[Cache]
+) -> None:
+    """A process (re)started while its whole cluster is down, the 3 a.m. case: ``connect()`` returns, every call
+    fails open (redis-py's cluster client raises ``RedisClusterException``, which is not a ``RedisError``, when no
+    node answers discovery; it once escaped to the caller), and once the cluster is up the same cache stores
+    values again, without a restart."""
+    reason = cluster_supported()
+    if reason is not None:
+        skip_or_fail(reason)
+    cluster = RedisClusterServer(workdir=tmp_path / "cluster", extra_args=CACHE_CLUSTER_ARGS)  # ports, no servers
+    try:
+        cache = Cache.from_url(cluster.url, namespace=unique("down"), timeout=0.2)
+        caches.append(cache)
+        await cache.connect()
+        assert not await cache.ping()
+        calls = 0
+
+        async def load() -> dict[str, int]:
+            nonlocal calls
+            calls += 1
+            return {"call": calls}
+
+        assert await cache.get_or_set("k", load) == {"call": 1}
+        assert await cache.get_or_set("k", load) == {"call": 2}  # nothing was stored
+        assert await cache.get("k", default="dflt") == "dflt"
+        await cache.set("k", {"call": 0})
+        assert await cache.delete("k") is False
+        assert await cache.get_many(["k", "j"], default=0) == [0, 0]
+        assert cache.stats()["store_errors"] >= 1
+
+        try:
+            await asyncio.to_thread(cluster.start)
+        except ClusterUnavailable as exc:
+            skip_or_fail(str(exc))
+
+        async def stored() -> bool:
+            value = await cache.get_or_set("after", load)
+            return bool(await cache.get("after") == value)
+
+        await eventually(stored, 30.0, "values stored once the cluster is up")
+        assert await cache.ping()
+    finally:
+        cluster.close()
