@@ -300,7 +300,7 @@ async def test_failover_is_isolated_and_refreshes_are_bounded(own_cluster: Redis
                     break
             except (TimeoutError, *CLIENT_ERRORS) as exc:
                 outcome = exc
-                bounded.request_refresh()
+            bounded.request_refresh()  # after any wrong answer too: it says so in the failure message below
             await asyncio.sleep(0.05)
         else:
             owner = node_name_for_key(bounded, victim_keys[2])
