@@ -11,6 +11,8 @@ master to another). Each row:
   0.1 s budget), ``extra_loads`` (loader calls above the steady phase's rate), ``loop_lag_p99_ms``;
 * ``healthy_shard_hit_ratio``: hits over reads of keys whose master the fault did not touch;
 * ``recovery_s``: from the fault to the last miss / error / over-budget read of the touched shard's keys;
+  ``promotion_s`` (failover): from the kill until the cluster itself reports the replica promoted (Redis's own
+  share: node timeout, agreement on the failure, election), so ``recovery_s - promotion_s`` is the client's;
 * ``cluster_slots_calls``, ``command_calls``: topology discoveries the clients made in the phase (served by the
   running nodes): refreshes are throttled, and ``COMMAND`` is loaded once per client, before the phases, so a
   ``command_calls`` above 0 means a client threw its topology away and rediscovered on the request path.
@@ -48,7 +50,7 @@ KEYS = 400
 TASKS = 16  # callers per worker process
 THINK = 0.005  # seconds between one caller's calls: a steady load, not a CPU saturation test
 COLUMNS = ["phase", "ops", "caller_errors", "wrong_values", "over_budget_calls", "healthy_shard_hit_ratio",
-           "extra_loads", "loop_lag_p99_ms", "recovery_s", "cluster_slots_calls", "command_calls"]
+           "extra_loads", "loop_lag_p99_ms", "recovery_s", "promotion_s", "cluster_slots_calls", "command_calls"]
 
 
 def make_cache(cluster_url: str, redis_url: str, namespace: str) -> Any:
@@ -255,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         topology = {"steady": topology_calls(cluster)}
         killed_at = time.time()
         cluster.kill(victim)
+        promoted = cluster.wait_until(lambda: victim not in cluster.masters() and len(cluster.masters()) == 3,
+                                      max(0.0, phases["reshard"] - time.time()))
+        promotion_s = round(time.time() - killed_at, 2) if promoted else None
         time.sleep(max(0.0, phases["reshard"] - time.time()))
         cluster.wait_until_ok(10)
         topology["failover"] = topology_calls(cluster)
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         summarize("reshard", ops, lags, phases["reshard"], end_at, reshard_at, {source, target}, steady_rate),
     ]
     for row in rows:
+        row["promotion_s"] = promotion_s if row["phase"] == "failover" else None
         row["cluster_slots_calls"], row["command_calls"] = topology[row["phase"]]
     bounds = [(phases["steady"], phases["failover"]), (phases["failover"], phases["reshard"]),
               (phases["reshard"], end_at)]
