@@ -10,12 +10,14 @@ call awaits ``initialize()``), and parsing ``COMMAND`` blocks the event loop for
 * loads the ``COMMAND`` table once (the first ``initialize``), never again;
 * after the first discovery, never makes a request wait for a topology refresh: a refresh runs in a background
   task, at most one at a time, at most every ``min_refresh_interval`` seconds, bounded by ``refresh_timeout``;
-* never drops every node's connections because one shard answered CLUSTERDOWN (stock ``aclose()`` on the
-  request path), and patches MOVED slots one by one (``reinitialize_steps=0``) plus one throttled refresh;
+* never drops every node's connections because one shard answered CLUSTERDOWN or a pipeline met a dead node
+  (stock ``aclose()`` on the request path), and patches MOVED slots one by one (``reinitialize_steps=0``) plus
+  one throttled refresh;
 * makes callers wait up to ``pool_timeout`` for a free connection of a node instead of failing at once.
 
 It leans on redis-py 8.1 internals (``_initialize``, ``ClusterNode``'s unused ``_lock`` slot, the nodes
-manager's event dispatcher); ``tests/test_redis_cluster.py`` pins each behaviour against a real cluster.
+manager's event dispatcher, which functions call ``aclose()`` on a failure); ``tests/test_redis_cluster.py``
+pins each behaviour against a real cluster.
 """
 
 from __future__ import annotations
