@@ -300,13 +300,22 @@ class RedisBackend:
             if not tag_keys:
                 await client.set(key, value, px=ttl_ms)
                 return
+            # Tags, value, tags again. The tags first: a write cut off after them leaves a tag naming a missing key
+            # (harmless), never a value that invalidate_tags cannot reach (a cluster pipeline sends each node's
+            # part at once, so there the value waits for the tags' replies; one connection keeps the order). The
+            # SADD again: an invalidation that ran between the two (SREM, then DEL of a key not yet written)
+            # would otherwise leave this value untagged.
             async with client.pipeline(transaction=False) as pipe:
-                pipe.set(key, value, px=ttl_ms)
                 for tag_key in tag_keys:
                     pipe.sadd(tag_key, key)
                     # NX gives a new set a TTL; GT only ever lengthens it, so a tag outlives every key it names.
                     pipe.expire(tag_key, tag_ttl_s, nx=True)
                     pipe.expire(tag_key, tag_ttl_s, gt=True)
+                if isinstance(client, RedisCluster):
+                    await pipe.execute()
+                pipe.set(key, value, px=ttl_ms)
+                for tag_key in tag_keys:
+                    pipe.sadd(tag_key, key)
                 await pipe.execute()
 
         await self._call(run, key=key)

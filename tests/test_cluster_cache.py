@@ -543,6 +543,34 @@ async def test_e_one_dead_master_fails_open_only_its_keys(
     assert recovered_at - killed_at < own_cluster.node_timeout_ms / 1000 + 15
 
 
+async def test_e_a_tagged_write_whose_tag_shard_is_dead_stores_nothing(
+    own_cluster: RedisClusterServer, caches: list[Cache]
+) -> None:
+    """A value and its tag live on different masters. With the tag's master dead, the write must not store the
+    value untagged (it once did: the cluster pipeline sent the SET and the SADD at once), or invalidate_tags would
+    never reach it; with every tag's master alive, the write is stored and invalidated as usual."""
+    cache = Cache.from_url(own_cluster.url, namespace=unique("tags"), timeout=0.5)
+    caches.append(cache)
+    await cache.connect()
+    client: Any = cache.backend.client  # type: ignore[attr-defined]
+    victim = own_cluster.masters()[0]
+    victim_name = f"127.0.0.1:{victim}"
+    candidates = [f"n{i}" for i in range(2000)]
+    name = next(n for n in candidates if node_name_for_key(client, cache.key(n)) != victim_name)
+    dead_tag = next(t for t in candidates if node_name_for_key(client, cache.keys.tag_key(t)) == victim_name)
+    live_tag = next(t for t in candidates if node_name_for_key(client, cache.keys.tag_key(t)) != victim_name)
+    absent = object()
+
+    own_cluster.kill(victim)
+    await cache.set(name, {"v": 1}, ttl=60, tags=[dead_tag, live_tag])  # fails open
+    assert await cache.get(name, default=absent) is absent
+
+    await cache.set(name, {"v": 2}, ttl=60, tags=[live_tag])
+    assert await cache.get(name) == {"v": 2}
+    assert await cache.invalidate_tags(live_tag) == 1
+    assert await cache.get(name, default=absent) is absent
+
+
 # --------------------------------------------------------------------------- (f) down when the process starts
 
 
