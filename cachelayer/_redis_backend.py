@@ -301,21 +301,30 @@ class RedisBackend:
                 await client.set(key, value, px=ttl_ms)
                 return
             # Tags, value, tags again. The tags first: a write cut off after them leaves a tag naming a missing key
-            # (harmless), never a value that invalidate_tags cannot reach (a cluster pipeline sends each node's
-            # part at once, so there the value waits for the tags' replies; one connection keeps the order). The
-            # SADD again: an invalidation that ran between the two (SREM, then DEL of a key not yet written)
-            # would otherwise leave this value untagged.
-            async with client.pipeline(transaction=False) as pipe:
+            # (harmless), never a value that invalidate_tags cannot reach. The tags again after the value: an
+            # invalidation that ran in between (SREM, then DEL of a key not yet written) would otherwise leave it
+            # untagged (and, SREM having emptied the set, Redis dropped it: its TTL is set again too). One
+            # connection keeps a pipeline's order; a cluster pipeline sends each node's part at once, so there
+            # each step waits for the one before.
+            def add_tags(pipe: Any) -> None:
                 for tag_key in tag_keys:
                     pipe.sadd(tag_key, key)
                     # NX gives a new set a TTL; GT only ever lengthens it, so a tag outlives every key it names.
                     pipe.expire(tag_key, tag_ttl_s, nx=True)
                     pipe.expire(tag_key, tag_ttl_s, gt=True)
-                if isinstance(client, RedisCluster):
-                    await pipe.execute()
+
+            if isinstance(client, RedisCluster):
+                async with client.pipeline(transaction=False) as tags:
+                    add_tags(tags)
+                    await tags.execute()
+                    await client.set(key, value, px=ttl_ms)
+                    add_tags(tags)
+                    await tags.execute()
+                return
+            async with client.pipeline(transaction=False) as pipe:
+                add_tags(pipe)
                 pipe.set(key, value, px=ttl_ms)
-                for tag_key in tag_keys:
-                    pipe.sadd(tag_key, key)
+                add_tags(pipe)
                 await pipe.execute()
 
         await self._call(run, key=key)

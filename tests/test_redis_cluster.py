@@ -171,7 +171,6 @@ async def test_command_table_is_loaded_once(cluster: RedisClusterServer) -> None
         await asyncio.gather(*(bounded.get(f"once:{i}") for i in range(50)))
         assert bounded.command_table_loads == 1
         assert bounded.discoveries == 1
-        assert bounded.discoveries == 1
         assert command_counts(cluster)["command"] == 1
     finally:
         await bounded.aclose()
