@@ -157,18 +157,6 @@ def run_worker(cluster_url: str, redis_url: str, start_port: int, ready: Any, go
     Path(out).write_text(json.dumps(result))
 
 
-def topology_calls(cluster: RedisClusterServer) -> tuple[int, int]:
-    """``CLUSTER SLOTS`` and ``COMMAND`` calls the running nodes served since the last call (then reset)."""
-    slots = command = 0
-    for port in cluster.running_ports():
-        with cluster.client(port) as conn:
-            stats: dict[str, Any] = conn.info("commandstats")
-            conn.config_resetstat()
-        slots += int(stats.get("cmdstat_cluster|slots", {}).get("calls", 0))
-        command += int(stats.get("cmdstat_command", {}).get("calls", 0))
-    return slots, command
-
-
 def summarize(phase: str, ops: list[list[float]], lags: list[list[float]], start: float, end: float,
               fault_at: float | None, touched: set[int], steady_load_rate: float) -> dict[str, Any]:
     window = [op for op in ops if start <= op[0] < end]
@@ -252,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             go.put(end_at)
         victim, source, target = cluster.masters()[0], cluster.masters()[1], cluster.masters()[2]
         time.sleep(max(0.0, phases["steady"] - time.time()))
-        topology_calls(cluster)  # from zero
+        cluster.topology_calls(reset=True)  # from zero
         time.sleep(max(0.0, phases["failover"] - time.time()))
-        topology = {"steady": topology_calls(cluster)}
+        topology = {"steady": cluster.topology_calls(reset=True)}
         killed_at = time.time()
         cluster.kill(victim)
         promoted = cluster.wait_until(lambda: victim not in cluster.masters() and len(cluster.masters()) == 3,
@@ -262,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         promotion_s = round(time.time() - killed_at, 2) if promoted else None
         time.sleep(max(0.0, phases["reshard"] - time.time()))
         cluster.wait_until_ok(10)
-        topology["failover"] = topology_calls(cluster)
+        topology["failover"] = cluster.topology_calls(reset=True)
         reshard_at = time.time()
         cluster.reshard(source, target, 1000)
         for proc in workers:
             proc.join(timeout=end_at - time.time() + 60)
             if proc.is_alive():
                 proc.kill()
-        topology["reshard"] = topology_calls(cluster)
+        topology["reshard"] = cluster.topology_calls(reset=True)
         ops: list[list[float]] = []
         lags: list[list[float]] = []
         for part in tmp.glob("w*.json"):
@@ -287,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for row in rows:
         row["promotion_s"] = promotion_s if row["phase"] == "failover" else None
-        row["cluster_slots_calls"], row["command_calls"] = topology[row["phase"]]
+        row["cluster_slots_calls"] = topology[row["phase"]]["cluster|slots"]
+        row["command_calls"] = topology[row["phase"]]["command"]
     bounds = [(phases["steady"], phases["failover"]), (phases["failover"], phases["reshard"]),
               (phases["reshard"], end_at)]
     idle_p99 = {row["phase"]: p99([lag for t, lag in idle if start <= t < end])

@@ -27,7 +27,6 @@ from typing import Any, Final, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisClusterException, RedisError
 
 from ._backend import Message, StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
@@ -66,7 +65,7 @@ return 0
 # Errors of a store call that mean "the store is not usable now" (CLIENT_ERRORS, plus our budget's TimeoutError).
 # RuntimeError: redis-py raises it for a connection of a closed loop or an unset pub/sub connection; never a
 # caller's problem.
-_STORE_ERRORS: Final = (RedisError, RedisClusterException, OSError, TimeoutError, RuntimeError)
+_STORE_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
 # A failure after this long without one is logged at WARNING: the first sign of trouble at 3 a.m.
 _QUIET_PERIOD: Final = 30.0
 

@@ -182,7 +182,7 @@ class BoundedRedisCluster(RedisCluster):
                 await self.nodes_manager.initialize(last_failed_node_name=last_failed_node_name)
             self.refreshes += 1
             self._keep_connections(roles)
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        except (*CLIENT_ERRORS, TimeoutError) as exc:
             self.refresh_failures += 1
             log.debug("cachelayer: cluster topology refresh failed: %r", exc)
         finally:

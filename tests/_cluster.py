@@ -264,6 +264,19 @@ class RedisClusterServer:
     def replicas(self) -> list[int]:
         return sorted(n.port for n in self.nodes_view() if not n.is_master and not n.failed)
 
+    def topology_calls(self, *, reset: bool = False) -> dict[str, int]:
+        """``CLUSTER SLOTS`` and ``COMMAND`` calls the running nodes served since their last ``CONFIG RESETSTAT``
+        (keys ``"cluster|slots"``, ``"command"``); ``reset``: then reset their counters."""
+        totals = {"cluster|slots": 0, "command": 0}
+        for port in self.running_ports():
+            with self.client(port) as conn:
+                stats = conn.info("commandstats")
+                if reset:
+                    conn.config_resetstat()
+            for name in totals:
+                totals[name] += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        return totals
+
     def node_id(self, port: int) -> str:
         return self._ask(port, "CLUSTER", "MYID")
 

@@ -28,7 +28,7 @@ from cachelayer._backend import Message, StoreUnavailable, Subscription
 from cachelayer._lease import _ready_channel, lease_key
 from cachelayer._redis_cluster import node_name_for_key
 from tests._cluster import ClusterUnavailable, RedisClusterServer, cluster_supported
-from tests._doubles import eventually
+from tests._doubles import CountingLoader, eventually
 from tests._servers import skip_or_fail
 from tests.conftest import CACHE_CLUSTER_ARGS
 
@@ -590,17 +590,11 @@ async def test_f_a_cluster_down_at_start_up_fails_open_then_serves_once_up(
         caches.append(cache)
         await cache.connect()
         assert not await cache.ping()
-        calls = 0
-
-        async def load() -> dict[str, int]:
-            nonlocal calls
-            calls += 1
-            return {"call": calls}
-
-        assert await cache.get_or_set("k", load) == {"call": 1}
-        assert await cache.get_or_set("k", load) == {"call": 2}  # nothing was stored
+        load = CountingLoader()
+        assert await cache.get_or_set("k", load) == {"version": 1}
+        assert await cache.get_or_set("k", load) == {"version": 2}  # nothing was stored
         assert await cache.get("k", default="dflt") == "dflt"
-        await cache.set("k", {"call": 0})
+        await cache.set("k", {"version": 0})
         assert await cache.delete("k") is False
         assert await cache.get_many(["k", "j"], default=0) == [0, 0]
         assert cache.stats()["store_errors"] >= 1

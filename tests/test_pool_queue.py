@@ -137,7 +137,6 @@ async def test_the_budget_tells_a_queue_timeout_from_a_store_timeout() -> None:
     async def cancelled_from_outside() -> None:
         await within_budget(10.0, queued_forever)
 
-    waiting.clear()
     task = asyncio.create_task(cancelled_from_outside())
     await waiting.wait()  # the flag is set, in that task's context
     task.cancel()

@@ -26,6 +26,7 @@ from cachelayer._redis_cluster import (
     node_name_for_key,
 )
 from tests._cluster import RedisClusterServer, cluster_or_skip
+from tests._doubles import eventually
 from tests.conftest import CACHE_CLUSTER_ARGS
 
 pytestmark = pytest.mark.slow
@@ -63,23 +64,6 @@ def keys_of(client: RedisCluster, node_name: str, count: int, prefix: str = "k")
             if len(found) == count:
                 return found
     raise AssertionError(f"not enough keys on {node_name}")
-
-
-def command_counts(cluster: RedisClusterServer) -> dict[str, int]:
-    """CLUSTER SLOTS and COMMAND calls served by the running nodes since their last CONFIG RESETSTAT."""
-    totals = {"cluster|slots": 0, "command": 0}
-    for port in cluster.running_ports():
-        with cluster.client(port) as conn:
-            stats = conn.info("commandstats")
-        for name in totals:
-            totals[name] += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
-    return totals
-
-
-def reset_stats(cluster: RedisClusterServer) -> None:
-    for port in cluster.running_ports():
-        with cluster.client(port) as conn:
-            conn.config_resetstat()
 
 
 # --------------------------------------------------------------------------- the cluster itself
@@ -153,7 +137,7 @@ async def test_pool_timeout_still_bounds_the_wait(cluster: RedisClusterServer) -
     try:
         key = "pool-timeout:{a}"
         slow = asyncio.create_task(bounded.blpop([key], timeout=0.5))  # holds the node's only connection
-        await asyncio.sleep(0.1)
+        await eventually(bounded.get_node_from_key(key)._lock.semaphore.locked, what="the BLPOP to hold it")
         with pytest.raises(MaxConnectionsError):
             await bounded.get(key)
         assert await slow is None
@@ -163,7 +147,7 @@ async def test_pool_timeout_still_bounds_the_wait(cluster: RedisClusterServer) -
 
 
 async def test_command_table_is_loaded_once(cluster: RedisClusterServer) -> None:
-    reset_stats(cluster)
+    cluster.topology_calls(reset=True)
     bounded = build_cluster_client(cluster.url, max_connections=4, pool_timeout=1.0)
     try:
         await asyncio.gather(*(bounded.set(f"once:{i}", i) for i in range(50)))
@@ -171,7 +155,7 @@ async def test_command_table_is_loaded_once(cluster: RedisClusterServer) -> None
         await asyncio.gather(*(bounded.get(f"once:{i}") for i in range(50)))
         assert bounded.command_table_loads == 1
         assert bounded.discoveries == 1
-        assert command_counts(cluster)["command"] == 1
+        assert cluster.topology_calls()["command"] == 1
     finally:
         await bounded.aclose()
 
@@ -250,7 +234,7 @@ async def test_failover_is_isolated_and_refreshes_are_bounded(own_cluster: Redis
     classic = ClusterSubscription(bounded, sharded=False)
     await sharded.subscribe(victim_keys[0])
     await classic.subscribe(victim_keys[1])  # the classic connection lives on the victim too
-    reset_stats(cluster)
+    cluster.topology_calls(reset=True)
 
     elapsed: list[float] = []
     failed = 0
@@ -313,7 +297,7 @@ async def test_failover_is_isolated_and_refreshes_are_bounded(own_cluster: Redis
         await sharded.aclose()
         await classic.aclose()
 
-    counts = command_counts(cluster)
+    counts = cluster.topology_calls()
     try:
         assert counts["command"] == 0, counts
         # at most one refresh per interval (+ the in-flight one), however many calls failed
