@@ -12,12 +12,12 @@ SHELL := /bin/bash
 PYTHON      ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
-EXTRAS      ?= dev,service,bench,msgpack,prometheus
+EXTRAS      ?= dev,service,bench,msgpack,prometheus,otel
 # pip re-runs only when pyproject.toml is newer than this file.
 STAMP       := $(VENV)/.cachelayer-installed
 PYTEST_ARGS ?=
 # Only the directories that exist (git does not keep empty ones).
-LINT_PATHS  := $(wildcard cachelayer service tests benchmarks)
+LINT_PATHS  := $(wildcard cachelayer service tests benchmarks harness)
 DEVSTACK    := scripts/devstack
 # What `make run` runs: the wallpaper service on :8888 with demo data (examples/demo.py is the library demo).
 RUN_CMD     ?= $(PY) -m service dev
@@ -69,7 +69,7 @@ help:
 	@echo "make run           .venv + dev stack, then: $(RUN_CMD)"
 	@echo "make up|down|status  start / stop (only what devstack started) / show the dev stack"
 	@echo "make lint          ruff check $(LINT_PATHS)"
-	@echo "make typecheck     mypy --strict cachelayer service benchmarks"
+	@echo "make typecheck     mypy --strict cachelayer service benchmarks harness"
 	@echo "make bench-codecs  quick codec benchmark"
 	@echo "make clean         remove the .venv install stamp and var/ data of stopped services"
 
@@ -100,7 +100,8 @@ system-deps:
 apt-lock-wait:
 	@$(WAIT_FOR_APT_LOCKS)
 
-# (b) the virtualenv; pip runs again only when pyproject.toml changed since the last install.
+# (b) the virtualenv; pip runs again only when pyproject.toml changed since the last install. The editable install
+# holds cachelayer only (plus the extras' dependencies): service, benchmarks and harness run from this directory.
 venv: $(STAMP)
 
 $(PY):
@@ -126,7 +127,7 @@ lint: venv
 
 # (e) types
 typecheck: venv
-	$(VENV)/bin/mypy --strict cachelayer service benchmarks
+	$(VENV)/bin/mypy --strict cachelayer service benchmarks harness
 
 # (f) tests
 pytest: venv

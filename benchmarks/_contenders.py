@@ -50,7 +50,8 @@ def _cachelayer_with(
 
     # The decorator reads the return annotation (a typed decoder for list[Item]); set as an object, not a string.
     fetch.__annotations__["return"] = returns
-    return lib.cached(ttl=ttl, cache=cache)(fetch), cache.aclose
+    # fetch closes over the loader: its name is its identity (also for an older cachelayer under --before).
+    return lib.cached(ttl=ttl, cache=cache, name=f"{namespace}.fetch")(fetch), cache.aclose
 
 
 def _cachelayer(

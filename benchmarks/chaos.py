@@ -4,7 +4,7 @@
 
 The run starts its own stores on free loopback ports: ``redis-server``, SecantusDB (storage in the work directory)
 and a private ``mariadbd`` (own datadir; when that cannot start, the machine's MariaDB on 3306 with a private
-database ``chaos_<pid>``, dropped at the end). A fault proxy (``benchmarks._faults``, each in its own process) sits
+database ``chaos_<pid>``, dropped at the end). A fault proxy (``harness.faults``, each in its own process) sits
 in front of each of them; the service (``python -m service serve`` with ``config/wallpaper.toml``, 2 workers, uvloop,
 its own port) reaches every store through its proxy by ``WALLPAPER_...`` environment overrides. The stores are
 seeded (``python -m service seed``, ``WALLPAPERS`` documents) and every page the load uses is fetched once (warm).
@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from benchmarks import _faults
+import harness
 from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
 from benchmarks.http_load import parse_wrk
 
@@ -390,15 +390,15 @@ class Stack:
     def __init__(self, workdir: Path, source: Path = REPO) -> None:
         self.workdir = workdir
         self.source = source  # the tree whose service/ and cachelayer/ run
-        self.redis = _faults.RedisServer(workdir)
-        self.mongo = _faults.SecantusServer(workdir)
-        self.mariadb: _faults.MariaDBServer | None = _faults.MariaDBServer(workdir)
+        self.redis = harness.RedisServer(workdir)
+        self.mongo = harness.SecantusServer(workdir)
+        self.mariadb: harness.MariaDBServer | None = harness.MariaDBServer(workdir)
         self.mysql_port = 0
         self.database = f"wallpaper_bench_{WALLPAPERS}"
         self.mysql_note = "private mariadbd"
-        self.proxies: dict[str, _faults.ProxyProcess] = {}
+        self.proxies: dict[str, harness.ProxyProcess] = {}
         self.service: subprocess.Popen[bytes] | None = None
-        self.service_port = _faults.free_port()
+        self.service_port = harness.free_port()
         self.service_log = workdir / "service.log"
 
     def start_stores(self) -> None:
@@ -416,7 +416,7 @@ class Stack:
             self.mysql_note = f"machine MariaDB, database {self.database} (private mariadbd failed: {exc!r:.200})"
             print(f"  {self.mysql_note}", flush=True)
         for name, port in (("redis", self.redis.port), ("mongo", self.mongo.port), ("mysql", self.mysql_port)):
-            self.proxies[name] = _faults.ProxyProcess(name, port, log=self.workdir / f"proxy-{name}.log")
+            self.proxies[name] = harness.ProxyProcess(name, port, log=self.workdir / f"proxy-{name}.log")
 
     def env(self, *, direct: bool) -> dict[str, str]:
         """The service's environment: every store through its proxy (``direct``: the stores themselves)."""
@@ -955,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     finally:
         stack.close()
-        _faults.stop_all()
+        harness.stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     rows, timelines, method, notes = build_results(run, counts, settled, seeded)

@@ -8,6 +8,11 @@ and cashews on Redis and on each library's in-memory store, cachelayer's ``Cache
 the page's items as ``list[Item]`` (a dataclass, a pydantic model). ``--before TREE`` adds the plain ``@cached`` of
 another checkout of cachelayer (``git archive <commit> | tar -x -C TREE``), imported beside this one.
 
+With opentelemetry installed (the ``otel`` extra), three more Redis ``@cached`` rows, each compared (paired) with
+the plain one: ``otel_off`` (opentelemetry imported, nothing configured), ``otel_unsampled`` (instrumented, a
+tracer whose sampler is ALWAYS_OFF) and ``otel_sampled`` (ALWAYS_ON, a batch processor feeding an exporter that
+drops the spans); both instrumented rows also have an SDK meter provider with a reader, as a service would.
+
 Every round times each contender right after a fresh floor measurement, in an order that rotates from round to
 round, so every ratio is taken under the load of its own moment (the machine is shared); figures are medians over
 rounds of those per-round values. Sequential calls on one event loop: the figure is CPU per hit, not throughput.
@@ -43,10 +48,11 @@ from cachelayer import Cache
 from service.demo_data import medium_page
 
 REDIS_URL = BENCH_REDIS_URL
-PACKAGES = ["redis", "orjson", "zstandard", "msgspec", "pydantic", "aiocache", "cashews"]
+PACKAGES = ["redis", "orjson", "zstandard", "msgspec", "pydantic", "aiocache", "cashews", "opentelemetry-sdk"]
 TYPED_LIMIT = 1.3
 BEFORE_LIMIT = 1.05
 RAW_LIMIT = 1.25
+OTEL_LIMITS = {"off": 1.01, "unsampled": 1.03, "sampled": 1.15}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +118,59 @@ async def _build(before: Path | None) -> tuple[list[Contender], list[Callable[[]
         built = _contenders.package_cachelayer(package)(REDIS_URL, "hit-before", 3600, loader)
         await add("cachelayer_before", f"cachelayer @cached at {before.name} (Redis)", built, page)
 
+    for mode, setup in _otel_setups().items():
+        fetch, close = _contenders.build("cachelayer", REDIS_URL, f"hit-otel-{mode}", 3600, loader)
+        closers.append(setup(fetch.cache))  # type: ignore[attr-defined]  # a CachedFunction
+        await add(f"cachelayer_otel_{mode}", f"cachelayer @cached, OpenTelemetry {mode} (Redis)", (fetch, close), page)
+
     manager = Cache.from_url(REDIS_URL, namespace="hit-get", max_connections=64)
     await manager.set("page", page, ttl=3600)
     closers.append(manager.aclose)
     contenders.append(Contender("cachelayer_get", "cachelayer Cache.get (Redis)", lambda: manager.get("page")))
     assert await manager.get("page") == page
     return contenders, closers
+
+
+def _otel_setups() -> dict[str, Callable[[Cache], Callable[[], Awaitable[None]]]]:
+    """How each OpenTelemetry row sets up its cache (returning what closes it); none without opentelemetry."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+
+        from cachelayer._otel import instrument_opentelemetry
+    except ImportError:
+        return {}
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    def instrumented(sampler: Sampler) -> Callable[[Cache], Callable[[], Awaitable[None]]]:
+        def setup(cache: Cache) -> Callable[[], Awaitable[None]]:
+            tracer_provider = TracerProvider(sampler=sampler)
+            tracer_provider.add_span_processor(BatchSpanProcessor(Dropped()))
+            meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            hooks = instrument_opentelemetry(cache, tracer_provider, meter_provider)
+
+            async def close() -> None:
+                hooks.uninstrument()
+                tracer_provider.shutdown()
+                meter_provider.shutdown()
+
+            return close
+
+        return setup
+
+    def off(cache: Cache) -> Callable[[], Awaitable[None]]:
+        async def close() -> None:
+            return None
+
+        return close
+
+    return {"off": off, "unsampled": instrumented(ALWAYS_OFF), "sampled": instrumented(ALWAYS_ON)}
 
 
 def _median(values: list[float], digits: int = 1) -> float:
@@ -165,6 +218,8 @@ async def measure(rounds: int, number: int, before: Path | None = None) -> dict[
     for field in ("cachelayer_typed_dataclass", "cachelayer_typed_pydantic"):
         result[f"{field}_vs_cachelayer"] = relative(field, "cachelayer")
     result["cachelayer_vs_before"] = relative("cachelayer", "cachelayer_before")
+    for mode in OTEL_LIMITS:
+        result[f"cachelayer_otel_{mode}_vs_cachelayer"] = relative(f"cachelayer_otel_{mode}", "cachelayer")
     for peer in ("aiocache_memory", "cashews_memory"):
         result[f"cachelayer_memory_vs_{peer}"] = relative("cachelayer_memory", peer)
     result["labels"] = {c.field: c.label for c in contenders}
@@ -189,6 +244,11 @@ def targets(result: dict[str, Any]) -> list[tuple[str, bool]]:
         rel = result.get(f"cachelayer_typed_{kind}_vs_cachelayer")
         if rel is not None:
             checks.append((f"list[Item] ({kind}) hit <= {TYPED_LIMIT} x cachelayer_us ({rel:.3f})", rel <= TYPED_LIMIT))
+    for mode, limit in OTEL_LIMITS.items():
+        rel = result.get(f"cachelayer_otel_{mode}_vs_cachelayer")
+        if rel is not None:
+            text = f"Redis hit with OpenTelemetry {mode} <= {limit} x without ({rel:.3f}, paired)"
+            checks.append((text, rel <= limit))
     rel = result.get("cachelayer_vs_before")
     if rel is not None:
         checks.append((f"Redis hit at most 5% slower than before the rewrite ({rel:.3f} x)", rel <= BEFORE_LIMIT))

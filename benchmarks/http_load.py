@@ -287,10 +287,9 @@ def _data_present(database: str, wallpapers: int) -> bool:
 
 @contextlib.contextmanager
 def own_cluster(workdir: Path) -> Iterator[str | None]:
-    """A Redis Cluster of the benchmark's own (tests/_cluster.py), stopped by PID at the end; None (and the
+    """A Redis Cluster of the benchmark's own (harness/cluster.py), stopped by PID at the end; None (and the
     ``cached-cluster`` variant skipped) where this machine cannot run one."""
-    sys.path.insert(0, str(REPO))
-    from tests._cluster import ClusterUnavailable, RedisClusterServer, cluster_supported
+    from harness import ClusterUnavailable, RedisClusterServer, cluster_supported
 
     reason = cluster_supported()
     if reason is not None:

@@ -6,7 +6,10 @@ Cluster clients) and :class:`cachelayer.MemoryBackend` (in-process). Both are ex
 
 Every method may raise :class:`StoreUnavailable` (a :class:`CacheError`) and nothing else for a store problem:
 the store did not answer within its budget, answered with an error, or a circuit breaker refused the call. The
-:class:`Cache` turns it into fail-open behaviour; it never reaches a caller of the cache.
+:class:`Cache` turns it into fail-open behaviour; it never reaches a caller of the cache. The budget, the breakers
+and that classification are a :class:`cachelayer.Guard` the backend holds or wears (``_guard.py``). Mistakes are
+other :class:`CacheError` subclasses and do reach the caller: after :meth:`Backend.aclose` every method raises
+:class:`CacheClosedError`; :meth:`Backend.connect` raises :class:`StoreConnectError` when the store refuses.
 
 Keys are the cache's own (see ``_keys.py``): a value key and its lease key share a Redis Cluster hash slot, so
 :meth:`Backend.poll` is one round trip on a cluster too.
@@ -63,9 +66,6 @@ class Subscription(Protocol):
 class Backend(Protocol):
     """What :class:`cachelayer.Cache` asks of a store. See the module docstring for the error contract."""
 
-    timeout: float
-    """The budget of one call, in seconds."""
-
     stores_objects: bool
     """True when :meth:`get` hands back the very ``bytes`` object :meth:`set` stored (an in-process store): the
     cache may then reuse what it decoded from that object instead of decoding it again on every hit."""
@@ -97,9 +97,10 @@ class Backend(Protocol):
         """Delete ``keys``; how many existed."""
         ...
 
-    async def overwrite(self, key: str, offset: int, data: bytes) -> bool:
-        """Overwrite bytes of an existing value in place, keeping its expiry; False (and nothing written) when
-        the key does not exist. The cache marks entries stale this way (the frame's expiry field)."""
+    async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
+        """Mark the values under ``keys`` stale: write ``field`` at ``offset`` of each existing value in place,
+        keeping its expiry (the cache passes where its frames keep their logical expiry, and the value that means
+        "stale"); a missing key is not created. How many existed."""
         ...
 
     async def clear(self, prefix: str) -> int:
@@ -148,7 +149,6 @@ class Backend(Protocol):
         ...
 
     def stats(self) -> dict[str, Any]:
-        """Counters and state for ``Cache.stats()``: at least ``store_errors`` (int), ``breaker_state``
-        (``"closed"``, ``"open"``, ``"half_open"``; for a backend with several breakers, the worst) and
-        ``breaker_opened`` (int)."""
+        """Counters and state for ``Cache.stats()``: what the backend has. A guarded backend adds its guard's
+        (``store_errors``, ``breaker_state``: the worst of its breakers, ``breaker_opened``, ...)."""
         ...

@@ -1,7 +1,8 @@
 """A circuit breaker for a store: stop paying a timeout per request while the store is down.
 
-Every transition is logged at WARNING with its reason (an open breaker means hits are turning into database
-loads: the operator must be able to see why), at most once per ``log_interval`` for repeated re-openings.
+Every transition is logged at WARNING with the store it guards (``store``, e.g. ``Redis 127.0.0.1:6379``, set by
+the backend) and its reason (an open breaker means hits are turning into database loads: the operator must be able
+to see where and why), at most once per ``log_interval`` for repeated re-openings.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-__all__ = ["CircuitBreaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "describe_error"]
 
 log = logging.getLogger("cachelayer")
 
 BreakerState = Literal["closed", "open", "half_open"]
+_UNNAMED = frozenset({"store", "redis"})  # default names, which say nothing next to the store's
+
+
+def describe_error(exc: BaseException) -> str:
+    """``ConnectionError: Error 111 connecting to ...``: the exception's type and its own message."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class CircuitBreaker:
@@ -30,6 +38,7 @@ class CircuitBreaker:
         cooldown: float = 2.0,
         *,
         name: str = "store",
+        store: str | None = None,
         log_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -43,9 +52,21 @@ class CircuitBreaker:
         self._probing = False
         self.opened_count = 0
         self.name = name
+        self.store = store
         self.log_interval = log_interval
         self._logged_at = float("-inf")
         self._reopens_unlogged = 0
+        # Told of every transition (state, reason): the guard forwards them to the cache's hooks.
+        self.on_change: Callable[[BreakerState, str | None], None] | None = None
+
+    @property
+    def label(self) -> str:
+        """How log lines name this breaker: ``for Redis 127.0.0.1:6379``, ``'sessions' for Redis ...``."""
+        if self.store is None:
+            return self.name
+        if self.name in _UNNAMED:
+            return f"for {self.store}"
+        return f"{self.name!r} for {self.store}"
 
     @property
     def state(self) -> BreakerState:
@@ -66,16 +87,20 @@ class CircuitBreaker:
         if self._probing or self.clock() - self._opened_at < self.cooldown:
             return None
         self._probing = True
+        if self.on_change is not None:
+            self.on_change("half_open", None)
         return "probe"
 
     def record_success(self) -> None:
         if self._opened_at is not None:
             log.warning(
                 "cachelayer: circuit breaker %s closed: the store answers again after %.1f s",
-                self.name,
+                self.label,
                 self.clock() - self._opened_at,
             )
             self._logged_at = float("-inf")
+            if self.on_change is not None:
+                self.on_change("closed", None)
         self._failures = 0
         self._opened_at = None
         self._probing = False
@@ -89,6 +114,8 @@ class CircuitBreaker:
             self._probing = False
             self.opened_count += 1
             self._log_open(now, reopening, reason)
+            if self.on_change is not None:
+                self.on_change("open", describe_error(reason) if isinstance(reason, BaseException) else reason)
 
     def _log_open(self, now: float, reopening: bool, reason: BaseException | str | None) -> None:
         if reopening and now - self._logged_at < self.log_interval:
@@ -96,12 +123,12 @@ class CircuitBreaker:
             return
         self._logged_at = now
         log.warning(
-            "cachelayer: circuit breaker %s %s after %d consecutive failures (last: %r); calls fail open "
+            "cachelayer: circuit breaker %s %s after %d consecutive failures (last: %s); calls fail open "
             "for %.1f s%s",
-            self.name,
+            self.label,
             "reopened" if reopening else "opened",
             self._failures,
-            reason,
+            describe_error(reason) if isinstance(reason, BaseException) else reason,
             self.cooldown,
             f" ({self._reopens_unlogged} reopenings not logged)" if self._reopens_unlogged else "",
         )

@@ -1,39 +1,53 @@
 """The cache-aside manager: one public entry point, :meth:`Cache.fetch`, and the plain operations around it.
 
-A fetch reads straight down: the local tier, then the backend (reads of one key coalesced), the codec; on a miss
-the load path (``_loading.py``: single-flight, the lease, the store). Every store problem arrives here as
-:class:`StoreUnavailable` and becomes fail-open behaviour; only the loader's own errors and programming errors
-reach a caller.
+``fetch`` builds one :class:`Fetch` (key, loader, resolved policy, value type, parse mode, hooks) and hands it to
+the pipeline of the running event loop (``_pipeline.py``), which reads straight down and never calls back up. Every
+store problem becomes fail-open behaviour; only the loader's own errors and mistakes (a :class:`CacheError` with
+the fix: a closed cache, a bad URL, an unstorable ``set``) reach a caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from ._backend import Backend, StoreUnavailable
 from ._breaker import CircuitBreaker
-from ._codec import EXPIRES_OFFSET, Codec
-from ._entry import CacheEntry
+from ._codec import EXPIRES_OFFSET, INVALIDATED_FIELD, Codec
+from ._entry import CacheEntry, Outcome
+from ._errors import CacheClosedError, ConfigurationError
+from ._fetch import Fetch
+from ._guard import Guard
+from ._hooks import GLOBAL as GLOBAL_HOOKS
+from ._hooks import CacheHooks, FetchHooks, start_fetch
 from ._keys import KeyLayout
-from ._loading import INVALIDATED_AT, Loading
 from ._local import LocalCache
-from ._memory_backend import MemoryBackend
 from ._metrics import CacheMetrics
 from ._null_backend import NullBackend
-from ._policy import DEFAULT_POLICY, EntryPolicy, PolicyFields, ResolvedPolicy, policy_of
+from ._options import StoreOptions
+from ._pipeline import Pipeline
+from ._policy import (
+    DEFAULT_POLICY,
+    EntryPolicy,
+    PolicyDefaults,
+    PolicyFields,
+    ResolvedPolicy,
+    policy_of,
+    resolve_policy,
+)
 from ._redis_backend import RedisBackend
 from ._stampede import StampedePolicy
 from ._typed import ValueType
+from ._urls import backend_from_url
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis, RedisCluster
+    from ._redis_clients import RedisClient
 
 __all__ = ["Cache"]
 
@@ -41,8 +55,8 @@ log = logging.getLogger("cachelayer")
 
 T = TypeVar("T")
 
-# Marking an entry stale rewrites its frame's expiry field in place (its TTL and payload stay).
-_INVALIDATED_FIELD = round(INVALIDATED_AT * 1000).to_bytes(8, "big")
+_UNNAMED_FETCH: Final = "cachelayer.fetch"
+
 
 
 class Cache:
@@ -58,11 +72,18 @@ class Cache:
     ``stale_ttl`` (default: equal to the TTL) is how long a value outlives its TTL to be served stale while one
     refresh runs, or when the loader fails. ``none_ttl`` is the TTL of a cached ``None`` (default: the TTL).
     ``jitter`` spreads each TTL over ``ttl * (1 +- jitter)``.
+
+    Every hit hands its caller a value of its own, decoded from the stored bytes, on every backend: mutating it
+    never changes what another caller gets. ``shared_values=True`` lets an in-process store
+    (:class:`MemoryBackend`) decode an entry once and hand every hit the same object: a promise that no caller
+    mutates what it gets, for values read far more often than written.
+
+    :meth:`aclose` closes the cache for good: any later call raises :class:`CacheClosedError`.
     """
 
     def __init__(
         self,
-        store: Backend | Redis | RedisCluster,
+        store: Backend | RedisClient,
         *,
         namespace: str = "cache",
         codec: Codec | None = None,
@@ -78,6 +99,7 @@ class Cache:
         breaker: CircuitBreaker | None = None,
         owns_client: bool = False,
         enabled: bool = True,
+        shared_values: bool = False,
     ) -> None:
         if default_ttl <= 0:
             raise ValueError("default_ttl must be positive")
@@ -94,14 +116,23 @@ class Cache:
         self.jitter = jitter
         self.stampede = stampede if stampede is not None else StampedePolicy()
         self.enabled = enabled
+        self.shared_values = shared_values
+        self._closed = False
         self.metrics = CacheMetrics()
         self.local = local
         if local is not None:
             local.attach(self.backend, self.keys.local_channel())
         self._clock = clock
         self._rand = rand
+        self._defaults = PolicyDefaults(default_ttl, self.stale_ttl, none_ttl, self.stampede)
         self._resolved: dict[int, tuple[EntryPolicy, ResolvedPolicy]] = {}
-        self._loading: Loading | None = None
+        self._pipeline: Pipeline | None = None
+        self._hooks: tuple[CacheHooks, ...] = ()
+        self._subscribers: tuple[CacheHooks, ...] = ()
+        self._hooks_generation = -1
+        guard = getattr(self.backend, "guard", None)
+        if isinstance(guard, Guard):
+            guard.listeners.append(self._store_state_changed)
 
     @classmethod
     def from_url(
@@ -109,35 +140,38 @@ class Cache:
         url: str,
         *,
         cluster: bool = False,
-        max_connections: int = 64,
-        pool_timeout: float = 1.0,
+        store_options: StoreOptions | None = None,
+        max_connections: int | None = None,
+        pool_timeout: float | None = None,
         socket_timeout: float | None = None,
-        timeout: float = 0.1,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
         breaker: CircuitBreaker | None = None,
         **options: Any,
     ) -> Cache:
-        """A cache with a store of its own, closed by :meth:`aclose`: ``memory://`` (in-process),
-        ``redis://``, ``rediss://``, ``unix://`` (a bounded, blocking pool: a caller waits up to
-        ``pool_timeout`` for a free connection instead of opening more), or ``redis+cluster://host:port``
-        (``rediss+cluster://``; also ``cluster=True`` with a ``redis://`` URL): a Redis Cluster, found from that
-        node. One client per event loop; ``socket_timeout`` is None on purpose (docs/operations.md)."""
-        scheme = urlsplit(url).scheme
-        backend: Backend
-        if scheme == "memory":
-            backend = MemoryBackend(timeout=timeout)
-        elif scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-            build = RedisBackend.cluster_from_url if cluster or scheme.endswith("+cluster") else RedisBackend.from_url
-            backend = build(
-                url,
-                max_connections=max_connections,
-                pool_timeout=pool_timeout,
-                socket_timeout=socket_timeout,
-                timeout=timeout,
-                breaker=breaker,
+        """A cache with a store of its own, closed by :meth:`aclose`, built from the URL scheme table
+        (:func:`register_scheme`): ``memory://`` (in-process), ``redis://``, ``rediss://``, ``unix://`` (a bounded,
+        blocking pool: a caller waits up to ``pool_timeout`` for a free connection instead of opening more), or
+        ``redis+cluster://host:port`` (``rediss+cluster://``; also ``cluster=True`` with a ``redis://`` URL): a
+        Redis Cluster, found from that node.
+
+        Pool limits and timeouts are one :class:`StoreOptions` (``store_options=``), or its fields as keywords
+        (which override it). A malformed URL, an unknown scheme, a port or database that is not a number raise
+        :class:`ConfigurationError` here, never at the first call. ``options`` go to :class:`Cache`."""
+        given: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("max_connections", max_connections),
+                ("pool_timeout", pool_timeout),
+                ("socket_timeout", socket_timeout),
+                ("timeout", timeout),
+                ("connect_timeout", connect_timeout),
+                ("breaker", breaker),
             )
-        else:
-            raise ValueError(f"unsupported cache URL scheme {scheme!r}: memory, redis, rediss, unix, redis+cluster")
-        return cls(backend, owns_client=True, **options)
+            if value is not None
+        }
+        store = dataclasses.replace(store_options or StoreOptions(), **given)
+        return cls(backend_from_url(url, store, cluster=cluster), owns_client=True, **options)
 
     @classmethod
     def disabled(cls, **options: Any) -> Cache:
@@ -147,12 +181,18 @@ class Cache:
 
     async def connect(self) -> None:
         """Open the store's connections and learn its topology now, so the first request pays nothing for it.
-        Never raises for a store problem (the cache fails open until the store answers)."""
+
+        Raises :class:`StoreConnectError` (naming the store and its own message) when the store refuses: nothing
+        listens there, a wrong password, a database index that does not exist. An application that would rather
+        start degraded catches it: every later call fails open until the store answers."""
+        self._check_open()
         with contextlib.suppress(StoreUnavailable):
             await self.backend.connect()
 
     async def ping(self) -> bool:
-        """True when the store answers one round trip within its budget (health checks); never raises."""
+        """True when the store answers one round trip within its budget (health checks); never raises for a
+        store problem."""
+        self._check_open()
         try:
             await self.backend.ping()
         except StoreUnavailable:
@@ -160,21 +200,69 @@ class Cache:
         return True
 
     async def aclose(self) -> None:
-        """Wait for background refreshes, then close what this cache built."""
-        if self._loading is not None and self._loading.loop is asyncio.get_running_loop():
-            await self._loading.aclose()
+        """Wait for background refreshes, then close what this cache built. The cache stays closed: any later
+        call raises :class:`CacheClosedError` (a closed cache silently loading every call would hide the bug).
+        Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pipeline is not None and self._pipeline.loop is asyncio.get_running_loop():
+            await self._pipeline.aclose()
         if self.local is not None:
             await self.local.aclose()
         if self._owns_backend:
             await self.backend.aclose()
 
-    def _state(self) -> Loading:
-        """The load machinery of the running loop (futures and tasks belong to one loop)."""
-        loading = self._loading
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(
+                f"cache {self.namespace!r} was closed with aclose(): build a new Cache (a closed cache stays closed)"
+            )
+
+    def _state(self) -> Pipeline:
+        """The pipeline of the running loop (futures and tasks belong to one loop)."""
+        if self._closed:
+            self._check_open()
+        pipeline = self._pipeline
         loop = asyncio.get_running_loop()
-        if loading is None or loading.loop is not loop:
-            loading = self._loading = Loading(self, loop)
-        return loading
+        if pipeline is None or pipeline.loop is not loop:
+            pipeline = self._pipeline = Pipeline(
+                loop,
+                codec=self.codec,
+                backend=self.backend,
+                keys=self.keys,
+                local=self.local,
+                metrics=self.metrics,
+                clock=self._clock,
+                rand=self._rand,
+                jitter=self.jitter,
+                shared_values=self.shared_values,
+            )
+        return pipeline
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+
+    def add_hooks(self, hooks: CacheHooks) -> None:
+        """Subscribe ``hooks`` to this cache's fetches (:mod:`cachelayer` hooks: tracing, metrics)."""
+        if hooks not in self._hooks:
+            self._hooks = (*self._hooks, hooks)
+            self._hooks_generation = -1
+
+    def remove_hooks(self, hooks: CacheHooks) -> None:
+        self._hooks = tuple(h for h in self._hooks if h is not hooks)
+        self._hooks_generation = -1
+
+    def _store_state_changed(self, store: str, state: str, reason: str | None) -> None:
+        for hooks in (*GLOBAL_HOOKS.subscribers, *self._hooks):
+            hooks.store_state_changed(store, state, reason)
+
+    def _start_hooks(self, function: str, key: str) -> FetchHooks | None:
+        if self._hooks_generation != GLOBAL_HOOKS.generation:
+            self._subscribers = (*GLOBAL_HOOKS.subscribers, *self._hooks)
+            self._hooks_generation = GLOBAL_HOOKS.generation
+        if not self._subscribers:
+            return None
+        return start_fetch(self._subscribers, function, key)
 
     # -- the entry point --------------------------------------------------------------------------------------
 
@@ -187,14 +275,7 @@ class Cache:
         known = self._resolved.get(id(policy))
         if known is not None and known[0] is policy:  # by identity: hashing a policy costs more than resolving
             return known[1]
-        ttl = self.default_ttl if policy.ttl is None else policy.ttl
-        stale_ttl = policy.stale_ttl
-        if stale_ttl is None:
-            # The stale window scales with a per-entry TTL, so a short-lived value is not served stale for the
-            # long window meant for the default TTL.
-            stale_ttl = self.stale_ttl if ttl == self.default_ttl else ttl * (self.stale_ttl / self.default_ttl)
-        none_ttl = policy.none_ttl if policy.none_ttl is not None else (self.none_ttl or ttl)
-        resolved = ResolvedPolicy(ttl, stale_ttl, none_ttl, policy.tags, policy.local, policy.stampede or self.stampede)
+        resolved = resolve_policy(policy, self._defaults)
         if len(self._resolved) >= 256:
             self._resolved.clear()
         self._resolved[id(policy)] = (policy, resolved)  # the policy is kept: its id is not reused meanwhile
@@ -208,22 +289,36 @@ class Cache:
         *,
         value_type: ValueType[T] | None = None,
         parse: bool = True,
+        function: str | None = None,
     ) -> CacheEntry[T]:
         """The entry under ``name``; on a miss, ``await loader()`` once (across processes) and store it.
 
         ``parse=False`` checks the stored bytes without building the value (``entry.body()`` is then free).
         ``value_type`` decodes hits to the type the loader returns (the decorator passes it from the return
-        annotation). Never raises for a store problem; the loader's exceptions propagate."""
-        if not self.enabled:
-            return await self._state().bypass(loader, value_type)
+        annotation). ``function`` names the fetch for hooks and traces (the decorator passes the function's
+        qualified name; default ``"cachelayer.fetch"``: a name, unlike a key, must not carry user data or grow
+        without bound). Never raises for a store problem; the loader's exceptions propagate."""
+        return await self._start_fetch(name, loader, policy, value_type, parse, function)
+
+    def _start_fetch(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[T]],
+        policy: EntryPolicy,
+        value_type: ValueType[T] | None,
+        parse: bool,
+        function: str | None,
+    ) -> Coroutine[Any, Any, CacheEntry[T]]:
+        """:meth:`fetch` without a coroutine frame of its own, for the decorator: every resumption of a waiting
+        caller passes through each frame of its chain of coroutines. Awaited at once, it is ``fetch``."""
+        pipeline = self._state()
         key = self.keys.value_key(name)
-        state = self._state()
-        local = self.local if policy.local else None
-        if local is not None:
-            hit = state.local_hit(key, local, policy, loader, parse, value_type)
-            if hit is not None:
-                return hit
-        return await state.fetch(key, loader, policy, parse, value_type)
+        fetch = Fetch(key, loader, self.resolve(policy), value_type, parse)
+        if self._hooks or GLOBAL_HOOKS.subscribers:
+            fetch.hooks = self._start_hooks(function or _UNNAMED_FETCH, key)
+        if not self.enabled:
+            return pipeline.bypass(fetch)
+        return pipeline.fetch(fetch)
 
     async def refresh(
         self,
@@ -234,9 +329,11 @@ class Cache:
         value_type: ValueType[T] | None = None,
     ) -> CacheEntry[T]:
         """Run ``loader`` now and store its value, whatever is stored."""
+        pipeline = self._state()
+        fetch = Fetch(self.key(name), loader, self.resolve(policy), value_type, True)
         if not self.enabled:
-            return await self._state().bypass(loader, value_type)
-        return await self._state().load_and_store(self.key(name), loader, self.resolve(policy), None, value_type)
+            return await pipeline.bypass(fetch)
+        return await pipeline.refresh(fetch)
 
     async def get_or_set(
         self,
@@ -264,6 +361,7 @@ class Cache:
     async def get(self, name: str, default: Any = None, *, value_type: ValueType[Any] | None = None) -> Any:
         """The fresh value stored under ``name``, or ``default`` (pass :data:`MISSING` to tell a cached
         ``None`` from a miss). A stale, undecodable or unreachable value is a miss."""
+        self._check_open()
         key = self.key(name)
         try:
             data = await self.backend.get(key)
@@ -274,6 +372,7 @@ class Cache:
     async def get_many(
         self, names: Sequence[str], default: Any = None, *, value_type: ValueType[Any] | None = None
     ) -> list[Any]:
+        self._check_open()
         keys = [self.key(n) for n in names]
         try:
             stored = await self.backend.get_many(keys)
@@ -282,7 +381,7 @@ class Cache:
         return [await self._fresh_value(key, data, default, value_type) for key, data in zip(keys, stored, strict=True)]
 
     async def _fresh_value(self, key: str, data: bytes | None, default: Any, value_type: ValueType[Any] | None) -> Any:
-        found = await self._state().decode(key, data, True, value_type) if data is not None else None
+        found = await self._state().reader.decode(key, data, True, value_type) if data is not None else None
         if found is None or self._clock() >= found[0].expires_at:
             self.metrics.misses += 1
             return default
@@ -298,24 +397,31 @@ class Cache:
         stale_ttl: float | None = None,
         tags: Iterable[str] = (),
         value_type: ValueType[Any] | None = None,
-    ) -> None:
-        """Store ``value``. A value that cannot be stored raises :class:`SerializationError` (or
-        :class:`ValueTooLargeError`); a store problem does not."""
+    ) -> bool:
+        """Store ``value``; True when the store took it, False when it was unavailable (failed open, counted). A
+        value that cannot be stored raises :class:`SerializationError` (or :class:`ValueTooLargeError`)."""
         policy = self.resolve(EntryPolicy(ttl=ttl, stale_ttl=stale_ttl, tags=tuple(tags)))
-        await self._state().store(self.key(name), value, policy, 0.0, value_type, strict=True)
+        entry = await self._state().filler.store(self.key(name), value, policy, value_type, 0.0, strict=True)
+        return entry.outcome is not Outcome.FAIL_OPEN
 
-    async def set_many(self, values: Mapping[str, Any], ttl: float | None = None) -> None:
+    async def set_many(self, values: Mapping[str, Any], ttl: float | None = None) -> bool:
+        """Store several values at once; True when the store took them, False when it was unavailable."""
         policy = self.resolve(EntryPolicy(ttl=ttl))
-        state = self._state()
-        items = [(self.key(name), *state.encode(value, policy, 0.0, None)) for name, value in values.items()]
-        with contextlib.suppress(StoreUnavailable):
+        filler = self._state().filler
+        items = [(self.key(name), *filler.encode(value, policy, 0.0, None)) for name, value in values.items()]
+        stored = True
+        try:
             await self.backend.set_many([(key, data, ttl_ms) for key, data, ttl_ms, _ in items])
+        except StoreUnavailable:
+            stored = False
         for _, data, _, raw in items:
             self.metrics.count_write(raw, len(data))
         await self.forget_locally([key for key, *_ in items])
+        return stored
 
     async def delete(self, name: str) -> bool:
         """Delete the entry under ``name``; False if absent or the store is unavailable."""
+        self._check_open()
         key = self.key(name)
         try:
             deleted = await self.backend.delete(key) > 0
@@ -326,17 +432,19 @@ class Cache:
 
     async def ttl(self, name: str) -> float | None:
         """Seconds until the value under ``name`` goes stale (negative once it is stale), or None if absent."""
+        self._check_open()
         key = self.key(name)
         try:
             data = await self.backend.get(key)
         except StoreUnavailable:
             return None
-        found = await self._state().decode(key, data, False, None) if data is not None else None
+        found = await self._state().reader.decode(key, data, False, None) if data is not None else None
         return None if found is None else found[0].expires_at - self._clock()
 
     async def invalidate_tags(self, *tags: str, mark_stale: bool = False) -> int:
         """Delete every entry stored with any of ``tags`` (``mark_stale``: mark them stale instead, so the next
         read reloads and, if the loader fails, serves the old copy); returns how many entries it reached."""
+        self._check_open()
         reached = 0
         for tag in tags:
             tag_key = self.keys.tag_key(tag)
@@ -345,10 +453,8 @@ class Cache:
                 if not members:
                     continue
                 if mark_stale:
-                    marked = await asyncio.gather(
-                        *(self.backend.overwrite(m, EXPIRES_OFFSET, _INVALIDATED_FIELD) for m in members)
-                    )
-                    reached += sum(marked)
+                    # One call for the whole set (not one per member, all at once: that floods the pool).
+                    reached += await self.backend.mark_stale(members, EXPIRES_OFFSET, INVALIDATED_FIELD)
                 else:
                     # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
                     await self.backend.remove_tag_members(tag_key, members)
@@ -363,6 +469,7 @@ class Cache:
 
     async def clear(self) -> int:
         """Delete every key of this cache's namespace (SCAN, never KEYS); 0 when the store is unavailable."""
+        self._check_open()
         try:
             deleted = await self.backend.clear(self.namespace + ":")
         except StoreUnavailable as exc:
@@ -373,42 +480,30 @@ class Cache:
 
     async def forget_locally(self, keys: Sequence[str] | None) -> None:
         """Drop ``keys`` (None: all) from this process's local tier and tell the other processes to."""
-        if self.local is None:
-            return
-        if keys is None:
-            self.local.clear()
-        else:
-            self.local.discard(keys)
-        await self.local.broadcast(keys)
+        if self.local is not None:
+            await self.local.forget(keys)
 
     def stats(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self.metrics.snapshot()
         snapshot.update(self.backend.stats())
-        loading = self._loading
-        snapshot["loads_in_flight"] = 0 if loading is None else loading.in_flight()
-        snapshot["background_tasks"] = 0 if loading is None else len(loading.background)
+        pipeline = self._pipeline
+        snapshot["loads_in_flight"] = 0 if pipeline is None else pipeline.in_flight()
+        snapshot["background_tasks"] = 0 if pipeline is None else pipeline.background_tasks()
         if self.local is not None:
             snapshot.update(self.local.stats())
         return snapshot
 
-    # -- used by the load path --------------------------------------------------------------------------------
-
-    def is_fresh(self, expires_at: float) -> bool:
-        return self._clock() < expires_at
-
-    def now(self) -> float:
-        return self._clock()
-
-    def random(self) -> float:
-        return self._rand()
 
 
 def _as_backend(
-    store: Backend | Redis | RedisCluster, timeout: float | None, breaker: CircuitBreaker | None, owns: bool
+    store: Backend | RedisClient, timeout: float | None, breaker: CircuitBreaker | None, owns: bool
 ) -> Backend:
     if isinstance(store, Backend):
         if timeout is not None or breaker is not None:
-            raise TypeError("timeout= and breaker= belong to the backend: RedisBackend(client, timeout=, breaker=)")
+            raise ConfigurationError(
+                "timeout= and breaker= belong to the backend: RedisBackend(client, timeout=, breaker=), or "
+                "GuardedBackend(backend, Guard(timeout=, breaker=))"
+            )
         return store
     # A redis-py client: wrapped by the one module that knows redis.
     return RedisBackend(store, timeout=0.1 if timeout is None else timeout, breaker=breaker, owns_client=owns)

@@ -18,16 +18,25 @@ offset  size  field            meaning
 22/26   ...   payload          serialized value; with compression 1 or 2, one standard zstd frame of it
 ======  ====  ===============  ==========================================================================
 
-Decoding is total: any byte string decodes to a value or raises :class:`CodecError`, nothing else. Parsing a
-payload checks it, so the parse path does not pay for the CRC; the paths that serve stored bytes without parsing
-them (:meth:`Codec.verified_body`, :meth:`Codec.verified_zstd_frame`) check it.
+Decoding is total: any byte string decodes to a value or raises :class:`CodecError`, nothing else.
+
+Every read path checks a version 2 frame's CRC before it uses the payload, once per frame: in
+:meth:`Codec.serialized` (which ``value``, ``decode``, ``verified_body`` and typed ``loads`` go through) and in
+:meth:`Codec.verified_zstd_frame`. A frame remembers that it passed, so a second path on the same frame (the
+local tier, ``body()`` after ``value()``) does not pay again. The CRC covers the payload, not the header. A
+single flipped header bit is refused by ``read_frame`` (magic, version, serializer, flags, an id out of range, a
+dictionary id where none belongs), by the dictionary lookup or zstd (a dictionary id changed), or by a 4-byte
+compare: compression 1 <-> 0 passes both the header checks and the CRC, and an uncompressed payload never starts
+with the zstd magic number while a compression-1 payload always does. Expiry and recompute time are outside the
+CRC on purpose (marking stale rewrites the expiry in place): a flip there changes freshness, never the value.
+docs/value-format.md has the table. Version 1 frames carry no CRC and are not protected.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import orjson
@@ -35,9 +44,10 @@ import zstandard
 
 from ._dictionaries import DictionaryRegistry
 from ._errors import CodecError, ValueTooLargeError
-from ._serializers import Serializer, serializer_by_id, serializer_by_name
+from ._serializers import OrjsonSerializer, Serializer, serializer_by_id, serializer_by_name
 
 _JSON_ID: Final = 1
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"  # 0xFD2FB528, little-endian: how every standard zstd frame starts
 _KNOWN_SERIALIZERS: Final = frozenset({1, 2})
 
 __all__ = [
@@ -46,6 +56,8 @@ __all__ = [
     "COMPRESSION_ZSTD_DICT",
     "EXPIRES_OFFSET",
     "FORMAT_VERSION",
+    "INVALIDATED_AT",
+    "INVALIDATED_FIELD",
     "Codec",
     "Frame",
 ]
@@ -57,6 +69,11 @@ HEADER_V1_SIZE: Final = HEADER_V1.size  # 22
 HEADER: Final = struct.Struct(">2sBBBBIQII")  # version 2: version 1's fields, then the payload's CRC-32
 HEADER_SIZE: Final = HEADER.size  # 26
 EXPIRES_OFFSET: Final = 10  # where the logical expiry sits, in every version: marking stale rewrites it
+INVALIDATED_AT: Final = 0.001
+"""The logical expiry (Unix seconds) of an entry marked stale by invalidation: reloaded, never revalidated in
+the background, served only when the reload fails."""
+INVALIDATED_FIELD: Final = round(INVALIDATED_AT * 1000).to_bytes(8, "big")
+"""The expiry field's bytes that mark an entry stale, written in place at :data:`EXPIRES_OFFSET`."""
 
 COMPRESSION_NONE: Final = 0
 COMPRESSION_ZSTD: Final = 1
@@ -71,7 +88,8 @@ DEFAULT_MAX_VALUE_SIZE: Final = 16 * 1024 * 1024
 class Frame:
     """A frame's header fields and its payload as stored (still compressed when ``compression`` says so).
 
-    Not frozen: one is built on every hit, and a frozen dataclass is slower to build.
+    Not frozen: one is built on every hit, and a frozen dataclass is slower to build; and ``checked`` is set once
+    the payload has passed its CRC, so that a frame held in the local tier is not checked on every hit.
     """
 
     serializer_id: int
@@ -82,6 +100,7 @@ class Frame:
     payload: memoryview
     version: int = FORMAT_VERSION
     checksum: int | None = None  # the header's CRC-32 of the payload; None in a version 1 frame
+    checked: bool = field(default=False, compare=False, repr=False)
 
     @property
     def is_plain_zstd(self) -> bool:
@@ -116,6 +135,7 @@ class Codec:
         format_version: Literal[1, 2] = FORMAT_VERSION,
     ) -> None:
         self.serializer: Serializer = serializer_by_name(serializer) if isinstance(serializer, str) else serializer
+        self._plain_json = type(self.serializer) is OrjsonSerializer
         if compression not in ("zstd", "none"):
             raise ValueError(f"compression must be 'zstd' or 'none', not {compression!r}")
         self.dictionaries = dictionaries if dictionaries is not None else DictionaryRegistry()
@@ -177,7 +197,8 @@ class Codec:
     # -- reading ---------------------------------------------------------------------------------------------
 
     def read_frame(self, data: bytes) -> Frame:
-        """Parse and check the header; the payload is left as stored (and its CRC unchecked: see verify)."""
+        """Parse and check the header; the payload is left as stored (its CRC is checked by the paths that
+        read it: :meth:`serialized`, :meth:`verified_zstd_frame`)."""
         if len(data) < HEADER_V1_SIZE:
             raise CodecError(f"value of {len(data)} bytes is shorter than a frame header")
         version = data[2]
@@ -223,27 +244,36 @@ class Codec:
 
     @staticmethod
     def verify(frame: Frame) -> None:
-        """Check a version 2 frame's payload against its CRC-32; a version 1 frame has none to check."""
-        if frame.checksum is not None and zlib.crc32(frame.payload) != frame.checksum:
+        """Check a version 2 frame's payload against its CRC-32 (once per frame); a version 1 frame has none."""
+        if frame.checked or frame.checksum is None:
+            return
+        if zlib.crc32(frame.payload) != frame.checksum:
             raise CodecError("payload does not match the header's CRC-32 (corrupt, truncated or foreign)")
+        frame.checked = True
 
     def verified_body(self, frame: Frame) -> bytes | memoryview:
         """The JSON text of a JSON frame whose payload is verified, for serving without parsing.
 
-        Version 2: the CRC is checked, then the payload decompressed (zstd checks its own checksum too).
-        Version 1 has no CRC: the text is parsed once to prove it is JSON. Anything else is :class:`CodecError`.
+        Version 2: :meth:`serialized` checks the CRC, then decompresses (zstd checks its own checksum too). The
+        text is not parsed: the CRC proves these are the bytes a writer stored, not that the writer stored JSON
+        (docs/value-format.md, "What the checksum protects"). Version 1 has no CRC: the text is parsed once to
+        prove it is JSON. Anything else is :class:`CodecError`.
         """
+        if frame.serializer_id != _JSON_ID:  # refused before any decompression
+            raise CodecError(f"serializer id {frame.serializer_id} is not JSON: the bytes are no HTTP body")
+        return self.json_body(frame, self.serialized(frame))
+
+    @staticmethod
+    def json_body(frame: Frame, serialized: bytes | memoryview) -> bytes | memoryview:
+        """:meth:`verified_body`'s checks on what :meth:`serialized` already gave for ``frame``."""
         if frame.serializer_id != _JSON_ID:
             raise CodecError(f"serializer id {frame.serializer_id} is not JSON: the bytes are no HTTP body")
         if frame.checksum is None:
-            body = self.serialized(frame)
             try:
-                orjson.loads(body)
+                orjson.loads(serialized)
             except orjson.JSONDecodeError as exc:
                 raise CodecError(f"version 1 payload is not valid JSON: {exc}") from exc
-            return body
-        self.verify(frame)
-        return self.serialized(frame)
+        return serialized
 
     def verified_zstd_frame(self, frame: Frame) -> bytes | None:
         """The stored zstd frame, for ``Content-Encoding: zstd`` passthrough, when that is safe: a version 2,
@@ -252,17 +282,28 @@ class Codec:
             frame.checksum is None
             or frame.serializer_id != _JSON_ID
             or frame.compression != COMPRESSION_ZSTD
-            or zlib.crc32(frame.payload) != frame.checksum
+            # an uncompressed frame whose compression byte was flipped 0 -> 1: its CRC still holds
+            or frame.payload[:4].tobytes() != _ZSTD_MAGIC
         ):
+            return None
+        try:
+            self.verify(frame)
+        except CodecError:
             return None
         return bytes(frame.payload)
 
     def serialized(self, frame: Frame) -> bytes | memoryview:
-        """The frame's payload decompressed: the serializer's bytes (JSON text for orjson)."""
+        """The frame's payload, CRC checked and decompressed: the serializer's bytes (JSON text for orjson)."""
         if frame.compression == COMPRESSION_NONE:
             if len(frame.payload) > self.max_value_size:
                 raise CodecError(f"payload exceeds max_value_size={self.max_value_size}")
+            # Neither JSON nor a single msgpack object starts so: a compressed frame whose compression byte was
+            # flipped 1 -> 0, which its CRC (over the payload as stored) does not see.
+            if frame.payload[:4].tobytes() == _ZSTD_MAGIC:
+                raise CodecError("uncompressed payload is a zstd frame: the header's compression id is damaged")
+            self.verify(frame)
             return frame.payload
+        self.verify(frame)
         decompressor = (
             self._decompressor
             if frame.compression == COMPRESSION_ZSTD
@@ -285,7 +326,20 @@ class Codec:
 
     def value(self, frame: Frame) -> Any:
         """Decompress and deserialize the frame's payload."""
-        serialized = self.serialized(frame)
+        return self.parse(frame, self.serialized(frame))
+
+    def json_natives(self, frame: Frame) -> bool:
+        """Whether :meth:`parse` gives ``frame``'s value as JSON natives only (dict with str keys, list, str, int,
+        float, bool, None): a JSON frame read by this library's own orjson serializer."""
+        return self._plain_json and frame.serializer_id == _JSON_ID
+
+    def parse(self, frame: Frame, serialized: bytes | memoryview) -> Any:
+        """Deserialize what :meth:`serialized` gave for ``frame`` (a new value on every call)."""
+        if self._plain_json and frame.serializer_id == _JSON_ID:  # the default, without two frames of calls
+            try:
+                return orjson.loads(serialized)
+            except orjson.JSONDecodeError as exc:
+                raise CodecError(f"payload is not valid JSON: {exc}") from exc
         serializer = (
             self.serializer if frame.serializer_id == self.serializer.id else serializer_by_id(frame.serializer_id)
         )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import reprlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 from ._cache import Cache
+from ._codec import Codec
 from ._entry import CacheEntry
 from ._errors import CacheError
-from ._keys import ArgumentKeyer, check_method_owner, key_version
+from ._keys import ArgumentKeyer, IdentifiedCallable, check_method_owner, key_version, underlying_function
 from ._policy import EntryPolicy
 from ._serializers import serializer_by_name
 from ._stampede import StampedePolicy
@@ -40,7 +42,7 @@ def get_default_cache() -> Cache:
     return _default_cache
 
 
-class CachedFunction(Generic[P, R]):
+class CachedFunction(IdentifiedCallable, Generic[P, R]):
     """An async function whose results live in the cache. Call it as the function itself; also:
 
     - ``await f.invalidate(*args, **kw)`` deletes the entry for those arguments;
@@ -66,27 +68,42 @@ class CachedFunction(Generic[P, R]):
         version: str | None = None,
         instances: Literal["key", "shared"] = "key",
     ) -> None:
+        # @cached over @staticmethod/@classmethod: cache the function inside, and bind as the wrapper said.
+        self._binding: Literal["instance", "static", "class"] = "instance"
+        if isinstance(func, staticmethod | classmethod):
+            self._binding = "static" if isinstance(func, staticmethod) else "class"
+            func = func.__func__
         if not inspect.iscoroutinefunction(func):
-            raise TypeError(f"@cached needs an async function; {func.__qualname__} is not one")
-        self.__wrapped__ = func  # update_wrapper sets it too; declared here for the type checker
-        functools.update_wrapper(self, func)
+            raise TypeError(f"@cached needs an async function (async def); it got {_describe(func, self._binding)}")
+        plain = underlying_function(func)  # under a partial or a bound method: its name and annotations
+        functools.update_wrapper(self, plain)
+        self.__wrapped__ = func  # what is called (update_wrapper set the plain function under it)
         self._func = func
         self._cache = cache
         self._instances = instances
+        self._name = name
+        # What hooks and traces call this function: its own name, not the key prefix (which may carry a version).
+        self._label = name or f"{plain.__module__}.{plain.__qualname__}"
         # The return annotation, resolved now so an unstorable type is an error at decoration; again for a cache
         # whose serializer is not JSON (the stored bytes differ).
-        json_type = value_type_for_function(func, serializer_by_name("orjson"))
+        self._annotated = plain
+        json_type = value_type_for_function(plain, serializer_by_name("orjson"))
         self._value_types: dict[int, ValueType[Any] | None] = {1: json_type}
         self._keyer_options: dict[str, Any] = {
             "exclude": exclude, "template": key, "tags": tuple(tags), "prefix": name, "instances": instances,
+            "static": self._binding == "static",
         }  # fmt: skip
         self._version = version
         self._built_keyer: ArgumentKeyer | None = None
         if not isinstance(json_type, DeferredValueType):
             self._built_keyer = self._make_keyer()
+        else:  # the key's version waits for the annotation, but a closure that cannot be keyed is refused now
+            ArgumentKeyer(func, **self._keyer_options)
         self._base = EntryPolicy(ttl=ttl, stale_ttl=stale_ttl, none_ttl=none_ttl, local=local, stampede=stampede)
         # One policy per tag tuple, built once: a hit must not build objects it can reuse.
         self._policies: dict[tuple[str, ...], EntryPolicy] = {}
+        self._last_codec: Codec | None = None
+        self._last_value_type: ValueType[R] | None = None
 
     def _make_keyer(self) -> ArgumentKeyer:
         json_type = self._value_types[1]
@@ -101,7 +118,12 @@ class CachedFunction(Generic[P, R]):
             keyer = self._built_keyer = self._make_keyer()
         return keyer
 
+    def identity_source(self) -> tuple[str | None, Any]:
+        return self._name, self._func
+
     def __set_name__(self, owner: type, name: str) -> None:
+        if self._binding != "instance" or not inspect.isfunction(self._func):
+            return  # no self to key
         first = next(iter(inspect.signature(self._func).parameters), "")
         check_method_owner(owner, self._func.__qualname__, self._instances, first_parameter=first)
 
@@ -116,11 +138,13 @@ class CachedFunction(Generic[P, R]):
         serializer = cache.codec.serializer
         found = self._value_types.get(serializer.id, _UNRESOLVED)
         if found is _UNRESOLVED:
-            found = self._value_types[serializer.id] = value_type_for_function(self._func, serializer)
+            found = self._value_types[serializer.id] = value_type_for_function(self._annotated, serializer)
+        # The last codec's answer is reused without the lookup (a codec's serializer is set when it is built).
+        self._last_codec, self._last_value_type = cache.codec, found
         return found  # type: ignore[no-any-return]  # resolved from this function's own annotation: R
 
     def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, EntryPolicy]:
-        name, tags = self._keyer.name_and_tags(args, kwargs)
+        name, tags = (self._built_keyer or self._keyer).name_and_tags(args, kwargs)
         policy = self._policies.get(tags)
         if policy is None:
             if len(self._policies) >= 256:
@@ -130,16 +154,20 @@ class CachedFunction(Generic[P, R]):
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         name, policy = self._plan(args, kwargs)
-        cache = self.cache
+        cache = self._cache if type(self._cache) is Cache else self.cache
+        value_type = self._last_value_type if cache.codec is self._last_codec else self._value_type(cache)
         loader = lambda: self._func(*args, **kwargs)  # noqa: E731
-        return (await cache.fetch(name, loader, policy, value_type=self._value_type(cache))).value()
+        entry = await cache._start_fetch(name, loader, policy, value_type, True, self._label)
+        return entry.value()
 
     async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R]:
         """The entry for these arguments with its stored bytes checked but not parsed (``entry.body()``)."""
         name, policy = self._plan(args, kwargs)
         cache = self.cache
         loader = lambda: self._func(*args, **kwargs)  # noqa: E731
-        return await cache.fetch(name, loader, policy, value_type=self._value_type(cache), parse=False)
+        return await cache.fetch(
+            name, loader, policy, value_type=self._value_type(cache), parse=False, function=self._label
+        )
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.cache.key(self._keyer.name_and_tags(args, kwargs)[0])
@@ -162,7 +190,9 @@ class CachedFunction(Generic[P, R]):
     ) -> BoundCachedFunction[P2, R]: ...
 
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
-        if instance is None:
+        if self._binding == "class":
+            return BoundCachedFunction(self, owner if owner is not None else type(instance))
+        if instance is None or self._binding == "static":
             return self
         return BoundCachedFunction(self, instance)
 
@@ -191,6 +221,21 @@ class BoundCachedFunction(Generic[P, R]):
         return await self._function.refresh(self._instance, *args, **kwargs)
 
 
+def _describe(func: Any, binding: str) -> str:
+    """What was decorated, for the error that says it is not an async function."""
+    wrapper = {"static": "a staticmethod of ", "class": "a classmethod of "}.get(binding, "")
+    if isinstance(func, functools.partial):
+        return f"{wrapper}a functools.partial of {_describe(func.func, 'instance')}"
+    if callable(func) and hasattr(func, "__qualname__"):
+        return f"{wrapper}{getattr(func, '__module__', '?')}.{func.__qualname__}, which is not async"
+    return f"{wrapper}{type(func).__qualname__} {reprlib.repr(func)}"
+
+
+@overload
+def cached(ttl: Callable[P, Awaitable[R]], /) -> CachedFunction[P, R]: ...
+
+
+@overload
 def cached(
     ttl: float | None = None,
     *,
@@ -205,23 +250,54 @@ def cached(
     local: bool = False,
     version: str | None = None,
     instances: Literal["key", "shared"] = "key",
-) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]:
-    """Cache an async function's results for ``ttl`` seconds (default: the cache's ``default_ttl``).
+) -> Callable[[Callable[P, Awaitable[R]]], CachedFunction[P, R]]: ...
+
+
+def cached(
+    ttl: Any = None,
+    *,
+    cache: Cache | Callable[[], Cache] | None = None,
+    key: str | None = None,
+    exclude: Iterable[str] = (),
+    tags: Iterable[str] = (),
+    stale_ttl: float | None = None,
+    none_ttl: float | None = None,
+    stampede: StampedePolicy | None = None,
+    name: str | None = None,
+    local: bool = False,
+    version: str | None = None,
+    instances: Literal["key", "shared"] = "key",
+) -> Any:
+    """Cache an async function's results for ``ttl`` seconds (default: the cache's ``default_ttl``). Bare
+    ``@cached`` is ``@cached()``.
 
     ``key`` is an optional readable template over the arguments (``"page:{category}:{page}"``) put in front of
-    the argument hash; ``exclude`` names arguments that do not change the result (a DB session, a logger);
-    ``tags`` are templates too (``"wallpaper:{wallpaper_id}"``), for :meth:`Cache.invalidate_tags`. ``name``
-    replaces ``module.qualname`` in the key (keep keys stable across a refactor). ``local=True`` serves hits
-    from the cache's local tier (:class:`LocalCache`) when it has one.
+    the argument hash; ``exclude`` names arguments that do not change the result (a DB session, a logger), and may
+    name free variables of a closure too; ``tags`` are templates too (``"wallpaper:{wallpaper_id}"``), for
+    :meth:`Cache.invalidate_tags`. ``name`` replaces ``module.qualname`` in the key (keep keys stable across a
+    refactor). ``local=True`` serves hits from the cache's local tier (:class:`LocalCache`) when it has one.
 
     The return annotation decides what a hit returns: ``-> list[Item]`` gives back ``Item`` objects (dataclasses,
     pydantic models, ``datetime``, ``Decimal``, ...), equal in type and value to what the function returned; the
     type's shape and ``version`` are part of the key, so two deploys with different definitions never read each
     other's entries. Without an annotation values come back as JSON (dicts, lists, strings).
 
-    Methods: ``self`` is part of the key through its class's ``__cache_key__()``; a class without one is an
-    error when the class is created, unless ``instances="shared"`` says every instance shares the entries.
+    Methods: ``self`` is part of the key through its class's ``__cache_key__()`` (which must not return None); a
+    class without one is an error when the class is created, unless ``instances="shared"`` says every instance
+    shares the entries. ``@cached`` may sit above ``@staticmethod`` (no binding) or ``@classmethod`` (``cls`` keyed
+    by its name).
+
+    What the callable carries is part of its identity, so two callables of one ``module.qualname`` never share
+    entries by accident (see :mod:`cachelayer._keys`): a closure is keyed by its free variables' current values, a
+    ``functools.partial`` by its bound arguments, a bound method by its instance's ``__cache_key__()``. A free
+    variable holding something with no canonical encoding (a client, a session), a mutable container, or one the
+    function assigns (``nonlocal``) is refused at decoration: ``exclude=["that_name"]`` if it does not change the
+    result, or ``name=`` to state the identity yourself (then nothing the callable carries is keyed).
     """
+    if ttl is not None and not isinstance(ttl, int | float):  # bare @cached: ttl is the function
+        if not callable(ttl) and not isinstance(ttl, classmethod):
+            raise TypeError(f"ttl must be a number of seconds or None, not {type(ttl).__qualname__}")
+        return cached()(ttl)
 
     def decorate(func: Callable[P, Awaitable[R]]) -> CachedFunction[P, R]:
         return CachedFunction(

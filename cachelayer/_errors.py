@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 __all__ = [
+    "CacheClosedError",
     "CacheError",
     "CodecError",
+    "ConfigurationError",
     "KeyEncodingError",
     "LeaseTimeoutError",
     "SerializationError",
+    "StoreConnectError",
     "ValueTooLargeError",
+    "WrongEventLoopError",
 ]
 
 
@@ -41,3 +45,32 @@ class KeyEncodingError(CacheError, TypeError):
 class LeaseTimeoutError(CacheError, TimeoutError):
     """Another process held the load lease for longer than this caller was willing to wait, no stale value
     existed, and the lease-timeout policy is ``"raise"``."""
+
+
+# Mistakes: raised at the call that made them, with the fix in the message. Outages never raise (they fail open),
+# except at Cache.connect(), where the application asked to know (StoreConnectError).
+
+
+class ConfigurationError(CacheError, ValueError):
+    """The cache or its store was configured wrongly: a malformed URL, an unknown scheme, a port or database that
+    is not a number, an option out of range. Raised when the cache is built, never later."""
+
+
+class CacheClosedError(CacheError, RuntimeError):
+    """The cache (or its backend) was used after ``aclose()``. A closed cache stays closed: build a new one."""
+
+
+class WrongEventLoopError(CacheError, RuntimeError):
+    """A client given to the cache is bound to another event loop than the running one and cannot be copied to
+    this loop. Pass a factory (``RedisBackend(lambda: RedisCluster(...))``) or use ``Cache.from_url``."""
+
+
+class StoreConnectError(CacheError, ConnectionError):
+    """``Cache.connect()`` could not use the store: nothing listens there, the password is wrong, the database
+    index does not exist. ``store`` names it (``host:port``), ``reason`` is the store's own message. At run time
+    the same conditions fail open instead."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"cannot use the cache store at {store}: {reason}")
+        self.store = store
+        self.reason = reason

@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from ._backend import Backend, StoreUnavailable
 from ._notify import ReadyNotifier
-from ._stampede import StampedePolicy, backoff_delays
+from ._stampede import StampedePolicy
 
 __all__ = ["Lease", "LeaseCoordinator", "WaitEnd"]
 
@@ -90,7 +90,7 @@ class LeaseCoordinator(Generic[T]):
         """Wait (woken early by pub/sub) until the value is fresh, the lease is gone, or ``deadline``
         (``time.monotonic()``) passes."""
         channel = _ready_channel(key)
-        delays: Iterator[float] = backoff_delays(policy.poll_initial, policy.poll_max)
+        delays: Iterator[float] = policy.poll_delays()
         wake = await self.notifier.subscribe(channel) if policy.wake == "pubsub" else None
         failures = 0
         try:

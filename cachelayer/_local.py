@@ -19,12 +19,14 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ._backend import Backend, StoreUnavailable, Subscription
+from ._backoff import Backoff, ExponentialBackoff
 from ._codec import Frame
+from ._errors import CacheClosedError
 
 __all__ = ["LocalCache", "LocalEntry"]
 
@@ -65,6 +67,7 @@ class LocalCache:
         max_staleness: float = 1.0,
         *,
         clock: Callable[[], float] = time.monotonic,
+        reconnect_backoff: Backoff | None = None,
     ) -> None:
         if max_entries < 1 or max_bytes < 1 or max_staleness <= 0:
             raise ValueError("max_entries, max_bytes and max_staleness must be positive")
@@ -72,6 +75,7 @@ class LocalCache:
         self.max_bytes = max_bytes
         self.max_staleness = max_staleness
         self._clock = clock
+        self._reconnect_backoff = reconnect_backoff or ExponentialBackoff(0.1, 5.0)
         self._entries: OrderedDict[str, LocalEntry] = OrderedDict()
         self._bytes = 0
         self._origin = os.urandom(8).hex().encode()
@@ -163,6 +167,14 @@ class LocalCache:
                 self.clear()
             self._listener = asyncio.create_task(self._listen(), name="cachelayer-local-invalidation")
 
+    async def forget(self, keys: Sequence[str] | None) -> None:
+        """Drop ``keys`` (None: all) here and tell the other processes to (a write or an invalidation)."""
+        if keys is None:
+            self.clear()
+        else:
+            self.discard(keys)
+        await self.broadcast(keys)
+
     async def broadcast(self, keys: Iterable[str] | None) -> None:
         """Tell the other processes to drop ``keys`` (None: everything). Best effort: a lost message is bounded
         by the readers' ``max_staleness`` rule only if their channel noticed; see the module docstring."""
@@ -184,16 +196,18 @@ class LocalCache:
 
     async def _listen(self) -> None:
         assert self._backend is not None
-        backoff = 0.1
+        delays = self._reconnect_backoff.delays()
         while not self._closed:
             subscription = self._backend.subscription()
             try:
                 await subscription.subscribe(self._channel)
                 self._connected_since = self._last_heard = self._clock()
-                backoff = 0.1
+                delays = self._reconnect_backoff.delays()  # connected: the next break starts the schedule afresh
                 await self._follow(subscription)
             except StoreUnavailable as exc:
                 log.warning("cachelayer: local-tier invalidation channel lost (%s); dropping the local tier", exc)
+            except CacheClosedError:
+                return  # the store was closed for good under us (finally: the tier is dropped)
             finally:
                 if self._connected_since is not None:
                     self.channel_breaks += 1
@@ -201,8 +215,7 @@ class LocalCache:
                 self.clear()
                 with contextlib.suppress(Exception):
                     await subscription.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(next(delays))
 
     async def _follow(self, subscription: Subscription) -> None:
         while not self._closed:

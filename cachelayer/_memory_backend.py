@@ -1,8 +1,8 @@
 """An in-process store with the semantics of :class:`cachelayer.RedisBackend`: the tests' twin of Redis, and a
 store for a single process that needs no server.
 
-What mirrors Redis: ``set`` is SET PX plus SADD and EXPIRE NX / EXPIRE GT on each tag set; ``overwrite`` is
-SETRANGE (zero-padded when it writes past the end); leases are SET NX PX and compare-and-delete /
+What mirrors Redis: ``set`` is SET PX plus SADD and EXPIRE NX / EXPIRE GT on each tag set; ``mark_stale`` is
+SETRANGE of each existing key (zero-padded when it writes past the end); leases are SET NX PX and compare-and-delete /
 compare-and-PEXPIRE scripts; ``delete`` and ``clear`` remove values, leases and tag sets alike and count the keys
 that existed; an empty tag set does not exist. What differs: memory is bounded (see :class:`MemoryBackend`), and
 arguments Redis would answer with an error (a TTL that is not positive, a negative offset) raise ``ValueError``
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from ._backend import Message, StoreUnavailable
+from ._errors import CacheClosedError
 
 __all__ = ["ENTRY_OVERHEAD", "TAG_MEMBER_OVERHEAD", "MemoryBackend", "MemorySubscription"]
 
@@ -73,7 +74,7 @@ class MemoryBackend:
     its key (in characters: the cache's keys are ASCII), its data, :data:`ENTRY_OVERHEAD` bytes, and for each
     tag set it belongs to the tag key plus :data:`TAG_MEMBER_OVERHEAD` bytes. When a write goes over a bound,
     expired values go first, then the least recently used ones (``get``, ``get_many``, ``poll``, ``set`` and
-    ``overwrite`` count as uses), until the store fits; a value that alone exceeds ``max_bytes`` is not stored
+    ``mark_stale`` count as uses), until the store fits; a value that alone exceeds ``max_bytes`` is not stored
     (and the old value under its key goes), counted as an eviction. Tag sets are not values: they are bounded
     because a tag set only ever names stored values (a value leaves its tag sets the moment it is deleted,
     evicted or found expired; an expired value stays a member until then) and an empty tag set does not
@@ -89,7 +90,7 @@ class MemoryBackend:
 
     **Failure injection (a test aid).** :meth:`fail_with` makes calls raise a given exception (by default a
     :class:`StoreUnavailable`) until :meth:`recover`, so an application can test its fail-open paths without
-    Redis. After :meth:`aclose` every call raises :class:`StoreUnavailable`.
+    Redis. After :meth:`aclose` every call raises :class:`CacheClosedError`: a mistake, not an outage.
     """
 
     def __init__(
@@ -99,7 +100,6 @@ class MemoryBackend:
         max_bytes: int = 256 * 1024 * 1024,
         max_leases: int = 10_000,
         max_queued_messages: int = 10_000,
-        timeout: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, bound in (
@@ -114,7 +114,6 @@ class MemoryBackend:
         self.max_bytes = max_bytes
         self.max_leases = max_leases
         self.max_queued_messages = max_queued_messages
-        self.timeout = timeout  # memory calls never take long; kept for the protocol
         self.stores_objects = True  # get() returns the stored bytes object itself: the cache reuses its decoding
         self._clock = clock
         self._values: OrderedDict[str, _Value] = OrderedDict()  # least recently used first
@@ -145,8 +144,7 @@ class MemoryBackend:
     def _enter(self, method: str) -> float:
         """Refuse the call when closed or failing; otherwise sweep a little and return the time."""
         if self._closed:
-            self._counters["store_errors"] += 1
-            raise StoreUnavailable(f"MemoryBackend.{method}: the backend is closed (aclose() was called)")
+            raise CacheClosedError(f"MemoryBackend.{method}: the backend was closed with aclose(); build a new one")
         failure = self._failure
         if failure is not None and (self._failing_methods is None or method in self._failing_methods):
             self._counters["store_errors"] += 1
@@ -161,7 +159,7 @@ class MemoryBackend:
         self._enter("connect")
 
     async def aclose(self) -> None:
-        """Drop everything and close every subscription; later calls raise :class:`StoreUnavailable`."""
+        """Drop everything and close every subscription; later calls raise :class:`CacheClosedError`."""
         if self._closed:
             return
         self._closed = True
@@ -180,8 +178,6 @@ class MemoryBackend:
     def stats(self) -> dict[str, Any]:
         """Counters and sizes. ``store_entries`` and ``store_bytes`` include expired values not yet removed."""
         return {
-            "breaker_state": "closed",
-            "breaker_opened": 0,
             "store_entries": len(self._values),
             "store_bytes": self._bytes,
             "store_leases": len(self._leases),
@@ -224,10 +220,13 @@ class MemoryBackend:
         now = self._enter("delete")
         return self._delete_keys(frozenset(keys), now)
 
-    async def overwrite(self, key: str, offset: int, data: bytes) -> bool:
+    async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
-        now = self._enter("overwrite")
+        now = self._enter("mark_stale")
+        return sum(self._overwrite(key, offset, field, now) for key in keys)
+
+    def _overwrite(self, key: str, offset: int, data: bytes, now: float) -> bool:
         entry = self._live_value(key, now)
         if entry is None:
             return False

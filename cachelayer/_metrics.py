@@ -1,16 +1,24 @@
-"""Counters the cache keeps, a plain ``stats()`` snapshot, and an optional Prometheus collector.
+"""Counters the cache keeps, a plain ``stats()`` snapshot, and the optional Prometheus exposition.
 
-Counters are plain integer attributes bumped on the hot path (no locks, no label lookups); Prometheus
-reads them only when it scrapes, through a custom collector, so a hit pays nothing for Prometheus being there.
+Counters are plain integer attributes bumped on the hot path (no locks, no label lookups); Prometheus reads them
+only when it scrapes, through a custom collector, so a hit pays nothing for Prometheus being there. Per-function
+series (gets by result and tier, loads and their duration, fail-open by operation, breaker transitions) come from a
+hooks subscriber (:class:`PrometheusHooks`, ``_hooks.py``), added when ``register_prometheus`` is given the cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["CacheMetrics", "register_prometheus"]
+from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier
+
+__all__ = ["CacheMetrics", "PrometheusHooks", "register_prometheus"]
+
+
+class _Subscribable(Protocol):
+    def add_hooks(self, hooks: CacheHooks) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,9 +90,15 @@ _GAUGES: dict[str, str] = {
 
 
 def register_prometheus(
-    name: str, stats: Callable[[], dict[str, Any]], registry: Any = None, *, prefix: str = "cachelayer"
+    name: str,
+    stats: Callable[[], dict[str, Any]],
+    registry: Any = None,
+    *,
+    prefix: str = "cachelayer",
+    cache: _Subscribable | None = None,
 ) -> Any:
-    """Expose a cache's ``stats()`` to Prometheus under ``{prefix}_*{cache="name"}``; returns the collector.
+    """Expose a cache's ``stats()`` to Prometheus under ``{prefix}_*{cache="name"}``; returns the collector. Given
+    ``cache``, also subscribe a :class:`PrometheusHooks` to it for per-function series.
 
     Needs ``prometheus_client`` (``pip install cachelayer[prometheus]``).
     """
@@ -98,11 +112,12 @@ def register_prometheus(
                 family = CounterMetricFamily(f"{prefix}_{field}", help_text, labels=["cache"])
                 family.add_metric([name], float(snapshot.get(field, 0)))
                 yield family
-            state = GaugeMetricFamily(
-                f"{prefix}_breaker_open", "1 while a circuit breaker of the store refuses calls", labels=["cache"]
-            )
-            state.add_metric([name], 0.0 if snapshot["breaker_state"] == "closed" else 1.0)
-            yield state
+            if "breaker_state" in snapshot:  # a guarded store (an in-process one has no breaker)
+                state = GaugeMetricFamily(
+                    f"{prefix}_breaker_open", "1 while a circuit breaker of the store refuses calls", labels=["cache"]
+                )
+                state.add_metric([name], 0.0 if snapshot["breaker_state"] == "closed" else 1.0)
+                yield state
             for field, help_text in _GAUGES.items():
                 if field in snapshot:
                     gauge = GaugeMetricFamily(f"{prefix}_{field}", help_text, labels=["cache"])
@@ -111,4 +126,78 @@ def register_prometheus(
 
     collector = _Collector()
     (registry if registry is not None else REGISTRY).register(collector)
+    if cache is not None:
+        cache.add_hooks(PrometheusHooks(name, registry, prefix=prefix))
     return collector
+
+
+class PrometheusHooks(CacheHooks):
+    """Per-function Prometheus series, from the fetch pipeline's hooks (label values: the cache's name, the cached
+    function's qualified name, outcomes, tiers, operations and stores; never a key):
+
+    - ``{prefix}_function_gets_total{cache, function, result, tier}``: fetches by outcome (``hit``, ``stale``,
+      ``miss``, ``joined``, ``fail_open``, ``bypass``, ``error``) and, for hits, tier (``local``, ``store``);
+    - ``{prefix}_function_loads_total{cache, function, result}`` (``success``, ``failure``) and
+      ``{prefix}_function_load_duration_seconds{cache, function}``;
+    - ``{prefix}_function_fail_open_total{cache, function, operation}`` (``read``, ``lease``, ``write``);
+    - ``{prefix}_store_state_changes_total{cache, store, state}``: circuit breaker transitions.
+    """
+
+    def __init__(self, name: str, registry: Any = None, *, prefix: str = "cachelayer") -> None:
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        registry = registry if registry is not None else REGISTRY
+        self.name = name
+        self.gets = Counter(
+            f"{prefix}_function_gets", "Fetches by outcome and tier", ["cache", "function", "result", "tier"],
+            registry=registry,
+        )  # fmt: skip
+        self.loads = Counter(
+            f"{prefix}_function_loads", "Loader calls by result", ["cache", "function", "result"], registry=registry
+        )
+        self.load_seconds = Histogram(
+            f"{prefix}_function_load_duration_seconds", "Loader durations", ["cache", "function"], registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )  # fmt: skip
+        self.fail_open = Counter(
+            f"{prefix}_function_fail_open", "Store calls of a fetch that failed open, by operation",
+            ["cache", "function", "operation"], registry=registry,
+        )  # fmt: skip
+        self.state_changes = Counter(
+            f"{prefix}_store_state_changes", "Circuit breaker transitions of the store", ["cache", "store", "state"],
+            registry=registry,
+        )  # fmt: skip
+        # Labelled children, looked up once per label set: .labels() on every hit would cost more than the hit.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(self.name, *labels)
+        return found
+
+    def fetch_started(self, function: str, key: str) -> FetchHooks | None:
+        return _PrometheusFetch(self, function)
+
+    def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
+        self.child(self.state_changes, store, state).inc()
+
+
+class _PrometheusFetch(FetchHooks):
+    __slots__ = ("function", "metrics")
+
+    def __init__(self, metrics: PrometheusHooks, function: str) -> None:
+        self.metrics = metrics
+        self.function = function
+
+    def load_ended(self, seconds: float, error: BaseException | None) -> None:
+        metrics = self.metrics
+        metrics.child(metrics.loads, self.function, "failure" if error else "success").inc()
+        metrics.child(metrics.load_seconds, self.function).observe(seconds)
+
+    def failed_open(self, operation: str, reason: str) -> None:
+        self.metrics.child(self.metrics.fail_open, self.function, operation).inc()
+
+    def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
+        self.metrics.child(self.metrics.gets, self.function, outcome, tier or "").inc()

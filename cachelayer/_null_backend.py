@@ -14,7 +14,6 @@ __all__ = ["NullBackend"]
 class NullBackend:
     """Holds nothing and never fails; every lease is granted (there is nothing to protect)."""
 
-    timeout = 0.0
     stores_objects = False
 
     async def connect(self) -> None:
@@ -38,8 +37,8 @@ class NullBackend:
     async def delete(self, *keys: str) -> int:
         return 0
 
-    async def overwrite(self, key: str, offset: int, data: bytes) -> bool:
-        return False
+    async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
+        return 0
 
     async def clear(self, prefix: str) -> int:
         return 0
@@ -72,7 +71,7 @@ class NullBackend:
         return None
 
     def stats(self) -> dict[str, Any]:
-        return {"store_errors": 0, "breaker_state": "closed", "breaker_opened": 0}
+        return {}
 
 
 class _NullSubscription:

@@ -8,7 +8,7 @@ from typing import TypedDict
 
 from ._stampede import StampedePolicy
 
-__all__ = ["EntryPolicy", "PolicyFields", "ResolvedPolicy", "policy_of"]
+__all__ = ["EntryPolicy", "PolicyDefaults", "PolicyFields", "ResolvedPolicy", "policy_of", "resolve_policy"]
 
 
 class PolicyFields(TypedDict, total=False):
@@ -74,3 +74,25 @@ class ResolvedPolicy:
     tags: tuple[str, ...]
     local: bool
     stampede: StampedePolicy
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDefaults:
+    """A cache's defaults for what an :class:`EntryPolicy` leaves unset."""
+
+    ttl: float
+    stale_ttl: float
+    none_ttl: float | None
+    stampede: StampedePolicy
+
+
+def resolve_policy(policy: EntryPolicy, defaults: PolicyDefaults) -> ResolvedPolicy:
+    """``policy`` with ``defaults`` filled in: a pure function (the cache memoizes it per policy object)."""
+    ttl = defaults.ttl if policy.ttl is None else policy.ttl
+    stale_ttl = policy.stale_ttl
+    if stale_ttl is None:
+        # The stale window scales with a per-entry TTL, so a short-lived value is not served stale for the long
+        # window meant for the default TTL.
+        stale_ttl = defaults.stale_ttl if ttl == defaults.ttl else ttl * (defaults.stale_ttl / defaults.ttl)
+    none_ttl = policy.none_ttl if policy.none_ttl is not None else (defaults.none_ttl or ttl)
+    return ResolvedPolicy(ttl, stale_ttl, none_ttl, policy.tags, policy.local, policy.stampede or defaults.stampede)

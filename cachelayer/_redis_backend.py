@@ -1,36 +1,61 @@
-"""The Redis backend: the only module (with ``_redis_cluster.py``) that imports redis-py.
+"""The Redis backend: with its helpers (``_redis_clients.py``, ``_redis_cluster.py``, ``_redis_pubsub.py``,
+``_redis_urls.py``), the only code that imports redis-py.
 
-Every call runs under the time budget (``_budget.py``) and a circuit breaker; every redis-py error becomes
-:class:`StoreUnavailable`. Works with ``redis.asyncio.Redis`` and ``redis.asyncio.RedisCluster`` alike: every
-multi-key command touches keys of one hash slot (a value and its lease), everything else goes through
-non-transactional pipelines, which the Cluster client splits by slot.
+Every call goes through the backend's :class:`Guard` (``_guard.py``): the time budget, one circuit breaker per store
+(per cluster master), and the classification of errors (redis-py's connection and response errors are outages and
+become :class:`StoreUnavailable`; anything else is a mistake and passes through). Works with ``redis.asyncio.Redis``
+and ``redis.asyncio.RedisCluster`` alike: every multi-key command touches keys of one hash slot (a value and its
+lease), everything else goes through non-transactional pipelines, which the Cluster client splits by slot.
 
 On a cluster every call is judged by the circuit breaker of the master that owns its key: a failing or
 failing-over shard fails open only its own keys while the others keep hitting (``_redis_cluster.py`` bounds the
-client's topology refreshes so that one shard's trouble does not stall the rest).
+client's topology refreshes so that one shard's trouble does not stall the rest). The first topology discovery,
+when :meth:`RedisBackend.connect` did not run it, is bounded by ``connect_timeout``, not by the first call's budget,
+and concurrent first calls share one.
+
+Mistakes raise, outages fail open, and both say where. A URL is checked when the backend is built
+(:func:`check_redis_url`, :class:`ConfigurationError`); :meth:`RedisBackend.connect` raises
+:class:`StoreConnectError` when the store refuses (nothing listens, wrong password, no such database), while the
+same conditions at run time fail open. The first failure of a store (a cluster node) after a healthy period is
+logged once at WARNING with the store, the operation and the store's own message, and so is its recovery. A
+backend used after :meth:`RedisBackend.aclose` raises :class:`CacheClosedError`.
 
 Clients belong to the event loop that made them (their connections are that loop's transports), so the backend
 holds one client per loop: a new loop (a second ``asyncio.run()``, a test framework's per-test loop) gets a new
-client from the factory, and the old one is dropped with its loop.
+client from the factory (a given standalone client is copied; a given cluster client cannot be, and another loop
+gets :class:`WrongEventLoopError`). :meth:`RedisBackend.aclose` closes the clients of every loop; a client whose
+loop is closed cannot be awaited, so its sockets are closed directly (at close, or as soon as another loop finds
+its loop closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
-import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.client import PubSub
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisClusterException
 
-from ._backend import Message, StoreUnavailable, Subscription
+from ._backend import Subscription
 from ._breaker import CircuitBreaker
-from ._budget import LateLoopTimeout, QueueTimeout, note_waiting_for_connection, within_budget
+from ._budget import within_budget
+from ._errors import CacheClosedError, ConfigurationError, StoreConnectError
+from ._guard import Guard, Target
+from ._options import StoreOptions
+from ._redis_clients import (
+    QueueAwarePool,
+    RedisClient,
+    abandon_client,
+    copy_client,
+    initialize,
+    store_of,
+    warn_socket_timeout,
+)
 from ._redis_cluster import (
     CLIENT_ERRORS,
     BoundedRedisCluster,
@@ -38,13 +63,14 @@ from ._redis_cluster import (
     build_cluster_client,
     node_name_for_key,
 )
+from ._redis_pubsub import CLOSED_MESSAGE, RedisSubscription
+from ._redis_urls import check_redis_url
 
 __all__ = ["RedisBackend", "RedisClient"]
 
 log = logging.getLogger("cachelayer")
 
 T = TypeVar("T")
-RedisClient = Redis | RedisCluster
 
 # KEYS[1] lease key; ARGV[1] token. Delete only if we still own it, so a lease that expired and was taken by
 # another process is never released by us.
@@ -58,7 +84,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 # KEYS[1] value key; ARGV[1] offset; ARGV[2] bytes. SETRANGE keeps the key's TTL; never create a key.
-_OVERWRITE: Final = """
+_MARK_STALE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2]) return 1 end
 return 0
 """
@@ -66,21 +92,32 @@ return 0
 # RuntimeError: redis-py raises it for a connection of a closed loop or an unset pub/sub connection; never a
 # caller's problem.
 _STORE_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
-# A failure after this long without one is logged at WARNING: the first sign of trouble at 3 a.m.
-_QUIET_PERIOD: Final = 30.0
+
+
+def _connect_reason(exc: BaseException, budget: float) -> str:
+    """The store's own message: a cluster's "cannot be connected" wraps the last node's error."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer within {budget:g} s"
+    cause = exc.__cause__
+    if isinstance(exc, RedisClusterException) and isinstance(cause, Exception) and str(cause):
+        return str(cause)
+    return str(exc) or type(exc).__name__
+
+
+# -- the backend --------------------------------------------------------------------------------------------------
 
 
 class _LoopClient:
     """A client and its scripts, for one event loop."""
 
-    __slots__ = ("client", "loop", "overwrite", "release", "renew")
+    __slots__ = ("client", "discovery", "loop", "release", "renew")
 
     def __init__(self, client: RedisClient, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
         self.loop = loop
         self.release = client.register_script(_RELEASE)
         self.renew = client.register_script(_RENEW)
-        self.overwrite = client.register_script(_OVERWRITE)
+        self.discovery: asyncio.Task[None] | None = None  # a cluster's first topology discovery, shared
 
 
 class RedisBackend:
@@ -88,8 +125,9 @@ class RedisBackend:
 
     ``client`` is a client, or a zero-argument factory that builds one (then one is built per event loop, and
     :meth:`aclose` closes them). A client passed as is serves the loop it is first used on; on another loop the
-    backend builds a copy with the same connection settings. ``timeout`` is the budget of every call;
-    ``breaker`` stops calling Redis for a cool-down after consecutive failures.
+    backend builds a copy with the same connection settings (a cluster client: :class:`WrongEventLoopError`).
+    ``timeout`` is the budget of every call; ``breaker`` stops calling Redis for a cool-down after consecutive
+    failures; ``connect_timeout`` bounds :meth:`connect` and a cluster's first discovery.
     """
 
     def __init__(
@@ -100,6 +138,8 @@ class RedisBackend:
         breaker: CircuitBreaker | None = None,
         owns_client: bool = False,
         clear_budget: float = 60.0,
+        connect_timeout: float = 5.0,
+        store: str | None = None,
     ) -> None:
         if callable(client) and not isinstance(client, Redis | RedisCluster):
             self._factory: Callable[[], RedisClient] = client
@@ -108,149 +148,215 @@ class RedisBackend:
         else:
             given: RedisClient = client
             if given.get_encoder().decode_responses:
-                raise ValueError("the Redis client must be built with decode_responses=False: values are bytes")
+                raise ConfigurationError(
+                    "the Redis client must be built with decode_responses=False: values are bytes"
+                )
             self._given = given
-            self._factory = lambda: _copy_client(given)
-        self.timeout = timeout
+            self._factory = lambda: copy_client(given)
+            store = store or store_of(given)
+        self.connect_timeout = connect_timeout
         self.stores_objects = False  # every GET is a new bytes object off the wire
         self.clear_budget = clear_budget
-        self.breaker = breaker if breaker is not None else CircuitBreaker(name="redis")
-        self._node_breakers: dict[str, CircuitBreaker] = {}
+        # The budget, the breakers (one per cluster master) and which errors are outages: see _guard.py.
+        self.guard = Guard(
+            timeout=timeout,
+            breaker=breaker if breaker is not None else CircuitBreaker(name="redis"),
+            outage_errors=_STORE_ERRORS,
+            on_failure=self._topology_suspect,
+        )
+        self._store = store
+        self._labelled = False
         self._owns_client = owns_client
         self._current: _LoopClient | None = None
-        self._made: list[RedisClient] = []
+        self._clients: list[_LoopClient] = []  # of every loop still open, for aclose
         self._closed = False
-        self.store_errors = 0
-        self.late_timeouts = 0
-        self.queue_timeouts = 0
-        self.breaker_rejections = 0
-        self._last_failure = float("-inf")
+
+    @property
+    def timeout(self) -> float:
+        """The budget of every call (the guard's)."""
+        return self.guard.timeout
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker of the store (on a cluster: the template of each master's, and the discovery's)."""
+        return self.guard.breaker
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        max_connections: int = 64,
-        pool_timeout: float = 1.0,
-        socket_timeout: float | None = None,
-        **options: Any,
-    ) -> RedisBackend:
-        """A backend with its own clients (one per event loop): a bounded, blocking connection pool (a caller
-        waits up to ``pool_timeout`` for a free connection instead of opening more).
+    def from_url(cls, url: str, *, options: StoreOptions | None = None, **overrides: Any) -> RedisBackend:
+        """A backend with its own clients (one per event loop) on a ``redis://``, ``rediss://`` or ``unix://``
+        URL: a bounded, blocking connection pool (a caller waits up to ``pool_timeout`` for a free connection
+        instead of opening more). ``options`` (:class:`StoreOptions`), or its fields as keywords
+        (``max_connections=8``). The URL is checked now (:class:`ConfigurationError`).
 
         ``socket_timeout`` is None on purpose: the budget bounds every call, and on Python 3.11 redis-py's socket
         timeout runs sends under ``asyncio.wait_for``, which can swallow the budget's cancellation."""
+        settings = dataclasses.replace(options or StoreOptions(), **overrides)
+        store = check_redis_url(url)
 
         def make() -> RedisClient:
             pool = QueueAwarePool.from_url(
-                url, max_connections=max_connections, timeout=pool_timeout, socket_timeout=socket_timeout
+                url,
+                max_connections=settings.max_connections,
+                timeout=settings.pool_timeout,
+                socket_timeout=settings.socket_timeout,
             )
-            return Redis(connection_pool=pool)
+            return Redis.from_pool(pool)
 
-        return cls(make, **options)
+        return cls(
+            make,
+            timeout=settings.timeout,
+            breaker=settings.breaker,
+            connect_timeout=settings.connect_timeout,
+            store=store,
+        )
 
     @classmethod
-    def cluster_from_url(
-        cls,
-        url: str,
-        *,
-        max_connections: int = 64,
-        pool_timeout: float = 1.0,
-        socket_timeout: float | None = None,
-        **options: Any,
-    ) -> RedisBackend:
-        """A backend over a Redis Cluster found from the node in ``url`` (``redis+cluster://host:port``): per node
-        at most ``max_connections`` commands in flight, more wait up to ``pool_timeout``; topology refreshes
-        bounded and off the request path. Call :meth:`connect` at start-up to learn the topology."""
+    def cluster_from_url(cls, url: str, *, options: StoreOptions | None = None, **overrides: Any) -> RedisBackend:
+        """A backend over a Redis Cluster found from the node in ``url`` (``redis+cluster://host:port``, or
+        ``redis://``): per node at most ``max_connections`` commands in flight, more wait up to ``pool_timeout``;
+        topology refreshes bounded and off the request path. Call :meth:`connect` at start-up to learn the
+        topology (else the first call does, bounded by ``connect_timeout``)."""
+        settings = dataclasses.replace(options or StoreOptions(), **overrides)
+        store = check_redis_url(url, cluster=True)
 
         def make() -> RedisClient:
             return build_cluster_client(
-                url, max_connections=max_connections, pool_timeout=pool_timeout, socket_timeout=socket_timeout
+                url,
+                max_connections=settings.max_connections,
+                pool_timeout=settings.pool_timeout,
+                socket_timeout=settings.socket_timeout,
             )
 
-        return cls(make, **options)
+        return cls(
+            make,
+            timeout=settings.timeout,
+            breaker=settings.breaker,
+            connect_timeout=settings.connect_timeout,
+            store=store,
+        )
 
     # -- clients per loop ------------------------------------------------------------------------------------
 
     def _loop_client(self) -> _LoopClient:
+        if self._closed:
+            raise CacheClosedError(CLOSED_MESSAGE)
         loop = asyncio.get_running_loop()
         current = self._current
         if current is not None and current.loop is loop:
             return current
-        if self._closed:
-            raise StoreUnavailable("the Redis backend is closed")
-        if current is None and self._given is not None and not self._made:
+        return self._switch_to(loop)
+
+    def _switch_to(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
+        for known in self._clients:
+            if known.loop is loop:
+                self._current = known
+                return known
+        # Loops that are gone cannot close their clients any more: close their sockets now.
+        for gone in [c for c in self._clients if c.loop.is_closed()]:
+            self._clients.remove(gone)
+            if self._owns(gone.client):
+                abandon_client(gone.client)
+        if self._given is not None and self._current is None and not self._clients:
             client = self._given
         else:
             client = self._factory()
-            self._made.append(client)
-            if len(self._made) > 1:
-                self._made = self._made[-1:]  # the older ones belong to loops that are gone
-        _warn_socket_timeout(client, self.timeout)
+        if self._store is None:
+            self._store = store_of(client)
+        warn_socket_timeout(client, self.timeout)
         self._current = _LoopClient(client, loop)
+        self._clients.append(self._current)
         return self._current
+
+    def _owns(self, client: RedisClient) -> bool:
+        return self._owns_client or client is not self._given
 
     @property
     def client(self) -> RedisClient:
         """The client of the running loop."""
         return self._loop_client().client
 
+    @property
+    def store(self) -> str:
+        """``host:port`` of the store (a cluster: its first startup node; a socket: its path)."""
+        if self._store is None:
+            return "unknown"  # a factory's client is not made yet
+        return self._store
+
     async def connect(self) -> None:
+        """Connect (authenticate, select the database; on a cluster, learn the topology) now, within
+        ``connect_timeout``. Raises :class:`StoreConnectError` (the store, and its own message) when the store
+        refuses: nothing listens, the password is wrong, the database does not exist."""
         client = self._loop_client().client
-        await self._call(lambda: _initialize(client), budget=max(self.timeout, 5.0))
+        try:
+            await within_budget(self.connect_timeout, lambda: initialize(client))
+        except _STORE_ERRORS as exc:
+            raise StoreConnectError(self.store, _connect_reason(exc, self.connect_timeout)) from exc
 
     async def aclose(self) -> None:
+        """Close the clients of every loop (safe to call twice). Every later call raises
+        :class:`CacheClosedError`."""
         self._closed = True
-        current, self._current = self._current, None
-        if current is None or (not self._owns_client and current.client is self._given):
-            return
-        with contextlib.suppress(Exception):
-            await current.client.aclose()
+        self._current = None
+        clients, self._clients = self._clients, []
+        running = asyncio.get_running_loop()
+        for loop_client in clients:
+            if loop_client.discovery is not None:
+                loop_client.discovery.cancel()
+            if not self._owns(loop_client.client):
+                continue
+            if loop_client.loop is running:
+                with contextlib.suppress(Exception):
+                    await loop_client.client.aclose()
+            elif loop_client.loop.is_closed() or not loop_client.loop.is_running():
+                abandon_client(loop_client.client)
+            else:  # a loop running in another thread: its own thread closes the sockets
+                with contextlib.suppress(RuntimeError):
+                    loop_client.loop.call_soon_threadsafe(abandon_client, loop_client.client)
 
     # -- the budgeted call -----------------------------------------------------------------------------------
 
-    def _breaker_for(self, key: str | None) -> CircuitBreaker:
+    def _target_for(self, key: str | None) -> Target:
         current = self._current
-        if key is None or current is None or not isinstance(current.client, RedisCluster):
-            return self.breaker
-        node = node_name_for_key(current.client, key)
-        breaker = self._node_breakers.get(node)
-        if breaker is None:
-            template = self.breaker
-            breaker = self._node_breakers[node] = CircuitBreaker(
-                template.failure_threshold, template.cooldown, name=f"redis node {node}", clock=template.clock
-            )
-        return breaker
+        cluster = current is not None and isinstance(current.client, RedisCluster)
+        if not self._labelled:
+            self.guard.store = f"Redis {'Cluster ' if cluster else ''}{self.store}"
+            self._labelled = self._store is not None
+        if key is None or current is None or not cluster:
+            return self.guard.target()
+        assert isinstance(current.client, RedisCluster)
+        return self.guard.target(f"Redis Cluster node {node_name_for_key(current.client, key)}")
 
-    async def _call(self, make: Callable[[], Awaitable[T]], budget: float | None = None, key: str | None = None) -> T:
-        breaker = self._breaker_for(key)
-        permit = breaker.permit()
-        if permit is None:
-            self.breaker_rejections += 1
-            self._topology_suspect()
-            raise StoreUnavailable("circuit breaker is open")
+    async def _call(
+        self, operation: str, make: Callable[[], Awaitable[T]], budget: float | None = None, key: str | None = None
+    ) -> T:
+        current = self._current
+        if (
+            current is not None
+            and isinstance(current.client, BoundedRedisCluster)
+            and not current.client.topology_known
+        ):
+            await self._discover(current)
+        return await self.guard.call(self._target_for(key), operation, make, budget)
+
+    async def _discover(self, current: _LoopClient) -> None:
+        """A cluster's first topology discovery (``CLUSTER SLOTS``, ``COMMAND``), within ``connect_timeout``
+        rather than a call's budget, shared by the calls that arrive meanwhile; a failure fails them open."""
+        task = current.discovery
+        if task is None or task.done():
+            client = current.client
+
+            async def discover() -> None:
+                await self.guard.call(
+                    self._target_for(None), "topology discovery", lambda: initialize(client), self.connect_timeout
+                )
+
+            task = current.discovery = asyncio.get_running_loop().create_task(discover())
         try:
-            result = await within_budget(self.timeout if budget is None else budget, make)
-        except (LateLoopTimeout, QueueTimeout) as exc:
-            # The loop was late, or the call never left this process's pool: this call fails open, the breaker
-            # learns nothing (the calls on the wire tell it how Redis is).
-            if isinstance(exc, LateLoopTimeout):
-                self.late_timeouts += 1
-            else:
-                self.queue_timeouts += 1
-            if permit == "probe":
-                breaker.record_abandoned()
-            raise StoreUnavailable(str(exc)) from exc
-        except _STORE_ERRORS as exc:
-            self._failed(breaker, exc)
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            if permit == "probe":  # only the probe's fate decides the half-open state
-                breaker.record_abandoned()
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._closed and task.cancelled():  # aclose() cancelled it, not our caller
+                raise CacheClosedError(CLOSED_MESSAGE) from None
             raise
-        breaker.record_success()
-        return result
 
     def _topology_suspect(self) -> None:
         """A call failed or a breaker refused one: on a cluster, the map may be out of date (a replica promoted,
@@ -263,22 +369,11 @@ class RedisBackend:
         if current is not None and isinstance(current.client, BoundedRedisCluster):
             current.client.request_refresh()
 
-    def _failed(self, breaker: CircuitBreaker, exc: BaseException) -> None:
-        self._topology_suspect()
-        self.store_errors += 1
-        now = time.monotonic()
-        if now - self._last_failure > _QUIET_PERIOD:
-            log.warning("cachelayer: Redis call failed after a healthy period (failing open): %r", exc)
-        else:
-            log.debug("cachelayer: Redis call failed: %r", exc)
-        self._last_failure = now
-        breaker.record_failure(exc)
-
     # -- values ----------------------------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
         client = self._loop_client().client
-        value: Any = await self._call(lambda: client.get(key), key=key)
+        value: Any = await self._call("GET", lambda: client.get(key), key=key)
         return value  # type: ignore[no-any-return]  # built with decode_responses=False
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -290,7 +385,7 @@ class RedisBackend:
                     pipe.get(key)
                 return await pipe.execute()
 
-        return await self._call(run, key=keys[0] if keys else None)
+        return await self._call("GET (many)", run, key=keys[0] if keys else None)
 
     async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
         client = self._loop_client().client
@@ -326,7 +421,7 @@ class RedisBackend:
                 add_tags(pipe)
                 await pipe.execute()
 
-        await self._call(run, key=key)
+        await self._call("SET", run, key=key)
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         client = self._loop_client().client
@@ -337,17 +432,28 @@ class RedisBackend:
                     pipe.set(key, value, px=ttl_ms)
                 await pipe.execute()
 
-        await self._call(run, key=items[0][0] if items else None)
+        await self._call("SET (many)", run, key=items[0][0] if items else None)
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
         client = self._loop_client().client
-        return await self._call(lambda: _delete_now(client, list(keys)), key=keys[0])
+        return await self._call("DEL", lambda: _delete_now(client, list(keys)), key=keys[0])
 
-    async def overwrite(self, key: str, offset: int, data: bytes) -> bool:
-        script = self._loop_client().overwrite
-        return bool(await self._call(lambda: script(keys=[key], args=[offset, data]), key=key))
+    async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
+        if not keys:
+            return 0
+        client = self._loop_client().client
+
+        async def run() -> int:
+            # One EVAL per key in one pipeline (a cluster pipeline splits it by slot: keys of different slots
+            # cannot share a script). The script is a few bytes: EVAL, not EVALSHA, spares a NOSCRIPT round trip.
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.eval(_MARK_STALE, 1, key, offset, field)
+                return sum(int(marked) for marked in await pipe.execute())
+
+        return await self._call("mark stale", run, key=keys[0])
 
     async def clear(self, prefix: str) -> int:
         client = self._loop_client().client
@@ -365,21 +471,25 @@ class RedisBackend:
                 deleted += await _delete_now(client, batch)
             return deleted
 
-        return await self._call(run, budget=self.clear_budget)
+        return await self._call("clear (SCAN, DEL)", run, budget=self.clear_budget)
 
     # -- leases ----------------------------------------------------------------------------------------------
 
     async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
         client = self._loop_client().client
-        return bool(await self._call(lambda: client.set(lease_key, token, nx=True, px=ttl_ms), key=lease_key))
+        return bool(await self._call(
+            "lease acquire", lambda: client.set(lease_key, token, nx=True, px=ttl_ms), key=lease_key
+        ))
 
     async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
         script = self._loop_client().renew
-        return bool(await self._call(lambda: script(keys=[lease_key], args=[token, ttl_ms]), key=lease_key))
+        return bool(await self._call(
+            "lease renew", lambda: script(keys=[lease_key], args=[token, ttl_ms]), key=lease_key
+        ))
 
     async def release_lease(self, lease_key: str, token: str) -> None:
         script = self._loop_client().release
-        await self._call(lambda: script(keys=[lease_key], args=[token]), key=lease_key)
+        await self._call("lease release", lambda: script(keys=[lease_key], args=[token]), key=lease_key)
 
     async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
         client = self._loop_client().client
@@ -390,19 +500,19 @@ class RedisBackend:
                 pipe.exists(lease_key)
                 return await pipe.execute()
 
-        value, lease_held = await self._call(run, key=key)
+        value, lease_held = await self._call("lease poll", run, key=key)
         return value, bool(lease_held)
 
     # -- tags ------------------------------------------------------------------------------------------------
 
     async def tag_members(self, tag_key: str) -> list[str]:
         client = self._loop_client().client
-        members = await self._call(lambda: client.smembers(tag_key), key=tag_key)
+        members = await self._call("tag members (SMEMBERS)", lambda: client.smembers(tag_key), key=tag_key)
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
         client = self._loop_client().client
-        await self._call(lambda: client.srem(tag_key, *members), key=tag_key)
+        await self._call("tag remove (SREM)", lambda: client.srem(tag_key, *members), key=tag_key)
 
     # -- publish / subscribe ---------------------------------------------------------------------------------
 
@@ -410,105 +520,32 @@ class RedisBackend:
         client = self._loop_client().client
         if isinstance(client, RedisCluster):
             if sharded:
-                await self._call(lambda: client.execute_command("SPUBLISH", channel, data), key=channel)
+                await self._call(
+                    "publish (SPUBLISH)", lambda: client.execute_command("SPUBLISH", channel, data), key=channel
+                )
             else:
-                await self._call(lambda: _publish_on_any_master(client, channel, data))
+                await self._call("publish", lambda: _publish_on_any_master(client, channel, data))
         else:
-            await self._call(lambda: client.publish(channel, data))
+            await self._call("publish", lambda: client.publish(channel, data))
 
     def subscription(self, *, sharded: bool = False) -> Subscription:
         client = self._loop_client().client
         if isinstance(client, RedisCluster):
-            return ClusterSubscription(client, sharded=sharded, connect_timeout=max(self.timeout, 1.0))
-        return RedisSubscription(self, sharded=sharded)
+            return ClusterSubscription(
+                client, sharded=sharded, connect_timeout=max(self.timeout, 1.0), closed=lambda: self._closed
+            )
+        return RedisSubscription(
+            lambda: self.client, sharded=sharded, store=self.store, timeout=self.timeout, closed=lambda: self._closed
+        )
 
     # -- introspection ---------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
         client = self._loop_client().client
-        await self._call(lambda: client.ping())
+        await self._call("PING", lambda: client.ping())
 
     def stats(self) -> dict[str, Any]:
-        breakers = [self.breaker, *self._node_breakers.values()]
-        states = {b.state for b in breakers}
-        worst = "open" if "open" in states else "half_open" if "half_open" in states else "closed"
-        stats: dict[str, Any] = {
-            "store_errors": self.store_errors,
-            "store_late_timeouts": self.late_timeouts,
-            "store_queue_timeouts": self.queue_timeouts,
-            "breaker_rejections": self.breaker_rejections,
-            "breaker_state": worst,
-            "breaker_opened": sum(b.opened_count for b in breakers),
-        }
-        if self._node_breakers:
-            stats["breakers_open"] = sum(1 for b in breakers if b.state != "closed")
-        return stats
-
-
-class RedisSubscription:
-    """A pub/sub connection of the running loop's client (see :class:`cachelayer.Subscription`)."""
-
-    def __init__(self, backend: RedisBackend, *, sharded: bool) -> None:
-        self._backend = backend
-        self._sharded = sharded
-        self._pubsub: PubSub | None = None
-        self._cluster = False
-        self.alive_at = float("-inf")
-
-    def _connection(self) -> PubSub:
-        if self._pubsub is None:
-            client = self._backend.client
-            self._cluster = isinstance(client, RedisCluster)
-            self._pubsub = client.pubsub()
-        return self._pubsub
-
-    async def _guarded(self, make: Callable[[], Awaitable[T]], budget: float) -> T:
-        try:
-            return await within_budget(budget, make)
-        except _STORE_ERRORS as exc:
-            raise StoreUnavailable(f"pub/sub: {type(exc).__name__}: {exc}") from exc
-
-    async def subscribe(self, *channels: str) -> None:
-        pubsub = self._connection()
-        method = pubsub.ssubscribe if self._sharded and self._cluster else pubsub.subscribe
-        await self._guarded(lambda: method(*channels), self._backend.timeout)
-
-    async def unsubscribe(self, *channels: str) -> None:
-        if self._pubsub is None:
-            return
-        pubsub = self._pubsub
-        method = pubsub.sunsubscribe if self._sharded and self._cluster else pubsub.unsubscribe
-        await self._guarded(lambda: method(*channels), self._backend.timeout)
-
-    async def next_message(self, timeout: float) -> Message | None:  # noqa: ASYNC109  # the protocol's
-        pubsub = self._connection()
-        read = (
-            pubsub.get_sharded_message  # type: ignore[attr-defined]
-            if self._sharded and self._cluster
-            else pubsub.get_message
-        )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            message = await self._guarded(lambda: read(timeout=remaining), remaining + self._backend.timeout)
-            if message is None:
-                continue
-            self.alive_at = time.monotonic()
-            kind = message["type"]
-            if kind in ("message", "smessage", "pmessage"):
-                channel = message["channel"]
-                return (channel.decode() if isinstance(channel, bytes) else channel), message["data"]
-        return None
-
-    async def ping(self) -> None:
-        pubsub = self._connection()
-        await self._guarded(lambda: pubsub.ping(), self._backend.timeout)
-
-    async def aclose(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), self._backend.timeout)  # type: ignore[no-untyped-call]
+        return self.guard.stats()
 
 
 async def _publish_on_any_master(client: RedisCluster, channel: str, data: bytes) -> None:
@@ -533,61 +570,5 @@ async def _delete_now(client: RedisClient, keys: list[str]) -> int:
         return sum(await pipe.execute())
 
 
-async def _initialize(client: RedisClient) -> None:
-    if isinstance(client, RedisCluster):
-        await client.initialize()
-    else:
-        await client.ping()
-
-
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-class QueueAwarePool(BlockingConnectionPool):
-    """A blocking pool that tells the time budget while a call waits for a free connection
-    (``_budget.note_waiting_for_connection``): a call cut off then says nothing about Redis.
-
-    redis-py's ``get_connection`` waits until ``can_get_connection()`` is true, then takes a connection with no
-    suspension point in between, and only then connects it: so the wait ends before connecting, and a connect
-    to a hung Redis counts against it. The hook is a plain call on redis-py's own path (no extra await)."""
-
-    def can_get_connection(self) -> bool:
-        free = bool(super().can_get_connection())
-        note_waiting_for_connection(not free)
-        return free
-
-
-def _copy_client(client: RedisClient) -> RedisClient:
-    """A client with ``client``'s connection settings, for another event loop."""
-    if isinstance(client, RedisCluster):
-        raise StoreUnavailable(
-            "a RedisCluster client serves the event loop it was first used on: give RedisBackend a factory "
-            "(RedisBackend(lambda: RedisCluster(...))) or use Cache.from_url to use the cache from several loops"
-        )
-    pool = client.connection_pool
-    options: dict[str, Any] = dict(pool.connection_kwargs)
-    if isinstance(pool, BlockingConnectionPool):
-        options["timeout"] = pool.timeout
-    copy = type(pool)(connection_class=pool.connection_class, max_connections=pool.max_connections, **options)
-    return Redis(connection_pool=copy)
-
-
-_warned: set[int] = set()
-
-
-def _warn_socket_timeout(client: RedisClient, budget: float) -> None:
-    if sys.version_info >= (3, 12) or id(client) in _warned:
-        return
-    if isinstance(client, RedisCluster):
-        socket_timeout = client.nodes_manager.connection_kwargs.get("socket_timeout")
-    else:
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-    if socket_timeout is not None:
-        _warned.add(id(client))
-        log.warning(
-            "cachelayer: the Redis client has socket_timeout=%s; on Python 3.11 it can stretch the cache's "
-            "%.3f s budget to the socket timeout: build it with socket_timeout=None (docs/operations.md)",
-            socket_timeout,
-            budget,
-        )

@@ -13,11 +13,21 @@ call awaits ``initialize()``), and parsing ``COMMAND`` blocks the event loop for
 * never drops every node's connections because one shard answered CLUSTERDOWN or a pipeline met a dead node
   (stock ``aclose()`` on the request path), and patches MOVED slots one by one (``reinitialize_steps=0``) plus
   one throttled refresh;
-* makes callers wait up to ``pool_timeout`` for a free connection of a node instead of failing at once.
+* keeps, across a refresh, the connections of every node whose role did not change (stock reconnects them all);
+* makes callers wait up to ``pool_timeout`` for a free connection of a node instead of failing at once;
+* closes every node's connections on ``aclose()``, even after a failure left the client "to be initialized"
+  (stock ``aclose()`` then closes nothing).
 
-It leans on redis-py 8.1 internals (``_initialize``, ``ClusterNode``'s unused ``_lock`` slot, the nodes
-manager's event dispatcher, which functions call ``aclose()`` on a failure); ``tests/test_redis_cluster.py``
-pins each behaviour against a real cluster.
+How, through redis-py's own seams: its nodes are :class:`GatedClusterNode` from the start (the client replaces its
+stock ``NodesManager``, before anything connects, by a subclass that builds every node entering its maps in
+``set_nodes``, and puts that node in the slot after a MOVED); ``aclose()`` tells a close on the request path
+(stock ``_execute_command`` and ``PipelineStrategy.execute`` call it on a node's failure) by a context variable
+that ``execute_command`` and the pipeline's ``execute`` set. The redis-py methods overridden are listed in
+:data:`OVERRIDDEN`; the private names still touched (the client's ``_initialize`` flag; connection and transport
+internals for :func:`abandon_connection`) in :data:`PRIVATES`. ``tests/test_redis_privates.py`` pins both against
+the installed redis-py and Python; ``tests/test_redis_cluster.py`` pins each behaviour against a real cluster.
+
+:func:`abandon_connection` closes a connection whose event loop is gone (it cannot be awaited any more).
 """
 
 from __future__ import annotations
@@ -25,27 +35,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import Any, Final, NamedTuple
 
 from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, PipelineStrategy
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.event import AsyncAfterSlotsCacheRefreshEvent, AsyncEventListenerInterface
-from redis.exceptions import MaxConnectionsError, RedisClusterException, RedisError
+from redis.event import AsyncAfterSlotsCacheRefreshEvent, AsyncEventListenerInterface, EventDispatcher
+from redis.exceptions import AskError, MaxConnectionsError, MovedError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ._backend import Message, StoreUnavailable
 from ._budget import note_waiting_for_connection
+from ._errors import CacheClosedError
 
 __all__ = [
     "CLIENT_ERRORS",
+    "OVERRIDDEN",
+    "PRIVATES",
     "BoundedRedisCluster",
     "ClusterSubscription",
+    "GatedClusterNode",
+    "Internal",
+    "abandon_connection",
     "build_cluster_client",
     "cluster_url_to_redis_url",
     "node_name_for_key",
@@ -61,6 +77,58 @@ CLIENT_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 #: connections per node beyond ``max_connections`` for pub/sub borrowed from node pools (stock ClusterPubSub),
 #: so that a subscriber can never make an admitted command hit the node's hard limit
 PUBSUB_HEADROOM = 4
+
+
+class Internal(NamedTuple):
+    """A name of redis-py (or of asyncio) this module relies on: ``owner`` is ``"module:Class"``."""
+
+    owner: str
+    name: str
+    use: str
+
+
+#: Every private name this module reads or writes, and why (pinned by tests/test_redis_privates.py).
+PRIVATES: Final = (
+    Internal("redis.asyncio.cluster:RedisCluster", "_initialize",
+             "BoundedRedisCluster.initialize/aclose/forget_topology: the flag on which stock execute_command and "
+             "pipelines call initialize(); cleared once a refresh is handed to the background, read by aclose()"),
+    Internal("redis.asyncio.connection:AbstractConnection", "_writer",
+             "abandon_connection: the StreamWriter whose transport holds the socket; then set to None"),
+    Internal("redis.asyncio.connection:AbstractConnection", "_reader",
+             "abandon_connection: set to None (the connection's __del__ warns of an open one otherwise)"),
+    Internal("asyncio.selector_events:_SelectorTransport", "_loop",
+             "abandon_connection: is the transport's loop closed (then connection_lost never runs)"),
+    Internal("asyncio.selector_events:_SelectorTransport", "_closing",
+             "abandon_connection: set (StreamWriter.__del__ warns of a transport that is not closing otherwise)"),
+    Internal("asyncio.selector_events:_SelectorTransport", "_sock",
+             "abandon_connection: the socket, closed directly; cleared when the loop is closed"),
+    Internal("asyncio.sslproto:_SSLProtocolTransport", "_ssl_protocol",
+             "abandon_connection (TLS): the protocol that holds the inner, socket transport"),
+    Internal("asyncio.sslproto:_SSLProtocolTransport", "_closed",
+             "abandon_connection (TLS): set (its __del__ warns of an unclosed transport otherwise)"),
+    Internal("asyncio.sslproto:SSLProtocol", "_transport",
+             "abandon_connection (TLS): the inner transport, which owns the socket"),
+)
+
+#: redis-py's public methods this module overrides, and what it relies on them to do in redis-py 8.1.
+OVERRIDDEN: Final = (
+    Internal("redis.asyncio.cluster:RedisCluster", "execute_command",
+             "every command of the client runs in it, including the stock request-path aclose() calls"),
+    Internal("redis.asyncio.cluster:RedisCluster", "pipeline", "builds the client's pipelines"),
+    Internal("redis.asyncio.cluster:RedisCluster", "initialize", "called by stock code whenever _initialize is set"),
+    Internal("redis.asyncio.cluster:RedisCluster", "aclose", "called by stock request-path code on a node's failure"),
+    Internal("redis.asyncio.cluster:ClusterPipeline", "execute", "runs a pipeline, including its aclose() calls"),
+    Internal("redis.asyncio.cluster:NodesManager", "set_nodes",
+             "every node that enters nodes_cache or startup_nodes passes through it"),
+    Internal("redis.asyncio.cluster:NodesManager", "move_slot",
+             "after a MOVED, puts the node it built itself (not the one in nodes_cache) in the slot's list"),
+    Internal("redis.asyncio.cluster:ClusterNode", "execute_command", "one command on one of the node's connections"),
+    Internal("redis.asyncio.cluster:ClusterNode", "execute_pipeline", "a pipeline on one of the node's connections"),
+)
+
+#: the client whose command or pipeline is running in this context: redis-py's own aclose() calls from there are
+#: the request path's, not its owner's
+_REQUEST_OF: ContextVar[RedisCluster | None] = ContextVar("cachelayer_cluster_request_of", default=None)
 
 
 def cluster_url_to_redis_url(url: str) -> str:
@@ -95,38 +163,93 @@ class _NodeGate:
         note_waiting_for_connection(False)
 
 
-class _GatedClusterNode(ClusterNode):
-    """A ClusterNode whose commands wait for a free connection (the gate lives in the unused ``_lock`` slot).
+class GatedClusterNode(ClusterNode):
+    """A ClusterNode whose commands and pipelines wait at its :class:`_NodeGate` for a free connection."""
 
-    No slots of its own, so an existing node can be switched to this class in place (``__class__``), which keeps
-    its connections; redis-py creates plain ClusterNodes in several places.
-    """
+    __slots__ = ("gate",)
 
-    __slots__ = ()
+    def __init__(self, host: str, port: str | int, server_type: str | None = None, *, gate: _NodeGate,
+                 **kwargs: Any) -> None:
+        super().__init__(host, port, server_type, **kwargs)
+        self.gate = gate
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        gate: _NodeGate = self._lock  # type: ignore[attr-defined]
-        await gate.acquire(self.name)
+        await self.gate.acquire(self.name)
         try:
             return await super().execute_command(*args, **kwargs)
         finally:
-            gate.semaphore.release()
+            self.gate.semaphore.release()
 
     async def execute_pipeline(self, commands: Any) -> bool:
-        gate: _NodeGate = self._lock  # type: ignore[attr-defined]
-        await gate.acquire(self.name)
+        await self.gate.acquire(self.name)
         try:
             return await super().execute_pipeline(commands)
         finally:
-            gate.semaphore.release()
+            self.gate.semaphore.release()
+
+
+class _GatedNodesManager(NodesManager):
+    """The nodes manager of :class:`BoundedRedisCluster`: every node in its maps is a :class:`GatedClusterNode`
+    (stock code builds plain ``ClusterNode``\\ s, in several places, and hands each new one to ``set_nodes``), and a
+    refresh keeps the connections of the nodes whose role did not change."""
+
+    __slots__ = ("_closing", "_new_gate")
+
+    def __init__(self, startup_nodes: Sequence[tuple[str, str | int]], new_gate: Callable[[], _NodeGate],
+                 require_full_coverage: bool, connection_kwargs: dict[str, Any], **options: Any) -> None:
+        self._new_gate = new_gate
+        self._closing: set[asyncio.Task[None]] = set()
+        nodes: list[ClusterNode] = [self._gated(host, port, None, connection_kwargs) for host, port in startup_nodes]
+        super().__init__(nodes, require_full_coverage, connection_kwargs, **options)
+
+    def _gated(self, host: str, port: str | int, server_type: str | None,
+               connection_kwargs: dict[str, Any] | None = None) -> GatedClusterNode:
+        kwargs = self.connection_kwargs if connection_kwargs is None else connection_kwargs
+        return GatedClusterNode(host, port, server_type, gate=self._new_gate(), **kwargs)
+
+    def set_nodes(self, old: dict[str, ClusterNode], new: dict[str, ClusterNode], remove_old: bool = False) -> None:
+        if remove_old:
+            for name in [name for name in old if name not in new]:
+                gone = old.pop(name)
+                gone.update_active_connections_for_reconnect()  # in-flight calls finish, then it disconnects
+                task = asyncio.get_running_loop().create_task(gone.disconnect_free_connections())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        # Stock set_nodes makes every connection of every node it keeps reconnect, to drop a replica connection's
+        # READONLY state: only a changed role needs it (this client reads from masters). During a failover a
+        # refresh comes every min_refresh_interval; each would make every healthy node reconnect (a handshake of
+        # several round trips per connection) in the middle of requests.
+        changed: dict[str, ClusterNode] = {}
+        for name, node in new.items():
+            kept = old.get(name)
+            if kept is None:
+                changed[name] = node if isinstance(node, GatedClusterNode) else self._gated(
+                    node.host, node.port, node.server_type)
+            elif kept.server_type != node.server_type:
+                changed[name] = node  # stock: the kept node takes the new role and reconnects
+        super().set_nodes(old, changed)
+
+    async def move_slot(self, e: AskError | MovedError) -> None:
+        await super().move_slot(e)
+        # A node new to the map: stock puts the node it built in the slot, while set_nodes kept our gated one.
+        nodes = self.slots_cache.get(e.slot_id, [])
+        kept = [self.nodes_cache.get(node.name, node) for node in nodes]
+        if any(ours is not theirs for ours, theirs in zip(kept, nodes, strict=True)):
+            self.slots_cache[e.slot_id] = kept
 
 
 class BoundedRedisCluster(RedisCluster):
     """RedisCluster with bounded, background topology refreshes and blocking per-node pools (see module doc)."""
 
-    def __init__(self, *args: Any, pool_timeout: float = 1.0, connection_limit: int | None = None,
-                 min_refresh_interval: float = 0.5, refresh_timeout: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, host: str | None = None, port: str | int = 6379, *, pool_timeout: float = 1.0,
+                 connection_limit: int | None = None, min_refresh_interval: float = 0.5,
+                 refresh_timeout: float = 1.0, require_full_coverage: bool = True, dynamic_startup_nodes: bool = True,
+                 address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
+                 event_dispatcher: EventDispatcher | None = None, **kwargs: Any) -> None:
+        dispatcher = event_dispatcher if event_dispatcher is not None else EventDispatcher()
+        super().__init__(host, port, require_full_coverage=require_full_coverage,
+                         dynamic_startup_nodes=dynamic_startup_nodes, address_remap=address_remap,
+                         event_dispatcher=dispatcher, **kwargs)
         self.pool_timeout = pool_timeout
         self.connection_limit = connection_limit or max(1, int(kwargs.get("max_connections", 100)) - PUBSUB_HEADROOM)
         self.min_refresh_interval = min_refresh_interval
@@ -140,12 +263,45 @@ class BoundedRedisCluster(RedisCluster):
         self._refreshing = False
         self._last_refresh = float("-inf")
         self._refresh_task: asyncio.Task[None] | None = None
-        self.nodes_manager._event_dispatcher.register_listeners(
-            {AsyncAfterSlotsCacheRefreshEvent: [_TopologyListener(self)]}
+        # Stock __init__ builds its NodesManager itself (no hook): replace it, before anything connected, by one
+        # whose nodes are gated, with the same startup nodes and options.
+        stock = self.nodes_manager
+        self.nodes_manager = _GatedNodesManager(
+            [(node.host, node.port) for node in stock.startup_nodes.values()], self._new_gate,
+            require_full_coverage, stock.connection_kwargs, dynamic_startup_nodes=dynamic_startup_nodes,
+            address_remap=address_remap, event_dispatcher=dispatcher,
         )
-        self._adopt_nodes()
+        self.startup_nodes = list(self.nodes_manager.startup_nodes.values())
+        dispatcher.register_listeners({AsyncAfterSlotsCacheRefreshEvent: [_TopologyListener(self)]})
+
+    def _new_gate(self) -> _NodeGate:
+        return _NodeGate(self.connection_limit, self.pool_timeout)
+
+    # -- the request path
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        request = _REQUEST_OF.set(self)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            _REQUEST_OF.reset(request)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:  # as stock pipeline()
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        # mypy: ClusterPipeline inherits an attribute of redis-py's CommandsProtocol that it never sets
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]
 
     # -- topology
+    @property
+    def topology_known(self) -> bool:
+        """The first discovery is done (later refreshes run in the background)."""
+        return self._topology_known
+
+    def forget_topology(self) -> None:
+        """After its connections were abandoned (their loop is gone): nothing is left to close."""
+        self._topology_known = False
+        self._initialize = True  # stock __del__ warns of an unclosed client otherwise
+
     async def initialize(self, additional_startup_nodes_info: Any = None,
                          last_failed_node_name: str | None = None) -> BoundedRedisCluster:
         if not self._topology_known:
@@ -156,7 +312,6 @@ class BoundedRedisCluster(RedisCluster):
                     self.command_table_loads += 1
                     self._last_refresh = time.monotonic()
                     self._topology_known = True
-                    self._adopt_nodes()
             return self
         # Topology known: serve requests from it; a refresh happens beside them.
         self._initialize = False
@@ -173,48 +328,27 @@ class BoundedRedisCluster(RedisCluster):
         self._refresh_task = asyncio.get_running_loop().create_task(self._refresh(delay, last_failed_node_name))
 
     async def _refresh(self, delay: float, last_failed_node_name: str | None) -> None:
+        _REQUEST_OF.set(None)  # a task of its own, though maybe started from a request's context
         if delay:
             await asyncio.sleep(delay)
         self._refreshing = True
-        roles = {name: node.server_type for name, node in self.nodes_manager.nodes_cache.items()}
         try:
             async with asyncio.timeout(self.refresh_timeout):
                 await self.nodes_manager.initialize(last_failed_node_name=last_failed_node_name)
             self.refreshes += 1
-            self._keep_connections(roles)
         except (*CLIENT_ERRORS, TimeoutError) as exc:
             self.refresh_failures += 1
             log.debug("cachelayer: cluster topology refresh failed: %r", exc)
         finally:
             self._refreshing = False
             self._last_refresh = time.monotonic()
-            self._adopt_nodes()
-
-    def _keep_connections(self, roles: dict[str, str | None]) -> None:
-        """Undo redis-py's "reconnect every connection of every node" after a refresh, for nodes whose role did not
-        change. Its reason (a replica connection's READONLY state) does not apply to a client that reads from
-        masters only, and during a failover refreshes come every ``min_refresh_interval``: each would make every
-        healthy node's connections reconnect (a handshake of several round trips each) in the middle of requests."""
-        for name, node in self.nodes_manager.nodes_cache.items():
-            if roles.get(name) is not None and roles[name] == node.server_type:
-                for connection in node._connections:
-                    connection.reset_should_reconnect()  # type: ignore[no-untyped-call]
-
-    def _adopt_nodes(self) -> None:
-        """Give every node a connection gate (nodes appear on discovery, refreshes and MOVED)."""
-        managers = (self.nodes_manager.nodes_cache, self.nodes_manager.startup_nodes)
-        for nodes in managers:
-            for node in nodes.values():
-                if type(node) is ClusterNode:
-                    node.__class__ = _GatedClusterNode
-                    node._lock = _NodeGate(self.connection_limit, self.pool_timeout)  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         # Stock _execute_command calls self.aclose() on CLUSTERDOWN / slot-not-covered, and a pipeline on any
         # connection error of any node (before its retry): that drops the connections of every node (in-flight
         # calls to healthy shards fail) and forces a re-discovery, COMMAND included, on the request path. From
         # there, ask for a background refresh instead; from anyone else, really close.
-        if sys._getframe(1).f_code in _REQUEST_PATH_CLOSERS:
+        if _REQUEST_OF.get() is self:
             self.request_refresh()
             return
         if self._refresh_task is not None:
@@ -223,25 +357,34 @@ class BoundedRedisCluster(RedisCluster):
                 await self._refresh_task
             self._refresh_task = None
         self._topology_known = False
+        if self._initialize:  # a failure on the request path left it so: stock aclose() would close nothing
+            await self.nodes_manager.aclose()
+            await self.nodes_manager.aclose("startup_nodes")
         await super().aclose()
 
 
-#: redis-py's request-path code that calls ``RedisCluster.aclose()`` on a node's failure (redis-py 8.1)
-_REQUEST_PATH_CLOSERS: Final = frozenset({RedisCluster._execute_command.__code__, PipelineStrategy.execute.__code__})
+class _BoundedPipeline(ClusterPipeline):
+    """A pipeline of a :class:`BoundedRedisCluster`: it runs on the client's request path."""
+
+    __slots__ = ()
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        request = _REQUEST_OF.set(self.cluster_client)
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        finally:
+            _REQUEST_OF.reset(request)
 
 
 class _TopologyListener(AsyncEventListenerInterface):
     """After a MOVED patched one slot, refresh the whole map once (in the background) instead of one MOVED per
-    slot; a refresh of our own also ends here and must not schedule another."""
+    slot. The event also ends every refresh: ``request_refresh`` ignores the first discovery's and our own."""
 
     def __init__(self, client: BoundedRedisCluster) -> None:
         self._client = client
 
     async def listen(self, event: object) -> None:
-        client = self._client
-        client._adopt_nodes()
-        if not client._refreshing:
-            client.request_refresh()
+        self._client.request_refresh()
 
 
 def build_cluster_client(url: str, *, max_connections: int, pool_timeout: float,
@@ -269,6 +412,31 @@ def build_cluster_client(url: str, *, max_connections: int, pool_timeout: float,
     )  # type: ignore[return-value]
 
 
+def abandon_connection(connection: Any) -> None:
+    """Close a redis-py connection's socket without its event loop, which is closed or not running (so its
+    ``disconnect()`` cannot be awaited, and ``transport.close()`` would only schedule the closing on it)."""
+    writer = getattr(connection, "_writer", None)
+    connection._writer = connection._reader = None  # redis-py's __del__ warns of an unclosed Connection otherwise
+    if writer is None:
+        return
+    transport = writer.transport
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    if ssl_protocol is not None:  # TLS: the socket is the inner transport's; the outer one only has a flag
+        transport._closed = True
+        transport = getattr(ssl_protocol, "_transport", None)
+        if transport is None:
+            return
+    loop_closed = transport._loop is None or transport._loop.is_closed()
+    with contextlib.suppress(Exception):
+        transport.close()  # unregisters the socket from a loop that is not running; raises for a closed one
+    transport._closing = True  # StreamWriter.__del__ warns of a transport that is not closing otherwise
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        sock.close()
+        if loop_closed:  # nothing will run the transport's connection_lost, which would clear it
+            transport._sock = None
+
+
 def node_name_for_key(client: RedisCluster, key: str | bytes) -> str:
     """``"host:port"`` of the master that owns ``key``'s slot in the client's current map (no I/O; a CRC16 and
     a dict lookup). ``"unknown"`` before discovery or while the slot is uncovered."""
@@ -287,8 +455,10 @@ class ClusterSubscription:
     :meth:`next_message`: close this subscription and open a new one, which follows the current topology.
     """
 
-    def __init__(self, client: RedisCluster, *, sharded: bool, connect_timeout: float = 1.0) -> None:
+    def __init__(self, client: RedisCluster, *, sharded: bool, connect_timeout: float = 1.0,
+                 closed: Callable[[], bool] = lambda: False) -> None:
         self.alive_at = time.monotonic()
+        self._backend_closed = closed
         self._client = client
         self._sharded = sharded
         self._connect_timeout = connect_timeout
@@ -362,6 +532,8 @@ class ClusterSubscription:
 
     # -- internals
     def _check_open(self) -> None:
+        if self._backend_closed():
+            raise CacheClosedError("the cache's Redis backend was closed (aclose()); build a new cache")
         if self._closed:
             raise StoreUnavailable("subscription is closed")
 

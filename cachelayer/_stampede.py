@@ -13,9 +13,11 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
-__all__ = ["ReadCoalescer", "SingleFlight", "StampedePolicy", "backoff_delays", "jittered", "xfetch_due"]
+from ._backoff import Backoff, ExponentialBackoff
+
+__all__ = ["XFETCH_HORIZON", "ReadCoalescer", "SingleFlight", "StampedePolicy", "jittered", "xfetch_due"]
 
 T = TypeVar("T")
 
@@ -31,7 +33,7 @@ class StampedePolicy:
     ``lease_ttl`` (0.9 s: with one poll interval, a waiter in another process takes over within 1 s): nobody
     waits out ``lease_wait`` for an orphaned lease. Waiters are woken by
     pub/sub the moment the value lands (``wake="pubsub"``) and poll with backoff from ``poll_initial`` to
-    ``poll_max`` as a safety net; ``wake="poll"`` polls only.
+    ``poll_max`` as a safety net (``poll_backoff`` replaces that schedule); ``wake="poll"`` polls only.
     """
 
     single_flight: bool = True
@@ -42,6 +44,7 @@ class StampedePolicy:
     wake: Literal["pubsub", "poll"] = "pubsub"
     poll_initial: float = 0.005
     poll_max: float = 0.05
+    poll_backoff: Backoff | None = None
     xfetch: bool = True
     xfetch_beta: float = 1.0
     stale_while_revalidate: bool = True
@@ -58,6 +61,16 @@ class StampedePolicy:
             raise ValueError("need 0 < poll_initial <= poll_max")
         if self.xfetch_beta < 0:
             raise ValueError("xfetch_beta must be non-negative")
+
+    def poll_delays(self) -> Iterator[float]:
+        """The delays between a lease waiter's polls."""
+        backoff = self.poll_backoff or ExponentialBackoff(self.poll_initial, self.poll_max, factor=1.6)
+        return backoff.delays()
+
+
+XFETCH_HORIZON: Final = 691.0
+"""How far ahead of expiry XFetch can fire, in units of ``delta * beta``: ``-ln(1e-300)``, rounded up. A hit
+further from expiry than that skips the random draw and the logarithm."""
 
 
 def xfetch_due(now: float, expires_at: float, delta: float, beta: float, rand: float) -> bool:
@@ -76,22 +89,25 @@ def jittered(ttl: float, jitter: float, rand: float) -> float:
     return ttl * (1.0 + jitter * (2.0 * rand - 1.0))
 
 
-def backoff_delays(initial: float, maximum: float, factor: float = 1.6) -> Iterator[float]:
-    delay = initial
-    while True:
-        yield delay
-        delay = min(delay * factor, maximum)
+class _Flight(Generic[T]):
+    __slots__ = ("leader", "task", "waiters")
+
+    def __init__(self, task: asyncio.Task[T], leader: object) -> None:
+        self.task = task
+        self.leader = leader
+        self.waiters: list[asyncio.Future[T]] = []
 
 
 class SingleFlight(Generic[T]):
     """Concurrent callers with one key share one running call.
 
-    The call runs in its own task, so a caller that is cancelled stops waiting without cancelling the work the
-    others are waiting for.
+    The call runs in its own task, and each caller waits on a future of its own (:meth:`wait`), so a caller that
+    is cancelled stops waiting without cancelling the work the others are waiting for. One future per caller,
+    resolved from one done-callback, costs each caller one wake-up; ``asyncio.shield`` per caller cost two.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Task[T]] = {}
+        self._flights: dict[str, _Flight[T]] = {}
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -100,34 +116,52 @@ class SingleFlight(Generic[T]):
         return key in self._flights
 
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
-        task = self._flights.get(key)
-        if task is None:
-            task = self.start(key, work)
-        return await asyncio.shield(task)
+        if key not in self._flights:
+            self.start(key, work)
+        return await self.wait(key)
 
-    def joinable(self, key: str) -> asyncio.Task[T] | None:
-        """The running call for ``key``, if any: a caller may wait for it (``await asyncio.shield(task)``)."""
-        return self._flights.get(key)
+    def wait(self, key: str) -> asyncio.Future[T]:
+        """A future of the running call's result (``running(key)`` must be true), this caller's own."""
+        flight = self._flights[key]
+        future: asyncio.Future[T] = flight.task.get_loop().create_future()
+        flight.waiters.append(future)
+        return future
 
-    def start(self, key: str, work: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+    def leader(self, key: str) -> object:
+        """What the caller that started ``key``'s running call left with it (``start(..., leader=)``), or None."""
+        flight = self._flights.get(key)
+        return None if flight is None else flight.leader
+
+    def start(self, key: str, work: Callable[[], Awaitable[T]], leader: object = None) -> asyncio.Task[T]:
         """Start ``work`` under ``key`` unless it already runs; return the running task either way."""
-        task = self._flights.get(key)
-        if task is not None:
-            return task
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight.task
 
         async def call() -> T:
             return await work()
 
         task = asyncio.create_task(call(), name=f"cachelayer-load:{key}")
-        self._flights[key] = task
-        task.add_done_callback(lambda t: self._finished(key, t))
+        flight = self._flights[key] = _Flight(task, leader)
+        task.add_done_callback(lambda t: self._finished(key, flight))
         return task
 
-    def _finished(self, key: str, task: asyncio.Task[Any]) -> None:
-        if self._flights.get(key) is task:
+    def _finished(self, key: str, flight: _Flight[T]) -> None:
+        if self._flights.get(key) is flight:
             del self._flights[key]
-        if not task.cancelled():
-            task.exception()  # mark it retrieved: every waiter may have gone away
+        task = flight.task
+        if task.cancelled():
+            for waiter in flight.waiters:
+                waiter.cancel()
+            return
+        error = task.exception()  # retrieved here: every waiter may have gone away
+        for waiter in flight.waiters:
+            if waiter.done():  # its caller was cancelled
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(task.result())
 
 
 class _LeaderGone(Exception):
@@ -139,29 +173,40 @@ class ReadCoalescer:
 
     Under a burst (10,000 clients asking for one hot page) this turns thousands of GETs queued on the connection
     pool into one, so the reads neither exhaust the pool nor run out of their time budget. The first caller does
-    the read itself (no extra task on the hot path) and hands the bytes to whoever asked meanwhile.
+    the read itself (no extra task on the hot path, no future unless someone joins) and hands the bytes to whoever
+    asked meanwhile, each of them waiting on a future of its own (a follower's cancellation ends only its wait).
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        # key -> the followers of its read in progress (None until the first one arrives)
+        self._pending: dict[str, list[asyncio.Future[Any]] | None] = {}
 
     async def read(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
-        pending = self._pending.get(key)
-        if pending is not None:
+        pending = self._pending
+        if key in pending:
+            followers = pending[key]
+            if followers is None:
+                followers = pending[key] = []
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            followers.append(future)
             try:
-                result: T = await asyncio.shield(pending)
-                return result
+                return await future
             except _LeaderGone:
                 return await read()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
+        pending[key] = None
         try:
             value = await read()
         except BaseException as exc:
-            future.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
-            future.exception()  # retrieved: there may be no follower to do it
+            followers = pending.pop(key)
+            if followers:
+                error = exc if isinstance(exc, Exception) else _LeaderGone()
+                for follower in followers:
+                    if not follower.done():
+                        follower.set_exception(error)
             raise
-        finally:
-            del self._pending[key]
-        future.set_result(value)
+        followers = pending.pop(key)
+        if followers:
+            for follower in followers:
+                if not follower.done():
+                    follower.set_result(value)
         return value

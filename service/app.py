@@ -169,7 +169,7 @@ def make_app(services: Services) -> tornado.web.Application:
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     )
-    register_prometheus("wallpaper", services.cache.stats, registry)
+    register_prometheus("wallpaper", services.cache.stats, registry, cache=services.cache)
     registry.register(_PoolCollector(services))
     pid = os.getpid()
     # The labelled children, looked up once per (route, method, status) instead of .labels() on every request.

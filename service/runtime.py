@@ -23,7 +23,7 @@ import tornado.netutil
 import tornado.process
 from tornado.httpserver import HTTPServer
 
-from cachelayer import Cache, LocalCache
+from cachelayer import Cache, LocalCache, StoreConnectError
 
 from .addresses import TrustedProxies
 from .catalog import Catalog
@@ -31,7 +31,14 @@ from .config import Settings
 from .downloads import Reconciler
 from .http_edges import EdgeHTTPServer
 from .logs import setup_logging
-from .repositories import MongoWallpaperRepository, MySQLRepository, close_client, create_client, create_pool
+from .repositories import (
+    MongoWallpaperRepository,
+    MySQLRepository,
+    close_client,
+    create_client,
+    create_pool,
+    settle_late_calls,
+)
 
 __all__ = ["Services", "serve", "start_server"]
 
@@ -90,7 +97,11 @@ class Services:
             timeout=r.timeout,
             local=_local_tier(settings),
         )
-        await cache.connect()  # open the pool now (never raises: the cache fails open until Redis answers)
+        try:
+            await cache.connect()  # open the pool now, so the first request pays nothing for it
+        except StoreConnectError as exc:
+            # Redis down (or misconfigured) at start: serve from the databases, failing open, until it answers.
+            log.error("redis unusable at start-up (%s: %s); cache failing open", exc.store, exc.reason)
         mongo_client = create_client(
             m.driver,
             m.uri,
@@ -183,6 +194,7 @@ class Services:
                 closer()
         self._closers.clear()
         await self.cache.aclose()
+        await settle_late_calls(within_seconds=2.0)  # calls past their budget end by the drivers' own timeouts first
         await close_client(self.mongo_client)
         await self.mysql.close()
 

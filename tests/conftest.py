@@ -20,7 +20,7 @@ fixture            what                                         override
                    stop/kill/start/pause it at will
 ``redis_cluster``  a private 3 masters + 3 replicas Redis
                    Cluster **started for the session** on free
-                   loopback ports (``tests/_cluster.py``)
+                   loopback ports (``harness/cluster.py``)
 ``store``          a fresh, empty :class:`cachelayer.Backend`,
                    parametrized: ``memory``, ``redis`` (DB 15),
                    ``cluster``: the cache-semantics tests run
@@ -28,7 +28,10 @@ fixture            what                                         override
 =================  ===========================================  =====================================
 
 A service that does not answer skips the test on a developer machine and fails it in CI
-(``CI=true``): see ``tests/_servers.py:require_service``.
+(``CI=true``): see ``harness/services.py:require_service``. So does a private server whose program
+is missing (:class:`harness.ServerUnavailable`, raised in a test or a fixture: the hooks below).
+The servers, proxies and the cluster are the repository's ``harness`` package, which pytest
+imports from the repository root (``pythonpath = ["."]`` in pyproject.toml).
 
 Session fixtures are synchronous on purpose: pytest-asyncio gives each test its own event loop
 (``asyncio_default_fixture_loop_scope = "function"``), so anything holding connections bound
@@ -38,8 +41,7 @@ to a loop (``redis_client``) is function-scoped.
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,30 +49,28 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
-# Test modules import helpers as `from tests._servers import ...`: make that work however pytest
-# is started (`pytest`, `python -m pytest`, from any directory, with or without tests/__init__.py).
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-from cachelayer import Backend, MemoryBackend, RedisBackend  # noqa: E402
-from tests._cluster import RedisClusterServer, cluster_or_skip  # noqa: E402
-from tests._servers import (  # noqa: E402
-    MySQLSettings,
-    RedisServer,
-    SecantusServer,
-    free_port,
-    in_ci,
-    require_service,
-    skip_or_fail,
-)
-
-__all__ = ["MySQLSettings", "free_port", "in_ci", "require_service"]
+from cachelayer import Backend, MemoryBackend, RedisBackend
+from harness import CACHE_CLUSTER_ARGS, RedisClusterServer, RedisServer, SecantusServer, ServerUnavailable
+from harness.services import MySQLSettings, cluster_or_skip, in_ci, require_service, skip_or_fail
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
-# A cache cluster keeps its healthy shards serving while one fails over (docs/operations.md, "Redis Cluster").
-CACHE_CLUSTER_ARGS = ("--cluster-require-full-coverage", "no")
 TEST_DB_NAME = "cachelayer_test"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except ServerUnavailable as exc:
+        skip_or_fail(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except ServerUnavailable as exc:
+        skip_or_fail(str(exc))
 
 
 # --------------------------------------------------------------------------- Redis
@@ -112,7 +112,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A ``redis-server`` of this test's own on a free port (``.url``, ``.port``, ``.stop()``,
     ``.kill()``, ``.start()``, ``.pause(s)``, ``.suspended()``), stopped at teardown even when
     the test fails. Use it, never the machine's Redis, for tests that stop or freeze Redis."""
-    server = RedisServer(workdir=tmp_path / "private-redis")
+    server = RedisServer(tmp_path / "private-redis")
     server.start()
     try:
         yield server
@@ -244,7 +244,7 @@ def secantus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secant
     if os.environ.get("CACHELAYER_TEST_MONGO_URI"):
         yield None
         return
-    server = SecantusServer(workdir=tmp_path_factory.mktemp("secantus"))
+    server = SecantusServer(tmp_path_factory.mktemp("secantus"), storage=":memory:")
     try:
         server.start()
     except RuntimeError as exc:

@@ -14,8 +14,8 @@ import pytest_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from cachelayer import Cache, CircuitBreaker
+from harness import RedisServer
 from tests._doubles import FakeClock
-from tests._servers import RedisServer
 
 
 def fail(breaker: CircuitBreaker, times: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import chaos
-from benchmarks._faults import FaultProxy, ProxyProcess
+from harness import FaultProxy, ProxyProcess
 
 SILENCE_S = 0.3  # how long "nothing arrives" is watched for: an absence has no event to wait on
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import cluster as bench
-from tests._cluster import cluster_supported
-from tests._servers import skip_or_fail
+from harness import cluster_supported
+from harness.services import skip_or_fail
 
 pytestmark = pytest.mark.slow
 

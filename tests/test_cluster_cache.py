@@ -23,14 +23,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from cachelayer import Cache, EntryPolicy, LocalCache, StampedePolicy
+from cachelayer import Cache, EntryPolicy, LocalCache, StampedePolicy, StoreConnectError
 from cachelayer._backend import Message, StoreUnavailable, Subscription
 from cachelayer._lease import _ready_channel, lease_key
 from cachelayer._redis_cluster import node_name_for_key
-from tests._cluster import ClusterUnavailable, RedisClusterServer, cluster_supported
+from harness import CACHE_CLUSTER_ARGS, ClusterUnavailable, RedisClusterServer, cluster_supported
+from harness.services import skip_or_fail
 from tests._doubles import CountingLoader, eventually
-from tests._servers import skip_or_fail
-from tests.conftest import CACHE_CLUSTER_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -258,9 +257,9 @@ async def test_b_notifier_survives_a_reader_error_and_resubscribes(
 
 
 async def _notifier_of(cache: Cache) -> Any:
-    await eventually(lambda: cache._loading is not None, 10.0, "the cache's load state")
-    assert cache._loading is not None
-    return cache._loading.notifier
+    await eventually(lambda: cache._pipeline is not None, 10.0, "the cache's load state")
+    assert cache._pipeline is not None
+    return cache._pipeline.flights.notifier
 
 
 # --------------------------------------------------------------------------- (c) blocking per-node pools
@@ -577,10 +576,11 @@ async def test_e_a_tagged_write_whose_tag_shard_is_dead_stores_nothing(
 async def test_f_a_cluster_down_at_start_up_fails_open_then_serves_once_up(
     tmp_path: Path, caches: list[Cache]
 ) -> None:
-    """A process (re)started while its whole cluster is down, the 3 a.m. case: ``connect()`` returns, every call
-    fails open (redis-py's cluster client raises ``RedisClusterException``, which is not a ``RedisError``, when no
-    node answers discovery; it once escaped to the caller), and once the cluster is up the same cache stores
-    values again, without a restart."""
+    """A process (re)started while its whole cluster is down, the 3 a.m. case: ``connect()`` says so
+    (:class:`StoreConnectError`, for an application that wants to know), every call fails open (redis-py's
+    cluster client raises ``RedisClusterException``, which is not a ``RedisError``, when no node answers
+    discovery; it once escaped to the caller), and once the cluster is up the same cache stores values again,
+    without a restart."""
     reason = cluster_supported()
     if reason is not None:
         skip_or_fail(reason)
@@ -588,7 +588,9 @@ async def test_f_a_cluster_down_at_start_up_fails_open_then_serves_once_up(
     try:
         cache = Cache.from_url(cluster.url, namespace=unique("down"), timeout=0.2)
         caches.append(cache)
-        await cache.connect()
+        with pytest.raises(StoreConnectError) as refused:
+            await cache.connect()
+        assert refused.value.store == f"127.0.0.1:{cluster.ports[0]}"
         assert not await cache.ping()
         load = CountingLoader()
         assert await cache.get_or_set("k", load) == {"version": 1}

@@ -367,12 +367,14 @@ def test_zstd_payloads_carry_a_checksum_and_their_size(registry: DictionaryRegis
         assert params.content_size == len(codec.serializer.dumps(value))
 
 
-def test_a_corrupted_zstd_payload_is_caught_by_the_checksum() -> None:
-    codec = Codec()
+@pytest.mark.parametrize(("format_version", "caught_by"), [(1, "does not decompress"), (2, "CRC-32")])
+def test_a_corrupted_zstd_payload_is_caught_by_the_checksum(format_version: Literal[1, 2], caught_by: str) -> None:
+    """Version 1 has only zstd's own content checksum; version 2 checks its CRC-32 before decompressing."""
+    codec = Codec(format_version=format_version)
     data = bytearray(codec.encode({"text": "".join(random.Random(3).choices("abcdef ", k=3000))}))
     assert data[OFF_COMPRESSION] == COMPRESSION_ZSTD
     data[-5] ^= 0x01  # last byte of compressed content, just before the 4-byte checksum
-    with pytest.raises(CodecError, match="does not decompress"):
+    with pytest.raises(CodecError, match=caught_by):
         codec.decode(bytes(data))
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from harness import REPO_ROOT
 from service.demo_data import (
     CATEGORIES,
     SIZE_CLASSES,
@@ -146,6 +147,7 @@ def test_same_bytes_in_another_process_with_another_hash_seed() -> None:
         subprocess.run(
             [sys.executable, "-c", code],
             env={"PYTHONHASHSEED": str(hash_seed)},
+            cwd=REPO_ROOT,  # service/ is importable from the repository root (it is not installed)
             capture_output=True,
             text=True,
             check=True,

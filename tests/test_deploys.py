@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests._servers import RedisServer
+from harness import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,19 +14,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from tests._servers import (
-    REPO_ROOT,
-    LatencyProxy,
-    MySQLSettings,
-    RedisServer,
-    free_port,
-    in_ci,
-    port_answers,
-    redis_ping,
-    require_service,
-    skip_or_fail,
-    wait_for,
-)
+from harness import REPO_ROOT, LatencyProxy, RedisServer, free_port, port_answers, redis_ping, wait_for
+from harness.services import MySQLSettings, in_ci, require_service, skip_or_fail
 
 DEVSTACK = REPO_ROOT / "scripts" / "devstack"
 MACHINE_REDIS = ("127.0.0.1", 6379)

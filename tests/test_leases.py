@@ -30,8 +30,8 @@ import pytest_asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from cachelayer import Cache, CircuitBreaker, StampedePolicy
+from harness import LatencyProxy, RedisServer
 from tests._doubles import CountingLoader, eventually
-from tests._servers import LatencyProxy, RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULTS = StampedePolicy()

@@ -17,8 +17,8 @@ import redis.asyncio
 
 from cachelayer import Cache, Codec, LocalCache, cached
 from cachelayer._local import ENTRY_OVERHEAD
+from harness import RedisServer
 from tests._doubles import FakeClock, eventually
-from tests._servers import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 

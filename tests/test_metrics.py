@@ -7,7 +7,7 @@ import uuid
 import redis.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cachelayer import Cache, register_prometheus
+from cachelayer import Cache, CircuitBreaker, Guard, GuardedBackend, MemoryBackend, cached, register_prometheus
 
 
 async def load_page() -> dict[str, list[int]]:
@@ -43,3 +43,32 @@ async def test_prometheus_collector_exposes_the_counters(redis_client: redis.asy
     assert 'cachelayer_loads_total{cache="pages"} 1.0' in text
     assert 'cachelayer_breaker_open{cache="pages"} 0.0' in text
     assert "cachelayer_bytes_stored_total" in text
+
+
+async def test_prometheus_per_function_series_come_from_the_hooks() -> None:
+    backend = MemoryBackend()
+    cache = Cache(GuardedBackend(backend, Guard(breaker=CircuitBreaker(failure_threshold=1))), namespace=unique())
+    registry = CollectorRegistry()
+    register_prometheus("pages", cache.stats, registry, cache=cache)
+
+    @cached(cache=cache)
+    async def page(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    await page(1)
+    await page(1)
+    await page(2)
+    backend.fail_with()
+    await page(3)
+    text = generate_latest(registry).decode()
+    function = "test_metrics.test_prometheus_per_function_series_come_from_the_hooks.<locals>.page"
+    labels = f'cache="pages",function="{function}"'
+    assert f'cachelayer_function_gets_total{{{labels},result="hit",tier="store"}} 1.0' in text
+    assert f'cachelayer_function_gets_total{{{labels},result="miss",tier=""}} 2.0' in text
+    assert f'cachelayer_function_gets_total{{{labels},result="fail_open",tier=""}} 1.0' in text
+    assert f'cachelayer_function_loads_total{{{labels},result="success"}} 3.0' in text
+    assert f'cachelayer_function_load_duration_seconds_count{{{labels}}} 3.0' in text
+    assert f'cachelayer_function_fail_open_total{{{labels},operation="read"}} 1.0' in text
+    assert 'cachelayer_store_state_changes_total{cache="pages",state="open",store="store"} 1.0' in text
+    assert "m-" not in text.split("cachelayer_function_gets_total", 1)[1]  # no key, no namespace-derived value
+    await cache.aclose()

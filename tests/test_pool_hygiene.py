@@ -27,8 +27,8 @@ import redis.asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from cachelayer import Cache, CircuitBreaker, StampedePolicy
+from harness import LatencyProxy
 from tests._doubles import LoaderFailed
-from tests._servers import LatencyProxy
 
 MAX_CONNECTIONS = 12
 OPERATIONS = 8000

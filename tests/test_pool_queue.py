@@ -21,9 +21,8 @@ import redis.asyncio
 
 from cachelayer import RedisBackend, StoreUnavailable
 from cachelayer._budget import LateLoopTimeout, QueueTimeout, note_waiting_for_connection, within_budget
-from tests._cluster import RedisClusterServer
+from harness import RedisClusterServer, RedisServer
 from tests._doubles import eventually
-from tests._servers import RedisServer
 
 QUEUED = 8
 BUDGET = 0.2
@@ -82,7 +81,7 @@ async def test_calls_queued_at_a_busy_cluster_node_do_not_count_against_it(
         await backend.connect()
         await backend.set(key, b"v", 60_000)
         client: Any = backend.client
-        gate = client.get_node_from_key(key)._lock
+        gate = client.get_node_from_key(key).gate
         holder = asyncio.create_task(blpop(client, blocker))
         await eventually(gate.semaphore.locked, what="the BLPOP to hold the node's only connection")
         assert_not_held_against_the_store(backend, await queued_gets(backend, key))

@@ -1,4 +1,4 @@
-"""A real Redis Cluster (tests/_cluster.py) and the cluster building blocks of cachelayer/_redis_cluster.py.
+"""A real Redis Cluster (harness/cluster.py) and the cluster building blocks of cachelayer/_redis_cluster.py.
 
 Clusters here are private (free ports, own processes): ``cluster`` is shared by the module and only ever
 resharded; tests that kill a master start a cluster of their own.
@@ -15,19 +15,21 @@ import pytest
 import pytest_asyncio
 import redis
 from redis.asyncio import RedisCluster
-from redis.exceptions import MaxConnectionsError
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import ClusterDownError, MaxConnectionsError, MovedError
 
 from cachelayer._backend import StoreUnavailable
 from cachelayer._redis_cluster import (
     CLIENT_ERRORS,
     BoundedRedisCluster,
     ClusterSubscription,
+    GatedClusterNode,
     build_cluster_client,
     node_name_for_key,
 )
-from tests._cluster import RedisClusterServer, cluster_or_skip
+from harness import CACHE_CLUSTER_ARGS, RedisClusterServer
+from harness.services import cluster_or_skip
 from tests._doubles import eventually
-from tests.conftest import CACHE_CLUSTER_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -137,13 +139,113 @@ async def test_pool_timeout_still_bounds_the_wait(cluster: RedisClusterServer) -
     try:
         key = "pool-timeout:{a}"
         slow = asyncio.create_task(bounded.blpop([key], timeout=0.5))  # holds the node's only connection
-        await eventually(bounded.get_node_from_key(key)._lock.semaphore.locked, what="the BLPOP to hold it")
+        await eventually(bounded.get_node_from_key(key).gate.semaphore.locked, what="the BLPOP to hold it")
         with pytest.raises(MaxConnectionsError):
             await bounded.get(key)
         assert await slow is None
         assert await bounded.get(key) is None  # and the connection is free again
     finally:
         await bounded.aclose()
+
+
+def every_node(client: BoundedRedisCluster) -> list[ClusterNode]:
+    manager = client.nodes_manager
+    in_slots = [node for nodes in manager.slots_cache.values() for node in nodes]
+    return [*manager.nodes_cache.values(), *manager.startup_nodes.values(), *in_slots, manager.default_node]
+
+
+async def test_every_node_is_gated_from_discovery_on_and_after_a_moved(client: BoundedRedisCluster) -> None:
+    assert all(type(node) is GatedClusterNode for node in every_node(client))
+    assert all(node.gate.limit == 8 for node in every_node(client))
+    manager = client.nodes_manager
+    newcomer = "127.0.0.2:7999"  # a MOVED to a node the map does not know: stock builds a plain node for it
+    await manager.move_slot(MovedError(f"1234 {newcomer}"))
+    assert manager.slots_cache[1234] == [manager.nodes_cache[newcomer]]
+    assert manager.slots_cache[1234][0] is manager.nodes_cache[newcomer]
+    assert all(type(node) is GatedClusterNode for node in every_node(client))
+
+
+async def warm_masters(client: BoundedRedisCluster) -> dict[str, list[object]]:
+    """A few connections on every master; returns them by node name."""
+    await asyncio.gather(*(client.set(f"warm:{i}", i) for i in range(64)))
+    return {node.name: list(node._connections) for node in client.get_primaries()}
+
+
+def still_connected(client: BoundedRedisCluster, before: dict[str, list[object]], but: str = "") -> bool:
+    nodes = {node.name: node for node in client.get_primaries()}
+    return all(
+        list(nodes[name]._connections) == connections
+        and all(c.is_connected and not c.should_reconnect() for c in nodes[name]._connections)
+        for name, connections in before.items() if name != but
+    )
+
+
+async def test_clusterdown_on_one_shard_does_not_close_the_others(
+    client: BoundedRedisCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = await warm_masters(client)
+    key = "down:{a}"
+    victim = node_name_for_key(client, key)
+    stock = GatedClusterNode.execute_command
+    failed: list[str] = []
+
+    async def down_once(node: GatedClusterNode, *args: object, **kwargs: object) -> object:
+        if node.name == victim and not failed:
+            failed.append(node.name)
+            raise ClusterDownError("CLUSTERDOWN The cluster is down")
+        return await stock(node, *args, **kwargs)
+
+    monkeypatch.setattr(GatedClusterNode, "execute_command", down_once)
+    assert await client.get(key) is None  # stock closes the whole client here, then retries
+    assert failed == [victim]
+    assert still_connected(client, before, but=victim)
+    assert client.topology_known
+    await eventually(lambda: client.refreshes == 1, what="the background refresh asked for instead")
+    assert client.discoveries == 1
+
+
+async def test_a_pipeline_meeting_a_failing_node_does_not_close_the_others(
+    client: BoundedRedisCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = await warm_masters(client)
+    key = "pipe:{a}"
+    victim = node_name_for_key(client, key)
+    stock = GatedClusterNode.execute_pipeline
+    failed: list[str] = []
+
+    async def fail_once(node: GatedClusterNode, commands: object) -> bool:
+        if node.name == victim and not failed:
+            failed.append(node.name)
+            raise redis.ConnectionError("connection reset by peer")
+        return await stock(node, commands)
+
+    monkeypatch.setattr(GatedClusterNode, "execute_pipeline", fail_once)
+    pipe = client.pipeline(transaction=False)
+    pipe.get(key)
+    pipe.get("pipe:other")
+    assert await pipe.execute() == [None, None]  # stock closes the whole client here, then retries
+    assert failed == [victim]
+    assert still_connected(client, before, but=victim)
+    await eventually(lambda: client.refreshes == 1, what="the background refresh asked for instead")
+
+
+async def test_a_refresh_keeps_the_connections_of_nodes_whose_role_did_not_change(
+    client: BoundedRedisCluster,
+) -> None:
+    before = await warm_masters(client)
+    client.request_refresh()
+    await eventually(lambda: client.refreshes == 1, what="the background refresh")
+    assert still_connected(client, before)  # stock marks every connection of every node for reconnect
+    assert all(type(node) is GatedClusterNode for node in every_node(client))
+
+
+async def test_aclose_from_outside_a_request_closes_every_node(cluster: RedisClusterServer) -> None:
+    bounded = build_cluster_client(cluster.url, max_connections=4, pool_timeout=1.0)
+    await warm_masters(bounded)
+    nodes = every_node(bounded)
+    await bounded.aclose()
+    assert not any(c.is_connected for node in nodes for c in node._connections)
+    assert not bounded.topology_known
 
 
 async def test_command_table_is_loaded_once(cluster: RedisClusterServer) -> None:

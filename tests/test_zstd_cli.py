@@ -28,8 +28,8 @@ import redis
 
 from cachelayer import Codec, DictionaryRegistry, train_dictionary
 from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT
+from harness.services import skip_or_fail
 from tests._samples import sample as _sample
-from tests._servers import skip_or_fail
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "value-format.md"
 

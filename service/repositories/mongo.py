@@ -118,10 +118,13 @@ class MongoWallpaperRepository:
         # ours is raised as a PyMongo error too, so callers see one kind of failure.
         if self.timeout is None:
             return await call
+        # Not cancelled when late: the driver's timeoutMS ends it soon after, and closes what it opened (a
+        # cancelled PyMongo connect leaves its socket unclosed).
         return await within(
             self.timeout + _MARGIN,
             _awaited(call),
             lambda: NetworkTimeout(f"mongo call exceeded its {self.timeout}s budget"),
+            cancel=False,
         )
 
     async def ensure_indexes(self) -> None:

@@ -10,9 +10,10 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
 
+from harness import free_port
+from harness.services import MySQLSettings
 from service.config import DEFAULT_CONFIG, Settings, load_settings
 from service.runtime import Services, start_server
-from tests._servers import MySQLSettings, free_port
 
 N_WALLPAPERS = 300
 DB_NAME = "cachelayer_test_service"  # the Mongo database (on the session's own SecantusDB)

@@ -13,10 +13,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
+from harness.services import MySQLSettings
 from service.config import Settings
 from service.runtime import Services
 from service.seed import seed
-from tests._servers import MySQLSettings
 from tests.service._support import N_WALLPAPERS, Running, make_settings, run_service, stop_service
 
 

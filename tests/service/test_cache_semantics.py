@@ -11,9 +11,10 @@ import json
 
 import redis.asyncio
 
+from harness import LatencyProxy, free_port
+from harness.services import MySQLSettings
 from service.config import Settings
 from service.handlers import cache_status
-from tests._servers import LatencyProxy, MySQLSettings, free_port
 from tests.service._support import API, Running, run_service, stop_service, with_sections
 
 LIST = f"{API}/wallpaperList.json?pageSize=20"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO_ROOT
 from service.config import DEFAULT_CONFIG, ConfigError, load_settings
-from tests._servers import REPO_ROOT
 
 
 def test_the_shipped_file_loads() -> None:

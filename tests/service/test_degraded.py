@@ -7,8 +7,8 @@ import time
 
 import redis.asyncio
 
+from harness import free_port
 from service.config import Settings
-from tests._servers import free_port
 from tests.service._support import API, run_service, stop_service
 
 

@@ -15,9 +15,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
+from harness import LatencyProxy
+from harness.services import MySQLSettings
 from service.config import Settings
 from service.repositories.mysql import MIGRATIONS, MySQLRepository, create_pool
-from tests._servers import LatencyProxy, MySQLSettings
 from tests.service._support import API, Running, mysql_rows, run_service, stop_service, with_sections
 
 

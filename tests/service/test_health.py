@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import redis.asyncio
 
+from harness import LatencyProxy, free_port
+from harness.services import MySQLSettings
 from service.config import Settings
-from tests._servers import LatencyProxy, MySQLSettings, free_port
 from tests.service._support import API, Running, run_service, stop_service, with_sections
 
 

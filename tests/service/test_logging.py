@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from logstash_async.constants import constants
 
+from harness import free_port
 from service.config import LogSettings
 from service.logs import json_formatter, setup_logging
-from tests._servers import free_port
 from tests.service._support import API, Running
 
 

@@ -3,8 +3,8 @@ marks the pages that show it stale, and nothing else changes for a client."""
 
 from __future__ import annotations
 
+from harness import RedisClusterServer
 from service.config import Settings
-from tests._cluster import RedisClusterServer
 from tests.service._support import API, run_service, stop_service, with_sections
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from harness import REPO_ROOT, free_port
 from service.config import Settings
 from service.runtime import _children_of
-from tests._servers import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 

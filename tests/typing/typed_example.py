@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import assert_type
 
-from cachelayer import cached
+from cachelayer import CachedFunction, cached
 
 
 @cached(ttl=60)
@@ -27,3 +28,29 @@ async def use() -> None:
     found = await repo.detail(7)
     assert_type(found, dict[str, str] | None)
     assert_type(await repo.detail.refresh(7, verbose=True), dict[str, str] | None)
+
+
+@cached
+async def bare(wallpaper_id: int) -> list[str]:
+    return []
+
+
+class Catalog:
+    # mypy hands the outer decorator the plain function, so only access through the class is typed exactly.
+    @cached(ttl=30)
+    @staticmethod
+    async def count(category: str) -> int:
+        return 0
+
+
+async def scale(k: int, x: int) -> float:
+    return k * x / 2
+
+
+async def use_forms() -> None:
+    same: CachedFunction[[int], list[str]] = bare  # bare @cached infers what @cached() does
+    assert_type(await same(1), list[str])
+    assert_type(await Catalog.count("art"), int)
+    assert_type(Catalog.count.key("art"), str)
+    doubled = cached(ttl=5)(functools.partial(scale, 2))
+    assert_type(await doubled(3), float)

@@ -1,4 +1,4 @@
-"""Fault injection for the chaos benchmark: a TCP fault proxy, and private store processes to kill or freeze.
+"""A TCP fault proxy for the chaos benchmark (and its tests), in this process or in a child process.
 
 :class:`FaultProxy` (asyncio) sits between the service and one store on 127.0.0.1 and is switched at run time:
 
@@ -13,58 +13,35 @@
 Going back to ``pass`` aborts every connection that lost bytes: its stream can no longer be parsed by either end
 (as a middlebox that dropped the flow state would). The proxy accepts at most ``max_connections`` at once.
 
-:class:`ProxyProcess` runs one proxy in a child process (``python -m benchmarks._faults serve ...``, uvloop when
+:class:`ProxyProcess` runs one proxy in a child process (``python -m harness fault-proxy ...``, uvloop when
 installed) so that proxying Redis traffic does not compete with the benchmark's own event loop; it is switched by
 one-line commands on the child's stdin, each acknowledged on its stdout.
 
-:class:`StoreProcess` and its subclasses start a private ``redis-server``, ``secantusd-py`` or ``mariadbd`` on a
-free loopback port, and stop it by its PID (never by name); an ``atexit`` hook stops any left running.
+The stores behind the proxies are :mod:`harness.servers` processes; a :class:`ProxyProcess` is stopped by
+:func:`harness.servers.stop_all` like them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import ipaddress
-import os
-import shutil
+import selectors
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
-__all__ = [
-    "MODES",
-    "FaultProxy",
-    "MariaDBServer",
-    "Mode",
-    "ProxyProcess",
-    "RedisServer",
-    "SecantusServer",
-    "StoreProcess",
-    "free_port",
-    "stop_all",
-]
+from harness.servers import LOCALHOST, REPO_ROOT, free_port, python_env, register, unregister
 
-LOCALHOST: Final = "127.0.0.1"
+__all__ = ["MODES", "FaultProxy", "Mode", "ProxyProcess", "main"]
+
 Mode = Literal["pass", "refuse", "blackhole", "drop_replies"]
 MODES: Final[tuple[Mode, ...]] = ("pass", "refuse", "blackhole", "drop_replies")
 CHUNK: Final = 65536
-
-#: Stop functions of every process started here and not yet stopped (see :func:`stop_all`).
-_live: list[Callable[[], None]] = []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _require_loopback(host: str) -> None:
@@ -291,18 +268,19 @@ class ProxyProcess:
         self.mode: Mode = "pass"
         self.latency = 0.0
         self._log = log.open("ab")
-        argv = [sys.executable, "-m", "benchmarks._faults", "serve", "--target-port", str(target_port)]
+        argv = [sys.executable, "-m", "harness", "fault-proxy", "--target-port", str(target_port)]
         argv += ["--port", str(self.port), "--max-connections", str(max_connections)]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=REPO_ROOT,
+            env=python_env(),
             text=True,
             start_new_session=True,
         )
-        _live.append(self.stop)
+        register(self)
         line = self._read_line(15.0)
         if not line.startswith("ready "):
             self.stop()
@@ -310,8 +288,6 @@ class ProxyProcess:
 
     def _read_line(self, timeout: float) -> str:
         assert self.proc.stdout is not None
-        import selectors
-
         with selectors.DefaultSelector() as selector:
             selector.register(self.proc.stdout, selectors.EVENT_READ)
             if not selector.select(timeout):
@@ -352,174 +328,19 @@ class ProxyProcess:
                 with contextlib.suppress(OSError):
                     stream.close()
         self._log.close()
-
-
-# -- private store processes ------------------------------------------------------------------------------------
-
-
-@atexit.register
-def stop_all() -> None:
-    """Stop every process this module started and that still runs (also called by the benchmark's finally)."""
-    while _live:
-        with contextlib.suppress(Exception):
-            _live.pop()()
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def _port_answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((LOCALHOST, port), timeout=0.5):
-        return True
-    return False
-
-
-class StoreProcess:
-    """One server process on a fixed loopback port (kept across restarts), in its own session, stopped by PID."""
-
-    name = "store"
-    start_timeout = 30.0
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir / self.name
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.logfile = self.workdir / f"{self.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        _live.append(self.stop)
-
-    def argv(self) -> list[str]:
-        raise NotImplementedError
-
-    def answers(self) -> bool:
-        return _port_answers(self.port)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        with self.logfile.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(), cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        if not _wait(lambda: self.answers() or not self.running, self.start_timeout) or not self.running:
-            self.kill()
-            tail = self.logfile.read_text(errors="replace")[-1500:]
-            raise RuntimeError(f"{self.name} did not start on port {self.port}:\n{tail}")
-
-    def signal(self, signum: int) -> None:
-        if self.running:
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signum)
-
-    def kill(self) -> None:
-        """SIGKILL by PID, as a crash would, and reap it."""
-        if self.proc is not None:
-            self.signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.signal(signal.SIGCONT)  # a frozen process would never act on SIGTERM
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-class RedisServer(StoreProcess):
-    name = "redis"
-    start_timeout = 10.0
-
-    def argv(self) -> list[str]:
-        binary = shutil.which("redis-server") or "redis-server"
-        return [binary, "--daemonize", "no", "--bind", LOCALHOST, "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), "--logfile", ""]  # fmt: skip
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection((LOCALHOST, self.port), timeout=0.5) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
-class SecantusServer(StoreProcess):
-    """SecantusDB (MongoDB wire protocol) with its storage in the work directory: data survives a SIGKILL as far
-    as SecantusDB itself makes it durable."""
-
-    name = "secantus"
-
-    def argv(self) -> list[str]:
-        candidate = Path(sys.executable).parent / "secantusd-py"
-        binary = str(candidate) if os.access(candidate, os.X_OK) else (shutil.which("secantusd-py") or "")
-        if not binary:
-            raise RuntimeError("secantusd-py is not installed (`make venv`)")
-        return [binary, "--host", LOCALHOST, "--port", str(self.port), "--storage-path", str(self.workdir / "data"),
-                "--log-level", "WARNING"]  # fmt: skip
-
-
-class MariaDBServer(StoreProcess):
-    """A private ``mariadbd`` with its own datadir (as ``scripts/devstack`` starts its private MariaDB): root
-    logs in over TCP from 127.0.0.1 with an empty password."""
-
-    name = "mariadb"
-    start_timeout = 60.0
-
-    def _user(self) -> list[str]:
-        return ["--user=root"] if os.geteuid() == 0 else []
-
-    def start(self) -> None:
-        datadir = self.workdir / "data"
-        if not (datadir / "mysql").is_dir():
-            install = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
-            with self.logfile.open("ab") as log:
-                subprocess.run(
-                    [install, "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
-                     "--auth-root-authentication-method=normal", *self._user()],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=120,
-                )  # fmt: skip
-        super().start()
-
-    def argv(self) -> list[str]:
-        mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-        sock = Path("/tmp") / f"chaos-mariadb-{os.getpid()}-{self.port}.sock"  # sun_path is 108 bytes at most
-        return [mariadbd, "--no-defaults", f"--datadir={self.workdir / 'data'}", f"--port={self.port}",
-                f"--bind-address={LOCALHOST}", f"--socket={sock}", f"--pid-file={self.workdir / 'mariadbd.pid'}",
-                "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=64M",
-                "--character-set-server=utf8mb4", "--max-connections=300", *self._user()]  # fmt: skip
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection((LOCALHOST, self.port), timeout=0.5) as sock:
-                return sock.recv(5)[4:5] == b"\x0a"  # the handshake greeting, protocol 10
-        except OSError:
-            return False
+        unregister(self)
 
 
 # -- command line (the child side of ProxyProcess) --------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks._faults")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run one fault proxy, commands on stdin")
-    serve.add_argument("--target-port", type=int, required=True)
-    serve.add_argument("--port", type=int, default=0)
-    serve.add_argument("--max-connections", type=int, default=1024)
+    """``python -m harness fault-proxy --target-port N [--port P] [--max-connections M]``: one proxy, commands on
+    stdin (see :func:`_serve_commands`)."""
+    parser = argparse.ArgumentParser(prog="python -m harness fault-proxy")
+    parser.add_argument("--target-port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-connections", type=int, default=1024)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (quit, then SIGKILL by PID)
     runner: Any = asyncio.run
@@ -529,7 +350,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = uvloop.run
     runner(_child_main(args.target_port, args.port, args.max_connections))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

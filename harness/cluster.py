@@ -1,39 +1,47 @@
 """A private Redis Cluster on loopback for tests and benchmarks: 3 masters + 3 replicas on free ports.
 
     with RedisClusterServer(node_timeout_ms=2000) as cluster:
-        client = redis.asyncio.RedisCluster.from_url(cluster.url.replace("redis+cluster", "redis"))
+        client = redis.asyncio.RedisCluster.from_url(cluster.redis_url)
         victim = cluster.masters()[0]
         cluster.kill(victim)                 # SIGKILL by PID, as a crash would
         cluster.wait_until_ok(timeout=10)    # a replica took over its slots
         cluster.restart(victim)              # back as a replica of the new master
 
-Nothing here is pytest-specific (benchmarks use it too): a missing ``redis-server`` raises
-:class:`ClusterUnavailable`; :func:`cluster_or_skip` turns that into skip (or fail in CI) for fixtures.
-Every process is a :class:`tests._servers.ServerProcess`: stopped by its own PID, and killed by that
-module's ``atexit`` hook if a crashed run left it behind.
+A machine that cannot run one raises :class:`ClusterUnavailable` (a :class:`~harness.servers.ServerUnavailable`:
+the tests skip, or fail in CI). Every node is a :class:`~harness.servers.ServerProcess`: stopped by its own PID,
+and by :func:`harness.servers.stop_all` at exit if a crashed run left it behind.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 import redis
 
-from tests._servers import LOCALHOST, ServerProcess, free_port, redis_ping, wait_for
+from harness.servers import LOCALHOST, ServerProcess, ServerUnavailable, free_port, redis_ping, wait_for
 
-__all__ = ["ClusterNodeInfo", "ClusterUnavailable", "RedisClusterServer", "cluster_or_skip", "cluster_supported"]
+__all__ = [
+    "CACHE_CLUSTER_ARGS",
+    "ClusterNodeInfo",
+    "ClusterUnavailable",
+    "RedisClusterServer",
+    "cluster_supported",
+]
 
-HASH_SLOTS = 16384
+HASH_SLOTS: Final = 16384
+#: A cache cluster keeps its healthy shards serving while one fails over (docs/operations.md, "Redis Cluster").
+CACHE_CLUSTER_ARGS: Final = ("--cluster-require-full-coverage", "no")
 
 
-class ClusterUnavailable(RuntimeError):
+class ClusterUnavailable(ServerUnavailable):
     """redis-server / redis-cli are missing or cannot run in cluster mode here."""
 
 
@@ -54,19 +62,6 @@ def cluster_supported() -> str | None:
     if major < 7:
         return f"redis-server {major}.x is too old for this cluster (7.0+ for sharded pub/sub)"
     return None
-
-
-def cluster_or_skip(**options: object) -> RedisClusterServer:
-    """Start a cluster for a pytest fixture: skip (fail in CI) when this machine cannot run one."""
-    from tests._servers import skip_or_fail  # pytest lives only here, not in the class
-
-    reason = cluster_supported()
-    if reason is not None:
-        skip_or_fail(reason)
-    try:
-        return RedisClusterServer(**options).start()  # type: ignore[arg-type]
-    except ClusterUnavailable as exc:
-        skip_or_fail(str(exc))
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ class ClusterNodeProcess(ServerProcess):
     name = "redis-cluster-node"
 
     def __init__(self, port: int, workdir: Path, node_timeout_ms: int, extra_args: tuple[str, ...]) -> None:
-        super().__init__(port, workdir)
+        super().__init__(workdir, port=port)
         self.node_timeout_ms = node_timeout_ms
         self.extra_args = extra_args
 
@@ -349,8 +344,6 @@ class RedisClusterServer:
 
 
 def _port_taken(port: int) -> bool:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((LOCALHOST, port))

@@ -1,0 +1,134 @@
+"""Single flight across processes: the load lease, waiting for another process's load, and the lease timeout.
+
+In one process concurrent callers of a key already share one flight (``SingleFlight``, in the pipeline). Across
+processes the flight's leader takes the key's lease before it loads; a process that finds the lease held waits
+(woken by pub/sub, polling as a safety net) for the value, and takes over if the holder goes silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._backend import Backend, StoreUnavailable
+from ._entry import CacheEntry, Outcome
+from ._errors import LeaseTimeoutError
+from ._fetch import Fetch
+from ._filling import Filler
+from ._lease import Lease, LeaseCoordinator
+from ._metrics import CacheMetrics
+from ._notify import ReadyNotifier
+from ._reading import Reader
+
+__all__ = ["Flights"]
+
+
+class Flights:
+    """Loads under the cross-process lease, for one cache in one event loop."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        reader: Reader,
+        filler: Filler,
+        metrics: CacheMetrics,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.backend = backend
+        self.reader = reader
+        self.filler = filler
+        self.metrics = metrics
+        self._clock = clock
+        self.notifier = ReadyNotifier(backend)
+        self.leases: LeaseCoordinator[CacheEntry[Any]] = LeaseCoordinator(backend, self.notifier)
+
+    async def aclose(self) -> None:
+        await self.notifier.aclose()
+
+    async def load(self, fetch: Fetch[Any], stale: CacheEntry[Any] | None) -> CacheEntry[Any]:
+        """Load ``fetch`` once across processes: under the lease, or by waiting for the holder's value."""
+        # The lease is tried even when the read just failed: one slow read must not open the way to the
+        # database for every process. When the store is really gone, the open breaker makes this attempt free.
+        stampede = fetch.policy.stampede
+        if not stampede.lease:
+            return await self.filler.load_and_store(fetch, stale)
+        deadline = time.monotonic() + stampede.lease_wait
+        waited_since: float | None = None
+        hooks = fetch.hooks
+
+        async def fresh(data: bytes) -> CacheEntry[Any] | None:
+            found = await self.reader.decode(fetch.key, data, fetch.parse, fetch.value_type)
+            if found is None or self._clock() >= found[0].expires_at:
+                return None
+            return self.reader.entry(found[0], Outcome.MISS, found[1], fetch)
+
+        try:
+            while True:
+                try:
+                    lease = await self.leases.acquire(fetch.key, stampede)
+                except StoreUnavailable as exc:
+                    if hooks is not None:
+                        hooks.failed_open("lease", str(exc))
+                    return await self.filler.load_and_store(fetch, stale, fail_open=True)
+                if lease is not None:
+                    self._end_wait(waited_since, fetch)
+                    waited_since = None
+                    return await self.load_under_lease(lease, fetch, stale, fresh)
+                if waited_since is None:
+                    waited_since = time.monotonic()
+                    self.metrics.lease_waits += 1
+                # Another process is loading: wait for its value until it lands, the lease goes, or time runs out.
+                result = await self.leases.wait(fetch.key, stampede, deadline, fresh)
+                if isinstance(result, CacheEntry):
+                    return result
+                if result == "unavailable":
+                    if hooks is not None:
+                        hooks.failed_open("lease", "the store stopped answering while waiting for another load")
+                    return await self.filler.load_and_store(fetch, stale, fail_open=True)
+                if result == "timeout":
+                    return await self._lease_timeout(fetch, stale)
+                # "released": the holder gave up, crashed or went silent; try to take the lease ourselves
+        finally:
+            self._end_wait(waited_since, fetch)
+
+    async def _lease_timeout(self, fetch: Fetch[Any], stale: CacheEntry[Any] | None) -> CacheEntry[Any]:
+        self.metrics.lease_timeouts += 1
+        if stale is not None:
+            self.metrics.stale_served += 1
+            return stale
+        stampede = fetch.policy.stampede
+        if stampede.on_lease_timeout == "raise":
+            raise LeaseTimeoutError(f"waited {stampede.lease_wait}s for the load of {fetch.key}")
+        return await self.filler.load_and_store(fetch, stale)
+
+    def _end_wait(self, waited_since: float | None, fetch: Fetch[Any]) -> None:
+        if waited_since is not None:
+            waited = time.monotonic() - waited_since
+            self.metrics.lease_wait_seconds += waited
+            if fetch.hooks is not None:
+                fetch.hooks.lease_waited(waited)
+
+    async def load_under_lease(
+        self,
+        lease: Lease,
+        fetch: Fetch[Any],
+        stale: CacheEntry[Any] | None,
+        fresh: Callable[[bytes], Awaitable[CacheEntry[Any] | None]] | None,
+    ) -> CacheEntry[Any]:
+        self.metrics.lease_acquired += 1
+        try:
+            if fresh is not None:
+                # The value may have landed between our miss and our lease (another process just released it).
+                with contextlib.suppress(StoreUnavailable):
+                    data = await self.backend.get(fetch.key)
+                    if data is not None and (entry := await fresh(data)) is not None:
+                        return entry
+            entry = await self.filler.load_and_store(fetch, stale)
+            if fetch.policy.stampede.wake == "pubsub" and entry.outcome is Outcome.MISS:
+                await lease.ready()
+            return entry
+        finally:
+            await lease.release()

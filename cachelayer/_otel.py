@@ -1,0 +1,360 @@
+"""OpenTelemetry for the cache: a span per fetch, a child span per load, and cache metrics (docs/observability.md).
+
+:func:`instrument_opentelemetry` subscribes an :class:`OpenTelemetryHooks` to one cache, or to every cache of the
+process; it returns the subscriber, whose :meth:`~OpenTelemetryHooks.uninstrument` removes it. This module is the
+only one that imports opentelemetry (the ``otel`` extra), and it is imported only when instrumentation is asked
+for, so cachelayer works without it. The package exports a lazy wrapper::
+
+    def instrument_opentelemetry(cache=None, tracer_provider=None, meter_provider=None, *, record_keys=False):
+        from ._otel import instrument_opentelemetry as instrument
+        return instrument(cache, tracer_provider, meter_provider, record_keys=record_keys)
+
+How the spans nest: the fetch span is made current in the caller's task (``fetch_started``) until the fetch ends,
+so the Redis command spans of opentelemetry-instrumentation-redis (the read, the lease) nest under it; the load
+runs in a task of its own that inherited that context, where the load span is made current from the loader's start
+to the store write, so the loader's own spans and the write nest under it. Callers that joined another caller's
+load get a link to that load span.
+
+Metrics carry the function, never the key (keys can hold user data); spans carry the key only with
+``record_keys=True``. Span attributes are computed only for a span that records (an unsampled trace costs the
+span's creation and the context switch, little more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from contextvars import Token
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from . import __version__
+from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier, add_global_hooks, remove_global_hooks
+
+if TYPE_CHECKING:
+    from ._cache import Cache
+
+__all__ = ["OpenTelemetryHooks", "instrument_opentelemetry", "reason_kind"]
+
+SCOPE: Final = "cachelayer"
+
+# Bounded by functions x outcomes x tiers of a program; the cap guards memory against a caller that names fetches
+# after their keys (the SDK's own cardinality limit is 2000 series per metric too).
+_ATTRIBUTE_MEMO_SIZE: Final = 2000
+_OVERFLOW: Final = "(other functions)"
+
+# How a store call failed, from the store's message (cachelayer's own wording first): few values, no addresses.
+_REASON_KINDS: Final = (
+    ("circuit breaker is open", "breaker_open"),
+    ("waiting for a free connection", "pool_exhausted"),
+    ("event loop was late", "loop_late"),
+    ("timeout", "timeout"),
+    ("timed out", "timeout"),
+    ("no answer within", "timeout"),
+    ("connect", "connection"),
+    ("refused", "connection"),
+    ("reset by peer", "connection"),
+    ("closed", "connection"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a store failure (``timeout``, ``connection``, ``breaker_open``, ``pool_exhausted``,
+    ``loop_late``, ``error``): a metric attribute with few values, unlike the message."""
+    lowered = reason.lower()
+    for marker, kind in _REASON_KINDS:
+        if marker in lowered:
+            return kind
+    return "error"
+
+
+def instrument_opentelemetry(
+    cache: Cache | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    *,
+    record_keys: bool = False,
+) -> OpenTelemetryHooks:
+    """Trace and measure the fetches of ``cache`` (None: of every cache of this process, present and future),
+    with the global tracer and meter providers unless others are given. Returns the subscriber:
+    ``hooks.uninstrument()`` stops it. ``record_keys=True`` puts each fetch's store key on its span (keys can
+    hold user data: off by default; metrics never carry keys)."""
+    namespace = None if cache is None else cache.namespace
+    hooks = OpenTelemetryHooks(tracer_provider, meter_provider, record_keys=record_keys, namespace=namespace)
+    if cache is None:
+        add_global_hooks(hooks)
+        hooks._remove = lambda: remove_global_hooks(hooks)
+    else:
+        cache.add_hooks(hooks)
+        hooks._remove = lambda: cache.remove_hooks(hooks)
+    return hooks
+
+
+class OpenTelemetryHooks(CacheHooks):
+    """The subscriber: one :class:`_FetchSpan` per fetch. Instruments are made once, here."""
+
+    __slots__ = (
+        "_attributes",
+        "_fail_open",
+        "_lease_wait",
+        "_load_duration",
+        "_loads",
+        "_puts",
+        "_remove",
+        "_state_changes",
+        "get_counts",
+        "namespace",
+        "record_keys",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        *,
+        record_keys: bool = False,
+        namespace: str | None = None,
+    ) -> None:
+        self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
+        meter = metrics.get_meter(SCOPE, __version__, meter_provider)
+        self.record_keys = record_keys
+        self.namespace = namespace
+        self._remove: Callable[[], None] | None = None
+        self._attributes: dict[tuple[object, ...], dict[str, AttributeValue]] = {}
+        # The hit path counts in a dict (a synchronous OpenTelemetry counter costs microseconds per add); the
+        # totals are reported when a reader collects.
+        self.get_counts: dict[tuple[str, FetchOutcome, Tier | None], int] = {}
+        meter.create_observable_counter(
+            "cache.gets",
+            [self._observe_gets],
+            unit="{get}",
+            description="Fetches of a cached value, by result and tier",
+        )
+        self._loads = meter.create_counter(
+            "cache.loads", unit="{load}", description="Calls of a loader, by result (success, failure)"
+        )
+        self._load_duration = meter.create_histogram(
+            "cache.load.duration", unit="s", description="How long a loader ran, by result"
+        )
+        self._puts = meter.create_counter("cache.puts", unit="{put}", description="Loaded values written to the store")
+        self._lease_wait = meter.create_histogram(
+            "cache.lease.wait.duration", unit="s", description="How long a fetch waited for another process's load"
+        )
+        self._fail_open = meter.create_counter(
+            "cache.fail_open",
+            unit="{failure}",
+            description="Store calls that failed, the fetch going on without the store, by operation and reason",
+        )
+        self._state_changes = meter.create_counter(
+            "cache.store.state_changes", unit="{change}", description="Circuit breaker transitions, by store and state"
+        )
+
+    def uninstrument(self) -> None:
+        """Stop tracing and measuring (fetches already started finish their spans)."""
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+
+    def attributes(self, *pairs: tuple[str, str | None]) -> dict[str, AttributeValue]:
+        """The metric attribute set of ``pairs`` (None values left out) and the namespace, built once."""
+        found = self._attributes.get(pairs)
+        if found is None:
+            found = self._remember(pairs, pairs)
+        return found
+
+    def get_attributes(self, function: str, outcome: str, tier: str | None) -> dict[str, AttributeValue]:
+        """:meth:`attributes` of a fetch's end, on the hit path: memoized by the bare values."""
+        memo_key = (function, outcome, tier)
+        found = self._attributes.get(memo_key)
+        if found is None:
+            found = self._remember(memo_key, (("function", function), ("result", outcome), ("tier", tier)))
+        return found
+
+    def _remember(
+        self, memo_key: tuple[object, ...], pairs: tuple[tuple[str, str | None], ...]
+    ) -> dict[str, AttributeValue]:
+        built: dict[str, AttributeValue] = {name: value for name, value in pairs if value is not None}
+        if self.namespace is not None:
+            built["namespace"] = self.namespace
+        if len(self._attributes) < _ATTRIBUTE_MEMO_SIZE:
+            self._attributes[memo_key] = built
+        return built
+
+    def count_get(self, function: str, outcome: FetchOutcome, tier: Tier | None) -> None:
+        counts = self.get_counts
+        counted = (function, outcome, tier)
+        known = counts.get(counted)
+        if known is not None:
+            counts[counted] = known + 1
+        elif len(counts) < _ATTRIBUTE_MEMO_SIZE:
+            counts[counted] = 1
+        else:  # a program that names fetches after their keys: bounded memory, one series for the rest
+            overflow = (_OVERFLOW, outcome, tier)
+            counts[overflow] = counts.get(overflow, 0) + 1
+
+    def _observe_gets(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Runs in the reader's thread: a snapshot of the items, which the event loop may be adding to.
+        for (function, outcome, tier), count in list(self.get_counts.items()):
+            yield Observation(count, self.get_attributes(function, outcome, tier))
+
+    def fetch_started(self, function: str, key: str) -> FetchHooks | None:
+        span = self.tracer.start_span(function, kind=SpanKind.INTERNAL)
+        if self.record_keys and span.is_recording():
+            span.set_attribute("cache.key", key)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return _FetchSpan(self, function, span, token)
+
+    def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
+        self._state_changes.add(1, self.attributes(("store", store), ("state", state)))
+
+
+class _FetchSpan(FetchHooks):
+    """One fetch: its span (current in the caller's task from start to end), its load span, what it learned."""
+
+    __slots__ = (
+        "_load_open",
+        "_load_task",
+        "_load_token",
+        "_over",
+        "function",
+        "leader",
+        "lease_wait",
+        "load_span",
+        "owner",
+        "span",
+        "stored_size",
+        "token",
+    )
+
+    def __init__(
+        self, owner: OpenTelemetryHooks, function: str, span: Span, token: Token[otel_context.Context]
+    ) -> None:
+        self.owner = owner
+        self.function = function
+        self.span = span
+        self.token: Token[otel_context.Context] | None = token
+        self.load_span: Span | None = None
+        self._load_token: Token[otel_context.Context] | None = None
+        self._load_task: asyncio.Task[object] | None = None
+        self._load_open = False
+        self.leader: _FetchSpan | None = None
+        self.lease_wait: float | None = None
+        self.stored_size: int | None = None
+        self._over = False
+
+    def joined(self, leader: FetchHooks | None) -> None:
+        # Linked at the end: the leader's load span may not have started yet (its task has not run).
+        if isinstance(leader, _FetchSpan):
+            self.leader = leader
+
+    def lease_waited(self, seconds: float) -> None:
+        self.lease_wait = (self.lease_wait or 0.0) + seconds
+        self.owner._lease_wait.record(seconds, self.owner.attributes(("function", self.function)))
+
+    def load_started(self) -> None:
+        parent = trace.set_span_in_context(self.span)
+        load_span = self.owner.tracer.start_span(f"{self.function} load", context=parent, kind=SpanKind.INTERNAL)
+        self.load_span = load_span
+        self._load_token = otel_context.attach(trace.set_span_in_context(load_span, parent))
+        self._load_task = asyncio.current_task()
+        self._load_open = True
+
+    def load_ended(self, seconds: float, error: BaseException | None) -> None:
+        owner = self.owner
+        attributes = owner.attributes(
+            ("function", self.function), ("result", "success" if error is None else "failure")
+        )
+        owner._loads.add(1, attributes)
+        owner._load_duration.record(seconds, attributes)
+        load_span = self.load_span
+        if load_span is None:
+            return
+        if load_span.is_recording():
+            load_span.set_attribute("cache.load.duration", seconds)
+            if error is not None:
+                load_span.record_exception(error)
+                load_span.set_attribute("error.type", _qualified_name(error))
+                load_span.set_status(StatusCode.ERROR, _qualified_name(error))
+        if error is not None or self._over:
+            self._end_load()
+        # Otherwise the load span lasts until its value is written (stored), so the write nests under it.
+
+    def stored(self, size: int) -> None:
+        self.stored_size = size
+        self.owner._puts.add(1, self.owner.attributes(("function", self.function)))
+        load_span = self.load_span
+        if load_span is not None and load_span.is_recording():
+            load_span.set_attribute("cache.stored_size", size)
+        self._end_load()
+
+    def failed_open(self, operation: str, reason: str) -> None:
+        owner = self.owner
+        attributes = owner.attributes(
+            ("function", self.function), ("operation", operation), ("reason", reason_kind(reason))
+        )
+        owner._fail_open.add(1, attributes)
+        span = self.span
+        if span.is_recording():
+            span.add_event(
+                "cache.fail_open",
+                {"cache.operation": operation, "cache.fail_open.reason": reason},
+            )
+
+    def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
+        self._over = True
+        self._end_load()
+        token = self.token
+        if token is not None:
+            self.token = None
+            otel_context.detach(token)
+        owner = self.owner
+        span = self.span
+        if span.is_recording():
+            attributes: dict[str, AttributeValue] = {
+                "cache.outcome": outcome,
+                "cache.lease_waited": self.lease_wait is not None,
+            }
+            if tier is not None:
+                attributes["cache.tier"] = tier
+            if self.lease_wait is not None:
+                attributes["cache.lease_wait.duration"] = self.lease_wait
+            if self.stored_size is not None:
+                attributes["cache.stored_size"] = self.stored_size
+            if owner.namespace is not None:
+                attributes["cache.namespace"] = owner.namespace
+            span.set_attributes(attributes)
+            leader = self.leader
+            if leader is not None:
+                target = leader.load_span if leader.load_span is not None else leader.span
+                span.add_link(target.get_span_context(), {"cache.link": "joined_load"})
+            if error is not None:
+                span.set_attribute("error.type", _qualified_name(error))
+            if outcome == "error":
+                span.set_status(StatusCode.ERROR, None if error is None else _qualified_name(error))
+        span.end()
+        owner.count_get(self.function, outcome, tier)
+
+    def _end_load(self) -> None:
+        load_span = self.load_span
+        if load_span is None or not self._load_open:
+            return
+        self._load_open = False
+        token = self._load_token
+        self._load_token = None
+        # The load's context belongs to its task: detached there; elsewhere it dies with that task (or with the
+        # caller's own detach, when the load ran in the caller's task).
+        if token is not None and asyncio.current_task() is self._load_task:
+            otel_context.detach(token)
+        self._load_task = None
+        load_span.end()
+
+
+def _qualified_name(error: BaseException) -> str:
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

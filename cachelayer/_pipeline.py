@@ -1,0 +1,178 @@
+"""The fetch pipeline of one cache in one event loop: a :class:`Fetch` travels down, nothing calls back up.
+
+    local tier hit? -> join this process's flight? -> read + decode (Reader) -> fresh: hit (maybe an early
+    refresh) | stale and revalidating: serve it, refresh in the background (Refresher) | else: miss ->
+    single flight (SingleFlight) -> lease across processes (Flights) -> load + store (Filler)
+
+Each part is given what it needs (codec, backend, clock, random source, local tier, counters), never the cache.
+Every store problem arrives as :class:`StoreUnavailable` and becomes fail-open behaviour here; only the loader's
+own errors and mistakes (``CacheError`` subclasses other than ``StoreUnavailable``) reach a caller.
+
+Everything here holds futures and tasks, which belong to one event loop: the cache builds a new pipeline when it
+finds itself in another loop (a second ``asyncio.run()``, a test's own loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ._backend import Backend, StoreUnavailable
+from ._codec import INVALIDATED_AT, Codec, Frame
+from ._entry import CacheEntry, Outcome
+from ._fetch import Fetch
+from ._filling import Filler
+from ._flights import Flights
+from ._hooks import FetchHooks
+from ._keys import KeyLayout
+from ._local import LocalCache
+from ._metrics import CacheMetrics
+from ._reading import Reader
+from ._refreshing import Refresher
+from ._stampede import XFETCH_HORIZON, SingleFlight, xfetch_due
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """Reads, loads and stores for one cache in one event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        codec: Codec,
+        backend: Backend,
+        keys: KeyLayout,
+        local: LocalCache | None,
+        metrics: CacheMetrics,
+        clock: Callable[[], float],
+        rand: Callable[[], float],
+        jitter: float,
+        shared_values: bool,
+    ) -> None:
+        self.loop = loop
+        self._codec = codec
+        self.local = local
+        self.metrics = metrics
+        self._clock = clock
+        self._rand = rand
+        self.reader = Reader(codec, backend, local, metrics, shared_values=shared_values)
+        self.filler = Filler(codec, backend, keys, local, metrics, clock=clock, rand=rand, jitter=jitter)
+        self.flights = Flights(backend, self.reader, self.filler, metrics, clock=clock)
+        self.loads: SingleFlight[CacheEntry[Any]] = SingleFlight()
+        self.refresher = Refresher(codec, backend, self.flights, self.filler, self.loads, metrics)
+        if local is not None:
+            local.ensure_listening()  # once per loop: the listener reconnects by itself until closed
+
+    def in_flight(self) -> int:
+        return len(self.loads)
+
+    def background_tasks(self) -> int:
+        return len(self.refresher.background)
+
+    async def aclose(self) -> None:
+        await self.refresher.aclose()
+        await self.flights.aclose()
+
+    # -- the fetch -------------------------------------------------------------------------------------------
+
+    def fetch(self, fetch: Fetch[Any]) -> Coroutine[Any, Any, CacheEntry[Any]]:
+        # Not a coroutine itself when nobody listens: every resumption of a waiting caller passes through each
+        # coroutine frame of its chain, so the hook-free path has one frame less.
+        if fetch.hooks is None:
+            return self._fetch(fetch)
+        return self._fetch_with_hooks(fetch, fetch.hooks)
+
+    async def _fetch_with_hooks(self, fetch: Fetch[Any], hooks: FetchHooks) -> CacheEntry[Any]:
+        try:
+            entry = await self._fetch(fetch)
+        except BaseException as exc:
+            hooks.ended("error", None, exc)
+            raise
+        hooks.ended(fetch.outcome_of(entry.outcome.value), fetch.tier, None)
+        return entry
+
+    async def _fetch(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        policy = fetch.policy
+        if policy.local and self.local is not None:
+            now = self._clock()
+            held = self.reader.local_hit(fetch, now)
+            if held is not None:
+                fetch.tier = "local"
+                return self._hit(fetch, held[0], held[1], now)
+        key = fetch.key
+        if self.loads.running(key):
+            # This process is loading the key right now: its value is the freshest there will be. Joining it
+            # skips the read (10,000 callers of a cold key pay for one GET, not one wait per caller for it).
+            self.metrics.misses += 1
+            return await self._join(fetch)
+        try:
+            data, found = await self.reader.read(fetch)
+        except StoreUnavailable as exc:
+            data, found = None, None
+            if fetch.hooks is not None:
+                fetch.hooks.failed_open("read", str(exc))
+        stale: CacheEntry[Any] | None = None
+        if found is not None:
+            frame, decoded = found
+            now = self._clock()
+            if now < frame.expires_at:
+                if policy.local and self.local is not None:
+                    assert data is not None
+                    self.local.put(key, data, frame, None if fetch.parse else decoded)
+                fetch.tier = "store"
+                return self._hit(fetch, frame, decoded, now)
+            if policy.stampede.stale_while_revalidate and frame.expires_at != INVALIDATED_AT:
+                self.metrics.stale_served += 1
+                self.refresher.start(fetch, frame, early=False)
+                return self.reader.entry(frame, Outcome.STALE, decoded, fetch)
+            stale = self.reader.entry(frame, Outcome.STALE, decoded, fetch)
+        self.metrics.misses += 1
+        if not policy.stampede.single_flight:
+            return await self.flights.load(fetch, stale)
+        if self.loads.running(key):  # another caller's flight started while we read
+            return await self._join(fetch)
+        self.loads.start(key, lambda: self.flights.load(fetch, stale), fetch.hooks)
+        return await self.loads.wait(key)
+
+    async def _join(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        fetch.joined = True
+        if fetch.hooks is not None:
+            leader = self.loads.leader(fetch.key)
+            fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
+        return await self.loads.wait(fetch.key)
+
+    def _hit(self, fetch: Fetch[Any], frame: Frame, decoded: Any, now: float) -> CacheEntry[Any]:
+        """A fresh value: count it, and start an early refresh when XFetch says so."""
+        self.metrics.hits += 1
+        stampede = fetch.policy.stampede
+        if (
+            stampede.xfetch
+            and frame.expires_at - now <= frame.recompute_time * stampede.xfetch_beta * XFETCH_HORIZON
+            and xfetch_due(now, frame.expires_at, frame.recompute_time, stampede.xfetch_beta, self._rand())
+        ):
+            self.refresher.start(fetch, frame, early=True)
+        if fetch.parse:  # Reader.entry's first case, without the call
+            return CacheEntry(self._codec, frame, Outcome.HIT, value=decoded)
+        return self.reader.entry(frame, Outcome.HIT, decoded, fetch)
+
+    # -- the other ways in -----------------------------------------------------------------------------------
+
+    async def refresh(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        """Run the loader now and store its value, whatever is stored."""
+        return await self.filler.load_and_store(fetch, None)
+
+    async def bypass(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        """The disabled cache's fetch: the loader's value, nothing stored."""
+        hooks = fetch.hooks
+        if hooks is None:
+            return await self.filler.bypass(fetch.loader, fetch.value_type)
+        try:
+            entry = await self.filler.bypass(fetch.loader, fetch.value_type)
+        except BaseException as exc:
+            hooks.ended("error", None, exc)
+            raise
+        hooks.ended("bypass", None, None)
+        return entry

@@ -1,0 +1,250 @@
+"""Read and decode: the first part of the fetch pipeline.
+
+Reads a key from the local tier or the store (concurrent reads of one key share one round trip), checks and
+decodes the frame, and builds the :class:`CacheEntry` a caller gets. A value that does not decode is deleted,
+counted and logged, and is a miss: the cache never crashes on, nor serves, bytes it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Final
+
+import msgspec
+
+from ._backend import Backend, StoreUnavailable
+from ._codec import Codec, Frame
+from ._entry import CacheEntry, Outcome
+from ._errors import CodecError
+from ._fetch import Fetch
+from ._local import LocalCache
+from ._metrics import CacheMetrics
+from ._serializers import OrjsonSerializer
+from ._stampede import ReadCoalescer
+from ._typed import ValueType
+
+__all__ = ["Decoded", "Reader"]
+
+log = logging.getLogger("cachelayer")
+
+Decoded = tuple[Frame, Any]  # a frame and its value (or its checked body)
+
+_MEMO_SIZE: Final = 4096
+# The checked-frame memo's budget: hot values, not a second cache (the store, or the local tier, is the cache).
+_MEMO_BYTES: Final = 8 * 1024 * 1024
+_MEMO_ENTRY_BYTES: Final = 256 * 1024
+_TEMPLATE_FACTOR: Final = 6  # a parsed JSON value's objects take about 5x its text (4.7x on the hit-path page)
+_UNSET: Final[Any] = object()
+_READ_ONCE: Final[Any] = object()
+_NO_TEMPLATE: Final[Any] = object()
+
+
+class Reader:
+    """Reads and decodes for one cache in one event loop."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        backend: Backend,
+        local: LocalCache | None,
+        metrics: CacheMetrics,
+        *,
+        shared_values: bool,
+    ) -> None:
+        self.codec = codec
+        self.backend = backend
+        self.local = local
+        self.metrics = metrics
+        self.reads = ReadCoalescer()
+        # Stored bytes handed out unparsed (an HTTP body passthrough) must be JSON whose payload checks out.
+        self._json_body = codec.serializer.id == OrjsonSerializer.id
+        # An in-process store hands back its own bytes object: no round trip to share, so no read coalescing.
+        self._in_process = backend.stores_objects
+        # The checked frames of recent reads: a hot key is read, checked and decompressed once per stored value,
+        # not once per hit (docstring of _Checked). Each hit still parses a value of its own (a caller that
+        # mutates what it got must not change what the next caller gets); ``shared_values=True`` (in-process
+        # stores only) is the caller's promise never to mutate, and buys one parse for all hits.
+        self._checked = _Checked()
+        self._shared: dict[str, tuple[bytes, Any, Decoded]] | None = {} if self._in_process and shared_values else None
+
+    def local_hit(self, fetch: Fetch[Any], now: float) -> tuple[Frame, Any] | None:
+        """A fresh entry of the local tier, decoded for this caller; None when there is none."""
+        local = self.local
+        assert local is not None
+        held = local.get(fetch.key)
+        if held is None or now >= held.frame.expires_at:
+            return None
+        try:
+            known = self._checked.get(fetch.key, held.data, self.codec)
+            if fetch.parse:
+                decoded = self._checked.value(known, self.codec, fetch.value_type)
+            else:
+                decoded = held.body
+                if decoded is None:
+                    decoded = self.body(known.frame, known.serialized)
+                    local.keep_body(fetch.key, held, decoded)
+        except CodecError:
+            local.discard([fetch.key])
+            return None
+        return known.frame, decoded
+
+    async def read(self, fetch: Fetch[Any]) -> tuple[bytes | None, Decoded | None]:
+        """The stored bytes and their decoding (None, None on a miss; raises :class:`StoreUnavailable`)."""
+        key = fetch.key
+        if self._in_process:
+            data = await self.backend.get(key)
+        else:
+            data = await self.reads.read(key, lambda: self.backend.get(key))
+        if data is None:
+            return None, None
+        try:
+            return data, self.decoded(key, data, fetch.parse, fetch.value_type)
+        except CodecError as exc:
+            await self._drop(key, exc)
+            return data, None
+
+    def entry(self, frame: Frame, outcome: Outcome, decoded: Any, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        if fetch.parse:
+            return CacheEntry(self.codec, frame, outcome, value=decoded)
+        value_type = fetch.value_type
+        loads = None if value_type is None else value_type.loads
+        return CacheEntry(self.codec, frame, outcome, body=decoded, loads=loads)
+
+    def value(self, frame: Frame, value_type: ValueType[Any] | None) -> Any:
+        if value_type is None:
+            return self.codec.value(frame)
+        return value_type.loads(self.codec.serialized(frame))
+
+    def body(self, frame: Frame, serialized: bytes | memoryview) -> bytes | memoryview:
+        """The stored bytes to hand out unparsed: with the JSON serializer, checked to be JSON text."""
+        return self.codec.json_body(frame, serialized) if self._json_body else serialized
+
+    async def decode(self, key: str, data: bytes, parse: bool, value_type: ValueType[Any] | None) -> Decoded | None:
+        """Header and value (or checked body); a value that does not decode is deleted and is a miss."""
+        try:
+            return self.decoded(key, data, parse, value_type)
+        except CodecError as exc:
+            await self._drop(key, exc)
+            return None
+
+    def decoded(self, key: str, data: bytes, parse: bool, value_type: ValueType[Any] | None) -> Decoded:
+        """Header and value (or checked body), or :class:`CodecError`. Not a coroutine: a hit awaits nothing
+        after its read."""
+        shared = self._shared
+        if shared is not None and parse:
+            held = shared.get(key)
+            if held is not None and held[0] is data and held[1] is value_type:
+                return held[2]
+        known = self._checked.get(key, data, self.codec)
+        if not parse:
+            return known.frame, self.body(known.frame, known.serialized)
+        if shared is None:
+            return known.frame, self._checked.value(known, self.codec, value_type)
+        # One value for every hit (the caller's promise not to mutate): parsed, no template to copy from.
+        serialized = known.serialized
+        value = self.codec.parse(known.frame, serialized) if value_type is None else value_type.loads(serialized)
+        decoded = known.frame, value
+        if len(shared) >= _MEMO_SIZE:
+            shared.clear()
+        shared[key] = (data, value_type, decoded)
+        return decoded
+
+    async def _drop(self, key: str, exc: CodecError) -> None:
+        self.metrics.decode_errors += 1
+        log.warning("cachelayer: dropping undecodable value at %s: %s", key, exc)
+        with contextlib.suppress(StoreUnavailable):
+            await self.backend.delete(key)
+
+
+class _Known:
+    """One key's last checked value: its bytes, frame, checked payload, and (untyped JSON) its parsed template."""
+
+    __slots__ = ("data", "frame", "key", "serialized", "size", "template")
+
+    def __init__(self, key: str, data: bytes, frame: Frame, serialized: bytes | memoryview, size: int) -> None:
+        self.key = key
+        self.data = data
+        self.frame = frame
+        self.serialized = serialized
+        self.size = size
+        self.template: Any = _UNSET
+
+
+class _Checked:
+    """The frame and checked, decompressed payload of the last value read under each recent key, and a parsed
+    template of its value to copy.
+
+    A value read again (the same bytes object from an in-process store, equal bytes from Redis) is not checked
+    and decompressed again: bytes equal to bytes whose header and CRC passed are exactly the bytes that passed (an
+    equality test is a stronger check than the CRC, and a ``memcmp`` of a 2 KB frame costs ~0.1 us where the CRC
+    and zstd cost ~6 us). Bytes that differ in any bit (a new value, an expiry rewritten in place, a corruption)
+    miss and are checked in full.
+
+    An untyped JSON value (dicts, lists, str, int, float, bool, None) is parsed once into a template that no caller
+    ever sees; each hit gets ``msgspec.to_builtins(template)``: new dicts and lists all the way down, sharing only
+    the immutable leaves (measured on the 7.3 KB page of benchmarks/hit_path.py: 11 us, where orjson.loads takes
+    16 us). Each caller still owns every container it gets, as from a parse.
+
+    Bounded in entries and in bytes (a template counts ``_TEMPLATE_FACTOR`` times its JSON: Python objects are
+    that much larger); a value too large for the budget is never kept.
+    """
+
+    __slots__ = ("_bytes", "_memo")
+
+    def __init__(self) -> None:
+        self._memo: dict[str, _Known] = {}
+        self._bytes = 0
+
+    def get(self, key: str, data: bytes, codec: Codec) -> _Known:
+        memo = self._memo
+        known = memo.get(key)
+        if known is not None and (known.data is data or known.data == data):
+            return known
+        frame = codec.read_frame(data)
+        serialized = codec.serialized(frame)
+        size = len(data) + (len(serialized) if frame.compression else 0)  # uncompressed: a view of data
+        fresh = _Known(key, data, frame, serialized, size)
+        if size <= _MEMO_ENTRY_BYTES:
+            if known is not None:
+                self._bytes -= known.size
+            if len(memo) >= _MEMO_SIZE or self._bytes + size > _MEMO_BYTES:
+                memo.clear()
+                self._bytes = 0
+            memo[key] = fresh
+            self._bytes += size
+        return fresh
+
+    def value(self, known: _Known, codec: Codec, value_type: ValueType[Any] | None) -> Any:
+        """A value of the caller's own, or :class:`CodecError`."""
+        if value_type is not None:
+            return value_type.loads(known.serialized)
+        template = known.template
+        if template is _UNSET:  # the first read of these bytes: a value read only once is not worth a template
+            value = codec.parse(known.frame, known.serialized)
+            if self._memo.get(known.key) is known:
+                known.template = _READ_ONCE
+            return value
+        if template is _READ_ONCE:  # read again: keep a template and copy it from now on
+            value = codec.parse(known.frame, known.serialized)
+            if not codec.json_natives(known.frame):  # msgpack's bytes, a custom serializer's types: parse each time
+                known.template = _NO_TEMPLATE
+                return value
+            extra = len(known.serialized) * _TEMPLATE_FACTOR
+            if self._bytes + extra > _MEMO_BYTES or self._memo.get(known.key) is not known:
+                return value
+            try:
+                copy = msgspec.to_builtins(value)
+            except RecursionError:  # nested deeper than msgspec recurses: parse on every hit
+                known.template = _NO_TEMPLATE
+                return value
+            known.template = value
+            known.size += extra
+            self._bytes += extra
+            return copy
+        if template is not _NO_TEMPLATE:
+            try:
+                return msgspec.to_builtins(template)
+            except RecursionError:  # a deep value met a deeper stack than when its template was made
+                pass
+        return codec.parse(known.frame, known.serialized)

@@ -1,0 +1,106 @@
+"""Pub/sub on a standalone Redis (and a cluster client's plain pub/sub): one connection of the running loop's
+client, every call within the budget, every redis-py error a :class:`StoreUnavailable` naming the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import PubSub
+
+from ._backend import Message, StoreUnavailable
+from ._budget import within_budget
+from ._errors import CacheClosedError
+from ._guard import outage_reason
+from ._redis_cluster import CLIENT_ERRORS
+
+__all__ = ["CLOSED_MESSAGE", "RedisSubscription"]
+
+T = TypeVar("T")
+
+CLOSED_MESSAGE: Final = "the cache's Redis backend was closed (aclose()); build a new cache"
+# As the backend's: redis-py raises RuntimeError for a connection of a closed loop or an unset pub/sub connection.
+_PUBSUB_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
+
+
+class RedisSubscription:
+    """A pub/sub connection of the running loop's client (see :class:`cachelayer.Subscription`)."""
+
+    def __init__(
+        self,
+        client: Callable[[], Redis | RedisCluster],
+        *,
+        sharded: bool,
+        store: str,
+        timeout: float,
+        closed: Callable[[], bool],
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._timeout = timeout
+        self._closed = closed
+        self._sharded = sharded
+        self._pubsub: PubSub | None = None
+        self._cluster = False
+        self.alive_at = float("-inf")
+
+    def _connection(self) -> PubSub:
+        if self._closed():
+            raise CacheClosedError(CLOSED_MESSAGE)
+        if self._pubsub is None:
+            client = self._client()
+            self._cluster = isinstance(client, RedisCluster)
+            self._pubsub = client.pubsub()
+        return self._pubsub
+
+    async def _guarded(self, make: Callable[[], Awaitable[T]], budget: float) -> T:
+        try:
+            return await within_budget(budget, make)
+        except _PUBSUB_ERRORS as exc:
+            raise StoreUnavailable(f"Redis {self._store} pub/sub failed: {outage_reason(exc, budget)}") from exc
+
+    async def subscribe(self, *channels: str) -> None:
+        pubsub = self._connection()
+        method = pubsub.ssubscribe if self._sharded and self._cluster else pubsub.subscribe
+        await self._guarded(lambda: method(*channels), self._timeout)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        if self._pubsub is None:
+            return
+        pubsub = self._pubsub
+        method = pubsub.sunsubscribe if self._sharded and self._cluster else pubsub.unsubscribe
+        await self._guarded(lambda: method(*channels), self._timeout)
+
+    async def next_message(self, timeout: float) -> Message | None:  # noqa: ASYNC109  # the protocol's
+        pubsub = self._connection()
+        read = (
+            pubsub.get_sharded_message  # type: ignore[attr-defined]
+            if self._sharded and self._cluster
+            else pubsub.get_message
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            message = await self._guarded(lambda: read(timeout=remaining), remaining + self._timeout)
+            if message is None:
+                continue
+            self.alive_at = time.monotonic()
+            kind = message["type"]
+            if kind in ("message", "smessage", "pmessage"):
+                channel = message["channel"]
+                return (channel.decode() if isinstance(channel, bytes) else channel), message["data"]
+        return None
+
+    async def ping(self) -> None:
+        pubsub = self._connection()
+        await self._guarded(lambda: pubsub.ping(), self._timeout)
+
+    async def aclose(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]

@@ -1,0 +1,100 @@
+"""Redis URLs checked when a backend is built: what redis-py would accept now and fail on at every call, or misread
+(a port or database that is not a number, an option it does not know), is a :class:`ConfigurationError` here."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+from redis.asyncio import RedisCluster
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+
+from ._errors import ConfigurationError
+
+__all__ = ["check_redis_url"]
+
+# Query options a URL may carry beyond redis-py's typed ones: plain strings for the connection. The pool's own
+# (max_connections, timeout) are the cache's options instead: in a URL they would silently override them.
+_STRING_OPTIONS: Final = frozenset({
+    "client_name", "username", "password", "lib_name", "lib_version", "ssl_cert_reqs", "ssl_ca_certs",
+    "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_ciphers",
+})
+_POOL_OPTIONS: Final = {"max_connections": "max_connections", "timeout": "pool_timeout"}
+
+
+def _parameters(*callables: Callable[..., Any]) -> frozenset[str]:
+    names: set[str] = set()
+    for function in callables:
+        names.update(inspect.signature(function).parameters)
+    return frozenset(names)
+
+
+def _init_parameters(cls: type) -> frozenset[str]:
+    return _parameters(*(k.__init__ for k in cls.__mro__ if "__init__" in k.__dict__))  # type: ignore[misc]
+
+
+def check_redis_url(url: str, *, cluster: bool = False) -> str:
+    """The store ``url`` names (``host:port``, or a socket path), for messages and log lines; raises
+    :class:`ConfigurationError` for a URL redis-py would accept now and fail on at every call, or misread."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.removesuffix("+cluster")
+    if scheme not in ("redis", "rediss", "unix") or (cluster and scheme == "unix"):
+        wanted = "redis+cluster://, rediss+cluster://" if cluster else "redis://, rediss://, unix://"
+        raise ConfigurationError(f"{parts.scheme}:// is not a Redis{' Cluster' if cluster else ''} URL: use {wanted}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if scheme == "unix":
+        if not parts.path.strip("/"):
+            raise ConfigurationError(f"{url!r} names no socket: write unix:///path/to/redis.sock?db=0")
+        store = parts.path
+        connection_class: type = UnixDomainSocketConnection
+    else:
+        if not parts.hostname:
+            raise ConfigurationError(f"{url!r} names no host: write {parts.scheme}://HOST:PORT/DB")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raw = parts.netloc.rsplit(":", 1)[-1]
+            raise ConfigurationError(f"port {raw!r} in {url!r} is not a port number (1-65535), e.g. :6379")
+        store = f"{parts.hostname}:{port or 6379}"
+        connection_class = SSLConnection if scheme == "rediss" else Connection
+        db_path = parts.path.strip("/")
+        if db_path and not db_path.isdigit():
+            raise ConfigurationError(
+                f"the path of {url!r} must be the database number (/0 to /15 on a default Redis), got /{db_path}"
+            )
+        if cluster and db_path not in ("", "0"):
+            raise ConfigurationError(
+                f"{url!r}: a Redis Cluster has only database 0; remove /{db_path} (use a key namespace instead)"
+            )
+    allowed = (URL_QUERY_ARGUMENT_PARSERS.keys() | _STRING_OPTIONS) & _init_parameters(connection_class)
+    if cluster:
+        allowed &= _parameters(RedisCluster.__init__) - {"db"}
+    for name, values in query.items():
+        if name in _POOL_OPTIONS:
+            raise ConfigurationError(
+                f"{name}= in the URL would override the cache's own option: remove it from the URL and pass "
+                f"{_POOL_OPTIONS[name]}= to Cache.from_url"
+            )
+        if name not in allowed:
+            raise ConfigurationError(
+                f"unknown option {name!r} in the URL {url.split('?', 1)[0]}?...: redis-py would fail on it at every "
+                f"call; known: {', '.join(sorted(allowed))}"
+            )
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parser is not None:
+            try:
+                parser(values[0])
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"option {name}={values[0]!r} in the URL is not valid") from None
+    return store
+
+

@@ -1,0 +1,97 @@
+"""Background refresh: XFetch's early recompute and stale-while-revalidate, off every caller's path.
+
+One refresh per key at a time in a process, none while a load of the key runs, and, across processes, only by the
+holder of the key's lease; a refresh that finds the value already replaced since its caller read it gives up, so an
+expiry costs one load, not one per process. A refresh never raises: its loader's failure leaves the stored value
+as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ._backend import Backend, StoreUnavailable
+from ._codec import Codec, Frame
+from ._entry import CacheEntry
+from ._errors import CodecError
+from ._fetch import Fetch
+from ._filling import Filler
+from ._flights import Flights
+from ._lease import Lease
+from ._metrics import CacheMetrics
+from ._stampede import SingleFlight
+
+__all__ = ["Refresher"]
+
+log = logging.getLogger("cachelayer")
+
+
+class Refresher:
+    """Background refreshes of one cache in one event loop."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        backend: Backend,
+        flights: Flights,
+        filler: Filler,
+        loads: SingleFlight[CacheEntry[Any]],
+        metrics: CacheMetrics,
+    ) -> None:
+        self.codec = codec
+        self.backend = backend
+        self.flights = flights
+        self.filler = filler
+        self.loads = loads
+        self.metrics = metrics
+        self.refreshes: SingleFlight[None] = SingleFlight()
+        self.background: set[asyncio.Task[Any]] = set()
+
+    async def aclose(self) -> None:
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
+
+    def start(self, fetch: Fetch[Any], seen: Frame, *, early: bool) -> None:
+        key = fetch.key
+        if self.refreshes.running(key) or self.loads.running(key):
+            return
+        if early:
+            self.metrics.early_recomputes += 1
+        background = fetch.background()
+        task = self.refreshes.start(key, lambda: self._refresh(background, seen.expires_at))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _replaced_since(self, key: str, seen_expires_at: float) -> bool:
+        try:
+            data = await self.backend.get(key)
+            return data is not None and self.codec.read_frame(data).expires_at > seen_expires_at
+        except (StoreUnavailable, CodecError):
+            return False
+
+    async def _refresh(self, fetch: Fetch[Any], seen_expires_at: float) -> None:
+        """Reload unless another process already does or did; never blocks a caller, never raises."""
+        lease: Lease | None = None
+        stampede = fetch.policy.stampede
+        if stampede.lease:
+            try:
+                lease = await self.flights.leases.acquire(fetch.key, stampede)
+            except StoreUnavailable:
+                return
+            if lease is None:
+                return
+            if await self._replaced_since(fetch.key, seen_expires_at):
+                # Another process refreshed it between our read and our lease: one load per expiry, not two.
+                await lease.release()
+                return
+        self.metrics.background_refreshes += 1
+        try:
+            # stale=None: a background refresh whose loader fails leaves the stored value as it is.
+            if lease is not None:
+                await self.flights.load_under_lease(lease, fetch, None, None)
+            else:
+                await self.filler.load_and_store(fetch, None)
+        except Exception:
+            log.warning("cachelayer: background refresh of %s failed", fetch.key, exc_info=True)

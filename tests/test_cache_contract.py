@@ -1,0 +1,145 @@
+"""The cache's contract at the caller's boundary, on every backend (the ``store`` fixture):
+
+- every hit hands its caller a value of its own (mutating it changes nothing for the next caller), on memory as on
+  Redis, through the store and through the local tier; ``shared_values=True`` is the explicit opt-out;
+- a closed cache stays closed: every later call raises :class:`CacheClosedError` instead of silently loading;
+- a write says whether the store took it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from cachelayer import Backend, Cache, CacheClosedError, LocalCache, MemoryBackend, cached
+from tests._doubles import CountingLoader
+
+
+@dataclasses.dataclass
+class Basket:
+    name: str
+    items: list[int]
+
+
+def new_cache(store: Backend, **options: Any) -> Cache:
+    options.setdefault("namespace", "contract")
+    return Cache(store, **options)
+
+
+# -- every hit its own value ----------------------------------------------------------------------------------
+
+
+async def test_mutating_a_hit_does_not_change_the_next_hit(store: Backend) -> None:
+    cache = new_cache(store)
+    await cache.set("k", [1, 2, 3])
+    first = await cache.get("k")
+    first.append(100)
+    assert await cache.get("k") == [1, 2, 3]
+    loader = CountingLoader([1, 2, 3])
+    hit = await cache.get_or_set("k", loader)
+    hit.append(100)
+    assert await cache.get_or_set("k", loader) == [1, 2, 3]
+    assert loader.calls == 0
+
+
+async def test_mutating_a_typed_hit_does_not_change_the_next_hit(store: Backend) -> None:
+    cache = new_cache(store)
+
+    @cached(cache=cache)
+    async def basket(name: str) -> Basket:
+        return Basket(name, [1, 2, 3])
+
+    await basket("a")  # the miss: the loader's own object
+    hit = await basket("a")
+    hit.items.append(100)
+    again = await basket("a")
+    assert again == Basket("a", [1, 2, 3])
+    assert again is not hit
+
+
+async def test_mutating_a_local_tier_hit_does_not_change_the_next_hit(store: Backend) -> None:
+    cache = new_cache(store, local=LocalCache())
+
+    @cached(cache=cache, local=True)
+    async def numbers() -> list[int]:
+        return [1, 2, 3]
+
+    try:
+        await numbers()
+        for _ in range(3):
+            hit = await numbers()
+            assert hit == [1, 2, 3]
+            hit.append(100)
+        assert cache.stats()["local_hits"] >= 2  # the hits above came from the local tier
+    finally:
+        await cache.aclose()
+
+
+async def test_shared_values_is_the_explicit_opt_in_for_one_object() -> None:
+    cache = Cache(MemoryBackend(), namespace="contract", shared_values=True)
+    await cache.set("k", [1, 2, 3])
+    first = await cache.get("k")
+    assert await cache.get("k") is first  # decoded once: the caller promised not to mutate it
+    await cache.aclose()
+
+
+# -- a closed cache stays closed ------------------------------------------------------------------------------
+
+
+async def test_every_call_after_aclose_raises_cache_closed_error() -> None:
+    cache = Cache(MemoryBackend(), namespace="contract", owns_client=True)
+    loader = CountingLoader("v")
+
+    @cached(cache=cache)
+    async def f(x: int) -> int:
+        return x
+
+    await cache.set("k", 1)
+    await cache.aclose()
+    await cache.aclose()  # safe twice
+    calls = [
+        lambda: cache.get_or_set("k", loader),
+        lambda: cache.get("k"),
+        lambda: cache.get_many(["k"]),
+        lambda: cache.set("k", 1),
+        lambda: cache.set_many({"k": 1}),
+        lambda: cache.delete("k"),
+        lambda: cache.ttl("k"),
+        lambda: cache.invalidate_tags("t"),
+        lambda: cache.clear(),
+        lambda: cache.connect(),
+        lambda: cache.ping(),
+        lambda: f(1),
+        lambda: f.invalidate(1),
+    ]
+    for call in calls:
+        with pytest.raises(CacheClosedError, match="aclose"):
+            await call()
+    assert loader.calls == 0  # never silently loaded
+
+
+async def test_a_closed_cache_over_a_backend_it_does_not_own_refuses_too(store: Backend) -> None:
+    cache = new_cache(store)  # the backend stays open: the fixture owns it
+    await cache.aclose()
+    with pytest.raises(CacheClosedError):
+        await cache.get("k")
+    assert await new_cache(store).get("k") is None  # another cache on the same store still works
+
+
+# -- writes say whether they landed ---------------------------------------------------------------------------
+
+
+async def test_set_says_whether_the_store_took_it() -> None:
+    backend = MemoryBackend()
+    cache = Cache(backend, namespace="contract")
+    assert await cache.set("k", 1) is True
+    assert await cache.set_many({"a": 1, "b": 2}) is True
+    backend.fail_with()
+    assert await cache.set("k", 2) is False
+    assert await cache.set_many({"a": 1}) is False
+    backend.recover()
+    assert await cache.get("k") == 1
+    assert cache.stats()["store_errors"] == 2
+    await cache.aclose()
