@@ -8,6 +8,7 @@ from ._backend import Backend, Message, StoreUnavailable, Subscription
 from ._backoff import Backoff, ExponentialBackoff
 from ._breaker import CircuitBreaker
 from ._cache import Cache
+from ._canonical import canonical_bytes
 from ._codec import Codec, Frame
 from ._decorator import BoundCachedFunction, CachedFunction, cached, get_default_cache, set_default_cache
 from ._dictionaries import DictionaryRegistry, train_dictionary
@@ -26,7 +27,6 @@ from ._errors import (
 )
 from ._guard import Guard, GuardedBackend
 from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier, add_global_hooks, remove_global_hooks
-from ._keys import canonical_bytes
 from ._local import LocalCache
 from ._memory_backend import MemoryBackend
 from ._metrics import CacheMetrics, register_prometheus

@@ -56,6 +56,9 @@ log = logging.getLogger("cachelayer")
 T = TypeVar("T")
 
 _UNNAMED_FETCH: Final = "cachelayer.fetch"
+# Members of a tag invalidated per store call (measured: 10,000 marked in one pipeline took 0.19 s on a quiet
+# machine, over the default 0.1 s budget; 500 take ~10 ms).
+_INVALIDATION_BATCH: Final = 500
 
 
 
@@ -199,15 +202,19 @@ class Cache:
             return False
         return True
 
-    async def aclose(self) -> None:
-        """Wait for background refreshes, then close what this cache built. The cache stays closed: any later
-        call raises :class:`CacheClosedError` (a closed cache silently loading every call would hide the bug).
-        Safe to call twice."""
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Close the cache: new calls raise :class:`CacheClosedError` from now on (a closed cache silently loading
+        every call would hide the bug); the loads and refreshes already running finish, for up to ``grace`` seconds
+        (their callers get their values, their leases are released), then what this cache built is closed. A
+        closed cache stays closed. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         if self._pipeline is not None and self._pipeline.loop is asyncio.get_running_loop():
-            await self._pipeline.aclose()
+            await self._pipeline.aclose(grace)
+        guard = getattr(self.backend, "guard", None)
+        if isinstance(guard, Guard) and self._store_state_changed in guard.listeners:
+            guard.listeners.remove(self._store_state_changed)  # a backend shared with other caches lives on
         if self.local is not None:
             await self.local.aclose()
         if self._owns_backend:
@@ -327,10 +334,14 @@ class Cache:
         policy: EntryPolicy = DEFAULT_POLICY,
         *,
         value_type: ValueType[T] | None = None,
+        function: str | None = None,
     ) -> CacheEntry[T]:
-        """Run ``loader`` now and store its value, whatever is stored."""
+        """Run ``loader`` now and store its value, whatever is stored (heard by the hooks as a fetch)."""
         pipeline = self._state()
-        fetch = Fetch(self.key(name), loader, self.resolve(policy), value_type, True)
+        key = self.key(name)
+        fetch = Fetch(key, loader, self.resolve(policy), value_type, True)
+        if self._hooks or GLOBAL_HOOKS.subscribers:
+            fetch.hooks = self._start_hooks(function or _UNNAMED_FETCH, key)
         if not self.enabled:
             return await pipeline.bypass(fetch)
         return await pipeline.refresh(fetch)
@@ -452,13 +463,16 @@ class Cache:
                 members = await self.backend.tag_members(tag_key)
                 if not members:
                     continue
-                if mark_stale:
-                    # One call for the whole set (not one per member, all at once: that floods the pool).
-                    reached += await self.backend.mark_stale(members, EXPIRES_OFFSET, INVALIDATED_FIELD)
-                else:
-                    # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
-                    await self.backend.remove_tag_members(tag_key, members)
-                    reached += await self.backend.delete(*members)
+                # In batches, each one call within its own budget: one call per member, all at once, floods the
+                # pool; one call for a set of 30,000 members does not fit a 0.1 s budget.
+                for start in range(0, len(members), _INVALIDATION_BATCH):
+                    batch = members[start : start + _INVALIDATION_BATCH]
+                    if mark_stale:
+                        reached += await self.backend.mark_stale(batch, EXPIRES_OFFSET, INVALIDATED_FIELD)
+                    else:
+                        # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
+                        await self.backend.remove_tag_members(tag_key, batch)
+                        reached += await self.backend.delete(*batch)
             except StoreUnavailable as exc:
                 log.warning("cachelayer: could not invalidate tag %r (store unavailable: %s)", tag, exc)
                 continue

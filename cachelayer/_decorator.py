@@ -13,7 +13,8 @@ from ._cache import Cache
 from ._codec import Codec
 from ._entry import CacheEntry
 from ._errors import CacheError
-from ._keys import ArgumentKeyer, IdentifiedCallable, check_method_owner, key_version, underlying_function
+from ._identity import IdentifiedCallable, underlying_function
+from ._keys import ArgumentKeyer, check_method_owner, key_version
 from ._policy import EntryPolicy
 from ._serializers import serializer_by_name
 from ._stampede import StampedePolicy
@@ -179,7 +180,8 @@ class CachedFunction(IdentifiedCallable, Generic[P, R]):
         name, policy = self._plan(args, kwargs)
         cache = self.cache
         loader = lambda: self._func(*args, **kwargs)  # noqa: E731
-        return (await cache.refresh(name, loader, policy, value_type=self._value_type(cache))).value()
+        entry = await cache.refresh(name, loader, policy, value_type=self._value_type(cache), function=self._label)
+        return entry.value()
 
     @overload
     def __get__(self, instance: None, owner: type[Any] | None = None) -> CachedFunction[P, R]: ...

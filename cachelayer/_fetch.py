@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
+from ._entry import Outcome
 from ._hooks import FetchHooks, FetchOutcome, Tier
 from ._policy import ResolvedPolicy
 from ._typed import ValueType
@@ -35,7 +36,15 @@ class Fetch(Generic[T]):
         """The same fetch for a background refresh: nobody waits for it, so nobody hears of it."""
         return Fetch(self.key, self.loader, self.policy, self.value_type, self.parse)
 
-    def outcome_of(self, outcome: str) -> FetchOutcome:
-        if self.joined:
-            return "joined"
-        return outcome  # type: ignore[return-value]  # Outcome's values are FetchOutcome's
+    def outcome(self, outcome: Outcome) -> FetchOutcome:
+        """How this fetch ended for its caller, from its entry's outcome."""
+        return "joined" if self.joined else _OUTCOMES[outcome]
+
+
+_OUTCOMES: Final[dict[Outcome, FetchOutcome]] = {
+    Outcome.HIT: "hit",
+    Outcome.STALE: "stale",
+    Outcome.MISS: "miss",
+    Outcome.FAIL_OPEN: "fail_open",
+    Outcome.BYPASS: "bypass",
+}

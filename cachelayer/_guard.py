@@ -27,6 +27,7 @@ from typing import Any, Final, TypeVar
 from ._backend import Backend, StoreUnavailable, Subscription
 from ._breaker import BreakerState, CircuitBreaker, describe_error
 from ._budget import LateLoopTimeout, QueueTimeout, within_budget
+from ._errors import CacheError, ConfigurationError
 
 __all__ = ["Guard", "GuardedBackend", "StateListener", "Target"]
 
@@ -115,6 +116,13 @@ class Guard:
         self.on_failure = on_failure
         self.store = store
         self.listeners: list[StateListener] = []
+        if self.breaker.on_change is not None:
+            raise ConfigurationError(
+                "this CircuitBreaker guards another store already: a breaker belongs to one store (its failures "
+                "would open the other's); give each store its own, e.g. one StoreOptions(breaker=...) per store"
+            )
+        # Claimed now: the main target's transitions are told under the store's name at that moment.
+        self.breaker.on_change = lambda state, reason: self._tell(self.store, state, reason)
         self._main: Target | None = None
         self._targets: dict[str, Target] = {}
         self.store_errors = 0
@@ -129,7 +137,7 @@ class Guard:
             if main is None:
                 if self.breaker.store is None:
                     self.breaker.store = self.store
-                main = self._main = self._watched(Target(self.store, self.breaker))
+                main = self._main = Target(self.store, self.breaker)
             return main
         target = self._targets.get(name)
         if target is None:
@@ -137,18 +145,13 @@ class Guard:
             breaker = CircuitBreaker(
                 template.failure_threshold, template.cooldown, name=template.name, store=name, clock=template.clock
             )
-            target = self._targets[name] = self._watched(Target(name, breaker))
+            breaker.on_change = lambda state, reason: self._tell(name, state, reason)
+            target = self._targets[name] = Target(name, breaker)
         return target
 
-    def _watched(self, target: Target) -> Target:
-        label = target.label
-
-        def changed(state: BreakerState, reason: str | None) -> None:
-            for listener in self.listeners:
-                listener(label, state, reason)
-
-        target.breaker.on_change = changed
-        return target
+    def _tell(self, store: str, state: BreakerState, reason: str | None) -> None:
+        for listener in list(self.listeners):
+            listener(store, state, reason)
 
     async def call(
         self, target: Target, operation: str, make: Callable[[], Awaitable[T]], budget: float | None = None
@@ -175,14 +178,16 @@ class Guard:
             if permit == "probe":
                 breaker.record_abandoned()
             raise StoreUnavailable(f"{target.label} {operation}: {exc}") from exc
+        except StoreUnavailable as exc:  # the inner code's own word for an outage
+            raise self._failed(target, operation, exc, budget) from exc
+        except CacheError:
+            # A mistake (a closed cache, a value that cannot be stored): not the store's fault, whatever else the
+            # exception is (CacheClosedError is a RuntimeError, which redis-py raises for a dead connection).
+            if permit == "probe":
+                breaker.record_abandoned()
+            raise
         except self.outage_errors as exc:
-            reason = outage_reason(exc, budget)
-            if self.on_failure is not None:
-                self.on_failure()
-            self.store_errors += 1
-            target.failed(operation, reason)
-            breaker.record_failure(reason)
-            raise StoreUnavailable(f"{target.label} {operation} failed: {reason}") from exc
+            raise self._failed(target, operation, exc, budget) from exc
         except BaseException:
             if permit == "probe":  # only the probe's fate decides the half-open state
                 breaker.record_abandoned()
@@ -190,6 +195,15 @@ class Guard:
         breaker.record_success()
         target.answered()
         return result
+
+    def _failed(self, target: Target, operation: str, exc: BaseException, budget: float) -> StoreUnavailable:
+        reason = outage_reason(exc, budget)
+        if self.on_failure is not None:
+            self.on_failure()
+        self.store_errors += 1
+        target.failed(operation, reason)
+        target.breaker.record_failure(reason)
+        return StoreUnavailable(f"{target.label} {operation} failed: {reason}")
 
     def stats(self) -> dict[str, Any]:
         """The guard's counters and the worst state of its breakers."""

@@ -12,6 +12,8 @@ A subscriber is a :class:`CacheHooks`. For each logical fetch (one call of a cac
 current there (an OpenTelemetry span) and restore it in ``ended``. ``load_started`` and ``load_ended`` run in the
 task that runs the loader, which inherits the context of the caller that started the load; its other callers are
 told :meth:`FetchHooks.joined` with the leader's hooks (as the same subscriber made them), to link to its load.
+``ended`` is always the last event of a fetch: a load that outlives the caller that started it (cancelled while
+others wait for it) goes on silently.
 Hooks must not raise and must not block: they run on the hit path. An exception from a hook propagates (it is a
 bug in the hook, and a cache that hid it would hide it forever).
 
@@ -39,7 +41,7 @@ __all__ = [
 Tier = Literal["local", "store"]
 """Where a hit came from: the process's local tier, or the shared store."""
 
-FetchOutcome = Literal["hit", "stale", "miss", "joined", "fail_open", "bypass", "error"]
+FetchOutcome = Literal["hit", "stale", "miss", "joined", "fail_open", "bypass", "error", "cancelled"]
 """How a fetch ended, from its caller's point of view:
 
 - ``hit``: a fresh value (``tier`` says where);
@@ -48,7 +50,9 @@ FetchOutcome = Literal["hit", "stale", "miss", "joined", "fail_open", "bypass", 
 - ``joined``: this caller waited for a load another caller of this process ran;
 - ``fail_open``: loaded without the store (it was unavailable), not stored;
 - ``bypass``: the cache is disabled;
-- ``error``: the loader raised and no stale copy existed (the caller gets the exception).
+- ``error``: the fetch raised: the loader did and no stale copy existed, or a mistake (a ``CacheError``), or a lease
+  wait ran out with ``on_lease_timeout="raise"`` (the caller gets the exception);
+- ``cancelled``: the caller was cancelled (a client that went away): not an error of the cache nor of the loader.
 """
 
 
@@ -179,6 +183,42 @@ class FanOut(FetchHooks):
         for part in self.parts:
             if part is not None:
                 part.ended(outcome, tier, error)
+
+
+class UntilEnded(FetchHooks):
+    """A fetch's hooks as its load carries them: silent once the fetch has ended (:meth:`close`)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: FetchHooks) -> None:
+        self.inner: FetchHooks | None = inner
+
+    def close(self) -> None:
+        self.inner = None
+
+    def joined(self, leader: FetchHooks | None) -> None:
+        if self.inner is not None:
+            self.inner.joined(leader)
+
+    def lease_waited(self, seconds: float) -> None:
+        if self.inner is not None:
+            self.inner.lease_waited(seconds)
+
+    def load_started(self) -> None:
+        if self.inner is not None:
+            self.inner.load_started()
+
+    def load_ended(self, seconds: float, error: BaseException | None) -> None:
+        if self.inner is not None:
+            self.inner.load_ended(seconds, error)
+
+    def stored(self, size: int) -> None:
+        if self.inner is not None:
+            self.inner.stored(size)
+
+    def failed_open(self, operation: str, reason: str) -> None:
+        if self.inner is not None:
+            self.inner.failed_open(operation, reason)
 
 
 def start_fetch(subscribers: tuple[CacheHooks, ...], function: str, key: str) -> FetchHooks | None:

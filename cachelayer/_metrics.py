@@ -9,8 +9,9 @@ hooks subscriber (:class:`PrometheusHooks`, ``_hooks.py``), added when ``registe
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier
 
@@ -131,23 +132,13 @@ def register_prometheus(
     return collector
 
 
-class PrometheusHooks(CacheHooks):
-    """Per-function Prometheus series, from the fetch pipeline's hooks (label values: the cache's name, the cached
-    function's qualified name, outcomes, tiers, operations and stores; never a key):
+class _Families:
+    """One registry's per-function metric families under one prefix: made once and shared by every cache that
+    registers there (each its own ``cache`` label), since a registry refuses a second family of a name."""
 
-    - ``{prefix}_function_gets_total{cache, function, result, tier}``: fetches by outcome (``hit``, ``stale``,
-      ``miss``, ``joined``, ``fail_open``, ``bypass``, ``error``) and, for hits, tier (``local``, ``store``);
-    - ``{prefix}_function_loads_total{cache, function, result}`` (``success``, ``failure``) and
-      ``{prefix}_function_load_duration_seconds{cache, function}``;
-    - ``{prefix}_function_fail_open_total{cache, function, operation}`` (``read``, ``lease``, ``write``);
-    - ``{prefix}_store_state_changes_total{cache, store, state}``: circuit breaker transitions.
-    """
+    def __init__(self, registry: Any, prefix: str) -> None:
+        from prometheus_client import Counter, Histogram
 
-    def __init__(self, name: str, registry: Any = None, *, prefix: str = "cachelayer") -> None:
-        from prometheus_client import REGISTRY, Counter, Histogram
-
-        registry = registry if registry is not None else REGISTRY
-        self.name = name
         self.gets = Counter(
             f"{prefix}_function_gets", "Fetches by outcome and tier", ["cache", "function", "result", "tier"],
             registry=registry,
@@ -167,21 +158,57 @@ class PrometheusHooks(CacheHooks):
             f"{prefix}_store_state_changes", "Circuit breaker transitions of the store", ["cache", "store", "state"],
             registry=registry,
         )  # fmt: skip
+
+
+_FAMILIES: weakref.WeakKeyDictionary[Any, dict[str, _Families]] = weakref.WeakKeyDictionary()
+# Label sets per subscriber, bounded: a program that names fetches after their keys must not grow without end.
+_MAX_CHILDREN: Final = 2000
+_OVERFLOW: Final = "(other functions)"
+
+
+class PrometheusHooks(CacheHooks):
+    """Per-function Prometheus series, from the fetch pipeline's hooks (label values: the cache's name, the cached
+    function's qualified name, outcomes, tiers, operations and stores; never a key):
+
+    - ``{prefix}_function_gets_total{cache, function, result, tier}``: fetches by outcome (``hit``, ``stale``,
+      ``miss``, ``joined``, ``fail_open``, ``bypass``, ``error``) and, for hits, tier (``local``, ``store``);
+    - ``{prefix}_function_loads_total{cache, function, result}`` (``success``, ``failure``) and
+      ``{prefix}_function_load_duration_seconds{cache, function}``;
+    - ``{prefix}_function_fail_open_total{cache, function, operation}`` (``read``, ``lease``, ``write``);
+    - ``{prefix}_store_state_changes_total{cache, store, state}``: circuit breaker transitions.
+    """
+
+    def __init__(self, name: str, registry: Any = None, *, prefix: str = "cachelayer") -> None:
+        from prometheus_client import REGISTRY
+
+        registry = registry if registry is not None else REGISTRY
+        by_prefix = _FAMILIES.setdefault(registry, {})
+        families = by_prefix.get(prefix)
+        if families is None:
+            families = by_prefix[prefix] = _Families(registry, prefix)
+        self.name = name
+        self.families = families
         # Labelled children, looked up once per label set: .labels() on every hit would cost more than the hit.
         self._children: dict[tuple[str, ...], Any] = {}
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
+    def child(self, family: str, *labels: str) -> Any:
+        key = (family, *labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(self.name, *labels)
+            if len(self._children) >= _MAX_CHILDREN and family != "state_changes":
+                labels = (_OVERFLOW, *labels[1:])
+                key = (family, *labels)
+                found = self._children.get(key)
+                if found is not None:
+                    return found
+            found = self._children[key] = getattr(self.families, family).labels(self.name, *labels)
         return found
 
     def fetch_started(self, function: str, key: str) -> FetchHooks | None:
         return _PrometheusFetch(self, function)
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
-        self.child(self.state_changes, store, state).inc()
+        self.child("state_changes", store, state).inc()
 
 
 class _PrometheusFetch(FetchHooks):
@@ -193,11 +220,11 @@ class _PrometheusFetch(FetchHooks):
 
     def load_ended(self, seconds: float, error: BaseException | None) -> None:
         metrics = self.metrics
-        metrics.child(metrics.loads, self.function, "failure" if error else "success").inc()
-        metrics.child(metrics.load_seconds, self.function).observe(seconds)
+        metrics.child("loads", self.function, "failure" if error else "success").inc()
+        metrics.child("load_seconds", self.function).observe(seconds)
 
     def failed_open(self, operation: str, reason: str) -> None:
-        self.metrics.child(self.metrics.fail_open, self.function, operation).inc()
+        self.metrics.child("fail_open", self.function, operation).inc()
 
     def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
-        self.metrics.child(self.metrics.gets, self.function, outcome, tier or "").inc()
+        self.metrics.child("gets", self.function, outcome, tier or "").inc()

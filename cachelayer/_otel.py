@@ -23,6 +23,7 @@ span's creation and the context switch, little more).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from typing import TYPE_CHECKING, Final
@@ -95,8 +96,64 @@ def instrument_opentelemetry(
     return hooks
 
 
+class _Instruments:
+    """One meter's instruments, shared by every subscriber that reports to it: an SDK meter keeps the first
+    callback of an observable instrument of a given name, so a second subscriber's own would be lost."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.subscribers: list[OpenTelemetryHooks] = []
+        meter.create_observable_counter(
+            "cache.gets",
+            [self._observe_gets],
+            unit="{get}",
+            description="Fetches of a cached value, by result and tier",
+        )
+        self.loads = meter.create_counter(
+            "cache.loads", unit="{load}", description="Calls of a loader, by result (success, failure)"
+        )
+        self.load_duration = meter.create_histogram(
+            "cache.load.duration", unit="s", description="How long a loader ran, by result"
+        )
+        self.puts = meter.create_counter("cache.puts", unit="{put}", description="Loaded values written to the store")
+        self.lease_wait = meter.create_histogram(
+            "cache.lease.wait.duration", unit="s", description="How long a fetch waited for another process's load"
+        )
+        self.fail_open = meter.create_counter(
+            "cache.fail_open",
+            unit="{failure}",
+            description="Store calls that failed, the fetch going on without the store, by operation and reason",
+        )
+        self.state_changes = meter.create_counter(
+            "cache.store.state_changes", unit="{change}", description="Circuit breaker transitions, by store and state"
+        )
+
+    def _observe_gets(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Runs in the reader's thread: snapshots of the lists and dicts the event loop may be adding to. Subscribers
+        # that report the same attribute set (two caches of one namespace) are summed into one observation.
+        totals: dict[tuple[tuple[str, AttributeValue], ...], tuple[int, dict[str, AttributeValue]]] = {}
+        for hooks in list(self.subscribers):
+            for (function, outcome, tier), count in list(hooks.get_counts.items()):
+                attributes = hooks.get_attributes(function, outcome, tier)
+                key = tuple(sorted(attributes.items()))
+                known = totals.get(key)
+                totals[key] = (count + (known[0] if known else 0), attributes)
+        for count, attributes in totals.values():
+            yield Observation(count, attributes)
+
+
+# Per meter object (the SDK hands out one meter per provider and scope): the instruments, made once.
+_INSTRUMENTS: weakref.WeakKeyDictionary[metrics.Meter, _Instruments] = weakref.WeakKeyDictionary()
+
+
+def _instruments_of(meter: metrics.Meter) -> _Instruments:
+    found = _INSTRUMENTS.get(meter)
+    if found is None:
+        found = _INSTRUMENTS[meter] = _Instruments(meter)
+    return found
+
+
 class OpenTelemetryHooks(CacheHooks):
-    """The subscriber: one :class:`_FetchSpan` per fetch. Instruments are made once, here."""
+    """The subscriber: one :class:`_FetchSpan` per fetch. Instruments are shared per meter (:class:`_Instruments`)."""
 
     __slots__ = (
         "_attributes",
@@ -106,6 +163,7 @@ class OpenTelemetryHooks(CacheHooks):
         "_loads",
         "_puts",
         "_remove",
+        "_shared",
         "_state_changes",
         "get_counts",
         "namespace",
@@ -130,36 +188,23 @@ class OpenTelemetryHooks(CacheHooks):
         # The hit path counts in a dict (a synchronous OpenTelemetry counter costs microseconds per add); the
         # totals are reported when a reader collects.
         self.get_counts: dict[tuple[str, FetchOutcome, Tier | None], int] = {}
-        meter.create_observable_counter(
-            "cache.gets",
-            [self._observe_gets],
-            unit="{get}",
-            description="Fetches of a cached value, by result and tier",
-        )
-        self._loads = meter.create_counter(
-            "cache.loads", unit="{load}", description="Calls of a loader, by result (success, failure)"
-        )
-        self._load_duration = meter.create_histogram(
-            "cache.load.duration", unit="s", description="How long a loader ran, by result"
-        )
-        self._puts = meter.create_counter("cache.puts", unit="{put}", description="Loaded values written to the store")
-        self._lease_wait = meter.create_histogram(
-            "cache.lease.wait.duration", unit="s", description="How long a fetch waited for another process's load"
-        )
-        self._fail_open = meter.create_counter(
-            "cache.fail_open",
-            unit="{failure}",
-            description="Store calls that failed, the fetch going on without the store, by operation and reason",
-        )
-        self._state_changes = meter.create_counter(
-            "cache.store.state_changes", unit="{change}", description="Circuit breaker transitions, by store and state"
-        )
+        shared = self._shared = _instruments_of(meter)
+        shared.subscribers.append(self)
+        self._loads = shared.loads
+        self._load_duration = shared.load_duration
+        self._puts = shared.puts
+        self._lease_wait = shared.lease_wait
+        self._fail_open = shared.fail_open
+        self._state_changes = shared.state_changes
 
     def uninstrument(self) -> None:
-        """Stop tracing and measuring (fetches already started finish their spans)."""
+        """Stop tracing and measuring (fetches already started finish their spans); its gets are no longer
+        reported either."""
         if self._remove is not None:
             self._remove()
             self._remove = None
+        if self in self._shared.subscribers:
+            self._shared.subscribers.remove(self)
 
     def attributes(self, *pairs: tuple[str, str | None]) -> dict[str, AttributeValue]:
         """The metric attribute set of ``pairs`` (None values left out) and the namespace, built once."""
@@ -197,11 +242,6 @@ class OpenTelemetryHooks(CacheHooks):
         else:  # a program that names fetches after their keys: bounded memory, one series for the rest
             overflow = (_OVERFLOW, outcome, tier)
             counts[overflow] = counts.get(overflow, 0) + 1
-
-    def _observe_gets(self, options: CallbackOptions) -> Iterable[Observation]:
-        # Runs in the reader's thread: a snapshot of the items, which the event loop may be adding to.
-        for (function, outcome, tier), count in list(self.get_counts.items()):
-            yield Observation(count, self.get_attributes(function, outcome, tier))
 
     def fetch_started(self, function: str, key: str) -> FetchHooks | None:
         span = self.tracer.start_span(function, kind=SpanKind.INTERNAL)

@@ -24,12 +24,12 @@ from ._entry import CacheEntry, Outcome
 from ._fetch import Fetch
 from ._filling import Filler
 from ._flights import Flights
-from ._hooks import FetchHooks
+from ._hooks import FetchHooks, UntilEnded
 from ._keys import KeyLayout
 from ._local import LocalCache
 from ._metrics import CacheMetrics
 from ._reading import Reader
-from ._refreshing import Refresher
+from ._refreshing import Refresher, settle
 from ._stampede import XFETCH_HORIZON, SingleFlight, xfetch_due
 
 __all__ = ["Pipeline"]
@@ -72,8 +72,11 @@ class Pipeline:
     def background_tasks(self) -> int:
         return len(self.refresher.background)
 
-    async def aclose(self) -> None:
-        await self.refresher.aclose()
+    async def aclose(self, grace: float) -> None:
+        """Let the loads and refreshes that run finish (their callers get their values, their leases are released)
+        for up to ``grace`` seconds each, then cancel what still runs."""
+        await settle(set(self.loads.tasks()), grace)
+        await self.refresher.aclose(grace)
         await self.flights.aclose()
 
     # -- the fetch -------------------------------------------------------------------------------------------
@@ -83,15 +86,29 @@ class Pipeline:
         # coroutine frame of its chain, so the hook-free path has one frame less.
         if fetch.hooks is None:
             return self._fetch(fetch)
-        return self._fetch_with_hooks(fetch, fetch.hooks)
+        return self._with_hooks(fetch, fetch.hooks, self._fetch)
 
-    async def _fetch_with_hooks(self, fetch: Fetch[Any], hooks: FetchHooks) -> CacheEntry[Any]:
+    async def _with_hooks(
+        self,
+        fetch: Fetch[Any],
+        hooks: FetchHooks,
+        run: Callable[[Fetch[Any]], Coroutine[Any, Any, CacheEntry[Any]]],
+    ) -> CacheEntry[Any]:
+        # The flight this caller starts may outlive it (other callers wait for it, or this caller was cancelled):
+        # it carries hooks that go silent once this fetch has ended, so `ended` is always the last event.
+        fetch.hooks = until_ended = UntilEnded(hooks)
         try:
-            entry = await self._fetch(fetch)
+            entry = await run(fetch)
+        except asyncio.CancelledError as exc:
+            until_ended.close()
+            hooks.ended("cancelled", None, exc)
+            raise
         except BaseException as exc:
+            until_ended.close()
             hooks.ended("error", None, exc)
             raise
-        hooks.ended(fetch.outcome_of(entry.outcome.value), fetch.tier, None)
+        until_ended.close()
+        hooks.ended(fetch.outcome(entry.outcome), fetch.tier, None)
         return entry
 
     async def _fetch(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
@@ -134,7 +151,8 @@ class Pipeline:
             return await self.flights.load(fetch, stale)
         if self.loads.running(key):  # another caller's flight started while we read
             return await self._join(fetch)
-        self.loads.start(key, lambda: self.flights.load(fetch, stale), fetch.hooks)
+        leader = fetch.hooks.inner if isinstance(fetch.hooks, UntilEnded) else fetch.hooks
+        self.loads.start(key, lambda: self.flights.load(fetch, stale), leader)
         return await self.loads.wait(key)
 
     async def _join(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
@@ -162,17 +180,12 @@ class Pipeline:
 
     async def refresh(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         """Run the loader now and store its value, whatever is stored."""
-        return await self.filler.load_and_store(fetch, None)
+        if fetch.hooks is None:
+            return await self.filler.load_and_store(fetch, None)
+        return await self._with_hooks(fetch, fetch.hooks, lambda f: self.filler.load_and_store(f, None))
 
     async def bypass(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         """The disabled cache's fetch: the loader's value, nothing stored."""
-        hooks = fetch.hooks
-        if hooks is None:
+        if fetch.hooks is None:
             return await self.filler.bypass(fetch.loader, fetch.value_type)
-        try:
-            entry = await self.filler.bypass(fetch.loader, fetch.value_type)
-        except BaseException as exc:
-            hooks.ended("error", None, exc)
-            raise
-        hooks.ended("bypass", None, None)
-        return entry
+        return await self._with_hooks(fetch, fetch.hooks, lambda f: self.filler.bypass(f.loader, f.value_type))

@@ -160,7 +160,7 @@ class Reader:
 class _Known:
     """One key's last checked value: its bytes, frame, checked payload, and (untyped JSON) its parsed template."""
 
-    __slots__ = ("data", "frame", "key", "serialized", "size", "template")
+    __slots__ = ("data", "frame", "key", "serialized", "size", "template", "verified")
 
     def __init__(self, key: str, data: bytes, frame: Frame, serialized: bytes | memoryview, size: int) -> None:
         self.key = key
@@ -169,6 +169,7 @@ class _Known:
         self.serialized = serialized
         self.size = size
         self.template: Any = _UNSET
+        self.verified: ValueType[Any] | None = None  # the value type its template was checked to convert to
 
 
 class _Checked:
@@ -217,34 +218,58 @@ class _Checked:
 
     def value(self, known: _Known, codec: Codec, value_type: ValueType[Any] | None) -> Any:
         """A value of the caller's own, or :class:`CodecError`."""
-        if value_type is not None:
-            return value_type.loads(known.serialized)
         template = known.template
         if template is _UNSET:  # the first read of these bytes: a value read only once is not worth a template
-            value = codec.parse(known.frame, known.serialized)
             if self._memo.get(known.key) is known:
                 known.template = _READ_ONCE
+            return self._parse(known, codec, value_type)
+        if template is _READ_ONCE or (value_type is not None and known.verified is not value_type):
+            return self._keep_template(known, codec, value_type)
+        if template is not _NO_TEMPLATE:
+            try:
+                if value_type is None:
+                    return msgspec.to_builtins(template)
+                return value_type.from_json_natives(template)
+            except (RecursionError, CodecError):  # a deep value met a deeper stack than when it was kept
+                pass
+        return self._parse(known, codec, value_type)
+
+    @staticmethod
+    def _parse(known: _Known, codec: Codec, value_type: ValueType[Any] | None) -> Any:
+        if value_type is None:
+            return codec.parse(known.frame, known.serialized)
+        return value_type.loads(known.serialized)
+
+    def _keep_template(self, known: _Known, codec: Codec, value_type: ValueType[Any] | None) -> Any:
+        """Read again: parse, and keep the parsed JSON natives to copy from (a typed value is built from them
+        only when that gives a value equal, in type and repr, to decoding the text: checked once per type)."""
+        value = self._parse(known, codec, value_type)
+        if not codec.json_natives(known.frame) or (value_type is not None and not value_type.converts):
+            known.template = _NO_TEMPLATE  # msgpack's bytes, a custom serializer's types, pydantic: parse each time
             return value
-        if template is _READ_ONCE:  # read again: keep a template and copy it from now on
-            value = codec.parse(known.frame, known.serialized)
-            if not codec.json_natives(known.frame):  # msgpack's bytes, a custom serializer's types: parse each time
-                known.template = _NO_TEMPLATE
-                return value
+        template = known.template
+        if template is _READ_ONCE or template is _UNSET:
             extra = len(known.serialized) * _TEMPLATE_FACTOR
             if self._bytes + extra > _MEMO_BYTES or self._memo.get(known.key) is not known:
                 return value
+            template = value if value_type is None else codec.parse(known.frame, known.serialized)
             try:
-                copy = msgspec.to_builtins(value)
+                copy = msgspec.to_builtins(template)
             except RecursionError:  # nested deeper than msgspec recurses: parse on every hit
                 known.template = _NO_TEMPLATE
                 return value
-            known.template = value
+            known.template = template
             known.size += extra
             self._bytes += extra
-            return copy
-        if template is not _NO_TEMPLATE:
+            if value_type is None:
+                return copy
+        if value_type is not None:
             try:
-                return msgspec.to_builtins(template)
-            except RecursionError:  # a deep value met a deeper stack than when its template was made
-                pass
-        return codec.parse(known.frame, known.serialized)
+                built = value_type.from_json_natives(template)
+            except (CodecError, RecursionError):
+                built = None
+            if built is None or built != value or repr(built) != repr(value):  # e.g. an int beyond 64 bits
+                known.template = _NO_TEMPLATE
+                return value
+            known.verified = value_type
+        return value

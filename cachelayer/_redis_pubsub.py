@@ -1,5 +1,5 @@
-"""Pub/sub on a standalone Redis (and a cluster client's plain pub/sub): one connection of the running loop's
-client, every call within the budget, every redis-py error a :class:`StoreUnavailable` naming the store."""
+"""Pub/sub on a standalone Redis: one connection of the running loop's client, every call within the budget, every
+redis-py error a :class:`StoreUnavailable` naming the store (a cluster has ``_redis_cluster.ClusterSubscription``)."""
 
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ _PUBSUB_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
 
 
 class RedisSubscription:
-    """A pub/sub connection of the running loop's client (see :class:`cachelayer.Subscription`)."""
+    """A pub/sub connection of the running loop's standalone client (see :class:`cachelayer.Subscription`; a cluster
+    has :class:`ClusterSubscription`). ``sharded`` changes nothing on one node: the backend publishes plainly there."""
 
     def __init__(
         self,
         client: Callable[[], Redis | RedisCluster],
         *,
-        sharded: bool,
         store: str,
         timeout: float,
         closed: Callable[[], bool],
@@ -43,18 +43,14 @@ class RedisSubscription:
         self._store = store
         self._timeout = timeout
         self._closed = closed
-        self._sharded = sharded
         self._pubsub: PubSub | None = None
-        self._cluster = False
         self.alive_at = float("-inf")
 
     def _connection(self) -> PubSub:
         if self._closed():
             raise CacheClosedError(CLOSED_MESSAGE)
         if self._pubsub is None:
-            client = self._client()
-            self._cluster = isinstance(client, RedisCluster)
-            self._pubsub = client.pubsub()
+            self._pubsub = self._client().pubsub()
         return self._pubsub
 
     async def _guarded(self, make: Callable[[], Awaitable[T]], budget: float) -> T:
@@ -65,23 +61,17 @@ class RedisSubscription:
 
     async def subscribe(self, *channels: str) -> None:
         pubsub = self._connection()
-        method = pubsub.ssubscribe if self._sharded and self._cluster else pubsub.subscribe
-        await self._guarded(lambda: method(*channels), self._timeout)
+        await self._guarded(lambda: pubsub.subscribe(*channels), self._timeout)
 
     async def unsubscribe(self, *channels: str) -> None:
         if self._pubsub is None:
             return
         pubsub = self._pubsub
-        method = pubsub.sunsubscribe if self._sharded and self._cluster else pubsub.unsubscribe
-        await self._guarded(lambda: method(*channels), self._timeout)
+        await self._guarded(lambda: pubsub.unsubscribe(*channels), self._timeout)
 
     async def next_message(self, timeout: float) -> Message | None:  # noqa: ASYNC109  # the protocol's
         pubsub = self._connection()
-        read = (
-            pubsub.get_sharded_message  # type: ignore[attr-defined]
-            if self._sharded and self._cluster
-            else pubsub.get_message
-        )
+        read = pubsub.get_message
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:

@@ -14,6 +14,7 @@ from redis.asyncio.connection import (
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
+    to_bool,
 )
 
 from ._errors import ConfigurationError
@@ -27,6 +28,8 @@ _STRING_OPTIONS: Final = frozenset({
     "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_ciphers",
 })
 _POOL_OPTIONS: Final = {"max_connections": "max_connections", "timeout": "pool_timeout"}
+# What redis-py reads as the boolean it looks like ("off" it reads as True, so it is not here).
+_BOOLEANS: Final = frozenset({"0", "1", "true", "false", "yes", "no", "t", "f", "y", "n"})
 
 
 def _parameters(*callables: Callable[..., Any]) -> frozenset[str]:
@@ -64,12 +67,17 @@ def check_redis_url(url: str, *, cluster: bool = False) -> str:
         if port is not None and not 1 <= port <= 65535:
             raw = parts.netloc.rsplit(":", 1)[-1]
             raise ConfigurationError(f"port {raw!r} in {url!r} is not a port number (1-65535), e.g. :6379")
-        store = f"{parts.hostname}:{port or 6379}"
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 address
+        store = f"{host}:{port or 6379}"
         connection_class = SSLConnection if scheme == "rediss" else Connection
         db_path = parts.path.strip("/")
-        if db_path and not db_path.isdigit():
+        if db_path and not (db_path.isascii() and db_path.isdigit()):
             raise ConfigurationError(
                 f"the path of {url!r} must be the database number (/0 to /15 on a default Redis), got /{db_path}"
+            )
+        if db_path and "db" in query:
+            raise ConfigurationError(
+                f"{url!r} names the database twice (/{db_path} and ?db=): keep one, e.g. {parts.scheme}://HOST:PORT/DB"
             )
         if cluster and db_path not in ("", "0"):
             raise ConfigurationError(
@@ -91,10 +99,16 @@ def check_redis_url(url: str, *, cluster: bool = False) -> str:
             )
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
         if parser is not None:
+            value = values[0]
+            # redis-py reads any word as a boolean ("maybe" is True): only its own spellings are accepted here.
+            if parser is to_bool and value.lower() not in _BOOLEANS:
+                raise ConfigurationError(
+                    f"option {name}={value!r} in the URL is not a boolean: write one of {', '.join(sorted(_BOOLEANS))}"
+                )
             try:
-                parser(values[0])
+                parser(value)
             except (TypeError, ValueError):
-                raise ConfigurationError(f"option {name}={values[0]!r} in the URL is not valid") from None
+                raise ConfigurationError(f"option {name}={value!r} in the URL is not valid") from None
     return store
 
 

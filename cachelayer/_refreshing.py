@@ -23,9 +23,21 @@ from ._lease import Lease
 from ._metrics import CacheMetrics
 from ._stampede import SingleFlight
 
-__all__ = ["Refresher"]
+__all__ = ["Refresher", "settle"]
 
 log = logging.getLogger("cachelayer")
+
+
+async def settle(tasks: set[asyncio.Task[Any]], grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``tasks``, then cancel those still running (bounded: never a wait for ever
+    on a loader that hangs)."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
 
 
 class Refresher:
@@ -49,9 +61,9 @@ class Refresher:
         self.refreshes: SingleFlight[None] = SingleFlight()
         self.background: set[asyncio.Task[Any]] = set()
 
-    async def aclose(self) -> None:
-        if self.background:
-            await asyncio.gather(*self.background, return_exceptions=True)
+    async def aclose(self, grace: float) -> None:
+        """Let running refreshes finish for up to ``grace`` seconds, then cancel the rest."""
+        await settle(set(self.background), grace)
 
     def start(self, fetch: Fetch[Any], seen: Frame, *, early: bool) -> None:
         key = fetch.key

@@ -115,6 +115,10 @@ class SingleFlight(Generic[T]):
     def running(self, key: str) -> bool:
         return key in self._flights
 
+    def tasks(self) -> list[asyncio.Task[T]]:
+        """The calls running now."""
+        return [flight.task for flight in self._flights.values()]
+
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
         if key not in self._flights:
             self.start(key, work)

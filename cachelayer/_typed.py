@@ -158,9 +158,7 @@ class _Shape:
         if typing.is_typeddict(tp):
             hints = _hints(tp)
             required: frozenset[str] = tp.__required_keys__  # type: ignore[attr-defined]
-            body = ",".join(
-                f"{name}{'' if name in required else '?'}:{self.of(hints[name])}" for name in sorted(hints)
-            )
+            body = ",".join(f"{name}{'' if name in required else '?'}:{self.of(hints[name])}" for name in sorted(hints))
             return f"TypedDict{{{body}}}"
         raise _Unstorable(tp, "it is an arbitrary class (not a dataclass, NamedTuple, TypedDict or pydantic model)")
 
@@ -210,6 +208,18 @@ class ValueType(Generic[T]):
             self._encode, self._decode, self._decode_errors = build(annotation, serializer_name)
         except (TypeError, ValueError) as exc:  # msgspec's TypeError, pydantic's schema errors
             raise SerializationError(_unstorable_type_message(owner, annotation, annotation, str(exc))) from None
+        # Whether a hit may build the value from JSON natives parsed once (from_json_natives), instead of decoding.
+        self.converts = self.engine == "msgspec" and serializer_name == "json"
+
+    def from_json_natives(self, natives: Any) -> T:
+        """The value ``loads`` gives for JSON text that orjson parses to ``natives``, built from those objects
+        (msgspec.convert: new containers and instances, the strings shared). For the msgspec engine and JSON only
+        (``converts``); any failure is :class:`CodecError`, and the caller decodes the text instead."""
+        try:
+            value: T = msgspec.convert(natives, self.annotation, str_keys=True)
+        except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
+            raise CodecError(f"stored value does not convert to {type_name(self.annotation)}: {exc}") from exc
+        return value
 
     def loads(self, data: bytes | memoryview) -> T:
         try:

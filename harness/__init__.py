@@ -8,9 +8,10 @@ module                      what
                             :class:`SecantusServer`, :class:`MariaDBServer` (a :class:`ServerProcess` each:
                             stop / kill / restart on the same port / freeze, by PID); :func:`stop_all`
 :mod:`harness.cluster`      :class:`RedisClusterServer`: 3 masters + 3 replicas to kill, freeze, reshard
-:mod:`harness.proxy`        :class:`LatencyProxy`: latency, blackhole, dropped connections, in the caller's loop
-:mod:`harness.faults`       :class:`FaultProxy` and :class:`ProxyProcess` (the same in a child process): modes
-                            pass / refuse / blackhole / drop_replies, for the chaos benchmark
+:mod:`harness.proxy`        :class:`LatencyProxy`, the one TCP proxy: latency per direction, modes pass / refuse
+                            / blackhole / drop_replies, dropped connections, in the caller's loop;
+                            :class:`FaultProxy` is the same class built as the chaos benchmark does
+:mod:`harness.faults`       :class:`ProxyProcess`: that proxy in a child process, switched by commands on stdin
 :mod:`harness.services`     pytest-facing: where the machine's services are, skip (or fail in CI) without them
 ==========================  ====================================================================================
 
@@ -27,8 +28,8 @@ from harness.cluster import (
     RedisClusterServer,
     cluster_supported,
 )
-from harness.faults import MODES, FaultProxy, Mode, ProxyProcess
-from harness.proxy import LatencyProxy
+from harness.faults import ProxyProcess
+from harness.proxy import MODES, FaultProxy, LatencyProxy, Mode
 from harness.servers import (
     LOCALHOST,
     REPO_ROOT,

@@ -1,4 +1,5 @@
-"""``python -m harness fault-proxy ...``: the child side of :class:`harness.faults.ProxyProcess`."""
+"""``python -m harness fault-proxy ...``: the child side of :class:`harness.faults.ProxyProcess` (a proxy switched
+by commands on stdin)."""
 
 from __future__ import annotations
 

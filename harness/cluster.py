@@ -138,7 +138,9 @@ class RedisClusterServer:
         ports: list[int] = []
         for _ in range(count * 50):
             port = free_port()
-            if port + 10000 < 65536 and port not in ports and not _port_taken(port + 10000):
+            # Nor may one node's port be another's bus port: all ports are chosen before any node binds its bus.
+            clashes = {port, port + 10000, port - 10000} & {p for chosen in ports for p in (chosen, chosen + 10000)}
+            if port + 10000 < 65536 and not clashes and not _port_taken(port + 10000):
                 ports.append(port)
             if len(ports) == count:
                 return ports

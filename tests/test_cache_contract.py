@@ -3,11 +3,13 @@
 - every hit hands its caller a value of its own (mutating it changes nothing for the next caller), on memory as on
   Redis, through the store and through the local tier; ``shared_values=True`` is the explicit opt-out;
 - a closed cache stays closed: every later call raises :class:`CacheClosedError` instead of silently loading;
-- a write says whether the store took it.
+- a write says whether the store took it;
+- a tag with many entries is invalidated in batches, each within its own budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -143,3 +145,35 @@ async def test_set_says_whether_the_store_took_it() -> None:
     assert await cache.get("k") == 1
     assert cache.stats()["store_errors"] == 2
     await cache.aclose()
+
+
+# -- invalidation in batches ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mark_stale", [True, False])
+async def test_a_large_tag_is_invalidated_in_batches_each_within_its_budget(store: Backend, mark_stale: bool) -> None:
+    cache = new_cache(store)
+    names = [f"k{n}" for n in range(1_200)]  # more than two batches
+    for start in range(0, len(names), 100):
+        await asyncio.gather(*(cache.set(name, {"n": name}, tags=["big"]) for name in names[start : start + 100]))
+    assert await cache.invalidate_tags("big", mark_stale=mark_stale) == len(names)
+    loader = CountingLoader("fresh")
+    for name in names[:: len(names) // 12]:
+        assert await cache.get_or_set(name, loader) == "fresh"  # stale or gone: reloaded
+    assert cache.stats().get("store_errors", 0) == 0
+
+
+async def test_aclose_lets_a_running_load_finish_for_its_callers(store: Backend) -> None:
+    cache = new_cache(store)
+    gate = asyncio.Event()
+    loader = CountingLoader("loaded", gate=gate)
+    caller = asyncio.create_task(cache.get_or_set("k", loader))
+    await loader.started.wait()
+    closing = asyncio.create_task(cache.aclose(grace=30.0))
+    await asyncio.sleep(0)  # aclose has begun: new calls are refused while the load runs
+    with pytest.raises(CacheClosedError):
+        await cache.get("k")
+    gate.set()
+    assert await caller == "loaded"  # not a CacheClosedError from the lease release or the write
+    await closing
+    assert await store.poll("contract:{k}", "contract:{k}:lease") == (await store.get("contract:{k}"), False)

@@ -16,6 +16,7 @@ from cachelayer import (
     CacheClosedError,
     CacheHooks,
     CircuitBreaker,
+    ConfigurationError,
     Guard,
     GuardedBackend,
     MemoryBackend,
@@ -128,3 +129,19 @@ async def test_wrapped_backend_keeps_what_it_is() -> None:
     await backend.release_lease("k:lease", "me")
     assert await backend.delete("k") == 1
     assert {"store_entries", "store_errors", "breaker_state"} <= backend.stats().keys()
+
+
+def test_a_breaker_guards_one_store() -> None:
+    breaker = CircuitBreaker()
+    Guard(breaker=breaker)
+    with pytest.raises(ConfigurationError, match="guards another store"):
+        Guard(breaker=breaker)  # its failures would open the other store's calls
+
+
+async def test_a_closed_cache_stops_listening_to_a_shared_guard() -> None:
+    backend = guarded(MemoryBackend())
+    caches = [Cache(backend, namespace=f"guard{n}") for n in range(3)]
+    assert len(backend.guard.listeners) == 3
+    for cache in caches:
+        await cache.aclose()
+    assert backend.guard.listeners == []

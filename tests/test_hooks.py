@@ -165,3 +165,30 @@ async def test_nobody_listening_means_no_hooks_object() -> None:
     await cache.get_or_set("k", CountingLoader("v"))
     assert seen == [None]
     await cache.aclose()
+
+
+async def test_a_cancelled_leader_ends_cancelled_and_its_load_goes_on_silently(store: Backend) -> None:
+    cache, recorder = new_cache(store)
+    gate = asyncio.Event()
+    loader = CountingLoader("v", gate=gate)
+    leader = asyncio.create_task(cache.get_or_set("k", loader))
+    await loader.started.wait()
+    follower = asyncio.create_task(cache.get_or_set("k", loader))
+    await eventually(lambda: cache.stats()["misses"] == 2, 10.0, "the follower at the flight")
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    gate.set()
+    assert await follower == "v"  # the flight went on for the follower
+    first = recorder.fetches[0]
+    assert first.events[-1] == ("ended", "cancelled", None)
+    assert [e for e in first.events if e[0] in ("load_ended", "stored")] == []  # nothing after its end
+    assert recorder.fetches[1].events[-1] == ("ended", "joined", None)
+
+
+async def test_refresh_is_heard_too(store: Backend) -> None:
+    cache, recorder = new_cache(store)
+    await cache.refresh("k", CountingLoader("v"))
+    assert recorder.log == [
+        ("cachelayer.fetch", ("load_started",), ("load_ended", None), ("stored", True), ("ended", "miss", None)),
+    ]

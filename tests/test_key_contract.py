@@ -185,7 +185,15 @@ async def test_a_closure_over_a_function_is_keyed_by_that_function_and_what_it_c
         make_with_client()
 
 
-async def test_a_closure_over_a_class_is_keyed_and_super_costs_nothing(cache: Cache) -> None:
+class KindA:
+    pass
+
+
+class KindB:
+    pass
+
+
+async def test_a_closure_over_a_class_is_keyed_and_super_is_not(cache: Cache) -> None:
     class Base:
         def __cache_key__(self) -> str:
             return "base"
@@ -200,19 +208,48 @@ async def test_a_closure_over_a_class_is_keyed_and_super_costs_nothing(cache: Ca
 
     assert await Child().value(1) == 2
     assert await Child().value(1) == 2
-    assert Child.value._keyer._identity is None  # __class__ is what the qualname names: not keyed, no cost
 
-    class Other(Base):
-        pass
-
-    def make(kind: type[Base]) -> CachedFunction[[], str]:
+    def make(kind: type) -> CachedFunction[[], str]:
         @cached(cache=cache)
         async def kind_name() -> str:
             return kind.__name__
 
         return kind_name
 
-    assert [await make(Child)(), await make(Other)()] == ["Child", "Other"]
+    assert [await make(KindA)(), await make(KindB)()] == ["KindA", "KindB"]
+    # A class defined inside a function is one qualname for every class that function makes: refused.
+    with pytest.raises(KeyEncodingError, match="defined inside a function"):
+        make(Child)
+
+
+async def test_two_functions_of_one_qualname_made_by_one_factory_are_two_identities(cache: Cache) -> None:
+    def make(op: str) -> CachedFunction[[int], int]:
+        step = (lambda x: x + 1) if op == "inc" else (lambda x: x - 1)  # one qualname: make.<locals>.<lambda>
+
+        @cached(cache=cache)
+        async def apply(x: int) -> int:
+            return step(x)
+
+        return apply
+
+    assert [await make("inc")(5), await make("dec")(5)] == [6, 4]
+
+    def pick(op: str) -> CachedFunction[[int], int]:
+        if op == "double":
+
+            @cached(cache=cache)
+            async def scale(x: int) -> int:
+                return x * 2
+
+        else:
+
+            @cached(cache=cache)
+            async def scale(x: int) -> int:
+                return x * 3
+
+        return scale
+
+    assert [await pick("double")(5), await pick("triple")(5)] == [10, 15]
 
 
 async def test_a_recursive_closure_refers_to_itself(cache: Cache) -> None:

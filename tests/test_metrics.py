@@ -72,3 +72,17 @@ async def test_prometheus_per_function_series_come_from_the_hooks() -> None:
     assert 'cachelayer_store_state_changes_total{cache="pages",state="open",store="store"} 1.0' in text
     assert "m-" not in text.split("cachelayer_function_gets_total", 1)[1]  # no key, no namespace-derived value
     await cache.aclose()
+
+
+async def test_two_caches_register_per_function_series_on_one_registry() -> None:
+    registry = CollectorRegistry()
+    caches = [Cache(MemoryBackend(), namespace=unique()) for _ in range(2)]
+    for n, cache in enumerate(caches):
+        register_prometheus(f"c{n}", cache.stats, registry, cache=cache)
+        await cache.get_or_set("k", load_page)
+    text = generate_latest(registry).decode()
+    for n in range(2):
+        labels = f'cache="c{n}",function="cachelayer.fetch",result="miss",tier=""'
+        assert f"cachelayer_function_gets_total{{{labels}}} 1.0" in text
+    for cache in caches:
+        await cache.aclose()

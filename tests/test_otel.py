@@ -407,6 +407,26 @@ async def test_instrumenting_every_cache_reaches_caches_built_later(telemetry: T
     await cache.aclose()
 
 
+async def test_two_instrumented_caches_on_one_meter_both_report_and_uninstrument_stops_one(
+    telemetry: Telemetry,
+) -> None:
+    first = Cache.from_url("memory://", namespace="t-otel-first")
+    second = Cache.from_url("memory://", namespace="t-otel-second")
+    first_hooks = telemetry.instrument(first)
+    telemetry.instrument(second)
+    await first.get_or_set("k", CountingLoader("v"))
+    await second.get_or_set("k", CountingLoader("v"))
+    await second.get_or_set("k", CountingLoader("v"))
+    assert telemetry.count("cache.gets", namespace="t-otel-first") == 1
+    assert telemetry.count("cache.gets", namespace="t-otel-second") == 2
+    first_hooks.uninstrument()
+    await first.get_or_set("k", CountingLoader("v"))
+    assert telemetry.count("cache.gets", namespace="t-otel-first") == 0  # no longer reported
+    assert telemetry.count("cache.gets", namespace="t-otel-second") == 2
+    await first.aclose()
+    await second.aclose()
+
+
 def test_cachelayer_imports_and_caches_without_opentelemetry() -> None:
     script = textwrap.dedent(
         """

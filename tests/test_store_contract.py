@@ -61,6 +61,10 @@ from tests._doubles import eventually
         ("redis://:secret@/0", False, "names no host"),
         ("redis://127.0.0.1:6379/abc", False, "must be the database number"),
         ("redis://127.0.0.1:6379/-1", False, "must be the database number"),
+        ("redis://127.0.0.1:6379/\u00b2", False, "must be the database number"),  # a digit to isdigit(), not to int()
+        ("redis://127.0.0.1:6379/2?db=3", False, "names the database twice"),
+        ("redis://127.0.0.1:6379/0?retry_on_timeout=maybe", False, "not a boolean"),
+        ("redis://127.0.0.1:6379/0?retry_on_timeout=off", False, "not a boolean"),  # redis-py reads "off" as True
         ("redis+cluster://127.0.0.1:7000/3", False, "only database 0"),
         ("redis://127.0.0.1:7000/2", True, "only database 0"),
         ("redis+cluster://127.0.0.1:7000?db=1", False, "unknown option 'db'"),
@@ -116,7 +120,7 @@ def test_redis_backend_from_url_checks_the_url_too() -> None:
         ("redis+cluster://127.0.0.1:7000", False, "127.0.0.1:7000"),
         ("rediss+cluster://127.0.0.1:7000/0", False, "127.0.0.1:7000"),
         ("redis://127.0.0.1:7000", True, "127.0.0.1:7000"),
-        ("redis://[::1]:6379/1", False, "::1:6379"),
+        ("redis://[::1]:6379/1", False, "[::1]:6379"),
     ],
 )
 def test_valid_urls_build_a_backend_without_connecting(url: str, cluster: bool, store: str) -> None:

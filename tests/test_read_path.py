@@ -1,0 +1,196 @@
+"""The hit path's shortcuts keep every guarantee: a value is checked and decompressed once per stored value, never
+served after its stored bytes changed; a coalesced read's follower or a flight's waiter that is cancelled ends
+only its own wait."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from cachelayer import Cache
+from cachelayer._codec import HEADER_SIZE, Codec
+from cachelayer._stampede import ReadCoalescer, SingleFlight
+from cachelayer._typed import resolve_value_type
+from tests._doubles import CountingLoader
+
+PAGE = {"items": [{"id": i, "title": f"wallpaper {i}", "tags": ["a", "b"]} for i in range(40)]}
+
+
+@pytest.fixture
+async def cache(redis_url: str) -> Any:
+    built = Cache.from_url(redis_url, namespace=f"readpath-{uuid.uuid4().hex[:8]}", default_ttl=60)
+    yield built
+    await built.aclose()
+
+
+async def test_a_value_read_again_is_decompressed_once_and_each_hit_gets_its_own_copy(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loader = CountingLoader(PAGE)
+    await cache.get_or_set("k", loader)
+    calls = 0
+    serialized = Codec.serialized
+
+    def counting(self: Codec, frame: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return serialized(self, frame)
+
+    monkeypatch.setattr(Codec, "serialized", counting)
+    first = await cache.get_or_set("k", loader)
+    second = await cache.get_or_set("k", loader)
+    assert first == second == PAGE
+    assert first is not second  # each hit parses a value of its own
+    assert first["items"] is not second["items"]
+    assert calls == 1  # the second read found equal bytes: checked and decompressed once
+    assert loader.calls == 1
+
+
+async def test_a_corrupted_value_is_refused_although_the_good_one_was_read_before(
+    cache: Cache, redis_client: redis.asyncio.Redis
+) -> None:
+    loader = CountingLoader(PAGE)
+    await cache.get_or_set("k", loader)
+    assert await cache.get_or_set("k", loader) == PAGE  # read and remembered as checked
+    key = cache.key("k")
+    stored = await redis_client.get(key)
+    assert isinstance(stored, bytes)
+    flipped = bytes([stored[HEADER_SIZE + 5] ^ 0x01])
+    await redis_client.setrange(key, HEADER_SIZE + 5, flipped)  # one bit of the payload, in place
+    assert await cache.get_or_set("k", loader) == PAGE
+    assert loader.calls == 2  # the corrupt bytes were a miss (dropped and reloaded), not the remembered value
+    assert cache.stats()["decode_errors"] == 1
+
+
+async def test_an_expiry_rewritten_in_place_is_seen_at_once(cache: Cache) -> None:
+    loader = CountingLoader(PAGE)
+    await cache.get_or_set("k", loader, tags=["t"])
+    assert await cache.get_or_set("k", loader, tags=["t"]) == PAGE
+    await cache.invalidate_tags("t", mark_stale=True)  # rewrites the expiry field in place
+    entry = await cache.fetch("k", loader)
+    assert entry.outcome == "miss"  # an invalidated entry is reloaded, whatever was read before
+    assert loader.calls == 2
+
+
+async def test_a_cancelled_follower_of_a_coalesced_read_ends_only_its_own_wait() -> None:
+    reads = ReadCoalescer()
+    gate = asyncio.Event()
+    performed = 0
+
+    async def read() -> bytes:
+        nonlocal performed
+        performed += 1
+        await gate.wait()
+        return b"value"
+
+    leader = asyncio.create_task(reads.read("k", read))
+    await asyncio.sleep(0)
+    followers = [asyncio.create_task(reads.read("k", read)) for _ in range(3)]
+    await asyncio.sleep(0)
+    followers[0].cancel()
+    gate.set()
+    assert await leader == b"value"
+    assert await asyncio.gather(*followers[1:]) == [b"value", b"value"]
+    with pytest.raises(asyncio.CancelledError):
+        await followers[0]
+    assert performed == 1
+
+
+async def test_followers_read_for_themselves_when_the_leader_is_cancelled() -> None:
+    reads = ReadCoalescer()
+    gate = asyncio.Event()
+
+    async def read() -> bytes:
+        await gate.wait()
+        return b"value"
+
+    leader = asyncio.create_task(reads.read("k", read))
+    await asyncio.sleep(0)
+    follower = asyncio.create_task(reads.read("k", read))
+    await asyncio.sleep(0)
+    leader.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    assert await follower == b"value"
+
+
+async def test_a_flight_error_reaches_every_waiter_and_is_retrieved() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def work() -> int:
+        await gate.wait()
+        raise ValueError("loader failed")
+
+    waiters = [asyncio.create_task(flights.run("k", work)) for _ in range(4)]
+    await asyncio.sleep(0)
+    waiters[1].cancel()
+    gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert [type(r) for r in results] == [ValueError, asyncio.CancelledError, ValueError, ValueError]
+    assert len(flights) == 0
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_hit_mutated_by_its_caller_never_changes_the_next_hit(where: str, redis_url: str) -> None:
+    url = "memory://" if where == "memory" else redis_url
+    cache = Cache.from_url(url, namespace=f"readpath-{uuid.uuid4().hex[:8]}", default_ttl=60)
+    try:
+        loader = CountingLoader(result=lambda _: copy.deepcopy(PAGE))
+        hits = [await cache.get_or_set("k", loader) for _ in range(5)]  # a load, a parse, then template copies
+        for value in hits:
+            value["items"][0]["tags"].append("mutated")
+            value["items"].pop()
+            value["extra"] = 1
+        assert await cache.get_or_set("k", loader) == PAGE
+        assert loader.calls == 1
+    finally:
+        await cache.aclose()
+
+
+async def test_the_deepest_value_orjson_writes_is_copied_too(cache: Cache) -> None:
+    deep: Any = []
+    for _ in range(250):  # orjson writes at most 255 levels
+        deep = [deep]
+    loader = CountingLoader(deep)
+    for _ in range(4):
+        assert await cache.get_or_set("deep", loader) == deep
+    assert loader.calls == 1
+
+
+async def test_typed_hits_built_from_a_template_equal_decoding_and_are_each_callers_own(redis_url: str) -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Row:
+        id: int
+        tags: list[str]
+        score: float
+        big: int
+
+    cache = Cache.from_url(redis_url, namespace=f"readpath-{uuid.uuid4().hex[:8]}", default_ttl=60)
+    rows = [Row(i, ["a"], 1, 2**70 if i == 3 else i) for i in range(5)]  # 2**70: orjson reads it as a float
+    try:
+
+        async def load() -> list[Row]:
+            return copy.deepcopy(rows)
+
+        value_type = resolve_value_type(list[Row], cache.codec.serializer, owner="test")
+        hits = [(await cache.fetch("k", load, value_type=value_type)).value() for _ in range(5)]
+        for hit in hits[1:]:  # the first is the load: the loader's own objects
+            assert hit == rows
+            assert type(hit[0]) is Row
+            assert type(hit[0].score) is float  # stored as 1, read back as the annotated float
+            hit[0].tags.append("mutated")
+        assert (await cache.fetch("k", load, value_type=value_type)).value() == rows
+        small = resolve_value_type(list[Row], cache.codec.serializer, owner="test")
+        await cache.set("s", [Row(1, [], 2.5, 3)], value_type=small)
+        for _ in range(4):
+            assert (await cache.fetch("s", load, value_type=small)).value() == [Row(1, [], 2.5, 3)]
+    finally:
+        await cache.aclose()
