@@ -34,7 +34,6 @@ __all__ = [
     "FetchOutcome",
     "Tier",
     "add_global_hooks",
-    "global_hooks",
     "remove_global_hooks",
 ]
 
@@ -134,10 +133,6 @@ def add_global_hooks(hooks: CacheHooks) -> None:
 
 def remove_global_hooks(hooks: CacheHooks) -> None:
     GLOBAL.remove(hooks)
-
-
-def global_hooks() -> tuple[CacheHooks, ...]:
-    return GLOBAL.subscribers
 
 
 class FanOut(FetchHooks):

@@ -111,11 +111,6 @@ class Reader:
         loads = None if value_type is None else value_type.loads
         return CacheEntry(self.codec, frame, outcome, body=decoded, loads=loads)
 
-    def value(self, frame: Frame, value_type: ValueType[Any] | None) -> Any:
-        if value_type is None:
-            return self.codec.value(frame)
-        return value_type.loads(self.codec.serialized(frame))
-
     def body(self, frame: Frame, serialized: bytes | memoryview) -> bytes | memoryview:
         """The stored bytes to hand out unparsed: with the JSON serializer, checked to be JSON text."""
         return self.codec.json_body(frame, serialized) if self._json_body else serialized
