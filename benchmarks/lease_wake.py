@@ -7,10 +7,10 @@ load state, as two processes have), share one namespace on one Redis. In each ro
 the lease and runs a 50 ms loader; once the loader has started, the waiter's ``fetch`` of the same name misses,
 finds the lease held and waits, as the library does: woken by the holder's "value ready" message
 (``StampedePolicy(wake="pubsub")``, the default) or by its backoff poll (``wake="poll"``). Wake = the time from
-the holder's store of the value (the end of its backend ``set``) to the waiter's ``fetch`` returning it. Commands =
-the waiter's store round trips in that fetch (GET, lease attempt, polls; pub/sub's SUBSCRIBE/UNSUBSCRIBE on the
-shared pub/sub connection are not counted). The variants are interleaved round by round, so each sees the same
-machine load.
+the holder's store of the value (the end of its backend ``fill``, the write through its ticket) to the waiter's
+``fetch`` returning it. Commands = the waiter's store round trips in that fetch (GET, the ticket attempt
+``begin_fill``, polls; pub/sub's SUBSCRIBE/UNSUBSCRIBE on the shared pub/sub connection are not counted). The
+variants are interleaved round by round, so each sees the same machine load.
 """
 
 from __future__ import annotations
@@ -49,14 +49,15 @@ class _Probe:
     def __init__(self, holder: Cache, waiter: Cache) -> None:
         self.stored_at = 0.0
         self.waiter_calls = 0
-        store = holder.backend.set
+        fill = holder.backend.fill  # a loaded value is stored through the load's ticket
 
-        async def timed_set(*args: Any, **kwargs: Any) -> None:
-            await store(*args, **kwargs)
+        async def timed_fill(*args: Any, **kwargs: Any) -> bool:
+            taken = await fill(*args, **kwargs)
             self.stored_at = time.perf_counter()
+            return taken
 
-        setattr(holder.backend, "set", timed_set)  # noqa: B010  # shadowing a method on purpose
-        for name in ("get", "poll", "acquire_lease"):
+        setattr(holder.backend, "fill", timed_fill)  # noqa: B010  # shadowing a method on purpose
+        for name in ("get", "poll", "begin_fill"):
             setattr(waiter.backend, name, self._counted(getattr(waiter.backend, name)))
 
     def _counted(self, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

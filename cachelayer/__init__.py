@@ -30,6 +30,7 @@ from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier, add_global_hooks
 from ._local import LocalCache
 from ._memory_backend import MemoryBackend
 from ._metrics import CacheMetrics, register_prometheus
+from ._monitor import ConsistencyMonitor
 from ._null_backend import NullBackend
 from ._options import StoreOptions
 from ._policy import EntryPolicy
@@ -77,6 +78,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigurationError",
+    "ConsistencyMonitor",
     "DictionaryRegistry",
     "EntryPolicy",
     "ExponentialBackoff",

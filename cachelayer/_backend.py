@@ -11,8 +11,8 @@ and that classification are a :class:`cachelayer.Guard` the backend holds or wea
 other :class:`CacheError` subclasses and do reach the caller: after :meth:`Backend.aclose` every method raises
 :class:`CacheClosedError`; :meth:`Backend.connect` raises :class:`StoreConnectError` when the store refuses.
 
-Keys are the cache's own (see ``_keys.py``): a value key and its lease key share a Redis Cluster hash slot, so
-:meth:`Backend.poll` is one round trip on a cluster too.
+Keys are the cache's own (see ``_keys.py``): a value key and its tickets' key (``key + ":lease"``) share a Redis
+Cluster hash slot, so a fill, a revocation and :meth:`Backend.poll` are each one step on one shard.
 """
 
 from __future__ import annotations
@@ -84,52 +84,92 @@ class Backend(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
-        """Store ``value`` for ``ttl_ms`` and add ``key`` to each tag set, whose expiry only ever lengthens
-        (to at least ``tag_ttl_s``), so a tag set outlives every key it names."""
+    async def set(
+        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> None:
+        """Record ``key`` in each tag's set (for ``tag_ttl_ms`` from now), then revoke every fill ticket of
+        ``key`` and store ``value`` for ``ttl_ms``: an explicit write beats every load that began before it."""
         ...
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        """Store several (key, value, ttl_ms) at once."""
+        """Store several (key, value, ttl_ms) at once, revoking their fill tickets."""
         ...
 
     async def delete(self, *keys: str) -> int:
-        """Delete ``keys``; how many existed."""
+        """Delete ``keys`` and revoke their fill tickets, atomically per key; how many values existed."""
         ...
 
     async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
         """Mark the values under ``keys`` stale: write ``field`` at ``offset`` of each existing value in place,
         keeping its expiry (the cache passes where its frames keep their logical expiry, and the value that means
-        "stale"); a missing key is not created. How many existed."""
+        "stale"); a missing key is not created. Revokes each key's fill tickets in the same atomic step. How
+        many values existed."""
         ...
 
     async def clear(self, prefix: str) -> int:
-        """Delete every key that starts with ``prefix`` (on Redis with SCAN, never KEYS); how many went."""
+        """Delete every key that starts with ``prefix`` (values, tickets, tag sets; on Redis with SCAN, never
+        KEYS); how many went."""
         ...
 
-    # -- leases -----------------------------------------------------------------------------------------------
+    # -- fills: the ticket a load holds, and the write that needs it -------------------------------------------
+    #
+    # A load takes a ticket on its key before it runs (``begin_fill``) and stores its value with ``fill``, which
+    # writes only while the ticket is still valid. Every invalidation of the key (``delete``, ``mark_stale``,
+    # ``clear``, and the writes ``set``/``set_many``) revokes every ticket the key has, atomically with its own
+    # change, so a load that began before a write was invalidated can never store what it read before it. An
+    # exclusive ticket is the cross-process load lease (one loader per key); a shared one lets loads run side by
+    # side, each with its own token. A ticket lives ``ttl_ms`` unless renewed: a loader that dies or hangs loses it
+    # (its fill is then refused: when in doubt, miss). Tickets live under ``key + ":lease"`` (the same Redis
+    # Cluster slot as the value: every check is one script on one shard).
 
-    async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        """Take the lease if nobody holds it."""
+    async def begin_fill(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        *,
+        exclusive: bool = True,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> bool:
+        """Record ``key`` in each tag's set (for ``tag_ttl_ms`` from now), then give ``token`` a ticket on
+        ``key`` for ``ttl_ms``. The tags come first, so a tag invalidation from then on finds the key and revokes
+        the ticket. ``exclusive``: only if no ticket is held (False then: another load holds the lease)."""
         ...
 
-    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        """Extend the lease if ``token`` still holds it; False when it was lost."""
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Extend ``token``'s ticket; False when it was revoked or lapsed."""
         ...
 
-    async def release_lease(self, lease_key: str, token: str) -> None:
-        """Give the lease up if ``token`` still holds it (never another holder's)."""
+    async def end_fill(self, key: str, token: str) -> None:
+        """Drop ``token``'s ticket without storing (never another load's)."""
         ...
 
-    async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
-        """The value under ``key`` (or None) and whether the lease is held: what a waiter checks."""
+    async def fill(
+        self,
+        key: str,
+        token: str,
+        value: bytes,
+        ttl_ms: int,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> bool:
+        """Store ``value`` for ``ttl_ms`` only if ``token``'s ticket is still valid, and drop the ticket, in one
+        atomic step; then extend the tag memberships to ``tag_ttl_ms`` from now. False: the ticket was revoked or
+        lapsed, nothing was stored."""
+        ...
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
+        """The value under ``key`` (or None) and whether any ticket is held: what a waiter for the lease checks."""
         ...
 
     # -- tags -------------------------------------------------------------------------------------------------
 
-    async def tag_members(self, tag_key: str) -> list[str]: ...
-
-    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None: ...
+    async def tag_members(self, tag_key: str) -> list[str]:
+        """The keys recorded in a tag's set whose membership has not expired (a membership lasts until the
+        ``tag_ttl_ms`` it was given; expired ones are pruned by later writes, so a set never grows beyond the
+        live entries that carry the tag)."""
+        ...
 
     # -- publish / subscribe ----------------------------------------------------------------------------------
 

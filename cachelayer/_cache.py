@@ -29,8 +29,10 @@ from ._hooks import CacheHooks, FetchHooks, start_fetch
 from ._keys import KeyLayout
 from ._local import LocalCache
 from ._metrics import CacheMetrics
+from ._monitor import ConsistencyMonitor
 from ._null_backend import NullBackend
 from ._options import StoreOptions
+from ._pending import PendingInvalidations
 from ._pipeline import Pipeline
 from ._policy import (
     DEFAULT_POLICY,
@@ -82,6 +84,13 @@ class Cache:
     mutates what it gets, for values read far more often than written.
 
     :meth:`aclose` closes the cache for good: any later call raises :class:`CacheClosedError`.
+
+    Consistency (docs/consistency.md): an invalidation (:meth:`delete`, :meth:`invalidate_tags`, :meth:`clear`,
+    and the writes :meth:`set`/:meth:`set_many`) beats every load that began before it: such a load's write is
+    refused on the store (counted as ``revoked_fills``), and a caller that starts after the invalidation returned
+    never gets its value. An invalidation the store could not take is retried until it lands (meanwhile this
+    process does not serve what it covers). ``monitor`` (:class:`ConsistencyMonitor`) samples fills and
+    invalidations and reports a stored value the loader no longer answers.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class Cache:
         owns_client: bool = False,
         enabled: bool = True,
         shared_values: bool = False,
+        monitor: ConsistencyMonitor | None = None,
     ) -> None:
         if default_ttl <= 0:
             raise ValueError("default_ttl must be positive")
@@ -122,6 +132,11 @@ class Cache:
         self.shared_values = shared_values
         self._closed = False
         self.metrics = CacheMetrics()
+        self._pending = PendingInvalidations()
+        self._longest_life = self.default_ttl * (1 + jitter) + self.stale_ttl
+        self.monitor = monitor
+        if monitor is not None:
+            monitor.attach(self._monitor_read, self._monitor_report)
         self.local = local
         if local is not None:
             local.attach(self.backend, self.keys.local_channel())
@@ -212,6 +227,9 @@ class Cache:
         self._closed = True
         if self._pipeline is not None and self._pipeline.loop is asyncio.get_running_loop():
             await self._pipeline.aclose(grace)
+        await self._pending.aclose()
+        if self.monitor is not None:
+            await self.monitor.aclose()
         guard = getattr(self.backend, "guard", None)
         if isinstance(guard, Guard) and self._store_state_changed in guard.listeners:
             guard.listeners.remove(self._store_state_changed)  # a backend shared with other caches lives on
@@ -244,6 +262,7 @@ class Cache:
                 rand=self._rand,
                 jitter=self.jitter,
                 shared_values=self.shared_values,
+                monitor=self.monitor,
             )
         return pipeline
 
@@ -283,6 +302,8 @@ class Cache:
         if known is not None and known[0] is policy:  # by identity: hashing a policy costs more than resolving
             return known[1]
         resolved = resolve_policy(policy, self._defaults)
+        life = max(resolved.ttl, resolved.none_ttl) * (1 + self.jitter) + resolved.stale_ttl
+        self._longest_life = max(self._longest_life, life)  # how long a pending invalidation must be honoured
         if len(self._resolved) >= 256:
             self._resolved.clear()
         self._resolved[id(policy)] = (policy, resolved)  # the policy is kept: its id is not reused meanwhile
@@ -320,11 +341,13 @@ class Cache:
         caller passes through each frame of its chain of coroutines. Awaited at once, it is ``fetch``."""
         pipeline = self._state()
         key = self.keys.value_key(name)
-        fetch = Fetch(key, loader, self.resolve(policy), value_type, parse)
+        fetch = Fetch(key, loader, self.resolve(policy), value_type, parse, function or _UNNAMED_FETCH)
         if self._hooks or GLOBAL_HOOKS.subscribers:
-            fetch.hooks = self._start_hooks(function or _UNNAMED_FETCH, key)
+            fetch.hooks = self._start_hooks(fetch.function, key)
         if not self.enabled:
             return pipeline.bypass(fetch)
+        if self._pending.active and self._pending.covers(key, fetch.policy.tags):
+            return pipeline.unstored(fetch)  # an invalidation of it has not landed: the stored value may be old
         return pipeline.fetch(fetch)
 
     async def refresh(
@@ -339,9 +362,9 @@ class Cache:
         """Run ``loader`` now and store its value, whatever is stored (heard by the hooks as a fetch)."""
         pipeline = self._state()
         key = self.key(name)
-        fetch = Fetch(key, loader, self.resolve(policy), value_type, True)
+        fetch = Fetch(key, loader, self.resolve(policy), value_type, True, function or _UNNAMED_FETCH)
         if self._hooks or GLOBAL_HOOKS.subscribers:
-            fetch.hooks = self._start_hooks(function or _UNNAMED_FETCH, key)
+            fetch.hooks = self._start_hooks(fetch.function, key)
         if not self.enabled:
             return await pipeline.bypass(fetch)
         return await pipeline.refresh(fetch)
@@ -392,6 +415,8 @@ class Cache:
         return [await self._fresh_value(key, data, default, value_type) for key, data in zip(keys, stored, strict=True)]
 
     async def _fresh_value(self, key: str, data: bytes | None, default: Any, value_type: ValueType[Any] | None) -> Any:
+        if self._pending.active and self._pending.covers(key, ()):
+            data = None
         found = await self._state().reader.decode(key, data, True, value_type) if data is not None else None
         if found is None or self._clock() >= found[0].expires_at:
             self.metrics.misses += 1
@@ -412,7 +437,9 @@ class Cache:
         """Store ``value``; True when the store took it, False when it was unavailable (failed open, counted). A
         value that cannot be stored raises :class:`SerializationError` (or :class:`ValueTooLargeError`)."""
         policy = self.resolve(EntryPolicy(ttl=ttl, stale_ttl=stale_ttl, tags=tuple(tags)))
-        entry = await self._state().filler.store(self.key(name), value, policy, value_type, 0.0, strict=True)
+        pipeline, key = self._state(), self.key(name)
+        entry = await pipeline.filler.store(key, value, policy, value_type, 0.0, strict=True)
+        pipeline.invalidated([key])  # a caller from now on must not join a load that began before the write
         return entry.outcome is not Outcome.FAIL_OPEN
 
     async def set_many(self, values: Mapping[str, Any], ttl: float | None = None) -> bool:
@@ -427,7 +454,9 @@ class Cache:
             stored = False
         for _, data, _, raw in items:
             self.metrics.count_write(raw, len(data))
-        await self.forget_locally([key for key, *_ in items])
+        written = [key for key, *_ in items]
+        self._state().invalidated(written)
+        await self.forget_locally(written)
         return stored
 
     async def delete(self, name: str) -> bool:
@@ -436,8 +465,11 @@ class Cache:
         key = self.key(name)
         try:
             deleted = await self.backend.delete(key) > 0
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             deleted = False
+            self._pending.add_keys([key], self._longest_life)
+            self._defer("delete", key, exc)
+        self._invalidated([key])
         await self.forget_locally([key])
         return deleted
 
@@ -454,43 +486,106 @@ class Cache:
 
     async def invalidate_tags(self, *tags: str, mark_stale: bool = False) -> int:
         """Delete every entry stored with any of ``tags`` (``mark_stale``: mark them stale instead, so the next
-        read reloads and, if the loader fails, serves the old copy); returns how many entries it reached."""
+        read reloads and, if the loader fails, serves the old copy); returns how many entries it reached. Loads
+        of those entries that are running now are refused their writes, including loads of keys not stored yet
+        (a load records its tags before it starts). A tag the store cannot reach now is retried until it lands."""
         self._check_open()
         reached = 0
         for tag in tags:
-            tag_key = self.keys.tag_key(tag)
             try:
-                members = await self.backend.tag_members(tag_key)
-                if not members:
-                    continue
-                # In batches, each one call within its own budget: one call per member, all at once, floods the
-                # pool; one call for a set of 30,000 members does not fit a 0.1 s budget.
-                for start in range(0, len(members), _INVALIDATION_BATCH):
-                    batch = members[start : start + _INVALIDATION_BATCH]
-                    if mark_stale:
-                        reached += await self.backend.mark_stale(batch, EXPIRES_OFFSET, INVALIDATED_FIELD)
-                    else:
-                        # SREM what we saw rather than DEL the set: a key tagged meanwhile keeps its membership.
-                        await self.backend.remove_tag_members(tag_key, batch)
-                        reached += await self.backend.delete(*batch)
+                count, members = await self._invalidate_tag(tag, mark_stale)
             except StoreUnavailable as exc:
-                log.warning("cachelayer: could not invalidate tag %r (store unavailable: %s)", tag, exc)
+                self._pending.add_tag(tag, mark_stale, self._longest_life)
+                self._defer("invalidate tag", repr(tag), exc)
+                self._invalidated([], [tag])
                 continue
+            reached += count
+            self._invalidated(members, [tag])
             # After the store changed: a process told earlier could reload the old value into its local tier.
             await self.forget_locally(members)
         self.metrics.invalidations += reached
         return reached
 
+    async def _invalidate_tag(self, tag: str, mark_stale: bool) -> tuple[int, list[str]]:
+        """Delete (or mark stale) the members of ``tag`` and revoke their fills; raises :class:`StoreUnavailable`."""
+        members = await self.backend.tag_members(self.keys.tag_key(tag))
+        reached = 0
+        # In batches, each one call within its own budget: one call per member, all at once, floods the pool; one
+        # call for a set of 30,000 members does not fit a 0.1 s budget. A membership is not removed: it ends by
+        # itself, and a load of the key that started meanwhile (and recorded it again) stays reachable.
+        for start in range(0, len(members), _INVALIDATION_BATCH):
+            batch = members[start : start + _INVALIDATION_BATCH]
+            if mark_stale:
+                reached += await self.backend.mark_stale(batch, EXPIRES_OFFSET, INVALIDATED_FIELD)
+            else:
+                reached += await self.backend.delete(*batch)
+        return reached, members
+
     async def clear(self) -> int:
-        """Delete every key of this cache's namespace (SCAN, never KEYS); 0 when the store is unavailable."""
+        """Delete every key of this cache's namespace (SCAN, never KEYS); 0 when the store is unavailable (the
+        clear is then retried until it lands)."""
         self._check_open()
         try:
             deleted = await self.backend.clear(self.namespace + ":")
         except StoreUnavailable as exc:
-            log.warning("cachelayer: could not clear namespace %r (store unavailable: %s)", self.namespace, exc)
+            self._pending.add_everything(self._longest_life)
+            self._defer("clear", repr(self.namespace), exc)
             deleted = 0
+        self._invalidated(None)
         await self.forget_locally(None)
         return deleted
+
+    def _invalidated(self, keys: Sequence[str] | None, tags: Sequence[str] = ()) -> None:
+        """An invalidation returned (or is pending): no caller from now on joins a load that began before it."""
+        self._state().invalidated(keys, tags)
+        if self.monitor is not None and keys:
+            self.monitor.after_invalidate(keys)
+
+    def _defer(self, operation: str, what: str, exc: StoreUnavailable) -> None:
+        """The invalidation was recorded as pending: count it, say so, and retry it in the background."""
+        self.metrics.invalidations_deferred += 1
+        log.warning(
+            "cachelayer: %s %s did not reach the store (%s); retrying in the background, and not serving what it "
+            "covers from the store meanwhile",
+            operation,
+            what,
+            exc,
+        )
+        self._pending.start_retrying(self._retry_delete, self._retry_tag, self._retry_clear)
+
+    async def _retry_delete(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), _INVALIDATION_BATCH):
+            await self.backend.delete(*keys[start : start + _INVALIDATION_BATCH])
+        await self.forget_locally(list(keys))
+
+    async def _retry_tag(self, tag: str, mark_stale: bool) -> None:
+        _, members = await self._invalidate_tag(tag, mark_stale)
+        await self.forget_locally(members)
+
+    async def _retry_clear(self) -> None:
+        await self.backend.clear(self.namespace + ":")
+        await self.forget_locally(None)
+
+    # -- the consistency monitor's view ---------------------------------------------------------------------------
+
+    async def _monitor_read(self, key: str) -> bytes | None:
+        if self._closed or (self._pending.active and self._pending.covers(key, ())):
+            return None
+        try:
+            data = await self.backend.get(key)
+        except StoreUnavailable:
+            return None
+        if data is None:
+            return None
+        found = await self._state().reader.decode(key, data, False, None)
+        if found is None or self._clock() >= found[0].expires_at:
+            return None
+        return bytes(self.codec.serialized(found[0]))
+
+    def _monitor_report(self, function: str, key: str, detail: str) -> None:
+        self.metrics.consistency_violations += 1
+        for hooks in (*GLOBAL_HOOKS.subscribers, *self._hooks):
+            hooks.inconsistency(function, key, detail)
 
     async def forget_locally(self, keys: Sequence[str] | None) -> None:
         """Drop ``keys`` (None: all) from this process's local tier and tell the other processes to."""
@@ -505,6 +600,9 @@ class Cache:
         snapshot["background_tasks"] = 0 if pipeline is None else pipeline.background_tasks()
         if self.local is not None:
             snapshot.update(self.local.stats())
+        snapshot.update(self._pending.stats())
+        if self.monitor is not None:
+            snapshot.update({f"monitor_{name}": value for name, value in self.monitor.stats().items()})
         return snapshot
 
 

@@ -19,22 +19,26 @@ T = TypeVar("T")
 @dataclass(slots=True, eq=False)
 class Fetch(Generic[T]):
     """What to fetch and how: the store key, the loader, the resolved policy, the value type (None: plain JSON or
-    msgpack), and whether the caller wants the value parsed (False: the stored bytes, checked). ``hooks`` are this
+    msgpack), whether the caller wants the value parsed (False: the stored bytes, checked), and the function's name
+(for hooks, traces and the consistency monitor). ``hooks`` are this
     fetch's subscribers (None when nobody listens). ``tier`` and ``joined`` are filled in on the way, for the
-    hooks' account of how it ended."""
+    hooks' account of how it ended; ``retried`` when this caller loads again because the load it joined was
+    refused its fill."""
 
     key: str
     loader: Callable[[], Awaitable[T]]
     policy: ResolvedPolicy
     value_type: ValueType[T] | None
     parse: bool
+    function: str = "cachelayer.fetch"
     hooks: FetchHooks | None = None
     tier: Tier | None = None
     joined: bool = False
+    retried: bool = False
 
     def background(self) -> Fetch[T]:
         """The same fetch for a background refresh: nobody waits for it, so nobody hears of it."""
-        return Fetch(self.key, self.loader, self.policy, self.value_type, self.parse)
+        return Fetch(self.key, self.loader, self.policy, self.value_type, self.parse, self.function)
 
     def outcome(self, outcome: Outcome) -> FetchOutcome:
         """How this fetch ended for its caller, from its entry's outcome."""

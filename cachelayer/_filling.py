@@ -1,5 +1,10 @@
 """Load and store: the part of the fetch pipeline that runs the loader and writes what it returned.
 
+A loaded value is stored only through the load's fill ticket (:class:`Lease`): when an invalidation revoked the
+ticket while the loader ran, nothing is stored (the loader may have read the row before the write the
+invalidation announced); the caller still gets the value it loaded, and the refusal is counted
+(``revoked_fills``) and told to the hooks. A load without a ticket (the store refused one) stores nothing.
+
 A value that cannot be stored (an unsupported type, too large) is returned to the caller uncached, counted and
 logged once per function and type; an explicit ``Cache.set`` of one raises instead. A write the store does not
 take fails open: the caller gets the value, the entry says ``fail_open``.
@@ -7,11 +12,12 @@ take fails open: the caller gets the value, the entry says ``fail_open``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from ._backend import Backend, StoreUnavailable
 from ._codec import Codec
@@ -20,17 +26,31 @@ from ._errors import SerializationError, ValueTooLargeError
 from ._fetch import Fetch
 from ._hooks import FetchHooks
 from ._keys import KeyLayout
+from ._lease import Lease
 from ._local import LocalCache
 from ._metrics import CacheMetrics
+from ._monitor import ConsistencyMonitor
 from ._policy import ResolvedPolicy
 from ._stampede import jittered
 from ._typed import ValueType, describe_unstorable
 
-__all__ = ["Filler"]
+__all__ = ["TAG_MEMBERSHIP_SLACK_MS", "Filler", "RevokedEntry"]
 
 log = logging.getLogger("cachelayer")
 
 T = TypeVar("T")
+
+TAG_MEMBERSHIP_SLACK_MS: Final = 60_000
+"""How much longer a tag membership lasts than the value it names: a load that takes its ticket records its tags
+before the value exists, and the fill extends them; the slack covers the load's own duration and clocks."""
+
+
+class RevokedEntry(CacheEntry[T]):
+    """The entry of a load whose fill was refused (its ticket was revoked or lapsed): its value goes to the caller
+    that started the load; a caller that joined it loads again."""
+
+    __slots__ = ()
+
 
 # One WARNING per function and type of value that cannot be stored, for the life of the process: enough to be
 # seen, never a flood. Bounded by the functions a program has.
@@ -51,6 +71,7 @@ class Filler:
         clock: Callable[[], float],
         rand: Callable[[], float],
         jitter: float,
+        monitor: ConsistencyMonitor | None = None,
     ) -> None:
         self.codec = codec
         self.backend = backend
@@ -60,12 +81,14 @@ class Filler:
         self._clock = clock
         self._rand = rand
         self._jitter = jitter
+        self.monitor = monitor
 
     async def load_and_store(
-        self, fetch: Fetch[Any], stale: CacheEntry[Any] | None, *, fail_open: bool = False
+        self, fetch: Fetch[Any], stale: CacheEntry[Any] | None, ticket: Lease | None
     ) -> CacheEntry[Any]:
-        """Run the loader; store and return its value. When it raises, a stale copy is served if the policy
-        allows (stale-if-error), else the exception propagates."""
+        """Run the loader; store its value through ``ticket`` (None: the store is unavailable, store nothing) and
+        return it. When the loader raises, a stale copy is served if the policy allows (stale-if-error), else the
+        exception propagates."""
         self.metrics.loads += 1
         hooks = fetch.hooks
         if hooks is not None:
@@ -88,9 +111,13 @@ class Filler:
         self.metrics.load_seconds += elapsed
         if hooks is not None:
             hooks.load_ended(elapsed, None)
-        return await self.store(
-            fetch.key, value, fetch.policy, fetch.value_type, elapsed, hooks=hooks, fail_open=fail_open
-        )
+        if ticket is None:
+            self.metrics.load_unstored += 1
+            return self.unstored(value, fetch.value_type, Outcome.FAIL_OPEN)
+        entry = await self.store(fetch.key, value, fetch.policy, fetch.value_type, elapsed, hooks=hooks, ticket=ticket)
+        if self.monitor is not None and entry.outcome is Outcome.MISS and not isinstance(entry, RevokedEntry):
+            self.monitor.after_fill(fetch.key, fetch.function, functools.partial(_reload, fetch, self.codec))
+        return entry
 
     def encode(
         self, value: Any, policy: ResolvedPolicy, recompute_time: float, value_type: ValueType[Any] | None
@@ -111,33 +138,52 @@ class Filler:
         *,
         hooks: FetchHooks | None = None,
         strict: bool = False,
-        fail_open: bool = False,
+        ticket: Lease | None = None,
     ) -> CacheEntry[Any]:
-        """Write ``value``; ``strict``: a value that cannot be stored raises instead of being returned uncached."""
+        """Write ``value``: through ``ticket`` (a load's fill), or unconditionally (an explicit ``Cache.set``,
+        which revokes the key's tickets); ``strict``: a value that cannot be stored raises instead of being
+        returned uncached."""
         try:
             data, ttl_ms, raw_size = self.encode(value, policy, recompute_time, value_type)
         except (SerializationError, ValueTooLargeError) as exc:
+            if ticket is not None:
+                await ticket.release()
             if strict:
                 raise
             self._unstorable(key, value, value_type, exc)
             return self.unstored(value, value_type, Outcome.MISS)
         tag_keys = [self.keys.tag_key(tag) for tag in policy.tags]
+        tag_ttl_ms = ttl_ms + TAG_MEMBERSHIP_SLACK_MS
+        local = self.local
+        epoch = local.epoch if local is not None else 0
+        stored = fail_open = False
         try:
-            await self.backend.set(key, data, ttl_ms, tag_keys, math.ceil(ttl_ms / 1000) + 1)
+            if ticket is None:
+                await self.backend.set(key, data, ttl_ms, tag_keys, tag_ttl_ms)
+                stored = True
+            else:
+                ticket.used()
+                stored = await self.backend.fill(key, ticket.token, data, ttl_ms, tag_keys, tag_ttl_ms)
         except StoreUnavailable as exc:
             fail_open = True
             if hooks is not None:
                 hooks.failed_open("write", str(exc))
-        else:
-            if hooks is not None:
-                hooks.stored(len(data))
-        self.metrics.count_write(raw_size, len(data))
         frame = self.codec.read_frame(data)
-        local = self.local
+        if not stored and not fail_open:
+            self.metrics.revoked_fills += 1
+            if hooks is not None:
+                hooks.fill_revoked()
+            return RevokedEntry(self.codec, frame, Outcome.MISS, value=value)
+        if stored and hooks is not None:
+            hooks.stored(len(data))
+        self.metrics.count_write(raw_size, len(data))
         if local is not None:
-            await local.forget([key])  # this process's copy too: the broadcast skips its sender
-            if policy.local and not fail_open:
+            # Not into L1 when an invalidation reached this process meanwhile: it may have removed our value.
+            if policy.local and stored and local.epoch == epoch:
                 local.put(key, data, frame)
+            else:
+                local.discard([key])
+            await local.broadcast([key])  # the other processes' copies (the broadcast skips its sender)
         outcome = Outcome.FAIL_OPEN if fail_open else Outcome.MISS
         return CacheEntry(self.codec, frame, outcome, value=value)
 
@@ -161,3 +207,9 @@ class Filler:
         """The disabled cache's fetch: the loader's value, nothing stored."""
         self.metrics.loads += 1
         return self.unstored(await loader(), value_type, Outcome.BYPASS)
+
+
+async def _reload(fetch: Fetch[Any], codec: Codec) -> bytes:
+    """The consistency monitor's second opinion: the loader's value now, serialized as a fill would store it."""
+    value = await fetch.loader()
+    return codec.serializer.dumps(value) if fetch.value_type is None else fetch.value_type.dumps(value)

@@ -1,13 +1,16 @@
 """Single flight across processes: the load lease, waiting for another process's load, and the lease timeout.
 
 In one process concurrent callers of a key already share one flight (``SingleFlight``, in the pipeline). Across
-processes the flight's leader takes the key's lease before it loads; a process that finds the lease held waits
-(woken by pub/sub, polling as a safety net) for the value, and takes over if the holder goes silent.
+processes the flight's leader takes the key's lease (an exclusive fill ticket) before it loads; a process that
+finds the lease held waits (woken by pub/sub, polling as a safety net) for the value, and takes over if the holder
+goes silent. Every load holds a ticket, the lease or a shared one (``lease=False``, a lease wait that ran out), so
+an invalidation revokes it; a load that could not get one (the store is unavailable) stores nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +19,8 @@ from ._backend import Backend, StoreUnavailable
 from ._entry import CacheEntry, Outcome
 from ._errors import LeaseTimeoutError
 from ._fetch import Fetch
-from ._filling import Filler
+from ._filling import TAG_MEMBERSHIP_SLACK_MS, Filler
+from ._keys import KeyLayout
 from ._lease import Lease, LeaseCoordinator
 from ._metrics import CacheMetrics
 from ._notify import ReadyNotifier
@@ -33,11 +37,13 @@ class Flights:
         backend: Backend,
         reader: Reader,
         filler: Filler,
+        keys: KeyLayout,
         metrics: CacheMetrics,
         *,
         clock: Callable[[], float],
     ) -> None:
         self.backend = backend
+        self.keys = keys
         self.reader = reader
         self.filler = filler
         self.metrics = metrics
@@ -54,7 +60,7 @@ class Flights:
         # database for every process. When the store is really gone, the open breaker makes this attempt free.
         stampede = fetch.policy.stampede
         if not stampede.lease:
-            return await self.filler.load_and_store(fetch, stale)
+            return await self.load_with_ticket(fetch, stale)
         deadline = time.monotonic() + stampede.lease_wait
         waited_since: float | None = None
         hooks = fetch.hooks
@@ -68,11 +74,11 @@ class Flights:
         try:
             while True:
                 try:
-                    lease = await self.leases.acquire(fetch.key, stampede)
+                    lease = await self.ticket(fetch, exclusive=True)
                 except StoreUnavailable as exc:
                     if hooks is not None:
                         hooks.failed_open("lease", str(exc))
-                    return await self.filler.load_and_store(fetch, stale, fail_open=True)
+                    return await self.filler.load_and_store(fetch, stale, None)
                 if lease is not None:
                     self._end_wait(waited_since, fetch)
                     waited_since = None
@@ -87,7 +93,7 @@ class Flights:
                 if result == "unavailable":
                     if hooks is not None:
                         hooks.failed_open("lease", "the store stopped answering while waiting for another load")
-                    return await self.filler.load_and_store(fetch, stale, fail_open=True)
+                    return await self.filler.load_and_store(fetch, stale, None)
                 if result == "timeout":
                     return await self._lease_timeout(fetch, stale)
                 # "released": the holder gave up, crashed or went silent; try to take the lease ourselves
@@ -102,7 +108,33 @@ class Flights:
         stampede = fetch.policy.stampede
         if stampede.on_lease_timeout == "raise":
             raise LeaseTimeoutError(f"waited {stampede.lease_wait}s for the load of {fetch.key}")
-        return await self.filler.load_and_store(fetch, stale)
+        return await self.load_with_ticket(fetch, stale)
+
+    async def ticket(self, fetch: Fetch[Any], *, exclusive: bool) -> Lease | None:
+        policy = fetch.policy
+        tag_keys = [self.keys.tag_key(tag) for tag in policy.tags]
+        # The membership outlives the value it will name (jitter stays under 2 x the TTL; see Filler.store), from
+        # before the value exists.
+        longest = 2 * max(policy.ttl, policy.none_ttl) + policy.stale_ttl
+        tag_ttl_ms = math.ceil(longest * 1000) + TAG_MEMBERSHIP_SLACK_MS if tag_keys else 0
+        return await self.leases.acquire(
+            fetch.key, policy.stampede, exclusive=exclusive, tag_keys=tag_keys, tag_ttl_ms=tag_ttl_ms
+        )
+
+    async def load_with_ticket(self, fetch: Fetch[Any], stale: CacheEntry[Any] | None) -> CacheEntry[Any]:
+        """Load beside any other load of the key (a shared ticket: no waiting), storing only if no invalidation
+        came in between."""
+        try:
+            ticket = await self.ticket(fetch, exclusive=False)
+        except StoreUnavailable as exc:
+            if fetch.hooks is not None:
+                fetch.hooks.failed_open("lease", str(exc))
+            ticket = None
+        try:
+            return await self.filler.load_and_store(fetch, stale, ticket)
+        finally:
+            if ticket is not None:
+                await ticket.release()
 
     def _end_wait(self, waited_since: float | None, fetch: Fetch[Any]) -> None:
         if waited_since is not None:
@@ -126,9 +158,9 @@ class Flights:
                     data = await self.backend.get(fetch.key)
                     if data is not None and (entry := await fresh(data)) is not None:
                         return entry
-            entry = await self.filler.load_and_store(fetch, stale)
+            entry = await self.filler.load_and_store(fetch, stale, lease)
             if fetch.policy.stampede.wake == "pubsub" and entry.outcome is Outcome.MISS:
-                await lease.ready()
+                await lease.ready()  # a refused fill too: the waiters find the lease gone and load themselves
             return entry
         finally:
             await lease.release()

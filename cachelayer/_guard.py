@@ -246,8 +246,10 @@ class GuardedBackend:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return await self._call("get_many", lambda: self.inner.get_many(keys))
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
-        await self._call("set", lambda: self.inner.set(key, value, ttl_ms, tag_keys, tag_ttl_s))
+    async def set(
+        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> None:
+        await self._call("set", lambda: self.inner.set(key, value, ttl_ms, tag_keys, tag_ttl_ms))
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         await self._call("set_many", lambda: self.inner.set_many(items))
@@ -261,23 +263,39 @@ class GuardedBackend:
     async def clear(self, prefix: str) -> int:
         return await self._call("clear", lambda: self.inner.clear(prefix))
 
-    async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        return await self._call("acquire_lease", lambda: self.inner.acquire_lease(lease_key, token, ttl_ms))
+    async def begin_fill(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        *,
+        exclusive: bool = True,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> bool:
+        return await self._call(
+            "begin_fill",
+            lambda: self.inner.begin_fill(
+                key, token, ttl_ms, exclusive=exclusive, tag_keys=tag_keys, tag_ttl_ms=tag_ttl_ms
+            ),
+        )
 
-    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        return await self._call("renew_lease", lambda: self.inner.renew_lease(lease_key, token, ttl_ms))
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
+        return await self._call("renew_fill", lambda: self.inner.renew_fill(key, token, ttl_ms))
 
-    async def release_lease(self, lease_key: str, token: str) -> None:
-        await self._call("release_lease", lambda: self.inner.release_lease(lease_key, token))
+    async def end_fill(self, key: str, token: str) -> None:
+        await self._call("end_fill", lambda: self.inner.end_fill(key, token))
 
-    async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
-        return await self._call("poll", lambda: self.inner.poll(key, lease_key))
+    async def fill(
+        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> bool:
+        return await self._call("fill", lambda: self.inner.fill(key, token, value, ttl_ms, tag_keys, tag_ttl_ms))
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
+        return await self._call("poll", lambda: self.inner.poll(key))
 
     async def tag_members(self, tag_key: str) -> list[str]:
         return await self._call("tag_members", lambda: self.inner.tag_members(tag_key))
-
-    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
-        await self._call("remove_tag_members", lambda: self.inner.remove_tag_members(tag_key, members))
 
     async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
         await self._call("publish", lambda: self.inner.publish(channel, data, sharded=sharded))

@@ -19,7 +19,7 @@ bug in the hook, and a cache that hid it would hide it forever).
 
 Events, in the order they can happen::
 
-    fetch_started -> [joined] -> [lease_waited] -> [load_started -> load_ended] -> [stored] -> ended
+    fetch_started -> [joined] -> [lease_waited] -> [load_started -> load_ended] -> [stored | fill_revoked] -> ended
                       any time: failed_open (a store call failed; the fetch goes on without the store)
 """
 
@@ -76,6 +76,10 @@ class FetchHooks:
     def stored(self, size: int) -> None:
         """The loaded value was written to the store: ``size`` bytes of frame."""
 
+    def fill_revoked(self) -> None:
+        """The loaded value was not stored: an invalidation revoked this load's ticket while it ran (the caller
+        still gets the value; later callers load again)."""
+
     def failed_open(self, operation: str, reason: str) -> None:
         """A store call of this fetch (``operation``: ``"read"``, ``"lease"``, ``"write"``...) failed; the fetch
         goes on without the store. ``reason`` is the store's own message (with its address)."""
@@ -95,6 +99,10 @@ class CacheHooks:
         ``Cache.fetch``), ``key`` the store key. Return the hooks for this fetch, or None to ignore it. Keys can
         hold user data: keep them out of metric attributes."""
         return None
+
+    def inconsistency(self, function: str, key: str, detail: str) -> None:
+        """The consistency monitor (:class:`cachelayer.ConsistencyMonitor`) found the store answering a value the
+        loader of ``function`` no longer answers, for longer than its confirmation delay."""
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
         """A circuit breaker of the store changed state: ``"open"`` (calls fail open without trying),
@@ -169,6 +177,11 @@ class FanOut(FetchHooks):
             if part is not None:
                 part.stored(size)
 
+    def fill_revoked(self) -> None:
+        for part in self.parts:
+            if part is not None:
+                part.fill_revoked()
+
     def failed_open(self, operation: str, reason: str) -> None:
         for part in self.parts:
             if part is not None:
@@ -210,6 +223,10 @@ class UntilEnded(FetchHooks):
     def stored(self, size: int) -> None:
         if self.inner is not None:
             self.inner.stored(size)
+
+    def fill_revoked(self) -> None:
+        if self.inner is not None:
+            self.inner.fill_revoked()
 
     def failed_open(self, operation: str, reason: str) -> None:
         if self.inner is not None:

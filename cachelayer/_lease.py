@@ -1,10 +1,12 @@
-"""The cross-process load lease: one loader per key across every process that shares the store.
+"""Fill tickets and the cross-process load lease: one loader per key across every process that shares the store.
 
-A loader takes a short lease (``StampedePolicy.lease_ttl``, default 0.9 s) and renews it every third of that
-while its load runs. A holder that goes silent (crashed, frozen, or cut off from the store by its breaker)
-stops renewing, so its lease lapses within ``lease_ttl`` and a waiter in another process takes over: nobody
-waits out the whole ``lease_wait`` for an orphaned lease. Waiters are woken by a "value ready" message
-(:class:`ReadyNotifier`) and poll as a safety net.
+Every load holds a ticket on its key (:meth:`Backend.begin_fill`) and stores its value only through it
+(:meth:`Backend.fill`), so an invalidation that revokes the key's tickets beats every load that began before it. An
+exclusive ticket is the lease: one loader per key across processes. A loader takes a short lease
+(``StampedePolicy.lease_ttl``, default 0.9 s) and renews it every third of that while its load runs. A holder that
+goes silent (crashed, frozen, or cut off from the store by its breaker) stops renewing, so its lease lapses within
+``lease_ttl`` and a waiter in another process takes over: nobody waits out the whole ``lease_wait`` for an orphaned
+lease. Waiters are woken by a "value ready" message (:class:`ReadyNotifier`) and poll as a safety net.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from ._backend import Backend, StoreUnavailable
@@ -29,17 +31,15 @@ WaitEnd = Literal["released", "timeout", "unavailable"]
 """Why a wait ended without a value: the lease went (take it), time ran out, or the store went away."""
 
 
-def lease_key(value_key: str) -> str:
-    return value_key + ":lease"
-
-
 class Lease:
-    """A held lease: renewed in the background until :meth:`release`."""
+    """A held ticket (exclusive: the lease): renewed in the background until it is used by a fill or
+    :meth:`release`d."""
 
-    def __init__(self, coordinator: LeaseCoordinator[Any], key: str, token: str, ttl: float) -> None:
+    def __init__(self, coordinator: LeaseCoordinator[Any], key: str, token: str, ttl: float, exclusive: bool) -> None:
         self._coordinator = coordinator
         self.key = key
         self.token = token
+        self.exclusive = exclusive
         self._ttl_ms = math.ceil(ttl * 1000)
         self._released = False
         self._renewer = asyncio.create_task(self._renew(ttl / 3), name=f"cachelayer-lease:{key}")
@@ -53,8 +53,8 @@ class Lease:
             if self._released:
                 return
             try:
-                if not await backend.renew_lease(lease_key(self.key), self.token, self._ttl_ms):
-                    return  # lost it (lapsed and taken): the new holder stores too; nothing to defend
+                if not await backend.renew_fill(self.key, self.token, self._ttl_ms):
+                    return  # revoked or lapsed: the fill will be refused; nothing to defend
             except StoreUnavailable:
                 continue  # keep trying: if the store stays away, the lease lapses and a waiter takes over
 
@@ -62,11 +62,17 @@ class Lease:
         """Tell waiters in every process that the value is stored."""
         await self._coordinator.notifier.publish(_ready_channel(self.key))
 
-    async def release(self) -> None:
+    def used(self) -> None:
+        """The fill ran (taken or refused): the ticket is gone from the store, stop renewing it."""
         self._released = True
         self._renewer.cancel()
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self.used()
         with contextlib.suppress(StoreUnavailable):
-            await self._coordinator.backend.release_lease(lease_key(self.key), self.token)
+            await self._coordinator.backend.end_fill(self.key, self.token)
 
 
 class LeaseCoordinator(Generic[T]):
@@ -77,11 +83,24 @@ class LeaseCoordinator(Generic[T]):
         self.backend = backend
         self.notifier = notifier
 
-    async def acquire(self, key: str, policy: StampedePolicy) -> Lease | None:
-        """The lease, or None when another process holds it. Raises :class:`StoreUnavailable`."""
+    async def acquire(
+        self,
+        key: str,
+        policy: StampedePolicy,
+        *,
+        exclusive: bool = True,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> Lease | None:
+        """A ticket with a token of its own (per attempt: a token shared by two loads would let the later one's
+        ticket validate the earlier one's fill); exclusive: the lease, or None when another load holds one.
+        Raises :class:`StoreUnavailable`."""
         token = os.urandom(16).hex()
-        if await self.backend.acquire_lease(lease_key(key), token, math.ceil(policy.lease_ttl * 1000)):
-            return Lease(self, key, token, policy.lease_ttl)
+        ttl_ms = math.ceil(policy.lease_ttl * 1000)
+        if await self.backend.begin_fill(
+            key, token, ttl_ms, exclusive=exclusive, tag_keys=tag_keys, tag_ttl_ms=tag_ttl_ms
+        ):
+            return Lease(self, key, token, policy.lease_ttl, exclusive)
         return None
 
     async def wait(
@@ -102,7 +121,7 @@ class LeaseCoordinator(Generic[T]):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(wake), delay)
                 try:
-                    data, held = await self.backend.poll(key, lease_key(key))
+                    data, held = await self.backend.poll(key)
                 except StoreUnavailable:
                     # One failed poll (a pooled connection that died with a restart) is no reason to load
                     # beside the holder; two in a row are.
@@ -125,5 +144,5 @@ class LeaseCoordinator(Generic[T]):
 
 
 def _ready_channel(key: str) -> str:
-    return lease_key(key) + ":ready"
+    return key + ":lease:ready"
 

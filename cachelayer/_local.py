@@ -88,6 +88,9 @@ class LocalCache:
         self.hits = 0
         self.evictions = 0
         self.remote_invalidations = 0
+        # Moves with every invalidation this process makes or hears: a store read or write that began before a
+        # move must not put what it got into L1 (the invalidation may have been of a newer value).
+        self.epoch = 0
         self.channel_breaks = 0
 
     # -- the store -------------------------------------------------------------------------------------------
@@ -140,6 +143,7 @@ class LocalCache:
             self._drop(key)
 
     def clear(self) -> None:
+        self.epoch += 1  # the channel was lost or everything was invalidated: a read in flight may be older
         self._entries.clear()
         self._bytes = 0
 
@@ -169,6 +173,7 @@ class LocalCache:
 
     async def forget(self, keys: Sequence[str] | None) -> None:
         """Drop ``keys`` (None: all) here and tell the other processes to (a write or an invalidation)."""
+        self.epoch += 1
         if keys is None:
             self.clear()
         else:
@@ -189,6 +194,7 @@ class LocalCache:
         if origin == self._origin:
             return  # our own write: our L1 already holds the new value
         self.remote_invalidations += 1
+        self.epoch += 1
         if names == _EVERYTHING:
             self.clear()
         else:

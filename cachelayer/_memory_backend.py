@@ -1,17 +1,20 @@
 """An in-process store with the semantics of :class:`cachelayer.RedisBackend`: the tests' twin of Redis, and a
 store for a single process that needs no server.
 
-What mirrors Redis: ``set`` is SET PX plus SADD and EXPIRE NX / EXPIRE GT on each tag set; ``mark_stale`` is
-SETRANGE of each existing key (zero-padded when it writes past the end); leases are SET NX PX and compare-and-delete /
-compare-and-PEXPIRE scripts; ``delete`` and ``clear`` remove values, leases and tag sets alike and count the keys
-that existed; an empty tag set does not exist. What differs: memory is bounded (see :class:`MemoryBackend`), and
-arguments Redis would answer with an error (a TTL that is not positive, a negative offset) raise ``ValueError``
-here, as the programming errors they are.
+What mirrors Redis: a tag set is a sorted set of members scored by when their membership ends (pruned of ended ones
+on every add); ``set`` adds the tags, then deletes the key's tickets and SETs PX; ``mark_stale`` is SETRANGE of each
+existing key (zero-padded when it writes past the end) plus the deletion of its tickets; tickets are the
+``key:lease`` hash of tokens the Redis scripts keep (``begin_fill``: HSET, exclusive only when the hash does not
+exist; ``fill``: SET only while the token is in the hash); ``delete`` and ``clear`` remove values, tickets and tag
+sets alike (``delete`` counts the values that existed); an empty tag set does not exist. What differs: memory is
+bounded (see :class:`MemoryBackend`), and arguments Redis would answer with an error (a TTL that is not positive, a
+negative offset) raise ``ValueError`` here, as the programming errors they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import heapq
 import time
@@ -23,37 +26,34 @@ from typing import Any, Final
 from ._backend import Message, StoreUnavailable
 from ._errors import CacheClosedError
 
-__all__ = ["ENTRY_OVERHEAD", "TAG_MEMBER_OVERHEAD", "MemoryBackend", "MemorySubscription"]
+__all__ = ["ENTRY_OVERHEAD", "MemoryBackend", "MemorySubscription"]
 
 ENTRY_OVERHEAD: Final = 384
 """Bytes counted for each value besides its key and data: the entry object, its dictionary slot, its expiry record
 and the headers of its key and bytes objects. Measured with tracemalloc on CPython 3.11: 365 bytes for a new
 entry (100,000 sets of 14-character keys); rounded up for the stale expiry records that rewrites leave behind."""
 
-TAG_MEMBER_OVERHEAD: Final = 64
-"""Bytes counted for each (value, tag) membership besides the tag key: a slot in the tag set and in the value's own
-set of tags."""
-
 _SWEEP_BATCH: Final = 16  # expiry records examined per call: bounds the extra work any one call does
 _VALUE, _LEASE, _TAG = 0, 1, 2  # kinds of expiry records
+_LEASE_SUFFIX: Final = ":lease"  # the tickets of a value key live under key + this (as on Redis)
 
 
 class _Value:
-    __slots__ = ("data", "expires_at", "size", "tags")
+    __slots__ = ("data", "expires_at", "size")
 
-    def __init__(self, data: bytes, expires_at: float, size: int, tags: set[str] | None) -> None:
+    def __init__(self, data: bytes, expires_at: float, size: int) -> None:
         self.data = data
         self.expires_at = expires_at
         self.size = size
-        self.tags = tags  # the tag sets this key is a member of (None: none), kept exact by _link / _unlink
 
 
 class _TagSet:
-    __slots__ = ("expires_at", "members")
+    __slots__ = ("expires_at", "members", "pruned_at")
 
     def __init__(self, expires_at: float) -> None:
-        self.expires_at = expires_at
-        self.members: set[str] = set()
+        self.expires_at = expires_at  # the latest membership's end: the set goes with it
+        self.members: dict[str, float] = {}  # member -> when its membership ends
+        self.pruned_at = 0  # the size after the last pruning: prune again when it doubles (amortized O(1))
 
 
 class MemoryBackend:
@@ -71,16 +71,15 @@ class MemoryBackend:
     and no call does more than a bounded amount of sweeping.
 
     **Bounds and eviction.** Values are bounded by ``max_entries`` and by ``max_bytes``, which counts, per value,
-    its key (in characters: the cache's keys are ASCII), its data, :data:`ENTRY_OVERHEAD` bytes, and for each
-    tag set it belongs to the tag key plus :data:`TAG_MEMBER_OVERHEAD` bytes. When a write goes over a bound,
-    expired values go first, then the least recently used ones (``get``, ``get_many``, ``poll``, ``set`` and
-    ``mark_stale`` count as uses), until the store fits; a value that alone exceeds ``max_bytes`` is not stored
-    (and the old value under its key goes), counted as an eviction. Tag sets are not values: they are bounded
-    because a tag set only ever names stored values (a value leaves its tag sets the moment it is deleted,
-    evicted or found expired; an expired value stays a member until then) and an empty tag set does not
-    exist, and their memberships are charged to their values' bytes. Leases are bounded by ``max_leases``:
-    when the table is full even after dropping expired leases, ``acquire_lease`` raises
-    :class:`StoreUnavailable` (the cache then loads without a lease) rather than break a lease someone holds.
+    its key (in characters: the cache's keys are ASCII), its data and :data:`ENTRY_OVERHEAD` bytes. When a write
+    goes over a bound, expired values go first, then the least recently used ones (``get``, ``get_many``, ``poll``,
+    ``set``, ``fill`` and ``mark_stale`` count as uses), until the store fits; a value that alone exceeds
+    ``max_bytes`` is not stored (and the old value under its key goes), counted as an eviction. Tag sets are not
+    values: they are bounded because a membership ends (``tag_ttl_ms`` after it was last given) and ended ones are
+    pruned as the set grows, and an empty tag set does not exist (``store_tag_members`` in :meth:`stats` counts
+    them). Ticket hashes are bounded by ``max_leases``: when the table is full even after dropping expired ones,
+    ``begin_fill`` raises :class:`StoreUnavailable` (the cache then loads without storing) rather than break a
+    ticket someone holds.
 
     **Pub/sub.** ``publish`` delivers to every :class:`MemorySubscription` of this instance subscribed to the
     channel (``sharded`` changes nothing here), the same bytes object to each. Each subscription queues at most
@@ -117,7 +116,7 @@ class MemoryBackend:
         self.stores_objects = True  # get() returns the stored bytes object itself: the cache reuses its decoding
         self._clock = clock
         self._values: OrderedDict[str, _Value] = OrderedDict()  # least recently used first
-        self._leases: dict[str, tuple[str, float]] = {}  # lease key -> (token, expires_at)
+        self._leases: dict[str, tuple[builtins.set[str], float]] = {}  # ticket key -> (tokens, expires_at)
         self._tag_sets: dict[str, _TagSet] = {}
         self._expiries: list[tuple[float, int, str]] = []  # heap of (expires_at, kind, key); stale ones skipped
         self._bytes = 0
@@ -182,6 +181,7 @@ class MemoryBackend:
             "store_bytes": self._bytes,
             "store_leases": len(self._leases),
             "store_tag_sets": len(self._tag_sets),
+            "store_tag_members": sum(len(t.members) for t in self._tag_sets.values()),
             "pubsub_subscriptions": len(self._subscriptions),
             **self._counters,
         }
@@ -196,14 +196,16 @@ class MemoryBackend:
         now = self._enter("get_many")
         return [self._read(key, now) for key in keys]
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
+    async def set(
+        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> None:
         _check_value(value, ttl_ms)
-        if tag_keys and tag_ttl_s <= 0:
-            raise ValueError(f"tag_ttl_s must be positive when tag_keys are given, got {tag_ttl_s}")
+        _check_tags(tag_keys, tag_ttl_ms)
         now = self._enter("set")
-        self._store(key, value, ttl_ms, now)
         for tag_key in tag_keys:
-            self._add_to_tag(tag_key, key, tag_ttl_s, now)
+            self._add_to_tag(tag_key, key, tag_ttl_ms, now)
+        self._leases.pop(key + _LEASE_SUFFIX, None)  # an explicit write beats every load that began before it
+        self._store(key, value, ttl_ms, now)
         self._drop_if_oversized(key)
         self._evict(now)
 
@@ -212,19 +214,26 @@ class MemoryBackend:
             _check_value(value, ttl_ms)
         now = self._enter("set_many")
         for key, value, ttl_ms in items:
+            self._leases.pop(key + _LEASE_SUFFIX, None)
             self._store(key, value, ttl_ms, now)
             self._drop_if_oversized(key)
         self._evict(now)
 
     async def delete(self, *keys: str) -> int:
         now = self._enter("delete")
-        return self._delete_keys(frozenset(keys), now)
+        existed = sum(self._live_value(key, now) is not None for key in keys)
+        self._delete_keys(frozenset(keys) | {key + _LEASE_SUFFIX for key in keys}, now)
+        return existed
 
     async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
         if offset < 0:
             raise ValueError(f"offset must not be negative, got {offset}")
         now = self._enter("mark_stale")
-        return sum(self._overwrite(key, offset, field, now) for key in keys)
+        marked = 0
+        for key in keys:
+            self._leases.pop(key + _LEASE_SUFFIX, None)
+            marked += self._overwrite(key, offset, field, now)
+        return marked
 
     def _overwrite(self, key: str, offset: int, data: bytes, now: float) -> bool:
         entry = self._live_value(key, now)
@@ -251,18 +260,13 @@ class MemoryBackend:
         tag_keys = [key for key in self._tag_sets if key.startswith(prefix)]
         lease_keys = [key for key in self._leases if key.startswith(prefix)]
         value_keys = [key for key in self._values if key.startswith(prefix)]
-        # Tag sets are counted before the values go: deleting a set's last value deletes the set.
-        cleared = sum(self._tag_sets[key].expires_at > now for key in tag_keys)
+        cleared = sum(self._tag_sets.pop(key).expires_at > now for key in tag_keys)
         cleared += sum(self._leases.pop(key)[1] > now for key in lease_keys)
         values = self._values
         for key in value_keys:
             entry = values[key]
             cleared += entry.expires_at > now
             self._remove_value(key, entry)
-        for key in tag_keys:
-            tag_set = self._tag_sets.get(key)
-            if tag_set is not None:
-                self._remove_tag_set(key, tag_set)
         return cleared
 
     def _read(self, key: str, now: float) -> bytes | None:
@@ -284,9 +288,9 @@ class MemoryBackend:
         expires_at = now + ttl_ms / 1000
         entry = self._live_value(key, now)
         if entry is None:
-            entry = self._values[key] = _Value(value, expires_at, ENTRY_OVERHEAD + len(key) + len(value), None)
+            entry = self._values[key] = _Value(value, expires_at, ENTRY_OVERHEAD + len(key) + len(value))
             self._bytes += entry.size
-        else:  # a new value keeps the old one's tag memberships, as SET leaves Redis tag sets alone
+        else:
             grown = len(value) - len(entry.data)
             entry.data, entry.expires_at, entry.size = value, expires_at, entry.size + grown
             self._bytes += grown
@@ -296,11 +300,6 @@ class MemoryBackend:
     def _remove_value(self, key: str, entry: _Value) -> None:
         del self._values[key]
         self._bytes -= entry.size
-        for tag_key in entry.tags or ():
-            tag_set = self._tag_sets[tag_key]
-            tag_set.members.discard(key)
-            if not tag_set.members:
-                del self._tag_sets[tag_key]
 
     def _delete_keys(self, keys: frozenset[str], now: float) -> int:
         """Remove ``keys`` from every kind of store; how many existed unexpired in any, counted before any
@@ -311,9 +310,7 @@ class MemoryBackend:
             if entry is not None:
                 self._remove_value(key, entry)
             self._leases.pop(key, None)
-            tag_set = self._tag_sets.get(key)
-            if tag_set is not None:
-                self._remove_tag_set(key, tag_set)
+            self._tag_sets.pop(key, None)
         return existed
 
     def _exists(self, key: str, now: float) -> bool:
@@ -341,48 +338,93 @@ class MemoryBackend:
             self._remove_value(key, entry)
             self._counters["store_evictions"] += 1
 
-    # -- leases -----------------------------------------------------------------------------------------------
+    # -- fills: tickets and the compare-and-set write --------------------------------------------------------
 
-    async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+    async def begin_fill(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        *,
+        exclusive: bool = True,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> bool:
         _check_ttl(ttl_ms)
-        now = self._enter("acquire_lease")
-        if self._live_lease(lease_key, now) is not None:
+        _check_tags(tag_keys, tag_ttl_ms)
+        now = self._enter("begin_fill")
+        for tag_key in tag_keys:  # first: a tag invalidation from now on finds the key (and revokes the ticket)
+            self._add_to_tag(tag_key, key, tag_ttl_ms, now)
+        lease_key = key + _LEASE_SUFFIX
+        held = self._live_lease(lease_key, now)
+        if held is not None and exclusive:
             return False
-        if len(self._leases) >= self.max_leases:
+        if held is None and len(self._leases) >= self.max_leases:
             self._sweep(now, None)
             if len(self._leases) >= self.max_leases:
                 self._counters["store_errors"] += 1
-                raise StoreUnavailable(f"MemoryBackend: the lease table is full (max_leases={self.max_leases})")
-        self._leases[lease_key] = (token, now + ttl_ms / 1000)
-        self._push_expiry(now + ttl_ms / 1000, _LEASE, lease_key)
+                raise StoreUnavailable(f"MemoryBackend: the ticket table is full (max_leases={self.max_leases})")
+        tokens: builtins.set[str] = held[0] if held is not None else builtins.set()
+        tokens.add(token)
+        expires_at = now + ttl_ms / 1000
+        if held is not None and held[1] >= expires_at:  # PEXPIRE only ever lengthens a shared hash
+            return True
+        self._leases[lease_key] = (tokens, expires_at)
+        self._push_expiry(expires_at, _LEASE, lease_key)
         return True
 
-    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
         _check_ttl(ttl_ms)
-        now = self._enter("renew_lease")
-        lease = self._live_lease(lease_key, now)
-        if lease is None or lease[0] != token:
+        now = self._enter("renew_fill")
+        lease_key = key + _LEASE_SUFFIX
+        held = self._live_lease(lease_key, now)
+        if held is None or token not in held[0]:
             return False
-        self._leases[lease_key] = (token, now + ttl_ms / 1000)
-        self._push_expiry(now + ttl_ms / 1000, _LEASE, lease_key)
+        expires_at = now + ttl_ms / 1000
+        if expires_at > held[1]:
+            self._leases[lease_key] = (held[0], expires_at)
+            self._push_expiry(expires_at, _LEASE, lease_key)
         return True
 
-    async def release_lease(self, lease_key: str, token: str) -> None:
-        now = self._enter("release_lease")
-        lease = self._live_lease(lease_key, now)
-        if lease is not None and lease[0] == token:
-            del self._leases[lease_key]
+    async def end_fill(self, key: str, token: str) -> None:
+        now = self._enter("end_fill")
+        self._drop_token(key + _LEASE_SUFFIX, token, now)
 
-    async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
+    async def fill(
+        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> bool:
+        _check_value(value, ttl_ms)
+        _check_tags(tag_keys, tag_ttl_ms)
+        now = self._enter("fill")
+        lease_key = key + _LEASE_SUFFIX
+        held = self._live_lease(lease_key, now)
+        for tag_key in tag_keys:  # as on Redis, whether or not the fill is taken: a longer membership is harmless
+            self._add_to_tag(tag_key, key, tag_ttl_ms, now)
+        if held is None or token not in held[0]:
+            return False  # revoked by an invalidation, or lapsed: whatever this load read may be older
+        self._drop_token(lease_key, token, now)
+        self._store(key, value, ttl_ms, now)
+        self._drop_if_oversized(key)
+        self._evict(now)
+        return True
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
         now = self._enter("poll")
-        return self._read(key, now), self._live_lease(lease_key, now) is not None
+        return self._read(key, now), self._live_lease(key + _LEASE_SUFFIX, now) is not None
 
-    def _live_lease(self, lease_key: str, now: float) -> tuple[str, float] | None:
+    def _live_lease(self, lease_key: str, now: float) -> tuple[builtins.set[str], float] | None:
         lease = self._leases.get(lease_key)
         if lease is not None and lease[1] <= now:
             del self._leases[lease_key]
             return None
         return lease
+
+    def _drop_token(self, lease_key: str, token: str, now: float) -> None:
+        held = self._live_lease(lease_key, now)
+        if held is not None:
+            held[0].discard(token)
+            if not held[0]:  # an empty hash does not exist
+                del self._leases[lease_key]
 
     # -- tags -------------------------------------------------------------------------------------------------
 
@@ -391,59 +433,31 @@ class MemoryBackend:
         tag_set = self._live_tag_set(tag_key, now)
         if tag_set is None:
             return []
-        for member in list(tag_set.members):
-            self._live_value(member, now)  # an expired member leaves the set (and may take the set with it)
-        return sorted(tag_set.members)
+        return sorted(member for member, ends in tag_set.members.items() if ends > now)
 
-    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
-        now = self._enter("remove_tag_members")
+    def _add_to_tag(self, tag_key: str, key: str, tag_ttl_ms: int, now: float) -> None:
+        ends = now + tag_ttl_ms / 1000
         tag_set = self._live_tag_set(tag_key, now)
         if tag_set is None:
-            return
-        for member in members:
-            if member in tag_set.members:
-                self._unlink(tag_key, tag_set, member)
-
-    def _add_to_tag(self, tag_key: str, key: str, tag_ttl_s: int, now: float) -> None:
-        expires_at = now + tag_ttl_s
-        tag_set = self._live_tag_set(tag_key, now)
-        if tag_set is None:
-            tag_set = self._tag_sets[tag_key] = _TagSet(expires_at)
-            self._push_expiry(expires_at, _TAG, tag_key)
-        elif expires_at > tag_set.expires_at:  # EXPIRE GT: a tag set's expiry only ever lengthens
-            tag_set.expires_at = expires_at
-            self._push_expiry(expires_at, _TAG, tag_key)
-        if key in tag_set.members:
-            return
-        tag_set.members.add(key)
-        entry = self._values[key]
-        if entry.tags is None:
-            entry.tags = set()
-        entry.tags.add(tag_key)
-        entry.size += TAG_MEMBER_OVERHEAD + len(tag_key)
-        self._bytes += TAG_MEMBER_OVERHEAD + len(tag_key)
-
-    def _unlink(self, tag_key: str, tag_set: _TagSet, member: str) -> None:
-        tag_set.members.discard(member)
-        if not tag_set.members:
-            del self._tag_sets[tag_key]
-        entry = self._values[member]
-        assert entry.tags is not None  # the invariant: a tag set names only stored values, which know it
-        entry.tags.discard(tag_key)
-        entry.size -= TAG_MEMBER_OVERHEAD + len(tag_key)
-        self._bytes -= TAG_MEMBER_OVERHEAD + len(tag_key)
+            tag_set = self._tag_sets[tag_key] = _TagSet(ends)
+            self._push_expiry(ends, _TAG, tag_key)
+        elif ends > tag_set.expires_at:
+            tag_set.expires_at = ends
+            self._push_expiry(ends, _TAG, tag_key)
+        members = tag_set.members
+        if members.get(key, 0.0) < ends:  # ZADD GT: a membership only ever lengthens
+            members[key] = ends
+        if len(members) >= 2 * tag_set.pruned_at + 16:
+            for member in [m for m, member_ends in members.items() if member_ends <= now]:
+                del members[member]
+            tag_set.pruned_at = len(members)
 
     def _live_tag_set(self, tag_key: str, now: float) -> _TagSet | None:
         tag_set = self._tag_sets.get(tag_key)
         if tag_set is not None and tag_set.expires_at <= now:
-            self._remove_tag_set(tag_key, tag_set)
+            del self._tag_sets[tag_key]
             return None
         return tag_set
-
-    def _remove_tag_set(self, tag_key: str, tag_set: _TagSet) -> None:
-        for member in list(tag_set.members):
-            self._unlink(tag_key, tag_set, member)  # the last one deletes the set
-        self._tag_sets.pop(tag_key, None)
 
     # -- expiry records ---------------------------------------------------------------------------------------
 
@@ -476,7 +490,7 @@ class MemoryBackend:
             else:
                 tag_set = self._tag_sets.get(key)
                 if tag_set is not None and tag_set.expires_at == expires_at:
-                    self._remove_tag_set(key, tag_set)
+                    del self._tag_sets[key]
 
     # -- publish / subscribe ----------------------------------------------------------------------------------
 
@@ -622,6 +636,11 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 def _check_ttl(ttl_ms: int) -> None:
     if ttl_ms <= 0:
         raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
+
+
+def _check_tags(tag_keys: Sequence[str], tag_ttl_ms: int) -> None:
+    if tag_keys and tag_ttl_ms <= 0:
+        raise ValueError(f"tag_ttl_ms must be positive when tag_keys are given, got {tag_ttl_ms}")
 
 
 def _check_value(value: bytes, ttl_ms: int) -> None:

@@ -42,6 +42,10 @@ class CacheMetrics:
     bytes_raw: int = 0
     bytes_stored: int = 0
     invalidations: int = 0
+    revoked_fills: int = 0
+    load_unstored: int = 0
+    invalidations_deferred: int = 0
+    consistency_violations: int = 0
 
     def snapshot(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -78,10 +82,18 @@ _DESCRIPTIONS: dict[str, str] = {
     "bytes_raw": "Serialized bytes of written values, before compression",
     "bytes_stored": "Bytes of written frames, after compression",
     "invalidations": "Keys deleted by invalidation",
+    "revoked_fills": "Loaded values not stored because an invalidation revoked the load's ticket while it ran",
+    "load_unstored": "Loaded values not stored because the store gave the load no ticket (unavailable)",
+    "invalidations_deferred": "Invalidations that did not reach the store at once (retried in the background)",
+    "invalidations_landed_late": "Deferred invalidations that reached the store on a retry",
+    "invalidations_expired_pending": "Deferred invalidations dropped because what they cover expired meanwhile",
+    "invalidations_retried": "Retry rounds of deferred invalidations",
+    "consistency_violations": "Stored values the consistency monitor found the loader no longer answers",
 }
 
 
 _GAUGES: dict[str, str] = {
+    "invalidations_pending": "Invalidations that have not reached the store yet (retried in the background)",
     "loads_in_flight": "Loads running now in this process",
     "local_entries": "Entries held by the local tier",
     "local_bytes": "Bytes the local tier counts against max_bytes (per-entry overhead included)",

@@ -12,7 +12,7 @@ __all__ = ["NullBackend"]
 
 
 class NullBackend:
-    """Holds nothing and never fails; every lease is granted (there is nothing to protect)."""
+    """Holds nothing and never fails; every fill ticket is granted (there is nothing to protect)."""
 
     stores_objects = False
 
@@ -28,7 +28,9 @@ class NullBackend:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [None] * len(keys)
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
+    async def set(
+        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> None:
         return None
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
@@ -43,23 +45,34 @@ class NullBackend:
     async def clear(self, prefix: str) -> int:
         return 0
 
-    async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+    async def begin_fill(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        *,
+        exclusive: bool = True,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> bool:
         return True
 
-    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
         return True
 
-    async def release_lease(self, lease_key: str, token: str) -> None:
+    async def end_fill(self, key: str, token: str) -> None:
         return None
 
-    async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
+    async def fill(
+        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> bool:
+        return True
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
         return None, False
 
     async def tag_members(self, tag_key: str) -> list[str]:
         return []
-
-    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
-        return None
 
     async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
         return None

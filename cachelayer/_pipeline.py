@@ -15,19 +15,21 @@ finds itself in another loop (a second ``asyncio.run()``, a test's own loop).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import dataclasses
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from ._backend import Backend, StoreUnavailable
 from ._codec import INVALIDATED_AT, Codec, Frame
 from ._entry import CacheEntry, Outcome
 from ._fetch import Fetch
-from ._filling import Filler
+from ._filling import Filler, RevokedEntry
 from ._flights import Flights
 from ._hooks import FetchHooks, UntilEnded
 from ._keys import KeyLayout
 from ._local import LocalCache
 from ._metrics import CacheMetrics
+from ._monitor import ConsistencyMonitor
 from ._reading import Reader
 from ._refreshing import Refresher, settle
 from ._stampede import XFETCH_HORIZON, SingleFlight, xfetch_due
@@ -51,6 +53,7 @@ class Pipeline:
         rand: Callable[[], float],
         jitter: float,
         shared_values: bool,
+        monitor: ConsistencyMonitor | None = None,
     ) -> None:
         self.loop = loop
         self._codec = codec
@@ -59,10 +62,12 @@ class Pipeline:
         self._clock = clock
         self._rand = rand
         self.reader = Reader(codec, backend, local, metrics, shared_values=shared_values)
-        self.filler = Filler(codec, backend, keys, local, metrics, clock=clock, rand=rand, jitter=jitter)
-        self.flights = Flights(backend, self.reader, self.filler, metrics, clock=clock)
+        self.filler = Filler(
+            codec, backend, keys, local, metrics, clock=clock, rand=rand, jitter=jitter, monitor=monitor
+        )
+        self.flights = Flights(backend, self.reader, self.filler, keys, metrics, clock=clock)
         self.loads: SingleFlight[CacheEntry[Any]] = SingleFlight()
-        self.refresher = Refresher(codec, backend, self.flights, self.filler, self.loads, metrics)
+        self.refresher = Refresher(codec, backend, self.flights, self.loads, metrics)
         if local is not None:
             local.ensure_listening()  # once per loop: the listener reconnects by itself until closed
 
@@ -111,14 +116,27 @@ class Pipeline:
         hooks.ended(fetch.outcome(entry.outcome), fetch.tier, None)
         return entry
 
+    def invalidated(self, keys: Sequence[str] | None, tags: Sequence[str] = ()) -> None:
+        """This process invalidated ``keys`` (None: everything) or ``tags``: a caller that starts from now on must
+        not join a load that began before (its fill is revoked on the store; its value may be older)."""
+        if keys is None:
+            self.loads.detach_all()
+            return
+        for key in keys:
+            self.loads.detach(key)
+        if tags:
+            self.loads.detach_labelled(set(tags))
+
     async def _fetch(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         policy = fetch.policy
+        epoch = 0
         if policy.local and self.local is not None:
             now = self._clock()
             held = self.reader.local_hit(fetch, now)
             if held is not None:
                 fetch.tier = "local"
                 return self._hit(fetch, held[0], held[1], now)
+            epoch = self.local.epoch
         key = fetch.key
         if self.loads.running(key):
             # This process is loading the key right now: its value is the freshest there will be. Joining it
@@ -136,7 +154,9 @@ class Pipeline:
             frame, decoded = found
             now = self._clock()
             if now < frame.expires_at:
-                if policy.local and self.local is not None:
+                # Not into L1 when an invalidation reached this process since the read began: the reply may
+                # predate it.
+                if policy.local and self.local is not None and self.local.epoch == epoch:
                     assert data is not None
                     self.local.put(key, data, frame, None if fetch.parse else decoded)
                 fetch.tier = "store"
@@ -152,15 +172,36 @@ class Pipeline:
         if self.loads.running(key):  # another caller's flight started while we read
             return await self._join(fetch)
         leader = fetch.hooks.inner if isinstance(fetch.hooks, UntilEnded) else fetch.hooks
-        self.loads.start(key, lambda: self.flights.load(fetch, stale), leader)
+        self.loads.start(key, lambda: self.flights.load(self._closing_when_loaded(fetch), stale), leader, policy.tags)
         return await self.loads.wait(key)
+
+    def _closing_when_loaded(self, fetch: Fetch[Any]) -> Fetch[Any]:
+        """``fetch`` whose loader detaches its flight when it returns: a caller arriving after that reads the store
+        (a flight whose fill already landed could be invalidated before its callers hear of it)."""
+        loader, loads, key = fetch.loader, self.loads, fetch.key
+
+        async def load() -> Any:
+            try:
+                return await loader()
+            finally:
+                loads.detach(key, asyncio.current_task())
+
+        return dataclasses.replace(fetch, loader=load)
 
     async def _join(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         fetch.joined = True
         if fetch.hooks is not None:
             leader = self.loads.leader(fetch.key)
             fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
-        return await self.loads.wait(fetch.key)
+        entry = await self.loads.wait(fetch.key)
+        if isinstance(entry, RevokedEntry) and not fetch.retried:
+            # The load we joined began before an invalidation that reached the store while it ran, and we cannot
+            # tell whether we came before it: load again, in a flight that begins after us (once: what that one
+            # loads was read after we started).
+            fetch.retried = True
+            fetch.joined = False
+            return await self._fetch(fetch)
+        return entry
 
     def _hit(self, fetch: Fetch[Any], frame: Frame, decoded: Any, now: float) -> CacheEntry[Any]:
         """A fresh value: count it, and start an early refresh when XFetch says so."""
@@ -179,10 +220,16 @@ class Pipeline:
     # -- the other ways in -----------------------------------------------------------------------------------
 
     async def refresh(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
-        """Run the loader now and store its value, whatever is stored."""
+        """Run the loader now and store its value, whatever is stored (unless an invalidation comes meanwhile)."""
         if fetch.hooks is None:
-            return await self.filler.load_and_store(fetch, None)
-        return await self._with_hooks(fetch, fetch.hooks, lambda f: self.filler.load_and_store(f, None))
+            return await self.flights.load_with_ticket(fetch, None)
+        return await self._with_hooks(fetch, fetch.hooks, lambda f: self.flights.load_with_ticket(f, None))
+
+    async def unstored(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        """Load without reading or writing the store (an invalidation of the key has not landed yet)."""
+        if fetch.hooks is None:
+            return await self.filler.load_and_store(fetch, None, None)
+        return await self._with_hooks(fetch, fetch.hooks, lambda f: self.filler.load_and_store(f, None, None))
 
     async def bypass(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         """The disabled cache's fetch: the loader's value, nothing stored."""

@@ -72,21 +72,65 @@ log = logging.getLogger("cachelayer")
 
 T = TypeVar("T")
 
-# KEYS[1] lease key; ARGV[1] token. Delete only if we still own it, so a lease that expired and was taken by
-# another process is never released by us.
-_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# The fill tickets of a value key are a hash of tokens at key + ":lease" (the same slot as the value): see the Backend
+# protocol. Every script touches one slot, so it runs on one shard of a cluster.
+
+# KEYS[1] tickets; ARGV[1] token, ARGV[2] TTL in ms, ARGV[3] "1": exclusive (only when no ticket is held).
+_BEGIN_FILL: Final = """
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], '1')
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
 """
-# KEYS[1] lease key; ARGV[1] token; ARGV[2] new TTL in ms.
-_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+# KEYS[1] tickets; ARGV[1] token, ARGV[2] TTL in ms. A shared hash's expiry only ever lengthens.
+_RENEW_FILL: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
 """
-# KEYS[1] value key; ARGV[1] offset; ARGV[2] bytes. SETRANGE keeps the key's TTL; never create a key.
+# KEYS[1] value, KEYS[2] tickets; ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms. The compare-and-set fill.
+_FILL: Final = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# KEYS[1] value, KEYS[2] tickets. Delete the value and revoke every ticket at once; whether the value existed.
+# KEYS[1] tickets; ARGV[1] token.
+_END_FILL: Final = """
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+# KEYS[1] value, KEYS[2] tickets; ARGV[1] frame, ARGV[2] TTL in ms. An explicit write revokes every ticket.
+_SET: Final = """
+redis.call('DEL', KEYS[2])
+return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+"""
+_DELETE: Final = """
+redis.call('DEL', KEYS[2])
+return redis.call('DEL', KEYS[1])
+"""
+# KEYS[1] value, KEYS[2] tickets; ARGV[1] offset, ARGV[2] bytes. SETRANGE keeps the key's TTL; never create a key.
 _MARK_STALE: Final = """
+redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2]) return 1 end
 return 0
+"""
+# KEYS[1] tag set. The members whose membership has not ended.
+_TAG_MEMBERS: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+# KEYS[1] tag set (a sorted set: member -> when its membership ends, Unix ms on Redis's clock); ARGV[1] member,
+# ARGV[2] membership TTL in ms. ZADD GT only ever lengthens a membership; ended ones are pruned here, so the set holds
+# no more than the live entries that carry the tag; the set itself lives as long as its longest membership.
+_ADD_TO_TAG: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'GT', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
 """
 # Errors of a store call that mean "the store is not usable now" (CLIENT_ERRORS, plus our budget's TimeoutError).
 # RuntimeError: redis-py raises it for a connection of a closed loop or an unset pub/sub connection; never a
@@ -110,7 +154,9 @@ def _connect_reason(exc: BaseException, budget: float) -> str:
 class _LoopClient:
     """A client and its scripts, for one event loop."""
 
-    __slots__ = ("bounded", "client", "cluster", "discovery", "loop", "release", "renew")
+    __slots__ = (
+        "begin", "bounded", "client", "cluster", "discovery", "end", "fill", "loop", "members", "renew", "set"
+    )
 
     def __init__(self, client: RedisClient, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
@@ -118,8 +164,12 @@ class _LoopClient:
         self.cluster: RedisCluster | None = client if isinstance(client, RedisCluster) else None
         self.bounded: BoundedRedisCluster | None = client if isinstance(client, BoundedRedisCluster) else None
         self.loop = loop
-        self.release = client.register_script(_RELEASE)
-        self.renew = client.register_script(_RENEW)
+        self.begin = _script(client, _BEGIN_FILL)
+        self.renew = _script(client, _RENEW_FILL)
+        self.end = _script(client, _END_FILL)
+        self.fill = _script(client, _FILL)
+        self.set = _script(client, _SET)
+        self.members = _script(client, _TAG_MEMBERS)
         self.discovery: asyncio.Task[None] | None = None  # a cluster's first topology discovery, shared
 
 
@@ -385,39 +435,20 @@ class RedisBackend:
 
         return await self._call("GET (many)", run, key=keys[0] if keys else None)
 
-    async def set(self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_s: int = 0) -> None:
-        client = self._loop_client().client
+    async def set(
+        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> None:
+        current = self._loop_client()
+        client, script = current.client, current.set
+        if not tag_keys:
+            await self._call("SET", lambda: script(keys=[key, _tickets(key)], args=[value, ttl_ms]), key=key)
+            return
 
         async def run() -> None:
-            if not tag_keys:
-                await client.set(key, value, px=ttl_ms)
-                return
-            # Tags, value, tags again. The tags first: a write cut off after them leaves a tag naming a missing key
-            # (harmless), never a value that invalidate_tags cannot reach. The tags again after the value: an
-            # invalidation that ran in between (SREM, then DEL of a key not yet written) would otherwise leave it
-            # untagged (and, SREM having emptied the set, Redis dropped it: its TTL is set again too). One
-            # connection keeps a pipeline's order; a cluster pipeline sends each node's part at once, so there
-            # each step waits for the one before.
-            def add_tags(pipe: Any) -> None:
-                for tag_key in tag_keys:
-                    pipe.sadd(tag_key, key)
-                    # NX gives a new set a TTL; GT only ever lengthens it, so a tag outlives every key it names.
-                    pipe.expire(tag_key, tag_ttl_s, nx=True)
-                    pipe.expire(tag_key, tag_ttl_s, gt=True)
-
-            if isinstance(client, RedisCluster):
-                async with client.pipeline(transaction=False) as tags:
-                    add_tags(tags)
-                    await tags.execute()
-                    await client.set(key, value, px=ttl_ms)
-                    add_tags(tags)
-                    await tags.execute()
-                return
-            async with client.pipeline(transaction=False) as pipe:
-                add_tags(pipe)
-                pipe.set(key, value, px=ttl_ms)
-                add_tags(pipe)
-                await pipe.execute()
+            # The tags first: a write cut off after them leaves a tag naming a missing key (harmless), never a
+            # value that a tag invalidation cannot reach.
+            cluster = current.cluster is not None
+            await _tags_then(client, cluster, key, tag_keys, tag_ttl_ms, _SET, [key, _tickets(key)], [value, ttl_ms])
 
         await self._call("SET", run, key=key)
 
@@ -427,7 +458,7 @@ class RedisBackend:
         async def run() -> None:
             async with client.pipeline(transaction=False) as pipe:
                 for key, value, ttl_ms in items:
-                    pipe.set(key, value, px=ttl_ms)
+                    pipe.eval(_SET, 2, key, _tickets(key), value, ttl_ms)
                 await pipe.execute()
 
         await self._call("SET (many)", run, key=items[0][0] if items else None)
@@ -436,7 +467,16 @@ class RedisBackend:
         if not keys:
             return 0
         client = self._loop_client().client
-        return await self._call("DEL", lambda: _delete_now(client, list(keys)), key=keys[0])
+
+        async def run() -> int:
+            # One script per key (a cluster pipeline splits them by slot): each deletes its value and revokes its
+            # tickets at once.
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.eval(_DELETE, 2, key, _tickets(key))
+                return sum(int(deleted) for deleted in await pipe.execute())
+
+        return await self._call("DEL", run, key=keys[0])
 
     async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
         if not keys:
@@ -448,7 +488,7 @@ class RedisBackend:
             # cannot share a script). The script is a few bytes: EVAL, not EVALSHA, spares a NOSCRIPT round trip.
             async with client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.eval(_MARK_STALE, 1, key, offset, field)
+                    pipe.eval(_MARK_STALE, 2, key, _tickets(key), offset, field)
                 return sum(int(marked) for marked in await pipe.execute())
 
         return await self._call("mark stale", run, key=keys[0])
@@ -471,46 +511,84 @@ class RedisBackend:
 
         return await self._call("clear (SCAN, DEL)", run, budget=self.clear_budget)
 
-    # -- leases ----------------------------------------------------------------------------------------------
+    # -- fills ---------------------------------------------------------------------------------------------
 
-    async def acquire_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
-        client = self._loop_client().client
-        return bool(await self._call(
-            "lease acquire", lambda: client.set(lease_key, token, nx=True, px=ttl_ms), key=lease_key
-        ))
+    async def begin_fill(
+        self,
+        key: str,
+        token: str,
+        ttl_ms: int,
+        *,
+        exclusive: bool = True,
+        tag_keys: Sequence[str] = (),
+        tag_ttl_ms: int = 0,
+    ) -> bool:
+        current = self._loop_client()
+        client, script = current.client, current.begin
+        tickets = _tickets(key)
+        args: list[bytes | str | int] = [token, ttl_ms, "1" if exclusive else "0"]
+        if not tag_keys:
+            return bool(await self._call("fill begin", lambda: script(keys=[tickets], args=args), key=key))
 
-    async def renew_lease(self, lease_key: str, token: str, ttl_ms: int) -> bool:
+        async def run() -> bool:
+            return bool(
+                await _tags_then(
+                    client, current.cluster is not None, key, tag_keys, tag_ttl_ms, _BEGIN_FILL, [tickets], args
+                )
+            )
+
+        return await self._call("fill begin", run, key=key)
+
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
         script = self._loop_client().renew
         return bool(await self._call(
-            "lease renew", lambda: script(keys=[lease_key], args=[token, ttl_ms]), key=lease_key
+            "fill renew", lambda: script(keys=[_tickets(key)], args=[token, ttl_ms]), key=key
         ))
 
-    async def release_lease(self, lease_key: str, token: str) -> None:
-        script = self._loop_client().release
-        await self._call("lease release", lambda: script(keys=[lease_key], args=[token]), key=lease_key)
+    async def end_fill(self, key: str, token: str) -> None:
+        script = self._loop_client().end
+        await self._call("fill end", lambda: script(keys=[_tickets(key)], args=[token]), key=key)
 
-    async def poll(self, key: str, lease_key: str) -> tuple[bytes | None, bool]:
+    async def fill(
+        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+    ) -> bool:
+        current = self._loop_client()
+        client, script = current.client, current.fill
+        keys = [key, _tickets(key)]
+        args: list[bytes | str | int] = [token, value, ttl_ms]
+        if not tag_keys:
+            return bool(await self._call("fill", lambda: script(keys=keys, args=args), key=key))
+
+        async def run() -> bool:
+            # The memberships are extended after the ticket was checked (on a cluster, alongside): whether or not
+            # the fill was taken, a membership that outlives its value is harmless.
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.eval(_FILL, 2, *keys, *args)
+                for tag_key in tag_keys:
+                    pipe.eval(_ADD_TO_TAG, 1, tag_key, key, tag_ttl_ms)
+                results = await pipe.execute()
+            return bool(results[0])
+
+        return await self._call("fill", run, key=key)
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
         client = self._loop_client().client
 
         async def run() -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.get(key)
-                pipe.exists(lease_key)
+                pipe.exists(_tickets(key))
                 return await pipe.execute()
 
-        value, lease_held = await self._call("lease poll", run, key=key)
-        return value, bool(lease_held)
+        value, held = await self._call("fill poll", run, key=key)
+        return value, bool(held)
 
     # -- tags ------------------------------------------------------------------------------------------------
 
     async def tag_members(self, tag_key: str) -> list[str]:
-        client = self._loop_client().client
-        members = await self._call("tag members (SMEMBERS)", lambda: client.smembers(tag_key), key=tag_key)
+        script = self._loop_client().members
+        members = await self._call("tag members (ZRANGEBYSCORE)", lambda: script(keys=[tag_key]), key=tag_key)
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-
-    async def remove_tag_members(self, tag_key: str, members: Sequence[str]) -> None:
-        client = self._loop_client().client
-        await self._call("tag remove (SREM)", lambda: client.srem(tag_key, *members), key=tag_key)
 
     # -- publish / subscribe ---------------------------------------------------------------------------------
 
@@ -558,6 +636,54 @@ async def _publish_on_any_master(client: RedisCluster, channel: str, data: bytes
         except CLIENT_ERRORS:
             if attempt == len(masters) - 1:
                 raise
+
+
+Script = Callable[..., Awaitable[Any]]
+
+
+def _script(client: RedisClient, text: str) -> Script:
+    """A script, called as ``script(keys=[...], args=[...])``. On a standalone Redis an EVALSHA (redis-py loads it
+    again after a restart). On a cluster an EVAL: redis-py would load a missing script on every master at once,
+    which fails while one of them is down, so a healthy shard could not run it."""
+    if isinstance(client, RedisCluster):
+        cluster = client
+
+        async def run(keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+            return await cluster.eval(text, len(keys), *keys, *args)
+
+        return run
+    return client.register_script(text)
+
+
+def _tickets(key: str) -> str:
+    """Where ``key``'s fill tickets live: in its Redis Cluster slot. The cache's keys carry a hash tag
+    (``ns:{name}``), so ``key + ":lease"`` shares it; a key without one (a backend used directly) is made the tag."""
+    start = key.find("{")
+    if start != -1 and key.find("}", start + 2) != -1:
+        return key + ":lease"
+    return "{" + key + "}:lease"
+
+
+async def _tags_then(
+    client: RedisClient,
+    cluster: bool,
+    key: str,
+    tag_keys: Sequence[str],
+    tag_ttl_ms: int,
+    script: str,
+    keys: list[str],
+    args: list[Any],
+) -> Any:
+    """Record ``key`` in each tag set, then run ``script``: what that script does is then always reachable by a tag
+    invalidation. One connection keeps a pipeline's order; a cluster pipeline sends each node's part at once, so
+    there the script waits for the tags."""
+    async with client.pipeline(transaction=False) as pipe:
+        for tag_key in tag_keys:
+            pipe.eval(_ADD_TO_TAG, 1, tag_key, key, tag_ttl_ms)
+        if cluster:
+            await pipe.execute()
+        pipe.eval(script, len(keys), *keys, *args)
+        return (await pipe.execute())[-1]
 
 
 async def _delete_now(client: RedisClient, keys: list[str]) -> int:

@@ -1,7 +1,8 @@
 """Background refresh: XFetch's early recompute and stale-while-revalidate, off every caller's path.
 
 One refresh per key at a time in a process, none while a load of the key runs, and, across processes, only by the
-holder of the key's lease; a refresh that finds the value already replaced since its caller read it gives up, so an
+holder of the key's lease (a fill ticket: an invalidation, ``mark_stale`` included, that lands while the refresh
+loads refuses its write); a refresh that finds the value already replaced since its caller read it gives up, so an
 expiry costs one load, not one per process. A refresh never raises: its loader's failure leaves the stored value
 as it is.
 """
@@ -17,7 +18,6 @@ from ._codec import Codec, Frame
 from ._entry import CacheEntry
 from ._errors import CodecError
 from ._fetch import Fetch
-from ._filling import Filler
 from ._flights import Flights
 from ._lease import Lease
 from ._metrics import CacheMetrics
@@ -48,14 +48,12 @@ class Refresher:
         codec: Codec,
         backend: Backend,
         flights: Flights,
-        filler: Filler,
         loads: SingleFlight[CacheEntry[Any]],
         metrics: CacheMetrics,
     ) -> None:
         self.codec = codec
         self.backend = backend
         self.flights = flights
-        self.filler = filler
         self.loads = loads
         self.metrics = metrics
         self.refreshes: SingleFlight[None] = SingleFlight()
@@ -89,7 +87,7 @@ class Refresher:
         stampede = fetch.policy.stampede
         if stampede.lease:
             try:
-                lease = await self.flights.leases.acquire(fetch.key, stampede)
+                lease = await self.flights.ticket(fetch, exclusive=True)
             except StoreUnavailable:
                 return
             if lease is None:
@@ -104,6 +102,6 @@ class Refresher:
             if lease is not None:
                 await self.flights.load_under_lease(lease, fetch, None, None)
             else:
-                await self.filler.load_and_store(fetch, None)
+                await self.flights.load_with_ticket(fetch, None)
         except Exception:
             log.warning("cachelayer: background refresh of %s failed", fetch.key, exc_info=True)

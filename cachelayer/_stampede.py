@@ -90,11 +90,12 @@ def jittered(ttl: float, jitter: float, rand: float) -> float:
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("leader", "task", "waiters")
+    __slots__ = ("labels", "leader", "task", "waiters")
 
-    def __init__(self, task: asyncio.Task[T], leader: object) -> None:
+    def __init__(self, task: asyncio.Task[T], leader: object, labels: tuple[str, ...]) -> None:
         self.task = task
         self.leader = leader
+        self.labels = labels
         self.waiters: list[asyncio.Future[T]] = []
 
 
@@ -108,16 +109,17 @@ class SingleFlight(Generic[T]):
 
     def __init__(self) -> None:
         self._flights: dict[str, _Flight[T]] = {}
+        self._running: set[asyncio.Task[T]] = set()  # detached calls included
 
     def __len__(self) -> int:
-        return len(self._flights)
+        return len(self._running)
 
     def running(self, key: str) -> bool:
         return key in self._flights
 
     def tasks(self) -> list[asyncio.Task[T]]:
-        """The calls running now."""
-        return [flight.task for flight in self._flights.values()]
+        """The calls running now (detached ones included)."""
+        return list(self._running)
 
     async def run(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
         if key not in self._flights:
@@ -136,8 +138,26 @@ class SingleFlight(Generic[T]):
         flight = self._flights.get(key)
         return None if flight is None else flight.leader
 
-    def start(self, key: str, work: Callable[[], Awaitable[T]], leader: object = None) -> asyncio.Task[T]:
-        """Start ``work`` under ``key`` unless it already runs; return the running task either way."""
+    def detach(self, key: str, task: asyncio.Task[Any] | None = None) -> None:
+        """Let later callers of ``key`` start a new call (``task``: only if the running call is that one); the
+        detached call goes on for the callers that wait for it."""
+        flight = self._flights.get(key)
+        if flight is not None and (task is None or flight.task is task):
+            del self._flights[key]
+
+    def detach_labelled(self, labels: set[str]) -> None:
+        """:meth:`detach` every call started with a label in ``labels``."""
+        for key in [key for key, flight in self._flights.items() if labels.intersection(flight.labels)]:
+            del self._flights[key]
+
+    def detach_all(self) -> None:
+        self._flights.clear()
+
+    def start(
+        self, key: str, work: Callable[[], Awaitable[T]], leader: object = None, labels: tuple[str, ...] = ()
+    ) -> asyncio.Task[T]:
+        """Start ``work`` under ``key`` unless it already runs; return the running task either way. ``labels``
+        (a fetch's tags) let :meth:`detach_labelled` find it."""
         flight = self._flights.get(key)
         if flight is not None:
             return flight.task
@@ -146,11 +166,13 @@ class SingleFlight(Generic[T]):
             return await work()
 
         task = asyncio.create_task(call(), name=f"cachelayer-load:{key}")
-        flight = self._flights[key] = _Flight(task, leader)
+        flight = self._flights[key] = _Flight(task, leader, labels)
+        self._running.add(task)
         task.add_done_callback(lambda t: self._finished(key, flight))
         return task
 
     def _finished(self, key: str, flight: _Flight[T]) -> None:
+        self._running.discard(flight.task)
         if self._flights.get(key) is flight:
             del self._flights[key]
         task = flight.task

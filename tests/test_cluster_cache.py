@@ -25,7 +25,7 @@ import pytest_asyncio
 
 from cachelayer import Cache, EntryPolicy, LocalCache, StampedePolicy, StoreConnectError
 from cachelayer._backend import Message, StoreUnavailable, Subscription
-from cachelayer._lease import _ready_channel, lease_key
+from cachelayer._lease import _ready_channel
 from cachelayer._redis_cluster import node_name_for_key
 from harness import CACHE_CLUSTER_ARGS, ClusterUnavailable, RedisClusterServer, cluster_supported
 from harness.services import skip_or_fail
@@ -138,7 +138,7 @@ async def test_a_waiter_in_another_process_is_woken_within_50ms(store_url: str, 
         key = cache.key(f"w{i}")
 
         async def lease_held(key: str = key) -> bool:
-            _, held = await cache.backend.poll(key, lease_key(key))
+            _, held = await cache.backend.poll(key)
             return held
 
         await eventually(lease_held, 60.0, f"the other process's lease on w{i}")
@@ -168,6 +168,10 @@ class FlakySubscription:
     @property
     def alive_at(self) -> float:
         return self.inner.alive_at
+
+    @alive_at.setter
+    def alive_at(self, value: float) -> None:  # settable, as the protocol's attribute is
+        self.inner.alive_at = value
 
     async def subscribe(self, *channels: str) -> None:
         await self.inner.subscribe(*channels)
@@ -238,7 +242,7 @@ async def test_b_notifier_survives_a_reader_error_and_resubscribes(
     async def subscribed() -> bool:  # asked of the channel's shard (redis-py asks a random node)
         owner = client.get_node_from_key(channel)
         reply = await client.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=owner)
-        return sum(n for _, n in reply) >= 1
+        return bool(sum(n for _, n in reply) >= 1)
 
     await eventually(subscribed, 10.0, "the ready channel subscribed")
     made[0].injected.set()  # the reader's next_message raises `error`
@@ -546,8 +550,9 @@ async def test_e_a_tagged_write_whose_tag_shard_is_dead_stores_nothing(
     own_cluster: RedisClusterServer, caches: list[Cache]
 ) -> None:
     """A value and its tag live on different masters. With the tag's master dead, the write must not store the
-    value untagged (it once did: the cluster pipeline sent the SET and the SADD at once), or invalidate_tags would
-    never reach it; with every tag's master alive, the write is stored and invalidated as usual."""
+    value untagged (it once did: the cluster pipeline sent the SET and the tag write at once), or invalidate_tags would
+    never reach it; with every tag's master alive, the write is stored and invalidated as usual. A load records its
+    tags before it takes its ticket: with the tag's master dead it gets no ticket, so it stores nothing either."""
     cache = Cache.from_url(own_cluster.url, namespace=unique("tags"), timeout=0.5)
     caches.append(cache)
     await cache.connect()
@@ -563,6 +568,9 @@ async def test_e_a_tagged_write_whose_tag_shard_is_dead_stores_nothing(
     own_cluster.kill(victim)
     await cache.set(name, {"v": 1}, ttl=60, tags=[dead_tag, live_tag])  # fails open
     assert await cache.get(name, default=absent) is absent
+    load = CountingLoader()
+    assert await cache.get_or_set(name, load, ttl=60, tags=[dead_tag, live_tag]) == {"version": 1}
+    assert await cache.get(name, default=absent) is absent  # no ticket, no fill
 
     await cache.set(name, {"v": 2}, ttl=60, tags=[live_tag])
     assert await cache.get(name) == {"v": 2}

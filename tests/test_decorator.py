@@ -237,6 +237,7 @@ def test_public_api_is_pinned() -> None:
             "Codec",
             "CodecError",
             "ConfigurationError",
+            "ConsistencyMonitor",
             "DictionaryRegistry",
             "EntryPolicy",
             "ExponentialBackoff",

@@ -349,8 +349,9 @@ async def _lease_keys(client: redis.asyncio.Redis) -> list[bytes]:
 
 @pytest.mark.slow
 async def test_lease_scripts_survive_a_redis_restart(private_redis: RedisServer, make_cache: CacheFactory) -> None:
-    """Release (and extend) are EVALSHA scripts; a restarted Redis has an empty script cache. redis-py's Script
-    reloads on NoScriptError, so nobody sees the error and every lease is released, not left to expire."""
+    """The fill (which releases the lease) and the renewal are EVALSHA scripts; a restarted Redis has an empty script
+    cache. redis-py's Script reloads on NoScriptError, so nobody sees the error and every lease is released by the
+    fill, not left to expire."""
     namespace = new_namespace()
     # lease_ttl 0.6 s: the loader (0.5 s) outlives a third of it, so the EXTEND script runs as well.
     policy = StampedePolicy(lease_ttl=0.6, lease_wait=5.0, xfetch=False)
@@ -364,11 +365,11 @@ async def test_lease_scripts_survive_a_redis_restart(private_redis: RedisServer,
             results = await asyncio.gather(a.get_or_set(name, loader), b.get_or_set(name, loader))
             assert results == [{"value": f"{name}-1"}] * 2
             assert loader.calls == 1  # one took the lease and loaded; the other waited for its value
-            assert await _lease_keys(admin) == []  # released by the script, not left to expire (0.6 s)
+            assert await _lease_keys(admin) == []  # released by the fill script, not left to expire (0.6 s)
 
         await race("first")
         scripts = a.backend._loop_client()
-        release_sha, extend_sha = scripts.release.sha, scripts.renew.sha
+        release_sha, extend_sha = scripts.fill.sha, scripts.renew.sha
         assert await admin.script_exists(release_sha, extend_sha) == [True, True]
 
         private_redis.stop()

@@ -123,10 +123,20 @@ async def test_wrapped_backend_keeps_what_it_is() -> None:
     assert await backend.tag_members("t") == ["k"]
     assert await backend.mark_stale(["k", "gone"], 0, b"V") == 1
     assert await backend.get("k") == b"V"
-    assert await backend.poll("k", "k:lease") == (b"V", False)
-    assert await backend.acquire_lease("k:lease", "me", 1000)
-    assert await backend.renew_lease("k:lease", "me", 1000)
-    await backend.release_lease("k:lease", "me")
+    assert await backend.poll("k") == (b"V", False)
+    # Every fill call reaches the inner store with its keywords: the exclusive ticket refuses a second one, the
+    # tags given to begin_fill are recorded, and a fill through an ended ticket is refused.
+    assert await backend.begin_fill("k", "me", 1000, tag_keys=["t2"], tag_ttl_ms=2000)
+    assert not await backend.begin_fill("k", "other", 1000)
+    assert await backend.begin_fill("k", "other", 1000, exclusive=False)
+    assert await backend.tag_members("t2") == ["k"]
+    assert await backend.poll("k") == (b"V", True)
+    assert await backend.renew_fill("k", "me", 1000)
+    await backend.end_fill("k", "me")
+    assert not await backend.fill("k", "me", b"W", 1000)
+    assert await backend.fill("k", "other", b"W", 1000, ["t3"], 2000)
+    assert await backend.poll("k") == (b"W", False)
+    assert await backend.tag_members("t3") == ["k"]
     assert await backend.delete("k") == 1
     assert {"store_entries", "store_errors", "breaker_state"} <= backend.stats().keys()
 

@@ -62,7 +62,7 @@ async def make_cache() -> AsyncIterator[CacheFactory]:
 
 @pytest_asyncio.fixture
 async def admin(private_redis: RedisServer) -> AsyncIterator[Redis]:
-    """A plain client on the test's own Redis, to read leases and values as the store sees them."""
+    """A plain client on the test's own Redis, to read tickets and values as the store sees them."""
     client = Redis.from_url(private_redis.url)
     try:
         yield client
@@ -75,6 +75,7 @@ def unique_namespace() -> str:
 
 
 def lease_key(cache: Cache, name: str) -> str:
+    """Where the fill tickets of ``name`` live: a hash of tokens (one token, exclusive: the lease)."""
     return cache.keys.lease_key(cache.key(name))
 
 
@@ -192,16 +193,16 @@ async def test_a_crashed_holders_lease_lapses_within_lease_ttl(
 
 
 def count_renewals(cache: Cache) -> list[int]:
-    """Count the renewals of ``cache``'s leases that the store accepted (a spy on its backend)."""
+    """Count the renewals of ``cache``'s tickets that the store accepted (a spy on its backend)."""
     accepted = [0]
-    renew: Callable[..., Awaitable[bool]] = cache.backend.renew_lease
+    renew: Callable[..., Awaitable[bool]] = cache.backend.renew_fill
 
     async def spy(*args: Any) -> bool:
         kept = await renew(*args)
         accepted[0] += kept
         return kept
 
-    cache.backend.renew_lease = spy  # type: ignore[method-assign, assignment]
+    cache.backend.renew_fill = spy  # type: ignore[method-assign, assignment]
     return accepted
 
 
@@ -221,18 +222,18 @@ async def test_renewal_keeps_a_slow_loaders_lease_alive(
 
     holding = asyncio.create_task(holder.get_or_set("page", slow, stampede=policy))
     await slow.started.wait()
-    token = await admin.get(lease_key(holder, "page"))
-    assert token is not None
+    tokens = await admin.hkeys(lease_key(holder, "page"))
+    assert len(tokens) == 1  # the holder's exclusive ticket: the lease
     waiting = asyncio.create_task(waiter.get_or_set("page", other, stampede=policy))
     await eventually(lambda: waiter.stats()["lease_waits"] == 1)
 
     # Four accepted renewals, 0.4 s apart: the load has run past the 1.2 s an unrenewed lease would live.
     await eventually(lambda: renewals[0] >= 4)
-    assert await admin.get(lease_key(holder, "page")) == token  # still the holder's, never taken over
+    assert await admin.hkeys(lease_key(holder, "page")) == tokens  # still the holder's, never taken over
     assert other.calls == 0
 
     finish.set()
     assert list(await asyncio.wait_for(asyncio.gather(holding, waiting), 30)) == [{"by": "holder"}] * 2
     assert (slow.calls, other.calls) == (1, 0)
     assert waiter.stats()["lease_timeouts"] == 0
-    assert await admin.exists(lease_key(holder, "page")) == 0  # released at the end, not left to lapse
+    assert await admin.exists(lease_key(holder, "page")) == 0  # used by the fill at the end, not left to lapse

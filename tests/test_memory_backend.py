@@ -1,4 +1,8 @@
-"""MemoryBackend: the in-process twin of the Redis backend (values, expiry, bounds, leases, tags, pub/sub)."""
+"""MemoryBackend: the in-process twin of the Redis backend (values, expiry, bounds, fill tickets, tags, pub/sub).
+
+What memory, Redis and Cluster must all do alike (fills, revocation, tag memberships) is pinned over the three
+stores in tests/test_store_contract.py; here, with a fake clock that makes expiry exact: the in-process store's own
+bounds, eviction and failure injection, and the edges of expiry a real clock cannot reach."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 
 from cachelayer._backend import Backend, StoreUnavailable, Subscription
 from cachelayer._errors import CacheClosedError
-from cachelayer._memory_backend import ENTRY_OVERHEAD, TAG_MEMBER_OVERHEAD, MemoryBackend
+from cachelayer._memory_backend import ENTRY_OVERHEAD, MemoryBackend
 from tests._doubles import FakeClock
 
 WAIT = 5.0  # upper bound for anything a test waits on; it normally takes microseconds
@@ -27,8 +31,9 @@ def backend(clock: FakeClock) -> MemoryBackend:
     return MemoryBackend(clock=clock)
 
 
-def entry_size(key: str, value: bytes, *tag_keys: str) -> int:
-    return ENTRY_OVERHEAD + len(key) + len(value) + sum(TAG_MEMBER_OVERHEAD + len(tag) for tag in tag_keys)
+def entry_size(key: str, value: bytes) -> int:
+    """What a value is charged against ``max_bytes`` (its tag memberships are not: they end by themselves)."""
+    return ENTRY_OVERHEAD + len(key) + len(value)
 
 
 # -- the protocol ---------------------------------------------------------------------------------------------
@@ -50,8 +55,12 @@ def test_calls_complete_without_yielding_to_the_loop(backend: MemoryBackend) -> 
         backend.get("k"),
         backend.get_many(["k", "x"]),
         backend.mark_stale(["k"], 0, b"w"),
-        backend.acquire_lease("k:lease", "me", 1000),
-        backend.poll("k", "k:lease"),
+        backend.begin_fill("k", "me", 1000, tag_keys=["t"], tag_ttl_ms=2),
+        backend.renew_fill("k", "me", 1000),
+        backend.poll("k"),
+        backend.fill("k", "me", b"w", 1000, ["t"], 2),
+        backend.begin_fill("k", "me", 1000, exclusive=False),
+        backend.end_fill("k", "me"),
         backend.tag_members("t"),
         backend.publish("ch", b"m"),
         backend.delete("k"),
@@ -99,8 +108,18 @@ async def test_get_many_and_set_many(backend: MemoryBackend) -> None:
 async def test_bad_arguments_are_programming_errors(backend: MemoryBackend) -> None:
     with pytest.raises(ValueError, match="ttl_ms"):
         await backend.set("k", b"v", 0)
-    with pytest.raises(ValueError, match="tag_ttl_s"):
+    with pytest.raises(ValueError, match="tag_ttl_ms"):
         await backend.set("k", b"v", 1000, ["t"], 0)
+    with pytest.raises(ValueError, match="tag_ttl_ms"):
+        await backend.begin_fill("k", "me", 1000, tag_keys=["t"])
+    with pytest.raises(ValueError, match="ttl_ms"):
+        await backend.begin_fill("k", "me", 0)
+    with pytest.raises(ValueError, match="ttl_ms"):
+        await backend.renew_fill("k", "me", -1)
+    assert await backend.begin_fill("k", "me", 1000)
+    with pytest.raises(TypeError, match="bytes"):
+        await backend.fill("k", "me", bytearray(b"v"), 1000)  # type: ignore[arg-type]
+    assert await backend.poll("k") == (None, True)  # a refused call leaves the ticket alone
     with pytest.raises(TypeError, match="bytes"):
         await backend.set("k", "text", 1000)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl_ms"):  # nothing of a bad batch is written
@@ -159,13 +178,30 @@ async def test_delete_counts_what_existed(backend: MemoryBackend, clock: FakeClo
     assert backend.stats()["store_entries"] == 1
 
 
-async def test_delete_removes_leases_and_tag_sets_too(backend: MemoryBackend) -> None:
-    await backend.set("k", b"v", 1000, ["tag"], 10)
-    await backend.acquire_lease("k:lease", "me", 1000)
-    assert await backend.delete("tag", "k:lease", "tag") == 2
+async def test_delete_revokes_the_tickets_and_keeps_the_memberships(backend: MemoryBackend) -> None:
+    await backend.set("k", b"v", 1000, ["tag"], 10_000)
+    assert await backend.begin_fill("k", "me", 1000)
+    assert await backend.delete("k") == 1
+    assert await backend.poll("k") == (None, False)  # the ticket went with the value, in the same step
+    assert await backend.fill("k", "me", b"old", 1000) is False
+    assert await backend.get("k") is None
+    assert await backend.tag_members("tag") == ["k"]  # a membership ends by itself, never with the value
+    assert await backend.begin_fill("k", "next", 1000) is True  # a load that starts after the delete may store
+    assert await backend.fill("k", "next", b"new", 1000) is True
+    assert await backend.begin_fill("missing", "me", 1000)
+    assert await backend.delete("missing") == 0  # counts values, not tickets: but revokes them all the same
+    assert await backend.poll("missing") == (None, False)
+
+
+async def test_delete_removes_whatever_it_names_and_counts_only_values(backend: MemoryBackend) -> None:
+    """The cache passes value keys only; a ticket hash or a tag set named directly still goes (as DEL removes any
+    key), but only values are counted."""
+    await backend.set("k", b"v", 1000, ["tag"], 10_000)
+    await backend.begin_fill("k", "me", 1000)
+    assert await backend.delete("tag", "k:lease") == 0
     assert await backend.tag_members("tag") == []
-    assert await backend.poll("k", "k:lease") == (b"v", False)
-    assert backend.stats()["store_bytes"] == entry_size("k", b"v")  # the membership is no longer charged
+    assert await backend.poll("k") == (b"v", False)
+    assert backend.stats()["store_bytes"] == entry_size("k", b"v")
 
 
 # -- mark_stale (SETRANGE of each existing key) ----------------------------------------------------------------
@@ -204,18 +240,20 @@ async def test_mark_stale_past_the_end_extends_like_setrange(backend: MemoryBack
 
 
 async def test_clear_by_prefix(backend: MemoryBackend, clock: FakeClock) -> None:
-    await backend.set("a:1", b"v", 1000, ["a:tag:x"], 10)
-    await backend.set("a:2", b"v", 1000)
-    await backend.set("a:old", b"v", 10)
-    await backend.acquire_lease("a:1:lease", "me", 1000)
-    await backend.set("b:1", b"v", 1000, ["b:tag:x"], 10)
+    await backend.set("a:{1}", b"v", 1000, ["a:tags:{x}"], 10_000)
+    await backend.set("a:{2}", b"v", 1000)
+    await backend.set("a:{old}", b"v", 10)
+    await backend.begin_fill("a:{1}", "me", 1000)
+    await backend.set("b:{1}", b"v", 1000, ["b:tags:{x}"], 10_000)
+    await backend.begin_fill("b:{1}", "me", 1000)
     clock.advance(0.5)
-    assert await backend.clear("a:") == 4  # two values, a lease, a tag set; not the expired value
-    assert await backend.get_many(["a:1", "a:2", "b:1"]) == [None, None, b"v"]
-    assert await backend.tag_members("b:tag:x") == ["b:1"]
+    assert await backend.clear("a:") == 4  # two values, a ticket hash, a tag set; not the expired value
+    assert await backend.get_many(["a:{1}", "a:{2}", "b:{1}"]) == [None, None, b"v"]
+    assert await backend.fill("a:{1}", "me", b"old", 1000) is False  # clear revokes the tickets it covers
+    assert await backend.tag_members("b:tags:{x}") == ["b:{1}"]
     stats = backend.stats()
-    assert (stats["store_entries"], stats["store_leases"], stats["store_tag_sets"]) == (1, 0, 1)
-    assert await backend.clear("") == 2
+    assert (stats["store_entries"], stats["store_leases"], stats["store_tag_sets"]) == (1, 1, 1)
+    assert await backend.clear("") == 3
     assert backend.stats()["store_bytes"] == 0
 
 
@@ -232,14 +270,16 @@ async def test_eviction_by_entries_is_lru(clock: FakeClock) -> None:
     assert backend.stats()["store_evictions"] == 1
 
 
-async def test_mark_stale_and_poll_count_as_uses(clock: FakeClock) -> None:
-    backend = MemoryBackend(max_entries=3, clock=clock)
-    for key in "abc":
+async def test_mark_stale_poll_and_fill_count_as_uses(clock: FakeClock) -> None:
+    backend = MemoryBackend(max_entries=4, clock=clock)
+    for key in "abcd":
         await backend.set(key, b"v", 1000)
     await backend.mark_stale(["a"], 0, b"w")
-    await backend.poll("b", "b:lease")
-    await backend.set("d", b"v", 1000)
-    assert await backend.get("c") is None
+    await backend.poll("b")
+    await backend.begin_fill("c", "me", 1000)
+    await backend.fill("c", "me", b"v2", 1000)
+    await backend.set("e", b"v", 1000)
+    assert await backend.get_many(["a", "b", "c", "d", "e"]) == [b"w", b"v", b"v2", None, b"v"]
 
 
 async def test_expired_values_go_before_lru_ones(clock: FakeClock) -> None:
@@ -281,133 +321,225 @@ async def test_a_value_larger_than_max_bytes_is_not_stored(clock: FakeClock) -> 
     backend = MemoryBackend(max_bytes=3 * entry_size("k", b"x" * 100), clock=clock)
     await backend.set("other", b"x", 1000)
     await backend.set("k", b"x" * 50, 1000)
-    await backend.set("k", b"x" * backend.max_bytes, 1000, ["tag"], 10)
+    await backend.set("k", b"x" * backend.max_bytes, 1000, ["tag"], 10_000)
     assert await backend.get("k") is None  # the old value went too: never serve what a write replaced
-    assert await backend.tag_members("tag") == []
+    assert await backend.tag_members("tag") == ["k"]  # recorded before the write: harmless, it ends by itself
     assert await backend.get("other") == b"x"  # nothing else was evicted for a value that cannot fit
     assert backend.stats()["store_evictions"] == 1
     assert backend.stats()["store_bytes"] == entry_size("other", b"x")
 
 
-# -- leases ---------------------------------------------------------------------------------------------------
+# -- fill tickets -------------------------------------------------------------------------------------------
 
 
-async def test_lease_is_taken_once(backend: MemoryBackend) -> None:
-    assert await backend.acquire_lease("L", "one", 1000) is True
-    assert await backend.acquire_lease("L", "two", 1000) is False
-    assert await backend.acquire_lease("L", "one", 1000) is False  # NX, even for the holder
+async def test_an_exclusive_ticket_is_taken_once(backend: MemoryBackend) -> None:
+    assert await backend.begin_fill("k", "one", 1000) is True
+    assert await backend.begin_fill("k", "two", 1000) is False
+    assert await backend.begin_fill("k", "one", 1000) is False  # even for the holder: the lease is taken
+    assert backend.stats()["store_leases"] == 1
 
 
-async def test_lease_renew_and_release_only_by_its_holder(backend: MemoryBackend, clock: FakeClock) -> None:
+async def test_shared_tickets_run_side_by_side_and_each_fills_once(backend: MemoryBackend) -> None:
+    assert await backend.begin_fill("k", "a", 1000, exclusive=False) is True
+    assert await backend.begin_fill("k", "b", 1000, exclusive=False) is True
+    assert await backend.begin_fill("k", "c", 1000) is False  # a shared ticket is held: no lease
+    assert await backend.fill("k", "a", b"from a", 1000) is True
+    assert await backend.fill("k", "a", b"again", 1000) is False  # the fill used a's ticket
+    assert await backend.poll("k") == (b"from a", True)  # b's ticket stays valid
+    assert await backend.fill("k", "b", b"from b", 1000) is True
+    assert await backend.poll("k") == (b"from b", False)
+    assert backend.stats()["store_leases"] == 0  # an empty hash does not exist
+
+
+async def test_a_shared_ticket_joins_a_held_lease_and_only_lengthens_it(
+    backend: MemoryBackend, clock: FakeClock
+) -> None:
     start = clock.now
-    await backend.acquire_lease("L", "one", 100)
-    assert await backend.renew_lease("L", "two", 1000) is False
-    assert await backend.renew_lease("L", "one", 1000) is True
+    assert await backend.begin_fill("k", "holder", 1000) is True
+    assert await backend.begin_fill("k", "joiner", 100, exclusive=False) is True  # does not shorten the 1 s
+    clock.now = start + 0.5
+    assert await backend.renew_fill("k", "joiner", 100) is True  # nor does a shorter renewal
+    clock.now = start + 0.9
+    assert await backend.fill("k", "joiner", b"v", 1000) is True
+    assert await backend.poll("k") == (b"v", True)  # the holder's ticket lives on
+    clock.now = start + 1.0
+    assert await backend.poll("k") == (b"v", False)
+    assert await backend.fill("k", "holder", b"late", 1000) is False
+
+
+async def test_renew_and_end_only_by_the_tickets_holder(backend: MemoryBackend, clock: FakeClock) -> None:
+    start = clock.now
+    await backend.begin_fill("k", "one", 100)
+    assert await backend.renew_fill("k", "two", 1000) is False
+    assert await backend.renew_fill("k", "one", 1000) is True
     clock.now = start + 0.5  # past the first TTL, within the renewed one
-    assert (await backend.poll("k", "L"))[1] is True
-    await backend.release_lease("L", "two")
-    assert (await backend.poll("k", "L"))[1] is True
-    await backend.release_lease("L", "one")
-    assert (await backend.poll("k", "L"))[1] is False
-    assert await backend.acquire_lease("L", "two", 100) is True
+    assert (await backend.poll("k"))[1] is True
+    await backend.end_fill("k", "two")
+    assert (await backend.poll("k"))[1] is True
+    await backend.end_fill("k", "one")
+    assert (await backend.poll("k"))[1] is False
+    assert await backend.fill("k", "one", b"v", 1000) is False  # an ended ticket stores nothing
+    assert await backend.get("k") is None
+    assert await backend.begin_fill("k", "two", 100) is True
 
 
-async def test_lease_expires(backend: MemoryBackend, clock: FakeClock) -> None:
-    await backend.acquire_lease("L", "one", 100)
+async def test_a_ticket_lapses_and_its_fill_is_refused(backend: MemoryBackend, clock: FakeClock) -> None:
+    await backend.begin_fill("k", "one", 100)
     clock.advance(0.1)
-    assert await backend.poll("k", "L") == (None, False)
-    assert await backend.renew_lease("L", "one", 1000) is False
-    assert await backend.acquire_lease("L", "two", 100) is True
-    await backend.release_lease("L", "one")  # the old holder cannot free the new holder's lease
-    assert (await backend.poll("k", "L"))[1] is True
+    assert await backend.poll("k") == (None, False)
+    assert await backend.renew_fill("k", "one", 1000) is False
+    assert await backend.fill("k", "one", b"late", 1000) is False  # a silent loader's value is never stored
+    assert await backend.get("k") is None
+    assert await backend.begin_fill("k", "two", 100) is True
+    await backend.end_fill("k", "one")  # the old holder cannot end the new holder's ticket
+    assert (await backend.poll("k"))[1] is True
 
 
-async def test_poll_returns_value_and_lease_state(backend: MemoryBackend) -> None:
+async def test_fill_is_a_compare_and_set(backend: MemoryBackend, clock: FakeClock) -> None:
+    assert await backend.fill("k", "nobody", b"v", 1000) is False  # no ticket: nothing stored
+    assert await backend.get("k") is None
+    await backend.begin_fill("k", "me", 1000)
+    assert await backend.fill("k", "me", b"v", 250) is True
+    assert await backend.poll("k") == (b"v", False)  # the fill dropped the ticket in the same step
+    assert backend.stats()["store_bytes"] == entry_size("k", b"v")
+    clock.advance(0.25)
+    assert await backend.get("k") is None  # stored for the fill's TTL
+
+
+@pytest.mark.parametrize("invalidation", ["delete", "mark_stale", "set", "set_many", "clear"])
+async def test_every_invalidation_revokes_every_ticket_of_the_key(backend: MemoryBackend, invalidation: str) -> None:
+    await backend.set("k", b"old", 1000)
+    await backend.begin_fill("k", "a", 1000, exclusive=False)
+    await backend.begin_fill("k", "b", 1000, exclusive=False)
+    await backend.begin_fill("other", "c", 1000)
+    if invalidation == "delete":
+        await backend.delete("k")
+    elif invalidation == "mark_stale":
+        await backend.mark_stale(["k"], 0, b"S")
+    elif invalidation == "set":
+        await backend.set("k", b"written", 1000)
+    elif invalidation == "set_many":
+        await backend.set_many([("k", b"written", 1000)])
+    else:
+        await backend.clear("k")
+    left = await backend.get("k")
+    assert await backend.poll("k") == (left, False)
+    for token in ("a", "b"):
+        assert await backend.fill("k", token, b"loaded before", 1000) is False
+    assert await backend.get("k") == left  # what the invalidation left stands
+    assert await backend.fill("other", "c", b"v", 1000) is True  # other keys' tickets are untouched
+
+
+async def test_poll_returns_the_value_and_whether_a_ticket_is_held(backend: MemoryBackend) -> None:
     await backend.set("k", b"v", 1000)
-    assert await backend.poll("k", "k:lease") == (b"v", False)
-    await backend.acquire_lease("k:lease", "me", 1000)
-    assert await backend.poll("k", "k:lease") == (b"v", True)
-    assert await backend.poll("missing", "k:lease") == (None, True)
+    assert await backend.poll("k") == (b"v", False)
+    await backend.begin_fill("k", "me", 1000)
+    assert await backend.poll("k") == (b"v", True)
+    assert await backend.poll("missing") == (None, False)
+    await backend.begin_fill("missing", "me", 1000)
+    assert await backend.poll("missing") == (None, True)
 
 
-async def test_lease_table_is_bounded(clock: FakeClock) -> None:
+async def test_the_ticket_table_is_bounded(clock: FakeClock) -> None:
     backend = MemoryBackend(max_leases=2, clock=clock)
-    await backend.acquire_lease("L1", "t", 10)
-    await backend.acquire_lease("L2", "t", 1000)
+    await backend.begin_fill("k1", "t", 10)
+    await backend.begin_fill("k2", "t", 1000)
     with pytest.raises(StoreUnavailable, match="max_leases"):
-        await backend.acquire_lease("L3", "t", 1000)
+        await backend.begin_fill("k3", "t", 1000)
     assert backend.stats()["store_errors"] == 1
-    clock.advance(0.5)  # L1 expired: its room is reused, the live lease is never broken
-    assert await backend.acquire_lease("L3", "t", 1000) is True
-    assert (await backend.poll("k", "L2"))[1] is True
+    assert await backend.begin_fill("k2", "u", 1000, exclusive=False) is True  # a held hash takes more tokens
+    clock.advance(0.5)  # k1's ticket lapsed: its room is reused, a live ticket is never broken
+    assert await backend.begin_fill("k3", "t", 1000) is True
+    assert (await backend.poll("k2"))[1] is True
     assert backend.stats()["store_leases"] == 2
 
 
-# -- tags -----------------------------------------------------------------------------------------------------
+# -- tags: sorted sets of member -> membership end ------------------------------------------------------------
 
 
-async def test_tag_members_sorted(backend: MemoryBackend) -> None:
-    await backend.set("b", b"v", 1000, ["t1", "t2"], 10)
-    await backend.set("a", b"v", 1000, ["t1"], 10)
+async def test_tag_members_sorted_and_not_charged_to_the_values(backend: MemoryBackend) -> None:
+    await backend.set("b", b"v", 1000, ["t1", "t2"], 10_000)
+    await backend.set("a", b"v", 1000, ["t1"], 10_000)
     assert await backend.tag_members("t1") == ["a", "b"]
     assert await backend.tag_members("t2") == ["b"]
     assert await backend.tag_members("none") == []
-    assert backend.stats()["store_bytes"] == entry_size("a", b"v", "t1") + entry_size("b", b"v", "t1", "t2")
+    assert backend.stats()["store_bytes"] == entry_size("a", b"v") + entry_size("b", b"v")
+    assert (backend.stats()["store_tag_sets"], backend.stats()["store_tag_members"]) == (2, 3)
 
 
-async def test_tag_set_expiry_only_lengthens(backend: MemoryBackend, clock: FakeClock) -> None:
+async def test_a_load_records_its_tags_before_the_value_exists(backend: MemoryBackend, clock: FakeClock) -> None:
     start = clock.now
-    await backend.set("a", b"v", 100_000, ["t"], 10)
-    await backend.set("b", b"v", 100_000, ["t"], 5)  # does not shorten the set's 10 s
-    clock.now = start + 9
+    assert await backend.begin_fill("k", "me", 5000, tag_keys=["t"], tag_ttl_ms=2000)
+    assert await backend.get("k") is None
+    assert await backend.tag_members("t") == ["k"]  # a tag invalidation from now on finds the key
+    clock.now = start + 1.5
+    assert await backend.fill("k", "me", b"v", 1000, ["t", "u"], 2000)  # extends the memberships from now
+    clock.now = start + 3.0
+    assert await backend.tag_members("t") == ["k"]
+    assert await backend.tag_members("u") == ["k"]
+    clock.now = start + 3.5
+    assert await backend.tag_members("t") == []
+
+
+async def test_a_refused_begin_still_records_the_membership(backend: MemoryBackend) -> None:
+    """The tags come first, even when the exclusive ticket is refused: the other load's key is the same key."""
+    await backend.begin_fill("k", "holder", 1000)
+    assert await backend.begin_fill("k", "waiter", 1000, tag_keys=["t"], tag_ttl_ms=2000) is False
+    assert await backend.tag_members("t") == ["k"]
+
+
+async def test_each_membership_ends_on_its_own_and_only_lengthens(backend: MemoryBackend, clock: FakeClock) -> None:
+    start = clock.now
+    await backend.set("a", b"v", 100_000, ["t"], 10_000)
+    await backend.set("a", b"v", 100_000, ["t"], 5_000)  # ZADD GT: does not shorten a's 10 s
+    await backend.set("b", b"v", 100_000, ["t"], 5_000)
+    clock.now = start + 4.999
     assert await backend.tag_members("t") == ["a", "b"]
-    await backend.set("c", b"v", 100_000, ["t"], 20)  # lengthens it to start + 29
-    clock.now = start + 28.999
-    assert await backend.tag_members("t") == ["a", "b", "c"]
-    clock.now = start + 29
+    clock.now = start + 5
+    assert await backend.tag_members("t") == ["a"]  # b's membership ended; a's goes on
+    await backend.set("c", b"v", 100_000, ["t"], 20_000)  # the set lives as long as its longest membership
+    clock.now = start + 24.999
+    assert await backend.tag_members("t") == ["c"]
+    clock.now = start + 25
     assert await backend.tag_members("t") == []
     assert backend.stats()["store_tag_sets"] == 0
     assert backend.stats()["store_bytes"] == sum(entry_size(key, b"v") for key in "abc")
 
 
-async def test_remove_tag_members(backend: MemoryBackend) -> None:
-    await backend.set("a", b"v", 1000, ["t"], 10)
-    await backend.set("b", b"v", 1000, ["t"], 10)
-    await backend.remove_tag_members("t", ["a", "missing"])
-    assert await backend.tag_members("t") == ["b"]
-    assert await backend.get("a") == b"v"  # the value stays
-    await backend.remove_tag_members("t", ["b"])
-    assert backend.stats()["store_tag_sets"] == 0  # an empty set does not exist
-    await backend.remove_tag_members("missing", ["a"])
+async def test_ended_memberships_are_pruned_as_the_set_grows(backend: MemoryBackend, clock: FakeClock) -> None:
+    """The set keeps one live member among many that came and went: its bookkeeping stays near the live ones."""
+    await backend.set("live", b"v", 1_000_000, ["t"], 1_000_000)
+    for i in range(1000):
+        await backend.set(f"k{i}", b"v", 10, ["t"], 10)
+        clock.advance(0.02)  # each membership ends before the next one is given
+    assert await backend.tag_members("t") == ["live"]
+    assert backend.stats()["store_tag_members"] <= 2 * 1 + 16
 
 
-async def test_tag_sets_lose_members_whose_value_is_gone(backend: MemoryBackend, clock: FakeClock) -> None:
-    await backend.set("deleted", b"v", 1000, ["t"], 10)
-    await backend.set("expires", b"v", 100, ["t"], 10)
-    await backend.set("stays", b"v", 1000, ["t"], 10)
+async def test_a_membership_outlives_its_value(backend: MemoryBackend, clock: FakeClock) -> None:
+    """A membership no longer follows the value: deleted, expired and evicted values stay members until their
+    membership ends (invalidating them is harmless; a load that records the key again stays reachable)."""
+    small = MemoryBackend(max_entries=1, clock=clock)
+    await small.set("evicted", b"v", 1000, ["t"], 10_000)
+    await small.set("stays", b"v", 1000, ["t"], 10_000)
+    assert await small.get("evicted") is None
+    assert await small.tag_members("t") == ["evicted", "stays"]
+    await backend.set("deleted", b"v", 1000, ["t"], 10_000)
+    await backend.set("expires", b"v", 100, ["t"], 10_000)
     await backend.delete("deleted")
-    assert await backend.tag_members("t") == ["expires", "stays"]
     clock.advance(0.1)
-    assert await backend.tag_members("t") == ["stays"]
-    await backend.delete("stays")
-    assert backend.stats()["store_tag_sets"] == 0
+    assert await backend.get("expires") is None
+    assert await backend.tag_members("t") == ["deleted", "expires"]
     assert backend.stats()["store_bytes"] == 0
 
 
 async def test_rewriting_a_value_keeps_its_tag_memberships(backend: MemoryBackend) -> None:
-    """As in Redis, where SET leaves the tag sets alone: invalidating the old tag still removes the key."""
-    await backend.set("k", b"v1", 1000, ["old"], 10)
-    await backend.set("k", b"v2", 1000, ["new"], 10)
+    """As in Redis, where SET leaves the tag sets alone: invalidating the old tag still reaches the key."""
+    await backend.set("k", b"v1", 1000, ["old"], 10_000)
+    await backend.set("k", b"v2", 1000, ["new"], 10_000)
     await backend.set("k", b"v3", 1000)
     assert await backend.tag_members("old") == ["k"]
     assert await backend.tag_members("new") == ["k"]
-
-
-async def test_evicted_values_leave_their_tag_sets(clock: FakeClock) -> None:
-    backend = MemoryBackend(max_entries=1, clock=clock)
-    await backend.set("a", b"v", 1000, ["t"], 10)
-    await backend.set("b", b"v", 1000, ["t"], 10)
-    assert await backend.tag_members("t") == ["b"]
 
 
 # -- publish / subscribe --------------------------------------------------------------------------------------
@@ -539,12 +671,12 @@ async def test_aclose_then_every_call_raises_cache_closed_error(backend: MemoryB
         backend.delete("k"),
         backend.mark_stale(["k"], 0, b"x"),
         backend.clear(""),
-        backend.acquire_lease("L", "t", 1000),
-        backend.renew_lease("L", "t", 1000),
-        backend.release_lease("L", "t"),
-        backend.poll("k", "L"),
+        backend.begin_fill("k", "t", 1000),
+        backend.renew_fill("k", "t", 1000),
+        backend.end_fill("k", "t"),
+        backend.fill("k", "t", b"v", 1000),
+        backend.poll("k"),
         backend.tag_members("t"),
-        backend.remove_tag_members("t", ["k"]),
         backend.publish("ch", b"m"),
         backend.subscription().subscribe("ch"),
     ]
@@ -581,7 +713,8 @@ async def test_fail_with_chosen_methods_and_exception(backend: MemoryBackend) ->
     assert await subscription.next_message(WAIT) == ("ch", b"m")
 
 
-async def test_deleting_a_value_and_its_only_tag_set_counts_both(backend: MemoryBackend) -> None:
-    await backend.set("k", b"v", 1000, ["t"], 10)
-    assert await backend.delete("k", "t") == 2
+async def test_deleting_a_value_and_its_tag_set_counts_the_value(backend: MemoryBackend) -> None:
+    await backend.set("k", b"v", 1000, ["t"], 10_000)
+    assert await backend.delete("k", "t") == 1
     assert backend.stats()["store_bytes"] == 0
+    assert backend.stats()["store_tag_sets"] == 0

@@ -127,13 +127,19 @@ async def test_lease_timeout_policies(
 ) -> None:
     cache = make_cache()
     lease_key = cache.keys.lease_key(cache.key("k"))
-    await redis_client.set(lease_key, "someone-else", px=10_000)  # a loader elsewhere that never finishes
+
+    async def held_elsewhere() -> None:  # a loader elsewhere that never finishes (its ticket: a hash of tokens)
+        await redis_client.hset(lease_key, "someone-else", "1")
+        await redis_client.pexpire(lease_key, 10_000)
+
+    await held_elsewhere()
 
     quick_load = StampedePolicy(lease_wait=0.2, on_lease_timeout="load")
     loader = Loader()
     assert await cache.get_or_set("k", loader, stampede=quick_load) == {"version": 1}
     assert cache.stats()["lease_timeouts"] == 1
-    await cache.delete("k")
+    await cache.delete("k")  # revokes every ticket of the key, the other loader's too
+    await held_elsewhere()
 
     quick_raise = StampedePolicy(lease_wait=0.2, on_lease_timeout="raise")
     with pytest.raises(LeaseTimeoutError):
@@ -141,16 +147,18 @@ async def test_lease_timeout_policies(
 
     # With a stale value the waiter serves it, whatever the policy.
     no_swr = StampedePolicy(lease_wait=0.2, on_lease_timeout="raise", stale_while_revalidate=False)
-    await cache.set("k", {"version": 0}, ttl=10)
+    await cache.set("k", {"version": 0}, ttl=10)  # an explicit write revokes the tickets too
+    await held_elsewhere()
     clock.now += 20
     entry = await cache.get_or_set_entry("k", loader, stampede=no_swr)
     assert (entry.outcome, entry.value()) == ("stale", {"version": 0})
-    assert await redis_client.get(lease_key) == b"someone-else"  # never released by a non-owner
+    assert await redis_client.hkeys(lease_key) == [b"someone-else"]  # never released by a non-owner
 
 
 async def test_crashed_loader_lease_frees_itself(redis_client: redis.asyncio.Redis, make_cache: CacheMaker) -> None:
     cache = make_cache()
-    await redis_client.set(cache.keys.lease_key(cache.key("k")), "crashed", px=300)
+    await redis_client.hset(cache.keys.lease_key(cache.key("k")), "crashed", "1")
+    await redis_client.pexpire(cache.keys.lease_key(cache.key("k")), 300)
     loader = Loader()
     assert await cache.get_or_set("k", loader, stampede=StampedePolicy(lease_wait=5)) == {"version": 1}
     stats = cache.stats()

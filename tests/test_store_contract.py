@@ -9,6 +9,9 @@
 * A closed backend raises :class:`CacheClosedError`; a given cluster client used from another loop raises
   :class:`WrongEventLoopError`; ``aclose()`` closes the connections of every loop the backend served.
 * A cluster's first topology discovery does not eat the first call's budget.
+* Fills are alike on every store (memory, Redis, Cluster): a load's ticket (exclusive: the lease; or shared), the
+  compare-and-set fill, the revocation of every ticket of a key by each invalidation, tag memberships recorded
+  before the value exists and ending on their own.
 
 Real servers throughout: the machine's Redis, private ``redis-server`` processes, the session's Redis Cluster.
 """
@@ -20,7 +23,7 @@ import gc
 import logging
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +46,7 @@ from cachelayer import (
     WrongEventLoopError,
     _urls,
 )
+from cachelayer._keys import KeyLayout
 from cachelayer._urls import StoreOptions, backend_from_url, register_scheme, registered_schemes
 from harness import LatencyProxy, RedisClusterServer, RedisServer, free_port
 from harness.servers import port_answers
@@ -302,7 +306,7 @@ async def test_fail_open_is_logged_once_with_store_operation_and_message_and_so_
                 await backend.get("k")
             assert store in str(info.value)
         with pytest.raises(StoreUnavailable):
-            await backend.acquire_lease("k:lease", "token", 1000)
+            await backend.begin_fill("k", "token", 1000)
         failed = backend.stats()["store_errors"]
         assert failed == 6
         lines = warnings_of(caplog)
@@ -310,7 +314,7 @@ async def test_fail_open_is_logged_once_with_store_operation_and_message_and_so_
         assert lines[0].startswith(f"cachelayer: Redis {store} GET failed, failing open: ConnectionError: "), lines
         assert lines[0].split("ConnectionError: ", 1)[1]  # redis-py's own message ("Connection closed by server.")
         debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
-        assert any(f"Redis {store} lease acquire failed" in line for line in debug), debug
+        assert any(f"Redis {store} fill begin failed" in line for line in debug), debug
 
         private_redis.start()
         caplog.clear()
@@ -377,7 +381,7 @@ def test_a_given_cluster_client_on_a_second_loop_raises_wrong_event_loop(
 ) -> None:
     client = RedisCluster.from_url(redis_cluster.redis_url)
     backend = RedisBackend(client, timeout=2.0, owns_client=True)
-    key = f"loops:{uuid.uuid4().hex}"
+    key = f"loops:{{{uuid.uuid4().hex}}}"  # braced, as the cache's keys: a value and its tickets share a slot
     asyncio.run(backend.set(key, b"v", 60_000))
 
     async def second() -> None:
@@ -407,7 +411,7 @@ def test_aclose_closes_the_connections_of_every_loop(redis_url: str, kind: str) 
         if kind == "factory"
         else RedisBackend(Redis.from_url(url), timeout=2.0, owns_client=True)
     )
-    key = f"loops:{uuid.uuid4().hex}"
+    key = f"loops:{{{uuid.uuid4().hex}}}"  # braced, as the cache's keys: a value and its tickets share a slot
 
     async def use(n: int) -> None:
         await asyncio.gather(*(backend.set(f"{key}:{n}:{i}", b"v", 60_000) for i in range(4)))
@@ -435,8 +439,8 @@ async def test_every_call_after_aclose_raises_cache_closed(redis_url: str) -> No
     calls: list[Any] = [
         backend.get("k"), backend.get_many(["k"]), backend.set("k", b"v", 1000), backend.set_many([("k", b"v", 1)]),
         backend.delete("k"), backend.mark_stale(["k"], 0, b"x"), backend.clear("p:"),
-        backend.acquire_lease("l", "t", 1000), backend.renew_lease("l", "t", 1000), backend.release_lease("l", "t"),
-        backend.poll("k", "l"), backend.tag_members("t"), backend.remove_tag_members("t", ["k"]),
+        backend.begin_fill("k", "t", 1000), backend.renew_fill("k", "t", 1000), backend.end_fill("k", "t"),
+        backend.fill("k", "t", b"v", 1000), backend.poll("k"), backend.tag_members("t"),
         backend.publish("c", b"x"), backend.ping(), backend.connect(),
         subscription.subscribe("another"), subscription.next_message(0.01), subscription.ping(),
     ]
@@ -472,7 +476,7 @@ async def test_a_clusters_first_discovery_does_not_eat_the_first_calls_budget(
     seed = redis_cluster.startup_nodes[0]
     async with LatencyProxy(seed[0], seed[1], latency=0.15) as proxy:
         backend = RedisBackend.cluster_from_url(proxy.url("redis+cluster"), timeout=0.25, connect_timeout=10.0)
-        key = f"first:{uuid.uuid4().hex}"
+        key = f"first:{{{uuid.uuid4().hex}}}"
         try:
             await backend.set(key, b"v", 60_000)
             assert await backend.get(key) == b"v"
@@ -485,7 +489,7 @@ async def test_a_clusters_first_discovery_does_not_eat_the_first_calls_budget(
 async def test_concurrent_first_calls_share_one_discovery(redis_cluster: RedisClusterServer) -> None:
     backend = RedisBackend.cluster_from_url(redis_cluster.url, timeout=0.5, connect_timeout=10.0)
     try:
-        keys = [f"first:{uuid.uuid4().hex}" for _ in range(20)]
+        keys = [f"first:{{{uuid.uuid4().hex}}}" for _ in range(20)]
         await asyncio.gather(*(backend.set(key, b"v", 60_000) for key in keys))
         assert await asyncio.gather(*(backend.get(key) for key in keys)) == [b"v"] * 20
         assert backend.client.discoveries == 1  # type: ignore[union-attr]
@@ -510,3 +514,170 @@ async def test_a_failed_first_discovery_fails_open_and_names_the_cluster(
         assert backend.stats()["store_errors"] == 1
     finally:
         await backend.aclose()
+
+
+# --------------------------------------------------------------------------- fills, alike on every store
+#
+# The fill protocol (cachelayer/_backend.py) over memory, Redis and Redis Cluster (the ``store_factory`` fixture):
+# a load's ticket, the compare-and-set fill, and every invalidation's revocation, with the same answers everywhere.
+# Two backends from one factory stand for two processes sharing the store.
+
+LAYOUT = KeyLayout("contract")
+KEY, OTHER = LAYOUT.value_key("k"), LAYOUT.value_key("other")
+TAG, TAG2 = LAYOUT.tag_key("t"), LAYOUT.tag_key("t2")
+
+
+async def test_an_exclusive_ticket_is_the_lease_and_shared_ones_run_side_by_side(
+    store_factory: Callable[[], Backend],
+) -> None:
+    one, two = store_factory(), store_factory()
+    assert await one.begin_fill(KEY, "holder", 5000) is True
+    assert await two.begin_fill(KEY, "other", 5000) is False  # one loader per key across processes
+    assert await one.begin_fill(KEY, "holder", 5000) is False  # even for the holder
+    assert await two.begin_fill(KEY, "joiner", 5000, exclusive=False) is True  # a shared ticket joins
+    assert await two.poll(KEY) == (None, True)
+    assert await two.fill(KEY, "joiner", b"from the joiner", 60_000) is True
+    assert await one.poll(KEY) == (b"from the joiner", True)  # the holder's ticket is still held and valid
+    assert await one.fill(KEY, "holder", b"from the holder", 60_000) is True
+    assert await two.poll(KEY) == (b"from the holder", False)  # the last ticket went with its fill
+    assert await one.begin_fill(KEY, "next", 5000) is True  # nothing held: the lease is free again
+
+
+async def test_fill_is_a_compare_and_set_on_the_token(store: Backend) -> None:
+    assert await store.fill(KEY, "nobody", b"v", 60_000) is False
+    assert await store.get(KEY) is None
+    assert await store.begin_fill(KEY, "me", 5000) is True
+    assert await store.fill(KEY, "someone else", b"v", 60_000) is False  # another token's ticket is not mine
+    assert await store.poll(KEY) == (None, True)
+    assert await store.fill(KEY, "me", b"v", 60_000) is True
+    assert await store.poll(KEY) == (b"v", False)
+    assert await store.fill(KEY, "me", b"again", 60_000) is False  # a ticket fills once
+
+
+async def test_renew_and_end_only_by_the_tickets_holder(store: Backend) -> None:
+    assert await store.renew_fill(KEY, "me", 5000) is False  # nothing to renew
+    await store.begin_fill(KEY, "me", 5000)
+    assert await store.renew_fill(KEY, "you", 5000) is False
+    assert await store.renew_fill(KEY, "me", 5000) is True
+    await store.end_fill(KEY, "you")  # never another load's ticket
+    assert await store.poll(KEY) == (None, True)
+    await store.end_fill(KEY, "me")
+    assert await store.poll(KEY) == (None, False)
+    assert await store.fill(KEY, "me", b"v", 60_000) is False  # an ended ticket stores nothing
+    assert await store.renew_fill(KEY, "me", 5000) is False
+
+
+async def test_a_lapsed_ticket_refuses_its_fill(store: Backend) -> None:
+    """A loader that stops renewing (crashed, frozen, cut off) loses its ticket: its value is never stored."""
+    await store.begin_fill(KEY, "silent", 50)
+
+    async def lapsed() -> bool:
+        return not (await store.poll(KEY))[1]
+
+    await eventually(lapsed, what="the unrenewed ticket to lapse")
+    assert await store.renew_fill(KEY, "silent", 5000) is False
+    assert await store.fill(KEY, "silent", b"late", 60_000) is False
+    assert await store.get(KEY) is None
+    assert await store.begin_fill(KEY, "next", 5000) is True
+
+
+@pytest.mark.parametrize("invalidation", ["delete", "mark_stale", "set", "set_many", "clear"])
+async def test_every_invalidation_revokes_every_ticket_of_its_keys(
+    store_factory: Callable[[], Backend], invalidation: str
+) -> None:
+    """What a load read before an invalidation is never stored after it: the invalidation (from another process
+    here) revokes the key's tickets, exclusive and shared, in the same atomic step as its own change."""
+    loader, writer = store_factory(), store_factory()
+    await writer.set(KEY, b"old", 60_000)
+    assert await loader.begin_fill(KEY, "lease", 5000)
+    assert await loader.begin_fill(KEY, "shared", 5000, exclusive=False)
+    assert await loader.begin_fill(OTHER, "elsewhere", 5000)
+    if invalidation == "delete":
+        assert await writer.delete(KEY) == 1
+    elif invalidation == "mark_stale":
+        assert await writer.mark_stale([KEY], 0, b"S") == 1
+    elif invalidation == "set":
+        await writer.set(KEY, b"written", 60_000)
+    elif invalidation == "set_many":
+        await writer.set_many([(KEY, b"written", 60_000)])
+    else:
+        await writer.clear("contract:{")  # covers both keys and their tickets
+    expected = {"delete": None, "mark_stale": b"Sld", "set": b"written", "set_many": b"written", "clear": None}
+    assert await loader.poll(KEY) == (expected[invalidation], False)
+    for token in ("lease", "shared"):
+        assert await loader.renew_fill(KEY, token, 5000) is False
+        assert await loader.fill(KEY, token, b"read before the invalidation", 60_000) is False
+    assert await loader.get(KEY) == expected[invalidation]  # what the invalidation left stands
+    # A load that begins after the invalidation stores as usual; other keys' tickets were not touched (clear's
+    # prefix covered both, so there the other key's ticket went too).
+    assert await loader.begin_fill(KEY, "after", 5000)
+    assert await loader.fill(KEY, "after", b"fresh", 60_000) is True
+    assert await loader.fill(OTHER, "elsewhere", b"v", 60_000) is (invalidation != "clear")
+
+
+async def test_delete_counts_values_and_revokes_tickets_without_one(store: Backend) -> None:
+    await store.set(KEY, b"v", 60_000)
+    await store.begin_fill(OTHER, "me", 5000)  # a load of a key that has no value yet
+    assert await store.delete(KEY, OTHER, LAYOUT.value_key("missing")) == 1
+    assert await store.poll(OTHER) == (None, False)
+    assert await store.fill(OTHER, "me", b"v", 60_000) is False
+    assert await store.delete() == 0
+
+
+async def test_a_load_records_its_tags_before_its_value_exists(store_factory: Callable[[], Backend]) -> None:
+    """The tags come first, so a tag invalidation that starts once the ticket exists finds the key and revokes
+    the ticket: the race a load that recorded its tags with its value would lose."""
+    loader, invalidator = store_factory(), store_factory()
+    assert await loader.begin_fill(KEY, "me", 5000, tag_keys=[TAG], tag_ttl_ms=60_000)
+    assert await loader.get(KEY) is None
+    members = await invalidator.tag_members(TAG)
+    assert members == [KEY]
+    assert await invalidator.delete(*members) == 0  # no value yet, but the ticket is revoked
+    assert await loader.fill(KEY, "me", b"read before", 60_000, [TAG], 60_000) is False
+    assert await loader.get(KEY) is None
+    # An exclusive ticket refused (another load holds the lease) still records the tags first.
+    assert await loader.begin_fill(KEY, "holder", 5000)
+    assert await invalidator.begin_fill(KEY, "waiter", 5000, tag_keys=[TAG2], tag_ttl_ms=60_000) is False
+    assert await invalidator.tag_members(TAG2) == [KEY]
+
+
+async def test_set_and_fill_record_tags_and_memberships_outlive_values(store: Backend) -> None:
+    await store.set(KEY, b"v", 60_000, [TAG, TAG2], 60_000)
+    await store.begin_fill(OTHER, "me", 5000)
+    assert await store.fill(OTHER, "me", b"v", 60_000, [TAG], 60_000) is True
+    assert await store.tag_members(TAG) == sorted([KEY, OTHER])
+    assert await store.tag_members(TAG2) == [KEY]
+    assert await store.tag_members(LAYOUT.tag_key("none")) == []
+    assert await store.delete(KEY, OTHER) == 2
+    assert await store.tag_members(TAG) == sorted([KEY, OTHER])  # a membership ends by itself, not with a value
+
+
+async def test_tag_members_leaves_out_memberships_that_ended(store: Backend) -> None:
+    """Each membership lasts its own ``tag_ttl_ms`` from when it was given, even in a set that lives on. The end is
+    told by a value with the same TTL written after the short membership, in the tag set's slot: once it expired
+    on the store's own clock, so did the membership."""
+    await store.set(KEY, b"v", 60_000, [TAG], 60_000)
+    await store.set(OTHER, b"v", 60_000, [TAG], 30)
+    assert await store.tag_members(TAG) == sorted([KEY, OTHER])
+    sentinel = "sentinel:{t}"
+    await store.set(sentinel, b"v", 30)
+
+    async def sentinel_expired() -> bool:
+        return await store.get(sentinel) is None
+
+    await eventually(sentinel_expired, what="a 30 ms value to expire")
+    assert await store.tag_members(TAG) == [KEY]
+
+
+async def test_a_membership_only_lengthens(store: Backend) -> None:
+    await store.set(KEY, b"v", 60_000, [TAG], 60_000)
+    await store.set(KEY, b"v", 60_000, [TAG], 30)  # does not cut the 60 s short
+    await store.set(OTHER, b"v", 60_000, [TAG], 30)
+    sentinel = "sentinel:{t}"
+    await store.set(sentinel, b"v", 30)
+
+    async def sentinel_expired() -> bool:
+        return await store.get(sentinel) is None
+
+    await eventually(sentinel_expired, what="a 30 ms value to expire")
+    assert KEY in await store.tag_members(TAG)  # (whether OTHER is left out: the test above)

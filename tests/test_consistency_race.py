@@ -1,0 +1,240 @@
+"""The classic cache-aside race, on every backend: a reader misses and reads the old row, a writer commits and
+invalidates, the reader then stores the old row. An invalidation must beat every fill that began before it
+(docs/consistency.md); these are the issue's reproductions, one per path, with real stores."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from cachelayer import (
+    Cache,
+    CacheHooks,
+    ConsistencyMonitor,
+    EntryPolicy,
+    LocalCache,
+    MemoryBackend,
+    StampedePolicy,
+    cached,
+)
+from tests._doubles import eventually
+
+
+def unique_namespace() -> str:
+    return f"race-{uuid.uuid4().hex[:12]}"
+
+
+Invalidate = Callable[[Cache], Awaitable[object]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
+    if request.param == "memory":
+        made = Cache(MemoryBackend(), namespace=unique_namespace(), default_ttl=60)
+    else:
+        made = Cache.from_url(request.getfixturevalue("redis_url"), namespace=unique_namespace(), default_ttl=60)
+    yield made
+    await made.clear()
+    await made.aclose()
+
+
+class HeldLoader:
+    """A loader that reads the database, then waits to be released before it returns (a slow reader)."""
+
+    def __init__(self, db: dict[str, int]) -> None:
+        self.db = db
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+        self.hold = True
+
+    async def __call__(self) -> int:
+        value = self.db["v"]
+        if self.hold:
+            self.hold = False  # only the first load is slow
+            self.read.set()
+            await self.release.wait()
+        return value
+
+
+@pytest.mark.parametrize(
+    "invalidate",
+    [
+        pytest.param(lambda c: c.delete("row"), id="delete"),
+        pytest.param(lambda c: c.invalidate_tags("rows"), id="invalidate_tags"),
+        pytest.param(lambda c: c.invalidate_tags("rows", mark_stale=True), id="mark_stale"),
+        pytest.param(lambda c: c.clear(), id="clear"),
+    ],
+)
+async def test_a_slow_reader_never_undoes_a_committed_write(cache: Cache, invalidate: Invalidate) -> None:
+    db = {"v": 1}
+    loader = HeldLoader(db)
+    policy = EntryPolicy(tags=("rows",))
+    reader = asyncio.create_task(cache.get_or_set("row", loader, policy))
+    await loader.read.wait()  # the reader read the old row and is held
+    db["v"] = 2  # the writer commits...
+    await invalidate(cache)  # ...and invalidates (the key is not stored yet: the fill is in flight)
+    loader.release.set()
+    assert await reader == 1  # the reader started before the write: it gets what it loaded
+    assert await cache.get_or_set("row", loader, policy) == 2  # and everyone after the write sees it
+    assert cache.stats()["revoked_fills"] == 1
+
+
+async def test_a_caller_after_the_invalidation_never_joins_an_older_load(cache: Cache) -> None:
+    db = {"v": 1}
+    loader = HeldLoader(db)
+    first = asyncio.create_task(cache.get_or_set("row", loader))
+    await loader.read.wait()
+    db["v"] = 2
+    await cache.delete("row")
+    later = asyncio.create_task(cache.get_or_set("row", loader))  # starts after the invalidation returned
+    loader.release.set()
+    assert (await first, await later) == (1, 2)
+
+
+async def test_a_joiner_of_a_revoked_load_loads_again(cache: Cache) -> None:
+    db = {"v": 1}
+    loader = HeldLoader(db)
+    first = asyncio.create_task(cache.get_or_set("row", loader))
+    await loader.read.wait()
+    joiner = asyncio.create_task(cache.get_or_set("row", loader))  # joins the running load
+    await asyncio.sleep(0)  # lets it join (a yield, not a wait for time)
+    db["v"] = 2
+    other = Cache(cache.backend, namespace=cache.namespace)  # another process invalidates
+    await other.delete("row")
+    loader.release.set()
+    # The joiner may have come after the write: it cannot tell, so it loads again.
+    assert (await first, await joiner) == (1, 2)
+
+
+async def test_the_decorators_invalidate_beats_a_slow_reader(cache: Cache) -> None:
+    db = {"v": 1}
+    loader = HeldLoader(db)
+
+    @cached(cache=cache, ttl=60, name="row")
+    async def row(key: str) -> int:
+        return await loader()
+
+    reader = asyncio.create_task(row("a"))
+    await loader.read.wait()
+    db["v"] = 2
+    await row.invalidate("a")
+    loader.release.set()
+    assert await reader == 1
+    assert await row("a") == 2
+
+
+async def test_a_refresh_loaded_before_mark_stale_does_not_overwrite_it(cache: Cache) -> None:
+    db = {"v": 1}
+    await cache.set("row", 1, tags=["rows"])
+    loader = HeldLoader(db)
+    refresh = asyncio.create_task(cache.refresh("row", loader, EntryPolicy(tags=("rows",))))
+    await loader.read.wait()
+    db["v"] = 2
+    await cache.invalidate_tags("rows", mark_stale=True)
+    loader.release.set()
+    await refresh
+    assert await cache.get("row") is None  # still marked stale: the refresh's old value was refused
+    assert await cache.get_or_set("row", loader, EntryPolicy(tags=("rows",))) == 2
+
+
+@pytest.mark.parametrize("lease", [True, False], ids=["lease", "no-lease"])
+async def test_the_rule_holds_with_and_without_the_lease(cache: Cache, lease: bool) -> None:
+    db = {"v": 1}
+    loader = HeldLoader(db)
+    policy = EntryPolicy(stampede=StampedePolicy(lease=lease))
+    reader = asyncio.create_task(cache.get_or_set("row", loader, policy))
+    await loader.read.wait()
+    db["v"] = 2
+    await cache.delete("row")
+    loader.release.set()
+    assert await reader == 1
+    assert await cache.get_or_set("row", loader, policy) == 2
+
+
+async def test_an_explicit_set_beats_a_slow_reader(cache: Cache) -> None:
+    db = {"v": 1}
+    loader = HeldLoader(db)
+    reader = asyncio.create_task(cache.get_or_set("row", loader))
+    await loader.read.wait()
+    await cache.set("row", 3)
+    loader.release.set()
+    assert await reader == 1
+    assert await cache.get("row") == 3
+
+
+async def test_a_revoked_fill_never_enters_the_local_tier() -> None:
+    backend = MemoryBackend()
+    namespace = unique_namespace()
+    cache = Cache(backend, namespace=namespace, local=LocalCache(max_staleness=60))
+    try:
+        db = {"v": 1}
+        loader = HeldLoader(db)
+        policy = EntryPolicy(local=True)
+        reader = asyncio.create_task(cache.get_or_set("row", loader, policy))
+        await loader.read.wait()
+        db["v"] = 2
+        await cache.delete("row")
+        loader.release.set()
+        assert await reader == 1
+        assert await cache.get_or_set("row", loader, policy) == 2
+        assert await cache.get_or_set("row", loader, policy) == 2  # from L1 now: the new value
+    finally:
+        await cache.aclose()
+
+
+async def test_an_invalidation_the_store_missed_is_retried_and_honoured_meanwhile() -> None:
+    backend = MemoryBackend()
+    cache = Cache(backend, namespace=unique_namespace())
+    try:
+        db = {"v": 1}
+
+        async def load() -> int:
+            return db["v"]
+
+        assert await cache.get_or_set("row", load) == 1
+        db["v"] = 2
+        backend.fail_with(methods={"delete"})
+        await cache.delete("row")  # did not land
+        assert cache.stats()["invalidations_pending"] == 1
+        backend.recover()  # reads work again, but the old value is still stored...
+        assert await cache.get_or_set("row", load) == 2  # ...and not served while the delete is pending
+        await eventually(lambda: cache.stats()["invalidations_pending"] == 0, what="the retried delete lands")
+        assert await backend.get(cache.key("row")) is None
+        assert cache.stats()["invalidations_landed_late"] == 1
+    finally:
+        await cache.aclose()
+
+
+async def test_the_monitor_reports_a_stale_write_it_finds(caplog: pytest.LogCaptureFixture) -> None:
+    heard: list[tuple[str, str]] = []
+
+    class Listener(CacheHooks):
+        def inconsistency(self, function: str, key: str, detail: str) -> None:
+            heard.append((function, key))
+
+    # Every fill sampled; the check runs 0.2 s after it (long enough for the write below to come first).
+    monitor = ConsistencyMonitor(sample_rate=1.0, delay=0.2, confirm_delay=0.01)
+    cache = Cache(MemoryBackend(), namespace=unique_namespace(), monitor=monitor)
+    cache.add_hooks(Listener())
+    db = {"v": 1}
+
+    @cached(cache=cache, name="monitored")
+    async def row() -> int:
+        return db["v"]
+
+    try:
+        assert await row() == 1
+        db["v"] = 2  # a write whose invalidation never comes: the stored 1 is now stale
+        await monitor.drain()
+        assert cache.stats()["consistency_violations"] == 1
+        assert heard == [("monitored", row.key())]
+        assert any("monitored" in r.getMessage() and row.key() in r.getMessage() for r in caplog.records)
+        await row.invalidate()  # the fix; the store and the loader agree again
+        assert await row() == 2
+        await monitor.drain()
+        assert cache.stats()["consistency_violations"] == 1
+    finally:
+        await cache.aclose()
