@@ -137,6 +137,8 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         await steady(never, args.duration / 2, hit_latencies)
         await close_never()
     burst_cpu_ms = (time.process_time() - cpu_started - sampler_cpu[0]) * 1000
+    stats = getattr(getattr(fetch, "cache", None), "stats", None)  # cachelayer's counters; peers have none
+    revoked_fills = stats()["revoked_fills"] if stats is not None else None
     await close()
     await counter.aclose()
     return {
@@ -149,6 +151,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         "first_done_at": first_done_at[0] if first_done_at else None,
         "pool_samples": pool_samples,
         "burst_cpu_ms": burst_cpu_ms,
+        "revoked_fills": revoked_fills,
     }
 
 
@@ -237,6 +240,9 @@ def _run_scenario(contender: str, scenario: str, processes: int, per_process: di
         "wake_ms": wakes,
         "burst_cpu_ms": [r["burst_cpu_ms"] for r in results],
         "load_starts": sorted(x for r in results for x in r["load_starts"]),
+        "revoked_fills": None
+        if any(r.get("revoked_fills") is None for r in results)
+        else sum(r["revoked_fills"] for r in results),
     }
 
 
@@ -309,6 +315,7 @@ def hot(
             "max_ms": round(max(lat), 1) if lat else None,
             "requests": len(lat),
             "errors": len(run["errors"]),
+            "revoked_fills": run["revoked_fills"],
         }
         print(f"  hot {contender}: {table[contender]}", file=sys.stderr)
     return table
@@ -330,7 +337,16 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         for name, r in result["cold"].items()
     ]
     hot_rows = [
-        [name, r["loads_per_refresh"], r["loads_per_expiry"], r["p99_ms"], r["hit_p99_ms"], r["requests"], r["errors"]]
+        [
+            name,
+            r["loads_per_refresh"],
+            r["loads_per_expiry"],
+            r["p99_ms"],
+            r["hit_p99_ms"],
+            r["requests"],
+            r["errors"],
+            "n/a" if r.get("revoked_fills") is None else r["revoked_fills"],
+        ]
         for name, r in result["hot"].items()
     ]
     cold_headers = [
@@ -344,7 +360,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "pool in use while waiting (max)",
         "same, besides pub/sub",
     ]
-    hot_headers = ["contender", "loads/refresh", "loads/expiry", "p99 ms", "hit p99 ms", "requests", "errors"]
+    hot_headers = [
+        "contender", "loads/refresh", "loads/expiry", "p99 ms", "hit p99 ms", "requests", "errors", "revoked fills"
+    ]
     print(
         f"\nCold key: {args.requests} concurrent requests over {args.processes} processes, "
         f"loader {LOADER_SLEEP * 1000:.0f} ms, pool of {args.max_connections} per process"
@@ -410,7 +428,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "loads/refresh: loads of the key over the times its value was renewed (loads from any process starting within "
         "TTL/2 of each other are one renewal): 1.0 is one load per renewal. loads/expiry divides by duration / TTL "
         "instead: an early refresh (XFetch) renews the value before its TTL runs out, so one load per renewal can "
-        "exceed one per nominal expiry.",
+        "exceed one per nominal expiry. revoked fills: cachelayer's loads whose write an invalidation refused "
+        "(docs/consistency.md); nothing invalidates here, so 0 is expected (peers have no such count: n/a).",
         "",
         "## Targets",
         "",

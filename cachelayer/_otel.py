@@ -333,6 +333,12 @@ class _FetchSpan(FetchHooks):
             load_span.set_attribute("cache.stored_size", size)
         self._end_load()
 
+    def fill_revoked(self) -> None:
+        load_span = self.load_span
+        if load_span is not None and load_span.is_recording():
+            load_span.add_event("cache.fill_revoked")  # an invalidation came while it loaded: nothing stored
+        self._end_load()
+
     def failed_open(self, operation: str, reason: str) -> None:
         owner = self.owner
         attributes = owner.attributes(

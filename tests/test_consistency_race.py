@@ -21,6 +21,7 @@ from cachelayer import (
     cached,
 )
 from tests._doubles import eventually
+from tests.conftest import StoreFactory
 
 
 def unique_namespace() -> str:
@@ -30,14 +31,11 @@ def unique_namespace() -> str:
 Invalidate = Callable[[Cache], Awaitable[object]]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
-    if request.param == "memory":
-        made = Cache(MemoryBackend(), namespace=unique_namespace(), default_ttl=60)
-    else:
-        made = Cache.from_url(request.getfixturevalue("redis_url"), namespace=unique_namespace(), default_ttl=60)
+@pytest.fixture
+async def cache(store_factory: StoreFactory) -> AsyncIterator[Cache]:
+    """A cache on each kind of store: memory, Redis, a Redis Cluster (conftest's ``store_factory``)."""
+    made = Cache(store_factory(), namespace=unique_namespace(), default_ttl=60)
     yield made
-    await made.clear()
     await made.aclose()
 
 
@@ -94,7 +92,7 @@ async def test_a_caller_after_the_invalidation_never_joins_an_older_load(cache: 
     assert (await first, await later) == (1, 2)
 
 
-async def test_a_joiner_of_a_revoked_load_loads_again(cache: Cache) -> None:
+async def test_a_joiner_of_a_revoked_load_loads_again(cache: Cache, store_factory: StoreFactory) -> None:
     db = {"v": 1}
     loader = HeldLoader(db)
     first = asyncio.create_task(cache.get_or_set("row", loader))
@@ -102,8 +100,9 @@ async def test_a_joiner_of_a_revoked_load_loads_again(cache: Cache) -> None:
     joiner = asyncio.create_task(cache.get_or_set("row", loader))  # joins the running load
     await asyncio.sleep(0)  # lets it join (a yield, not a wait for time)
     db["v"] = 2
-    other = Cache(cache.backend, namespace=cache.namespace)  # another process invalidates
+    other = Cache(store_factory(), namespace=cache.namespace)  # another process invalidates
     await other.delete("row")
+    await other.aclose()
     loader.release.set()
     # The joiner may have come after the write: it cannot tell, so it loads again.
     assert (await first, await joiner) == (1, 2)

@@ -286,6 +286,27 @@ async def test_concurrent_callers_of_a_cold_key_share_one_load_span_and_link_to_
     assert telemetry.count("cache.loads") == 1
 
 
+async def test_a_revoked_fill_is_an_event_of_its_load_span(telemetry: Telemetry) -> None:
+    cache = Cache(MemoryBackend(), namespace="t-otel-revoked")
+    telemetry.instrument(cache)
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> int:
+        loading.set()
+        await release.wait()
+        return 1
+
+    reader = asyncio.create_task(cache.get_or_set("row", slow))
+    await loading.wait()
+    await cache.delete("row")  # the write's invalidation, while the load runs
+    release.set()
+    assert await reader == 1
+    load = only(telemetry.load_spans())
+    assert [e.name for e in load.events] == ["cache.fill_revoked"]
+    assert "cache.stored_size" not in attributes_of(load)
+    await cache.aclose()
+
+
 async def test_a_fail_open_fetch_says_so_on_its_span_and_in_metrics(telemetry: Telemetry) -> None:
     backend = MemoryBackend()
     backend.fail_with()
