@@ -1,6 +1,6 @@
 """Chaos benchmark (issue 12, item 9): the wallpaper service under store faults, with load on.
 
-``python -m benchmarks.chaos [--quick] [--json PATH] [--keep]``
+``python -m benchmarks.chaos [--quick] [--faults F,...] [--json PATH] [--results DIR] [--keep]``
 
 The run starts its own stores on free loopback ports: ``redis-server``, SecantusDB (storage in the work directory)
 and a private ``mariadbd`` (own datadir; when that cannot start, the machine's MariaDB on 3306 with a private
@@ -19,17 +19,23 @@ ids, so MySQL rows and Mongo counters can be told apart by phase even without a 
 
 Phases, in turn, each after a baseline gap: none (baseline), Redis SIGKILL + restart on the same port, Redis SIGSTOP
 5 s, Redis +200 ms (proxy), SecantusDB SIGKILL + restart, MySQL refuse, blackhole and dropped replies (proxy).
+Then the download storm (``download_storm``, issue 16): healthy stores, 300 cached list pages, 12 clients posting
+downloads back to back while readers reload the pages; every answer is checked against the downloads answered before
+its read was sent, and the cache's counters (breaker openings, store errors, revoked fills, ...) are summed over the
+workers. ``--faults download_storm`` runs it alone (no wrk needed).
 After the load stops and a settling period, the MySQL events and the Mongo counters are read directly.
 
-Writes ``benchmarks/results/chaos.{md,json,png}`` (``--quick``) or ``chaos-full.{md,json,png}``. Every loop is
-bounded in count and time, only 127.0.0.1 is used, and every process the run started is stopped by its PID at the
-end, also on errors (``finally`` and ``atexit``).
+Writes ``chaos.{md,json,png}`` (``--quick``) or ``chaos-full.{md,json,png}`` to ``--results`` (default
+``benchmarks/results/``). Every loop is bounded in count and time, only 127.0.0.1 is used, and every process the
+run started is stopped by its PID at the end, also on errors (``finally`` and ``atexit``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import collections
 import contextlib
 import json
 import os
@@ -89,12 +95,13 @@ class Plan:
     after_s: float  # watched after the fault ends (recovery must show within it)
     settle_s: float  # after the load, at most this long for counters to agree
     connections: int  # wrk
+    storm_s: float  # the download storm's load
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, gap_s=4, fault_s=5, after_s=9, settle_s=20, connections=32)
-        return cls(False, gap_s=8, fault_s=10, after_s=15, settle_s=60, connections=64)
+            return cls(True, gap_s=4, fault_s=5, after_s=9, settle_s=20, connections=32, storm_s=8)
+        return cls(False, gap_s=8, fault_s=10, after_s=15, settle_s=60, connections=64, storm_s=60)
 
 
 # -- small HTTP client (POSTs, metrics) ---------------------------------------------------------------------------
@@ -133,6 +140,7 @@ class Download:
     sent_at: float
     attempts: list[tuple[float, str]] = field(default_factory=list)  # (time, status code or error name)
     final: str = ""
+    downloads: int | None = None  # the counter a 200 answered (as of this download)
 
     @property
     def ok(self) -> bool:
@@ -149,10 +157,13 @@ async def post_download(port: int, item: Download, clock: Callable[[], float]) -
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), ATTEMPT_TIMEOUT_S)
             try:
                 writer.write(request)
-                status, headers, _ = await asyncio.wait_for(read_response(reader), ATTEMPT_TIMEOUT_S)
+                status, headers, body = await asyncio.wait_for(read_response(reader), ATTEMPT_TIMEOUT_S)
             finally:
                 writer.transport.abort()
             outcome = str(status)
+            if status == 200:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    item.downloads = int(json.loads(body)["data"]["downloads"])
             with contextlib.suppress(ValueError):
                 retry_after = min(float(headers.get("retry-after", "")), 2.0)
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
@@ -164,6 +175,12 @@ async def post_download(port: int, item: Download, clock: Callable[[], float]) -
         await asyncio.sleep(retry_after)
 
 
+def parse_counters(text: str) -> dict[str, float]:
+    """The cache's own counters in a ``/metrics`` text: ``cachelayer_<name>_total{cache="wallpaper"}`` -> name."""
+    found = re.findall(r'^cachelayer_(\w+)_total\{cache="wallpaper"\}\s+(\S+)$', text, re.M)
+    return {name: float(value) for name, value in found}
+
+
 class WorkerMetrics:
     """``cachelayer_loads`` of every worker: one keep-alive connection per worker (identified by ``/healthz``'s
     ``pid``), read once a second. ``samples``: (time, {pid: loads})."""
@@ -173,6 +190,7 @@ class WorkerMetrics:
         self.connections: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         self.last: dict[int, float] = {}
         self.samples: list[tuple[float, dict[int, float]]] = []
+        self.counters: dict[int, dict[str, float]] = {}  # pid -> the cache's counters at the last sample
         self.note = ""
 
     async def _get(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str) -> bytes:
@@ -211,6 +229,7 @@ class WorkerMetrics:
             match = re.search(r"^cachelayer_loads_total\{[^}]*\}\s+([0-9.e+]+)", text, re.M)
             if match:
                 self.last[pid] = float(match.group(1))
+            self.counters[pid] = parse_counters(text)
         self.samples.append((now, dict(self.last)))
 
     def close(self) -> None:
@@ -701,6 +720,266 @@ class Run:
                 raise RuntimeError(f"a load loop failed: {task.exception()!r}")
 
 
+# -- the download storm: 300 cached list pages, 12 clients downloading (issue 16, part 2) ------------------------
+#
+# Healthy stores (through their proxies, in pass mode). Every download invalidates its wallpaper's detail and every
+# list page of ``_all`` and of its category, so each one reaches all 300 cached ``_all`` pages while readers reload
+# them. Each reader answer is checked against the downloads answered before that read was sent: it must show, for
+# every storm wallpaper it shows, at least the highest count a download of it had answered by then.
+
+STORM: Final = "download_storm"
+STORM_TEXT: Final = "healthy stores: 300 cached list pages, 12 clients downloading, readers reloading the pages"
+STORM_CLIENTS: Final = 12
+STORM_READERS: Final = 16  # keep-alive connections cycling through the pages
+STORM_IDS: Final = range(41, 61)  # past every fault phase's block (8 x 5 ids)
+STORM_COUNTERS: Final = (
+    "breaker_opened", "store_errors", "store_queue_timeouts", "store_late_timeouts", "invalidations_deferred",
+    "revoked_fills", "invalidations", "loads",
+)  # fmt: skip
+STORM_FIELDS: Final = (
+    "row", "list_pages", "download_clients", "downloads", "download_failures", "reads", "read_failures",
+    "stale_answers", "breaker_opened", "store_errors", "store_queue_timeouts", "invalidations_deferred",
+    "revoked_fills", "download_p99_ms", "read_p99_ms",
+)  # fmt: skip
+
+
+def storm_list_paths() -> list[str]:
+    """300 distinct list pages of the unfiltered scope (tag ``list:_all``), every one showing wallpapers."""
+    pages = [f"{API}/wallpaperList.json?pageSize={n}&page=1&sort={s}" for s in ("new", "hot") for n in range(1, 101)]
+    pages += [f"{API}/wallpaperList.json?pageSize={n}&page=2&sort={s}" for s in ("new", "hot") for n in range(1, 51)]
+    return pages
+
+
+def storm_paths() -> list[str]:
+    return [*storm_list_paths(), *(f"{API}/wallpaper/{i}.json" for i in STORM_IDS)]
+
+
+class Ledger:
+    """The counts downloads answered, per wallpaper, in the order the answers arrived."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {}
+        self.highest: dict[int, list[int]] = {}  # running maximum of the answered counts
+
+    def add(self, wallpaper_id: int, answered_at: float, downloads: int) -> None:
+        times, highest = self.times.setdefault(wallpaper_id, []), self.highest.setdefault(wallpaper_id, [])
+        if times and answered_at < times[-1]:
+            raise ValueError("answers must be added in the order they arrived")
+        times.append(answered_at)
+        highest.append(max(downloads, highest[-1] if highest else downloads))
+
+    def floor(self, wallpaper_id: int, before: float) -> int | None:
+        """The highest count answered for ``wallpaper_id`` strictly before ``before`` (None: no answer yet)."""
+        times = self.times.get(wallpaper_id, [])
+        index = bisect.bisect_left(times, before)
+        return self.highest[wallpaper_id][index - 1] if index else None
+
+
+@dataclass
+class Answer:
+    """One reader GET: when it was sent, its status and ``X-Cache``, and the storm wallpapers' counts it showed."""
+
+    sent_at: float
+    path: str
+    status: int
+    x_cache: str
+    latency_ms: float
+    counts: dict[int, int]
+
+
+def counts_shown(body: bytes) -> dict[int, int]:
+    """Storm wallpaper id -> the download count a list or detail body shows."""
+    data = json.loads(body)["data"]
+    items = data["items"] if isinstance(data, dict) and "items" in data else [data]
+    shown = {}
+    for item in items:
+        downloads = item["downloads"] if "downloads" in item else item["counts"]["downloads"]
+        if int(item["id"]) in STORM_IDS:
+            shown[int(item["id"])] = int(downloads)
+    return shown
+
+
+def stale_answers(answers: Sequence[Answer], ledger: Ledger) -> list[dict[str, Any]]:
+    """Answers showing a count below one a download had answered before the read was sent."""
+    stale = []
+    for answer in answers:
+        for wallpaper_id, shown in answer.counts.items():
+            floor = ledger.floor(wallpaper_id, answer.sent_at)
+            if floor is not None and shown < floor:
+                stale.append({"path": answer.path, "wallpaper": wallpaper_id, "shown": shown, "answered": floor,
+                              "x_cache": answer.x_cache, "sent_at": round(answer.sent_at, 3)})  # fmt: skip
+    return stale
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def storm_row(
+    downloads: Sequence[Download],
+    answers: Sequence[Answer],
+    counters: dict[str, float],
+    failed_reads: int,
+    list_pages: int,
+) -> dict[str, Any]:
+    """The storm's row (pure: the quick test feeds it synthetic data)."""
+    ledger = Ledger()
+    answered = sorted((d.attempts[-1][0], d) for d in downloads if d.ok and d.downloads is not None and d.attempts)
+    for answered_at, item in answered:
+        assert item.downloads is not None
+        ledger.add(item.wallpaper_id, answered_at, item.downloads)
+    stale = stale_answers(answers, ledger)
+    row: dict[str, Any] = {
+        "row": STORM,
+        "list_pages": list_pages,
+        "download_clients": STORM_CLIENTS,
+        "downloads": len(downloads),
+        "download_failures": sum(1 for d in downloads if not d.ok),
+        "reads": len(answers) + failed_reads,
+        "read_failures": failed_reads + sum(1 for a in answers if a.status != 200),
+        "stale_answers": len(stale),
+        **{name: round(counters.get(name, 0.0)) for name in STORM_COUNTERS},
+        "download_p99_ms": percentile([(d.attempts[-1][0] - d.sent_at) * 1000 for d in downloads if d.attempts], 0.99),
+        "read_p99_ms": percentile([a.latency_ms for a in answers], 0.99),
+        "x_cache": dict(collections.Counter(a.x_cache for a in answers)),
+        "stale_examples": stale[:10],
+    }
+    row["pass"], row["failed"] = storm_verdict(row)
+    return row
+
+
+def storm_verdict(row: dict[str, Any]) -> tuple[bool, list[str]]:
+    """The issue's targets for the storm: 0 breaker openings, 0 store errors, 0 answers older than the last
+    completed download."""
+    failed = [f"{name} {row[name]} (target 0)" for name in ("breaker_opened", "store_errors", "stale_answers")
+              if row[name] != 0]  # fmt: skip
+    if row["downloads"] == 0 or row["reads"] == 0:
+        failed.append("no load")
+    return not failed, failed
+
+
+def redis_commandstats(port: int) -> dict[str, tuple[int, int]]:
+    """Redis's own ``INFO commandstats``: command -> (calls, microseconds spent), read on the server directly."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        info = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in info.items()}
+
+
+def redis_cost(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """The commands Redis ran between two ``commandstats``: name -> {calls, usec}, largest time first."""
+    grown = {
+        name: {"calls": calls - before.get(name, (0, 0))[0], "usec": usec - before.get(name, (0, 0))[1]}
+        for name, (calls, usec) in after.items()
+    }
+    return dict(sorted(((n, v) for n, v in grown.items() if v["calls"] > 0), key=lambda item: -item[1]["usec"]))
+
+
+class Storm:
+    """The storm's load on a started :class:`Stack` for ``seconds``."""
+
+    def __init__(self, stack: Stack, seconds: float) -> None:
+        self.stack, self.seconds = stack, seconds
+        self.t0 = time.monotonic()
+        self.stop = asyncio.Event()
+        self.downloads: list[Download] = []
+        self.answers: list[Answer] = []
+        self.failed_reads = 0
+        self.paths = storm_paths()
+
+    def clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def download_client(self, number: int) -> None:
+        ids = list(STORM_IDS)
+        for n in range(1_000_000):
+            if self.stop.is_set():
+                return
+            item = Download(uuid.uuid4().hex, ids[(number + n * STORM_CLIENTS) % len(ids)], STORM, self.clock())
+            self.downloads.append(item)
+            await post_download(self.stack.service_port, item, self.clock)
+
+    async def reader(self, number: int) -> None:
+        port, conn = self.stack.service_port, None
+        for n in range(10_000_000):
+            if self.stop.is_set():
+                break
+            path = self.paths[(number * 37 + n) % len(self.paths)]
+            sent_at = self.clock()
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), ATTEMPT_TIMEOUT_S)
+                conn[1].write(_request("GET", path, port, {}))
+                status, headers, body = await asyncio.wait_for(read_response(conn[0]), ATTEMPT_TIMEOUT_S)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                self.failed_reads += 1
+                if conn is not None:
+                    conn[1].transport.abort()
+                conn = None
+                continue
+            latency_ms = (self.clock() - sent_at) * 1000
+            counts = counts_shown(body) if status == 200 else {}
+            self.answers.append(Answer(sent_at, path, status, headers.get("x-cache", ""), latency_ms, counts))
+            if headers.get("connection", "").lower() == "close":
+                conn[1].transport.abort()
+                conn = None
+        if conn is not None:
+            conn[1].transport.abort()
+
+    async def run(self) -> dict[str, Any]:
+        metrics = WorkerMetrics(self.stack.service_port, workers=2)
+        await metrics.identify()
+        await metrics.sample(0.0)
+        before = {pid: dict(values) for pid, values in metrics.counters.items()}
+        redis_before = await asyncio.to_thread(redis_commandstats, self.stack.redis.port)
+        self.t0 = time.monotonic()
+        clients = [asyncio.create_task(self.download_client(i)) for i in range(STORM_CLIENTS)]
+        readers = [asyncio.create_task(self.reader(i)) for i in range(STORM_READERS)]
+        # Sampled once a second, not only at the end: a keep-alive connection idle past the service's
+        # header_timeout is closed, and a worker's counters would then be missing from the sums.
+        for _ in range(int(self.seconds) + 1):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), min(1.0, max(0.0, self.seconds - self.clock())))
+            if self.stop.is_set() or self.clock() >= self.seconds:
+                break
+            await metrics.sample(self.clock())
+        self.stop.set()
+        tasks = [*clients, *readers]
+        await asyncio.wait(tasks, timeout=ATTEMPTS * (ATTEMPT_TIMEOUT_S + 2))
+        for task in tasks:
+            task.cancel()
+        seconds = self.clock()
+        redis_after = await asyncio.to_thread(redis_commandstats, self.stack.redis.port)
+        await metrics.sample(seconds)
+        measured = len(metrics.connections)  # workers whose counters were read at the end too
+        metrics.close()
+        counters = {name: 0.0 for name in STORM_COUNTERS}
+        for pid, values in metrics.counters.items():
+            for name in STORM_COUNTERS:
+                counters[name] += values.get(name, 0.0) - before.get(pid, {}).get(name, 0.0)
+        row = storm_row(self.downloads, self.answers, counters, self.failed_reads, len(storm_list_paths()))
+        row["seconds"] = round(seconds, 1)
+        row["workers_measured"] = measured
+        cost = redis_cost(redis_before, redis_after)
+        row["redis_commands"] = cost
+        row["redis_busy_ms_per_s"] = round(sum(v["usec"] for v in cost.values()) / 1000 / max(seconds, 0.1), 1)
+        counted = max(1, sum(1 for d in self.downloads if d.ok))
+        row["redis_evals_per_download"] = round(cost.get("eval", {}).get("calls", 0) / counted, 1)
+        if metrics.note:
+            row["note"] = metrics.note
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError(f"a storm client failed: {task.exception()!r}")
+        return row
+
+
 # -- what the stores hold at the end -----------------------------------------------------------------------------
 
 
@@ -859,7 +1138,52 @@ def render_markdown(data: dict[str, Any]) -> str:
     ]
     if data["notes"]:
         lines[6:6] = ["Notes: " + " ".join(data["notes"]), ""]
+    storm = data.get("storm")
+    if storm is not None:
+        env_line = lines.pop()
+        if not data["rows"]:  # the storm alone: none of the fault phases' text applies
+            lines = lines[:2]
+        lines += [*render_storm(storm, data), "", env_line]
     return "\n".join(lines)
+
+
+def render_storm(row: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """The download storm's section of the Markdown."""
+    return [
+        f"## Downloads beside 300 cached list pages (issue 16, part 2): {'PASS' if row['pass'] else 'FAIL'}",
+        "",
+        f"`python -m benchmarks.chaos{' --quick' if data['quick'] else ''} --faults {STORM}` (part of the run "
+        f"above; {data['date']}). Healthy stores (every proxy passing), {WALLPAPERS} wallpapers. "
+        f"{row['list_pages']} distinct list pages of the unfiltered scope (`list:_all`, every one showing "
+        f"wallpapers) and the detail pages of wallpapers {STORM_IDS.start}-{STORM_IDS.stop - 1}, all cached first; "
+        f"then for {row['seconds']} s {STORM_CLIENTS} clients POST downloads of those wallpapers back to back (a "
+        f"unique `Idempotency-Key` each, retried as above) while {STORM_READERS} keep-alive readers cycle through "
+        "the pages. Every download invalidates its wallpaper's detail and every list page of `_all` and of its "
+        "category (`invalidate_tags(..., mark_stale=True)`).",
+        "",
+        markdown_table(list(STORM_FIELDS), [[row[f] for f in STORM_FIELDS]]),
+        "",
+        f"X-Cache of the reads: `{json.dumps(row['x_cache'])}`; loads: {row['loads']}; invalidated entries: "
+        f"{row['invalidations']}; Mongo counters agree with the MySQL events after settling: "
+        f"{'yes' if row.get('counters_agree') else 'NO'}. Redis's own command time (`INFO commandstats`): "
+        f"{row['redis_busy_ms_per_s']} ms per second of the storm; the five largest: "
+        f"`{json.dumps(dict(list(row['redis_commands'].items())[:5]))}`.",
+        "",
+        "* Targets: `breaker_opened` 0, `store_errors` 0, `stale_answers` 0 "
+        f"({'; '.join(row['failed']) or 'all met'}).",
+        "* `stale_answers`: reader answers that show a storm wallpaper with a count below the highest count a "
+        "download of it had answered *before the read was sent* (the client's clock: the answer received, then the "
+        "GET written). A download answers the counter as of its own event, after raising the Mongo counter and "
+        "invalidating, so any read sent later must show at least that.",
+        "* `breaker_opened`, `store_errors`, `store_queue_timeouts`, `invalidations_deferred`, `revoked_fills`: the "
+        "growth of `cachelayer_<name>_total` over the storm, summed over both workers' `/metrics`. `revoked_fills`: "
+        "reloads that began before a download's invalidation and were refused their write (the race the cache won).",
+        "* `download_p99_ms`: from the first try to the final answer; `read_p99_ms`: per GET.",
+        *(
+            [f"* Stale answers, the first ones: `{json.dumps(row['stale_examples'][:5])}`"]
+            * bool(row["stale_examples"])
+        ),
+    ]
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -913,8 +1237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short faults and watches (the run in < 5 minutes)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where chaos.{md,json,png} go")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, datadirs)")
-    parser.add_argument("--faults", help=f"comma-separated subset of {','.join(FAULTS)}")
+    parser.add_argument("--faults", help=f"comma-separated subset of {','.join((*FAULTS, STORM))}")
     parser.add_argument(
         "--source",
         type=Path,
@@ -924,8 +1249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--source-label", help="how the results name --source (default: its path)")
     args = parser.parse_args(argv)
-    faults = list(FAULTS) if not args.faults else [f for f in FAULTS if f in args.faults.split(",")]
-    if shutil.which("wrk") is None:
+    chosen = (*FAULTS, STORM) if not args.faults else tuple(args.faults.split(","))
+    faults = [f for f in FAULTS if f in chosen]
+    storm = STORM in chosen
+    if faults and shutil.which("wrk") is None:
         print("chaos: wrk is not installed", file=sys.stderr)
         return 2
     plan = Plan.make(args.quick)
@@ -933,20 +1260,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     stack = Stack(workdir, args.source.resolve())
+    run: Run | None = None
+    storm_result: dict[str, Any] | None = None
+    paths = load_paths()
     try:
         print(f"starting stores and service (work directory {workdir}) ...", flush=True)
         stack.start_stores()
         stack.seed()
         seeded = seeded_counters(stack)
         stack.start_service()
-        paths = load_paths()
-        for _ in range(2):  # the second pass finds every page cached
-            bad = [p for p in paths if http_get(stack.base + p, timeout=10) != 200]
-        if bad:
-            raise RuntimeError(f"pages not warm: {bad[:5]}")
-        run = Run(stack, plan, wrk_script(paths, workdir / "paths.lua"))
-        print(f"load on: {len(paths)} pages, {DOWNLOADS_PER_S} downloads/s; faults: {', '.join(faults)}", flush=True)
-        asyncio.run(run.run(faults))
+        if faults:
+            for _ in range(2):  # the second pass finds every page cached
+                bad = [p for p in paths if http_get(stack.base + p, timeout=10) != 200]
+            if bad:
+                raise RuntimeError(f"pages not warm: {bad[:5]}")
+            run = Run(stack, plan, wrk_script(paths, workdir / "paths.lua"))
+            print(
+                f"load on: {len(paths)} pages, {DOWNLOADS_PER_S} downloads/s; faults: {', '.join(faults)}", flush=True
+            )
+            asyncio.run(run.run(faults))
+        if storm:
+            bad = [p for p in storm_paths() if http_get(stack.base + p, timeout=10) != 200]
+            if bad:
+                raise RuntimeError(f"storm pages not cached: {bad[:5]}")
+            print(f"  {STORM}: {STORM_TEXT}, {plan.storm_s:g} s ...", flush=True)
+            storm_result = asyncio.run(Storm(stack, plan.storm_s).run())
         print(f"settling (at most {plan.settle_s:g} s) ...", flush=True)
         counts, settled = settle(stack, seeded, plan.settle_s)
         service_log = stack.log_tail(4000)
@@ -958,12 +1296,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         harness.stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    rows, timelines, method, notes = build_results(run, counts, settled, seeded)
+    rows: list[dict[str, Any]] = []
+    timelines: dict[str, list[dict[str, Any]]] = {}
+    method, notes = "", list[str]()
+    if run is not None:
+        rows, timelines, method, notes = build_results(run, counts, settled, seeded)
+    if storm_result is not None:
+        storm_result["counters_agree"] = all(
+            counts["rows_by_id"].get(i, 0) == counts["mongo_by_id"].get(i, 0) for i in STORM_IDS
+        )
     agree = all(counts["rows_by_id"].get(i, 0) == n for i, n in counts["mongo_by_id"].items())
     stem = "chaos" if plan.quick else "chaos-full"
     data: dict[str, Any] = {
         "rows": rows,
+        "storm": storm_result,
         "quick": plan.quick,
+        "faults": faults,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "elapsed_s": round(time.monotonic() - started, 1),
         "mysql": stack.mysql_note,
@@ -973,6 +1321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gap_s": plan.gap_s,
         "fault_s": plan.fault_s,
         "after_s": plan.after_s,
+        "storm_s": plan.storm_s,
         "settle_s": round(settled, 1),
         "stores_agree": "yes" if agree else "NO",
         "download_method": method,
@@ -982,21 +1331,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": environment(PACKAGES),
         "timelines": timelines,
     }
-    headers, body = table(rows)
     print()
-    print(format_table(headers, body))
-    for row in rows:
-        print(f"  {'PASS' if row['pass'] else 'FAIL'}  {row['fault']:20} {'; '.join(row['failed'])}")
+    if rows:
+        headers, body = table(rows)
+        print(format_table(headers, body))
+        for row in rows:
+            print(f"  {'PASS' if row['pass'] else 'FAIL'}  {row['fault']:20} {'; '.join(row['failed'])}")
+    if storm_result is not None:
+        print(format_table(list(STORM_FIELDS), [[storm_result[f] for f in STORM_FIELDS]]))
+        verdict_text = "PASS" if storm_result["pass"] else "FAIL"
+        print(f"  {verdict_text}  {STORM:20} {'; '.join(storm_result['failed'])}")
+        print(f"  X-Cache of the reads: {storm_result['x_cache']}")
+        top = dict(list(storm_result["redis_commands"].items())[:5])
+        print(f"  Redis busy {storm_result['redis_busy_ms_per_s']} ms/s; top commands: {top}")
+        for example in storm_result["stale_examples"][:3]:
+            print(f"  stale: {example}")
     for note in [method, *notes]:
-        print(f"  note: {note}")
+        if note:
+            print(f"  note: {note}")
     if "Traceback" in service_log:
         print("  note: the service log has tracebacks (run with --keep to read it)")
-    write_json(RESULTS_DIR / f"{stem}.json", data)
+    write_json(args.results / f"{stem}.json", data)
     if args.json is not None:
         write_json(args.json, data)
-    write_text(RESULTS_DIR / f"{stem}.md", render_markdown(data))
-    chart(timelines, run.windows, RESULTS_DIR / f"{stem}.png")
-    print(f"({data['elapsed_s']} s) wrote {RESULTS_DIR / stem}.{{md,json,png}}")
+    write_text(args.results / f"{stem}.md", render_markdown(data))
+    if rows:
+        chart(timelines, run.windows if run is not None else [], args.results / f"{stem}.png")
+    print(f"({data['elapsed_s']} s) wrote {args.results / stem}.{{md,json{',png' if rows else ''}}}")
     return 0
 
 

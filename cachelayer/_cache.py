@@ -434,13 +434,19 @@ class Cache:
         tags: Iterable[str] = (),
         value_type: ValueType[Any] | None = None,
     ) -> bool:
-        """Store ``value``; True when the store took it, False when it was unavailable (failed open, counted). A
+        """Store ``value``; True when the store took it, False when it was unavailable (failed open, counted; the
+        key is then invalidated in the background until that lands, and not served from the store meanwhile). A
         value that cannot be stored raises :class:`SerializationError` (or :class:`ValueTooLargeError`)."""
         policy = self.resolve(EntryPolicy(ttl=ttl, stale_ttl=stale_ttl, tags=tuple(tags)))
         pipeline, key = self._state(), self.key(name)
         entry = await pipeline.filler.store(key, value, policy, value_type, 0.0, strict=True)
+        stored = entry.outcome is not Outcome.FAIL_OPEN
+        if not stored:
+            # A write is an invalidation too: the old value must not outlive it, nor a load that began before it.
+            self._pending.add_keys([key], self._longest_life)
+            self._defer("set", key, StoreUnavailable("the write did not reach the store"))
         pipeline.invalidated([key])  # a caller from now on must not join a load that began before the write
-        return entry.outcome is not Outcome.FAIL_OPEN
+        return stored
 
     async def set_many(self, values: Mapping[str, Any], ttl: float | None = None) -> bool:
         """Store several values at once; True when the store took them, False when it was unavailable."""
@@ -450,8 +456,10 @@ class Cache:
         stored = True
         try:
             await self.backend.set_many([(key, data, ttl_ms) for key, data, ttl_ms, _ in items])
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             stored = False
+            self._pending.add_keys([key for key, *_ in items], self._longest_life)
+            self._defer("set_many", f"{len(items)} keys", exc)
         for _, data, _, raw in items:
             self.metrics.count_write(raw, len(data))
         written = [key for key, *_ in items]

@@ -34,7 +34,7 @@ from ._policy import ResolvedPolicy
 from ._stampede import jittered
 from ._typed import ValueType, describe_unstorable
 
-__all__ = ["TAG_MEMBERSHIP_SLACK_MS", "Filler", "RevokedEntry"]
+__all__ = ["TAG_MEMBERSHIP_SLACK_MS", "Filler", "UnconfirmedEntry"]
 
 log = logging.getLogger("cachelayer")
 
@@ -45,9 +45,11 @@ TAG_MEMBERSHIP_SLACK_MS: Final = 60_000
 before the value exists, and the fill extends them; the slack covers the load's own duration and clocks."""
 
 
-class RevokedEntry(CacheEntry[T]):
-    """The entry of a load whose fill was refused (its ticket was revoked or lapsed): its value goes to the caller
-    that started the load; a caller that joined it loads again."""
+class UnconfirmedEntry(CacheEntry[T]):
+    """The entry of a load whose value the store did not take through its ticket: refused (an invalidation revoked
+    the ticket, or it lapsed; outcome ``miss``), or not known (no ticket, or the fill failed: the store is
+    unavailable; outcome ``fail_open``). Nothing proves that no invalidation came while it loaded: its value goes
+    to the caller that started the load, and a caller that joined it loads again."""
 
     __slots__ = ()
 
@@ -113,9 +115,10 @@ class Filler:
             hooks.load_ended(elapsed, None)
         if ticket is None:
             self.metrics.load_unstored += 1
-            return self.unstored(value, fetch.value_type, Outcome.FAIL_OPEN)
+            dumps = self.codec.serializer.dumps if fetch.value_type is None else fetch.value_type.dumps
+            return UnconfirmedEntry(self.codec, None, Outcome.FAIL_OPEN, value=value, dumps=dumps)
         entry = await self.store(fetch.key, value, fetch.policy, fetch.value_type, elapsed, hooks=hooks, ticket=ticket)
-        if self.monitor is not None and entry.outcome is Outcome.MISS and not isinstance(entry, RevokedEntry):
+        if self.monitor is not None and entry.outcome is Outcome.MISS and not isinstance(entry, UnconfirmedEntry):
             self.monitor.after_fill(fetch.key, fetch.function, functools.partial(_reload, fetch, self.codec))
         return entry
 
@@ -173,7 +176,7 @@ class Filler:
             self.metrics.revoked_fills += 1
             if hooks is not None:
                 hooks.fill_revoked()
-            return RevokedEntry(self.codec, frame, Outcome.MISS, value=value)
+            return UnconfirmedEntry(self.codec, frame, Outcome.MISS, value=value)
         if stored and hooks is not None:
             hooks.stored(len(data))
         self.metrics.count_write(raw_size, len(data))
@@ -184,6 +187,9 @@ class Filler:
             else:
                 local.discard([key])
             await local.broadcast([key])  # the other processes' copies (the broadcast skips its sender)
+        if fail_open and ticket is not None:
+            # The fill's fate is unknown (taken, refused, or never arrived): a joiner cannot rely on it either.
+            return UnconfirmedEntry(self.codec, frame, Outcome.FAIL_OPEN, value=value)
         outcome = Outcome.FAIL_OPEN if fail_open else Outcome.MISS
         return CacheEntry(self.codec, frame, outcome, value=value)
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import math
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
@@ -107,13 +106,14 @@ class LeaseCoordinator(Generic[T]):
         self, key: str, policy: StampedePolicy, deadline: float, fresh: Callable[[bytes], Awaitable[T | None]]
     ) -> T | WaitEnd:
         """Wait (woken early by pub/sub) until the value is fresh, the lease is gone, or ``deadline``
-        (``time.monotonic()``) passes."""
+        (the running loop's ``time()``) passes."""
         channel = _ready_channel(key)
         delays: Iterator[float] = policy.poll_delays()
         wake = await self.notifier.subscribe(channel) if policy.wake == "pubsub" else None
         failures = 0
         try:
-            while (remaining := deadline - time.monotonic()) > 0:
+            clock = asyncio.get_running_loop().time
+            while (remaining := deadline - clock()) > 0:
                 delay = min(next(delays), remaining)
                 if wake is None:
                     await asyncio.sleep(delay)

@@ -1,20 +1,34 @@
 """The local tier (L1): stored frames of chosen keys kept in process memory, coherent through the store.
 
 Every write and invalidation a process makes is broadcast on one pub/sub channel per namespace; each
-process's listener drops the entries named. That keeps L1s coherent within the message's delivery time. When the
-channel is down, or has not proved alive (a message or a PING answer) within ``max_staleness``, an entry is served
-only while it is younger than ``max_staleness``; when the listener notices a break it drops everything, since it
-may have missed invalidations meanwhile. So an L1 never serves a value that another process replaced or deleted
-more than ``max_staleness`` ago (plus delivery time), whatever happens to the store.
+process's listener drops the entries named. That keeps L1s coherent within the message's delivery time.
+
+The channel's health is a watermark, not a feeling: the listener asks its node for a sign of life every
+``max_staleness / 6`` (a PING with a token of its own), and ``last heard`` is when the newest answered ping was
+sent: everything the node received before then has been delivered. An entry older than ``max_staleness`` is
+served only while the channel has been up since before the entry was stored and was heard within
+``max_staleness``; so an entry is never served more than ``max_staleness`` after an invalidation that the store's
+node received. When a ping stays unanswered for ``max_staleness / 3`` (the node is frozen, gone, or that slow),
+or the connection breaks, the listener drops everything, since it may have missed invalidations, and subscribes
+again at once, on another node of a cluster (``_redis_cluster.ClusterSubscription``). The sender's side: on a
+cluster a broadcast is sent through one master after the other, each within its own budget, until one takes it
+(``RedisBackend._publish_on_a_live_master``). So with any single node of a cluster killed, frozen or slow, an L1
+entry is served at most ``max_staleness`` after its invalidation was made (measured:
+``python -m benchmarks.l1_channel --faults``, benchmarks/results/l1_channel_faults.md; tests/test_local_cluster.py).
+
+A read of the store whose reply arrives after an invalidation reached this process, or after the channel broke or
+came back, is not put in L1 (``epoch``): the reply may predate the invalidation, or one missed meanwhile.
 
 Every process that writes to a namespace whose readers use an L1 must itself have the local tier configured:
-the broadcast is sent by the writer.
+the broadcast is sent by the writer. A broadcast that no node takes (the writer cut off from every master) is
+logged and counted (``local_broadcasts_failed``): the readers then learn nothing and may serve the old value
+until the entry leaves their L1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
 import os
 import time
@@ -92,6 +106,7 @@ class LocalCache:
         # move must not put what it got into L1 (the invalidation may have been of a newer value).
         self.epoch = 0
         self.channel_breaks = 0
+        self.broadcasts_failed = 0
 
     # -- the store -------------------------------------------------------------------------------------------
 
@@ -186,8 +201,11 @@ class LocalCache:
         if self._backend is None:
             return
         payload = self._origin + b"\n" + (_EVERYTHING if keys is None else "\n".join(keys).encode())
-        with contextlib.suppress(StoreUnavailable):
+        try:
             await self._backend.publish(self._channel, payload)
+        except StoreUnavailable as exc:
+            self.broadcasts_failed += 1
+            log.warning("cachelayer: local-tier invalidation broadcast reached no node (%s)", exc)
 
     def _apply(self, payload: bytes) -> None:
         origin, _, names = payload.partition(b"\n")
@@ -207,8 +225,11 @@ class LocalCache:
             subscription = self._backend.subscription()
             try:
                 await subscription.subscribe(self._channel)
+                # A read that began while the channel was down may have missed an invalidation: not into L1.
+                self.epoch += 1
                 self._connected_since = self._last_heard = self._clock()
-                delays = self._reconnect_backoff.delays()  # connected: the next break starts the schedule afresh
+                # After a break, try again at once (a cluster subscription tries another node first), then back off.
+                delays = itertools.chain([0.0], self._reconnect_backoff.delays())
                 await self._follow(subscription)
             except StoreUnavailable as exc:
                 log.warning("cachelayer: local-tier invalidation channel lost (%s); dropping the local tier", exc)
@@ -219,16 +240,24 @@ class LocalCache:
                     self.channel_breaks += 1
                 self._connected_since = None
                 self.clear()
-                with contextlib.suppress(Exception):
-                    await subscription.aclose()
+                await _close_quietly(subscription)
             await asyncio.sleep(next(delays))
 
     async def _follow(self, subscription: Subscription) -> None:
+        """Apply messages; ping every ``max_staleness / 6``; a ping unanswered for ``max_staleness / 3`` ends it."""
+        every, silence = self.max_staleness / 6, self.max_staleness / 3
+        began = time.monotonic()
+        pinged_at = float("-inf")
         while not self._closed:
-            message = await subscription.next_message(self.max_staleness / 3)
-            if message is None:
-                await subscription.ping()  # its answer moves alive_at
-            else:
+            now = time.monotonic()
+            if now - pinged_at >= every:
+                # The newest answered ping was sent at alive_at: the one sent `every` later is overdue.
+                if now - max(subscription.alive_at, began) > every + silence:
+                    raise StoreUnavailable(f"no answer to a ping within {silence:g} s (node frozen, gone or slow)")
+                await subscription.ping()
+                pinged_at = now
+            message = await subscription.next_message(max(0.0, pinged_at + every - time.monotonic()))
+            if message is not None:
                 self._apply(message[1])
             self._last_heard = max(self._last_heard, self._heard_at(subscription))
 
@@ -254,4 +283,12 @@ class LocalCache:
             "local_remote_invalidations": self.remote_invalidations,
             "local_channel_alive": self.channel_alive(),
             "local_channel_breaks": self.channel_breaks,
+            "local_broadcasts_failed": self.broadcasts_failed,
         }
+
+
+async def _close_quietly(subscription: Subscription) -> None:
+    try:
+        await subscription.aclose()
+    except Exception as exc:  # a connection already broken: nothing left to release
+        log.debug("cachelayer: closing the local-tier subscription: %r", exc)

@@ -135,6 +135,20 @@ class MemoryBackend:
         self._failure = exc if exc is not None else StoreUnavailable("MemoryBackend.fail_with: simulated failure")
         self._failing_methods = None if methods is None else frozenset(methods)
 
+    def evict(self, key: str) -> bool:
+        """Remove what is stored under ``key`` (a value, a ticket hash ``key:lease``, a tag set) as Redis's
+        eviction would: nothing else changes, no ticket is revoked. Counted in ``store_evictions``. A test aid
+        (consistency tests evict a value, a lease or a tag set at a chosen moment)."""
+        entry = self._values.get(key)
+        found = entry is not None or key in self._leases or key in self._tag_sets
+        if entry is not None:
+            self._remove_value(key, entry)
+        self._leases.pop(key, None)
+        self._tag_sets.pop(key, None)
+        if found:
+            self._counters["store_evictions"] += 1
+        return found
+
     def recover(self) -> None:
         """Undo :meth:`fail_with`."""
         self._failure = None

@@ -23,7 +23,7 @@ from ._backend import Backend, StoreUnavailable
 from ._codec import INVALIDATED_AT, Codec, Frame
 from ._entry import CacheEntry, Outcome
 from ._fetch import Fetch
-from ._filling import Filler, RevokedEntry
+from ._filling import Filler, UnconfirmedEntry
 from ._flights import Flights
 from ._hooks import FetchHooks, UntilEnded
 from ._keys import KeyLayout
@@ -194,10 +194,10 @@ class Pipeline:
             leader = self.loads.leader(fetch.key)
             fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
         entry = await self.loads.wait(fetch.key)
-        if isinstance(entry, RevokedEntry) and not fetch.retried:
-            # The load we joined began before an invalidation that reached the store while it ran, and we cannot
-            # tell whether we came before it: load again, in a flight that begins after us (once: what that one
-            # loads was read after we started).
+        if isinstance(entry, UnconfirmedEntry) and not fetch.retried:
+            # The load we joined may have begun before an invalidation that reached the store while it ran (its
+            # fill was refused, or its fate is unknown), and we cannot tell whether we came before that: load
+            # again, in a flight that begins after us (once: what that one loads was read after we started).
             fetch.retried = True
             fetch.joined = False
             return await self._fetch(fetch)

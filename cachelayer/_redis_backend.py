@@ -34,14 +34,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException
 
-from ._backend import Subscription
+from ._backend import StoreUnavailable, Subscription
 from ._breaker import CircuitBreaker
 from ._budget import within_budget
 from ._errors import CacheClosedError, ConfigurationError, StoreConnectError
@@ -115,12 +115,13 @@ redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2]) return 1 end
 return 0
 """
-# KEYS[1] tag set. The members whose membership has not ended.
+# KEYS[1] tag set. The members whose membership has not ended, up to _TAG_PAGE + 1 of them (more: read in pages).
 _TAG_MEMBERS: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 501)
 """
+_TAG_PAGE: Final = 500
 # KEYS[1] tag set (a sorted set: member -> when its membership ends, Unix ms on Redis's clock); ARGV[1] member,
 # ARGV[2] membership TTL in ms. ZADD GT only ever lengthens a membership; ended ones are pruned here, so the set holds
 # no more than the live entries that carry the tag; the set itself lives as long as its longest membership.
@@ -136,6 +137,9 @@ return 1
 # RuntimeError: redis-py raises it for a connection of a closed loop or an unset pub/sub connection; never a
 # caller's problem.
 _STORE_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
+# The longest one cluster node may take to take a subscription (connect, SUBSCRIBE, confirmation) before the next
+# node is tried; the backend's budget when that is longer.
+_SUBSCRIBE_ATTEMPT: Final = 0.5
 
 
 def _connect_reason(exc: BaseException, budget: float) -> str:
@@ -223,6 +227,8 @@ class RedisBackend:
         self._current: _LoopClient | None = None
         self._clients: list[_LoopClient] = []  # of every loop still open, for aclose
         self._closed = False
+        # cluster node -> when one of this backend's subscriptions last failed on it (tried last next time)
+        self._subscription_trouble: dict[str, float] = {}
 
     @property
     def timeout(self) -> float:
@@ -376,7 +382,7 @@ class RedisBackend:
             self._labelled = self._store is not None
         if key is None or cluster is None:
             return self.guard.target()
-        return self.guard.target(f"Redis Cluster node {node_name_for_key(cluster, key)}")
+        return self._node_target(node_name_for_key(cluster, key))
 
     async def _call(
         self, operation: str, make: Callable[[], Awaitable[T]], budget: float | None = None, key: str | None = None
@@ -586,9 +592,30 @@ class RedisBackend:
     # -- tags ------------------------------------------------------------------------------------------------
 
     async def tag_members(self, tag_key: str) -> list[str]:
-        script = self._loop_client().members
-        members = await self._call("tag members (ZRANGEBYSCORE)", lambda: script(keys=[tag_key]), key=tag_key)
-        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        """The live members, read in pages (ZSCAN, each page one call within its own budget: a tag of 30,000
+        entries in one call does not fit a 0.1 s budget). ZSCAN returns every member present for the whole scan.
+        Ended memberships are left out by Redis's clock in the first page's script, and by this process's clock
+        (less a minute for skew) after it: a member kept by mistake costs a DEL of nothing, one dropped would
+        not be invalidated."""
+        current = self._loop_client()
+        script, client = current.members, current.client
+        members: list[Any] = await self._call(
+            "tag members (ZRANGEBYSCORE)", lambda: script(keys=[tag_key]), key=tag_key
+        )
+        if len(members) <= _TAG_PAGE:
+            return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        oldest = (time.time() - 60.0) * 1000
+        found: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, page = await self._call(
+                "tag members (ZSCAN)",
+                lambda c=cursor: client.zscan(tag_key, c, count=_TAG_PAGE),  # type: ignore[misc]
+                key=tag_key,
+            )
+            found.update(m.decode() if isinstance(m, bytes) else str(m) for m, ends in page if float(ends) > oldest)
+            if cursor == 0:
+                return sorted(found)
 
     # -- publish / subscribe ---------------------------------------------------------------------------------
 
@@ -600,15 +627,56 @@ class RedisBackend:
                     "publish (SPUBLISH)", lambda: client.execute_command("SPUBLISH", channel, data), key=channel
                 )
             else:
-                await self._call("publish", lambda: _publish_on_any_master(client, channel, data))
+                await self._publish_on_a_live_master(client, channel, data)
         else:
             await self._call("publish", lambda: client.publish(channel, data))
+
+    async def _publish_on_a_live_master(self, client: RedisCluster, channel: str, data: bytes) -> None:
+        """A classic PUBLISH on a cluster: any master forwards it to every node, so one live master is enough.
+
+        The masters are tried one after the other, each attempt within its own budget and held against that
+        master's breaker: those whose breaker is closed first, the channel's own slot owner first among them. A
+        frozen, dead or slow master costs one budget (then, once its breaker opened, nothing), never the message:
+        with one faulty master a broadcast lands within two budgets. A PUBLISH that timed out may still be
+        delivered later (a frozen node runs it when it thaws): a second copy of an invalidation only drops entries
+        again. Measured in benchmarks/results/l1_channel_faults.md."""
+        current = self._loop_client()
+        if current.bounded is not None and not current.bounded.topology_known:
+            await self._discover(current)
+        self._target_for(None)  # names the store in the guard's log lines
+        owner = node_name_for_key(client, channel)
+
+        def rank(node: Any) -> tuple[bool, bool]:
+            return self._node_target(node.name).breaker.state != "closed", node.name != owner
+
+        def publish_on(node: Any) -> Callable[[], Awaitable[Any]]:
+            return lambda: client.execute_command("PUBLISH", channel, data, target_nodes=node)
+
+        failures: list[StoreUnavailable] = []
+        for node in sorted(client.get_primaries(), key=rank):
+            try:
+                await self.guard.call(self._node_target(node.name), "publish", publish_on(node))
+                return
+            except StoreUnavailable as exc:
+                failures.append(exc)
+        raise StoreUnavailable(
+            "publish failed on every master: " + ("; ".join(map(str, failures)) or "no master in the cluster map")
+        )
+
+    def _node_target(self, node_name: str) -> Target:
+        return self.guard.target(f"Redis Cluster node {node_name}")
 
     def subscription(self, *, sharded: bool = False) -> Subscription:
         client = self._loop_client().client
         if isinstance(client, RedisCluster):
             return ClusterSubscription(
-                client, sharded=sharded, connect_timeout=max(self.timeout, 1.0), closed=lambda: self._closed
+                client,
+                sharded=sharded,
+                connect_timeout=max(self.timeout, 1.0),
+                # one node's attempt: a frozen one costs this much before the next is tried
+                attempt_timeout=max(self.timeout, _SUBSCRIBE_ATTEMPT),
+                closed=lambda: self._closed,
+                trouble=self._subscription_trouble,
             )
         return RedisSubscription(
             lambda: self.client, store=self.store, timeout=self.timeout, closed=lambda: self._closed
@@ -622,20 +690,6 @@ class RedisBackend:
 
     def stats(self) -> dict[str, Any]:
         return self.guard.stats()
-
-
-async def _publish_on_any_master(client: RedisCluster, channel: str, data: bytes) -> None:
-    """A cluster forwards PUBLISH to every node, so any live master will do: a dead one (the channel's own slot
-    owner, failing over) must not drop a local-tier invalidation that every other node could carry."""
-    masters = client.get_primaries()
-    random.shuffle(masters)
-    for attempt, node in enumerate(masters):
-        try:
-            await client.execute_command("PUBLISH", channel, data, target_nodes=node)
-            return
-        except CLIENT_ERRORS:
-            if attempt == len(masters) - 1:
-                raise
 
 
 Script = Callable[..., Awaitable[Any]]

@@ -78,6 +78,9 @@ CLIENT_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 #: so that a subscriber can never make an admitted command hit the node's hard limit
 PUBSUB_HEADROOM = 4
 
+#: how long after a node failed a subscription the subscriptions keep asking for a fresh map while it is a master
+_FOLLOW_FAILOVER_FOR: Final = 30.0
+
 
 class Internal(NamedTuple):
     """A name of redis-py (or of asyncio) this module relies on: ``owner`` is ``"module:Class"``."""
@@ -449,39 +452,64 @@ class ClusterSubscription:
     """A :class:`cachelayer._backend.Subscription` on a cluster, with connections of its own (not the pools').
 
     ``sharded=True``: SSUBSCRIBE each channel on the master owning its slot (one connection per such master).
-    ``sharded=False``: classic SUBSCRIBE on one node (PUBLISH reaches every node of a cluster); the node is the
-    owner of the first channel's slot. Any connection problem, and a channel dropped by the server because its
-    slot moved (Redis 7 sends an unasked ``sunsubscribe``), raise :class:`StoreUnavailable` from
-    :meth:`next_message`: close this subscription and open a new one, which follows the current topology.
+    ``sharded=False``: classic SUBSCRIBE on one node. A cluster forwards every PUBLISH to every node, masters and
+    replicas alike, so any live node carries every message and the slot map does not matter: the node is chosen
+    among every node of the map, the channel's slot owner first, then the others, and last those on which a
+    subscription sharing ``trouble`` (the backend's: node name -> when it last failed one) failed most recently.
+    Each attempt (connect, SUBSCRIBE, its confirmation) has ``attempt_timeout``, so a frozen node costs one attempt,
+    a dead one a refused connection, and a failover is survived by the next node in the list, before any promotion.
+
+    ``alive_at`` is a watermark (:func:`time.monotonic`): when the newest answered PING (or the confirmed SUBSCRIBE)
+    was sent, on every node of this subscription. Whatever a node received before then has been delivered here
+    (a node answers in order); a message does not move it, since it may itself be late. A node that never answers
+    a ping is noted in ``trouble`` when the subscription is closed.
+
+    Any connection problem, and a channel dropped by the server because its slot moved (Redis 7 sends an unasked
+    ``sunsubscribe``), raise :class:`StoreUnavailable` from :meth:`next_message`: close this subscription and open a
+    new one, which follows the current topology.
     """
 
     def __init__(self, client: RedisCluster, *, sharded: bool, connect_timeout: float = 1.0,
-                 closed: Callable[[], bool] = lambda: False) -> None:
-        self.alive_at = time.monotonic()
+                 closed: Callable[[], bool] = lambda: False, attempt_timeout: float = 1.0,
+                 trouble: dict[str, float] | None = None) -> None:
+        self.alive_at = float("-inf")
         self._backend_closed = closed
         self._client = client
         self._sharded = sharded
         self._connect_timeout = connect_timeout
+        self._attempt_timeout = attempt_timeout
+        self._trouble: dict[str, float] = trouble if trouble is not None else {}
         self._pubsubs: dict[str, PubSub] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._queue: asyncio.Queue[Message | BaseException] = asyncio.Queue()
         self._channel_node: dict[str, str] = {}
         self._leaving: set[str] = set()
         self._closed = False
+        # per node: the pings not answered yet (token -> when sent), and the watermark (see the class docstring)
+        self._pings: dict[str, dict[bytes, float]] = {}
+        self._watermark: dict[str, float] = {}
+        self._ping_count = 0
 
     # -- the protocol
     async def subscribe(self, *channels: str) -> None:
         self._check_open()
         try:
             await self._client.initialize()
+            if not self._sharded and not self._pubsubs:
+                await self._subscribe_somewhere(channels)
+                return
             for node_name, names in self._by_node(channels).items():
                 pubsub = self._pubsub_for(node_name)
-                for channel in names:  # SSUBSCRIBE of several channels must be one slot: one by one
-                    await (pubsub.ssubscribe(channel) if self._sharded else pubsub.subscribe(channel))
-                    self._channel_node[channel] = node_name
+                sent = time.monotonic()
+                async with asyncio.timeout(self._attempt_timeout):
+                    for channel in names:  # SSUBSCRIBE of several channels must be one slot: one by one
+                        await (pubsub.ssubscribe(channel) if self._sharded else pubsub.subscribe(channel))
+                        self._channel_node[channel] = node_name
+                self._watermark.setdefault(node_name, sent)  # moved by the node's first answered ping
+                self._update_alive()
                 if node_name not in self._readers:
                     self._readers[node_name] = asyncio.get_running_loop().create_task(self._read(node_name, pubsub))
-        except CLIENT_ERRORS as exc:
+        except (*CLIENT_ERRORS, TimeoutError) as exc:
             raise StoreUnavailable(f"cluster subscribe failed: {exc!r}") from exc
 
     async def unsubscribe(self, *channels: str) -> None:
@@ -509,26 +537,33 @@ class ClusterSubscription:
         return item
 
     async def ping(self) -> None:
+        """Send every node a PING carrying a token of its own; its answer (read by the node's reader) moves the
+        node's watermark to when it was sent."""
         self._check_open()
+        self._follow_failover()
         try:
-            for pubsub in list(self._pubsubs.values()):
-                await pubsub.ping()  # the answer arrives through the reader, which moves alive_at
-        except CLIENT_ERRORS as exc:
+            for node_name, pubsub in list(self._pubsubs.items()):
+                self._ping_count += 1
+                token = f"cachelayer-ping-{self._ping_count}".encode()
+                self._pings.setdefault(node_name, {})[token] = time.monotonic()
+                async with asyncio.timeout(self._attempt_timeout):
+                    await pubsub.ping(token)
+        except (*CLIENT_ERRORS, TimeoutError) as exc:
             raise StoreUnavailable(f"cluster subscription ping failed: {exc!r}") from exc
 
     async def aclose(self) -> None:
         self._closed = True
+        now = time.monotonic()
+        for node_name, pending in self._pings.items():
+            if pending:  # asked for a sign of life and got none: the next subscription tries it last
+                self._trouble[node_name] = now
         readers = list(self._readers.values())
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-        for pubsub in self._pubsubs.values():
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(Exception):
-                await pubsub.connection_pool.aclose()
+        for node_name in list(self._pubsubs):
+            await self._drop(node_name)
         self._readers.clear()
-        self._pubsubs.clear()
 
     # -- internals
     def _check_open(self) -> None:
@@ -543,9 +578,42 @@ class ClusterSubscription:
             for channel in channels:
                 grouped.setdefault(node_name_for_key(self._client, channel), []).append(channel)
             return grouped
-        # classic: everything on one connection, the one already open if any
-        node_name = next(iter(self._pubsubs), None) or node_name_for_key(self._client, channels[0])
-        return {node_name: list(channels)}
+        # classic: everything on one connection, the one already open
+        return {next(iter(self._pubsubs)): list(channels)}
+
+    def candidates(self, channel: str) -> list[str]:
+        """Where a classic subscription to ``channel`` is tried, in order (see the class docstring)."""
+        owner = node_name_for_key(self._client, channel)
+        names = sorted((node.name for node in self._client.get_nodes()), key=lambda name: name != owner)
+        return sorted(names, key=lambda name: self._trouble.get(name, float("-inf")))  # stable: owner first
+
+    async def _subscribe_somewhere(self, channels: Sequence[str]) -> None:
+        """Classic: SUBSCRIBE on the first node of :meth:`candidates` that confirms within ``attempt_timeout``."""
+        failures: list[str] = []
+        for node_name in self.candidates(channels[0]):
+            sent = time.monotonic()
+            try:
+                async with asyncio.timeout(self._attempt_timeout):
+                    pubsub = self._pubsub_for(node_name)
+                    await pubsub.subscribe(*channels)
+                    confirmed = 0
+                    while confirmed < len(channels):  # the confirmations come first, in order
+                        message = await pubsub.get_message(timeout=None)
+                        if message is not None and message["type"] in ("subscribe", b"subscribe"):
+                            confirmed += 1
+            except (*CLIENT_ERRORS, TimeoutError, StoreUnavailable) as exc:
+                self._trouble[node_name] = time.monotonic()
+                failures.append(f"{node_name}: {exc!r}")
+                await self._drop(node_name)
+                continue
+            for channel in channels:
+                self._channel_node[channel] = node_name
+            self._trouble.pop(node_name, None)  # it answers again
+            self._watermark[node_name] = sent
+            self._update_alive()
+            self._readers[node_name] = asyncio.get_running_loop().create_task(self._read(node_name, pubsub))
+            return
+        raise StoreUnavailable(f"cluster subscribe failed on every node: {'; '.join(failures) or 'no node'}")
 
     def _pubsub_for(self, node_name: str) -> PubSub:
         pubsub = self._pubsubs.get(node_name)
@@ -564,15 +632,55 @@ class ClusterSubscription:
         self._pubsubs[node_name] = pubsub
         return pubsub
 
+    async def _drop(self, node_name: str) -> None:
+        """Close the node's connection, bounded (a frozen node must not hold the caller)."""
+        pubsub = self._pubsubs.pop(node_name, None)
+        self._pings.pop(node_name, None)
+        self._watermark.pop(node_name, None)
+        if pubsub is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.aclose(), self._attempt_timeout)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.connection_pool.aclose(), self._attempt_timeout)
+
+    def _follow_failover(self) -> None:
+        """While a node that failed a subscription lately is still a master in the client's map, ask for a fresh
+        map (the client throttles it to one per ``min_refresh_interval``): after a promotion the map follows within
+        that interval, instead of waiting for some request to fail on the dead master first."""
+        client = self._client
+        if not isinstance(client, BoundedRedisCluster) or not self._trouble:
+            return
+        now = time.monotonic()
+        masters = {node.name for node in client.get_primaries()}
+        if any(name in masters and now - at < _FOLLOW_FAILOVER_FOR for name, at in self._trouble.items()):
+            client.request_refresh()
+
+    def _update_alive(self) -> None:
+        self.alive_at = min(self._watermark.values(), default=float("-inf"))
+
+    def _answered(self, node_name: str, token: bytes) -> None:
+        pending = self._pings.get(node_name)
+        sent = None if pending is None else pending.get(token)
+        if pending is None or sent is None:
+            return
+        for older in [t for t, at in pending.items() if at <= sent]:  # answers come in order
+            del pending[older]
+        self._watermark[node_name] = max(self._watermark.get(node_name, sent), sent)
+        self._update_alive()
+
     async def _read(self, node_name: str, pubsub: PubSub) -> None:
         try:
             while True:
                 message = await pubsub.get_message(timeout=30.0)
                 if message is None:
                     continue
-                self.alive_at = time.monotonic()
                 kind = message["type"]
                 kind = kind.decode() if isinstance(kind, bytes) else kind
+                if kind == "pong":
+                    data = message["data"]
+                    self._answered(node_name, data.encode() if isinstance(data, str) else bytes(data or b""))
+                    continue
                 channel = message["channel"]
                 channel = channel.decode() if isinstance(channel, bytes) else channel
                 if kind in ("message", "smessage"):
@@ -584,4 +692,5 @@ class ClusterSubscription:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every reader failure is handed to next_message
+            self._trouble[node_name] = time.monotonic()
             self._queue.put_nowait(exc)

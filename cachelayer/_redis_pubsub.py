@@ -29,7 +29,11 @@ _PUBSUB_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
 
 class RedisSubscription:
     """A pub/sub connection of the running loop's standalone client (see :class:`cachelayer.Subscription`; a cluster
-    has :class:`ClusterSubscription`). ``sharded`` changes nothing on one node: the backend publishes plainly there."""
+    has :class:`ClusterSubscription`). ``sharded`` changes nothing on one node: the backend publishes plainly there.
+
+    ``alive_at`` is a watermark, as on a cluster: when the newest answered PING (each carries a token of its own)
+    or the SUBSCRIBE was sent; whatever Redis received before then has been delivered here. A message does not
+    move it (it may itself be late)."""
 
     def __init__(
         self,
@@ -45,6 +49,8 @@ class RedisSubscription:
         self._closed = closed
         self._pubsub: PubSub | None = None
         self.alive_at = float("-inf")
+        self._pings: dict[bytes, float] = {}  # token -> when sent, not answered yet
+        self._ping_count = 0
 
     def _connection(self) -> PubSub:
         if self._closed():
@@ -61,7 +67,9 @@ class RedisSubscription:
 
     async def subscribe(self, *channels: str) -> None:
         pubsub = self._connection()
+        sent = time.monotonic()
         await self._guarded(lambda: pubsub.subscribe(*channels), self._timeout)
+        self.alive_at = max(self.alive_at, sent)
 
     async def unsubscribe(self, *channels: str) -> None:
         if self._pubsub is None:
@@ -78,16 +86,30 @@ class RedisSubscription:
             message = await self._guarded(lambda: read(timeout=remaining), remaining + self._timeout)
             if message is None:
                 continue
-            self.alive_at = time.monotonic()
             kind = message["type"]
-            if kind in ("message", "smessage", "pmessage"):
+            if kind == "pong":
+                self._answered(message["data"])
+            elif kind in ("message", "smessage", "pmessage"):
                 channel = message["channel"]
                 return (channel.decode() if isinstance(channel, bytes) else channel), message["data"]
         return None
 
     async def ping(self) -> None:
+        """Send a PING with a token of its own; its answer, read by :meth:`next_message`, moves ``alive_at``."""
         pubsub = self._connection()
-        await self._guarded(lambda: pubsub.ping(), self._timeout)
+        self._ping_count += 1
+        token = f"cachelayer-ping-{self._ping_count}".encode()
+        self._pings[token] = time.monotonic()
+        await self._guarded(lambda: pubsub.ping(token), self._timeout)
+
+    def _answered(self, data: object) -> None:
+        token = data.encode() if isinstance(data, str) else data
+        sent = self._pings.get(token) if isinstance(token, bytes) else None
+        if sent is None:
+            return
+        for older in [t for t, at in self._pings.items() if at <= sent]:  # answers come in order
+            del self._pings[older]
+        self.alive_at = max(self.alive_at, sent)
 
     async def aclose(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

@@ -337,6 +337,13 @@ async def test_d_invalidations_reach_another_process_l1_within_50ms(
     cache = Cache.from_url(redis_cluster.url, namespace=namespace, timeout=1.0, local=local)
     caches.append(cache)
     await cache.connect()
+    async def nothing() -> None:
+        return None
+
+    await cache.fetch("warm-up", nothing)  # the first fetch starts the listener
+    # Before filling: a read in flight while the channel (re)connects is not kept in L1 (an invalidation may have
+    # been missed in the gap).
+    await eventually(local.channel_alive, 10.0, "the local tier's channel")
     for i in range(count):
         await cache.set(f"inv{i}", {"v": 1})
 
@@ -345,7 +352,6 @@ async def test_d_invalidations_reach_another_process_l1_within_50ms(
 
         assert (await cache.fetch(f"inv{i}", old, LOCAL)).value() == {"v": 1}
     assert len(local) == count
-    await eventually(local.channel_alive, 10.0, "the local tier's channel")
     dropped_at: dict[str, float] = {}
     apply = local._apply
 
@@ -431,6 +437,20 @@ async def test_d_local_tiers_empty_and_recover_when_the_channel_node_fails(
     recover_by = own_cluster.node_timeout_ms / 1000 + 10
     await eventually(lambda: all(t.channel_alive() for t in tiers), recover_by, "both channels back")
     await eventually(lambda: asyncio.to_thread(own_cluster.is_ok), 30.0, "the cluster to be ok")
+    # The channels come back within ~0.1 s, long before the failover: wait until the replica is promoted and both
+    # clients' maps say so (a read before that reaches the dead master and fails open).
+    await eventually(lambda: asyncio.to_thread(lambda: victim not in own_cluster.masters()), 30.0, "the promotion")
+
+    def map_moved_on() -> bool:
+        victim_name = f"127.0.0.1:{victim}"
+        for cache in (first, second):
+            cache_client: Any = cache.backend.client  # type: ignore[attr-defined]
+            cache_client.request_refresh()
+            if any(node.name == victim_name for node in cache_client.get_primaries()):
+                return False
+        return True
+
+    await eventually(map_moved_on, 30.0, "both clients' maps to leave the dead master")
 
     # Coherent again: each reads into its L1, then a write by one reaches the other's L1.
     for round_, (writer, reader) in enumerate(((first, second), (second, first)), start=2):

@@ -718,3 +718,18 @@ async def test_deleting_a_value_and_its_tag_set_counts_the_value(backend: Memory
     assert await backend.delete("k", "t") == 1
     assert backend.stats()["store_bytes"] == 0
     assert backend.stats()["store_tag_sets"] == 0
+
+
+async def test_evict_removes_what_a_redis_eviction_would_without_revoking(backend: MemoryBackend) -> None:
+    await backend.set("k", b"v", 1000, ["t"], 1000)
+    assert await backend.begin_fill("k", "me", 1000)
+    assert backend.evict("k") is True  # the value only: the ticket stays valid
+    assert await backend.get("k") is None
+    assert await backend.fill("k", "me", b"w", 1000) is True
+    assert backend.evict("t") is True  # a tag set
+    assert await backend.tag_members("t") == []
+    assert await backend.begin_fill("k", "me", 1000)
+    assert backend.evict("k:lease") is True  # a ticket hash: the fill is then refused
+    assert await backend.fill("k", "me", b"x", 1000) is False
+    assert backend.evict("missing") is False
+    assert backend.stats()["store_evictions"] == 3
