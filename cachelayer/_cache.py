@@ -445,6 +445,8 @@ class Cache:
             # A write is an invalidation too: the old value must not outlive it, nor a load that began before it.
             self._pending.add_keys([key], self._longest_life)
             self._defer("set", key, StoreUnavailable("the write did not reach the store"))
+        else:
+            self._pending.settled([key])
         pipeline.invalidated([key])  # a caller from now on must not join a load that began before the write
         return stored
 
@@ -460,6 +462,8 @@ class Cache:
             stored = False
             self._pending.add_keys([key for key, *_ in items], self._longest_life)
             self._defer("set_many", f"{len(items)} keys", exc)
+        else:
+            self._pending.settled([key for key, *_ in items])
         for _, data, _, raw in items:
             self.metrics.count_write(raw, len(data))
         written = [key for key, *_ in items]
@@ -477,6 +481,8 @@ class Cache:
             deleted = False
             self._pending.add_keys([key], self._longest_life)
             self._defer("delete", key, exc)
+        else:
+            self._pending.settled([key])
         self._invalidated([key])
         await self.forget_locally([key])
         return deleted

@@ -32,6 +32,10 @@ class PendingInvalidations:
         self.keys: dict[str, float] = {}  # key -> until
         self.tags: dict[str, tuple[bool, float]] = {}  # tag -> (mark_stale, until)
         self.everything: float | None = None  # a clear() that did not land: until
+        # Bumped by every invalidation recorded: a retry that lands drops only what was recorded before it was sent
+        # (one recorded again while it was in flight may be of a newer write).
+        self._recorded: dict[str, int] = {}
+        self._sequence = 0
         self.active = False  # one attribute read on the hit path while nothing is pending
         self.retried = 0
         self.landed = 0
@@ -43,25 +47,49 @@ class PendingInvalidations:
             return True
         return bool(tags) and any(tag in self.tags for tag in tags)
 
+    def _record(self, name: str) -> None:
+        self._sequence += 1
+        self._recorded[name] = self._sequence
+
     def add_keys(self, keys: Iterable[str], lifetime: float) -> None:
         until = self._clock() + lifetime
         for key in keys:
             self.keys[key] = max(until, self.keys.get(key, until))
+            self._record("k:" + key)
         self.active = True
+
+    def settled(self, keys: Iterable[str]) -> None:
+        """A later invalidation of ``keys`` (a delete, a write) reached the store: it supersedes theirs."""
+        if not self.active:
+            return
+        for key in keys:
+            if self.keys.pop(key, None) is not None:
+                self._record("k:" + key)  # a retry in flight must not count as this one
+        self.active = self.size() > 0
 
     def add_tag(self, tag: str, mark_stale: bool, lifetime: float) -> None:
         until = self._clock() + lifetime
         known = self.tags.get(tag)
         # A deletion pending beside a mark_stale of the same tag: the deletion covers both.
         self.tags[tag] = (mark_stale and (known is None or known[0]), max(until, known[1] if known else until))
+        self._record("t:" + tag)
         self.active = True
 
     def add_everything(self, lifetime: float) -> None:
         self.everything = max(self._clock() + lifetime, self.everything or 0.0)
+        self._record("*")
         self.active = True
+
+    def _landed(self, name: str, sent_at: int) -> bool:
+        """Whether the retry sent at sequence ``sent_at`` covers ``name`` (not recorded again since)."""
+        return self._recorded.get(name, 0) <= sent_at
 
     def size(self) -> int:
         return len(self.keys) + len(self.tags) + (self.everything is not None)
+
+    def _forget_records(self) -> None:
+        if not self.keys and not self.tags and self.everything is None:
+            self._recorded.clear()
 
     def start_retrying(
         self,
@@ -90,23 +118,30 @@ class PendingInvalidations:
             self.retried += 1
             try:
                 if self.everything is not None:
+                    sent_at = self._sequence
                     await clear()
-                    self.everything = None
-                    self.landed += 1
+                    if self._landed("*", sent_at):
+                        self.everything = None
+                        self.landed += 1
                 for tag, (mark_stale, _) in list(self.tags.items()):
+                    sent_at = self._sequence
                     await invalidate_tag(tag, mark_stale)
-                    self.tags.pop(tag, None)
-                    self.landed += 1
+                    if self._landed("t:" + tag, sent_at):
+                        self.tags.pop(tag, None)
+                        self.landed += 1
                 if self.keys:
                     keys = list(self.keys)
+                    sent_at = self._sequence
                     await delete(keys)
                     for key in keys:
-                        self.keys.pop(key, None)
-                    self.landed += len(keys)
+                        if self._landed("k:" + key, sent_at):
+                            self.keys.pop(key, None)
+                            self.landed += 1
             except StoreUnavailable:
                 continue
             self.active = self.size() > 0
             if not self.active:
+                self._forget_records()
                 log.info("cachelayer: the pending invalidations landed")
 
     def _drop_expired(self) -> None:

@@ -18,6 +18,7 @@ from cachelayer import (
     LocalCache,
     MemoryBackend,
     StampedePolicy,
+    StoreUnavailable,
     cached,
 )
 from tests._doubles import eventually
@@ -147,6 +148,45 @@ async def test_a_write_the_store_missed_is_an_invalidation_kept_until_it_lands()
         assert await cache.get_or_set("row", load) == 2  # not the stored 1
         await eventually(lambda: cache.stats()["invalidations_pending"] == 0, what="the invalidation lands")
         assert await backend.get(cache.key("row")) is None
+    finally:
+        await cache.aclose()
+
+
+class ScriptedDeletes(MemoryBackend):
+    """A memory store whose deletes follow a script: "fail" (StoreUnavailable before anything is done), "hold" (done
+    on the store, the reply held until ``release`` is set), or, once the script is used up, plain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.script: list[str] = []
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def delete(self, *keys: str) -> int:
+        step = self.script.pop(0) if self.script else "pass"
+        if step == "fail":
+            raise StoreUnavailable("scripted: the delete did not reach the store")
+        deleted = await super().delete(*keys)
+        if step == "hold":
+            self.held.set()
+            await self.release.wait()
+        return deleted
+
+
+async def test_an_invalidation_recorded_while_its_retry_is_in_flight_is_not_lost() -> None:
+    """The retry of a pending delete lands, but the key was invalidated (and failed) again while it was in flight:
+    that second invalidation stays pending (found by the consistency harness's helper, a reply-delay trace)."""
+    backend = ScriptedDeletes()
+    cache = Cache(backend, namespace=unique_namespace())
+    try:
+        backend.script = ["fail", "hold", "fail"]  # the delete, its retry (held), the second delete
+        await cache.delete("row")
+        await backend.held.wait()  # the retry's delete ran on the store; its reply is held
+        await cache.set("row", 1)  # a newer value lands meanwhile (another process's fill, say)...
+        await cache.delete("row")  # ...and its invalidation fails too
+        backend.release.set()
+        await eventually(lambda: cache.stats()["invalidations_pending"] == 0, what="the second delete lands")
+        assert await backend.get(cache.key("row")) is None  # the retry ran again: the newer value is gone too
     finally:
         await cache.aclose()
 

@@ -1,0 +1,198 @@
+"""Wrong fill rules, as backends, that the harness must catch (some universe shows a stale counter > 0).
+
+Each mutant sits between a process's gated backend and the shared store and changes only the fill protocol
+(``begin_fill``, ``renew_fill``, ``end_fill``, ``fill``, ``poll``); values still live in the real store. What a
+real store would keep for the mutant (its ticket table, its generations) is one :class:`MutantState` shared by the
+universe's processes.
+
+1. ``naive``: get-load-set. Every load may fill; a fill always stores.
+2. ``no-revoke``: a per-attempt token checked on fill, but invalidations remove only the value, not the tokens.
+3. ``token-per-process``: the real tickets, but one token per process (per Cache) instead of per attempt.
+4. ``generation``: an invalidation bumps the key's generation; a fill stores iff the generation is the one seen
+   when its load began, where a missing generation counts as the initial one, and chaos may evict it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachelayer import Backend
+
+__all__ = ["MUTANTS", "MutantState", "mutant_backend"]
+
+MUTANTS = ("naive", "no-revoke", "token-per-process", "generation")
+
+
+@dataclass
+class MutantState:
+    """The store-side state of a mutant, shared by the processes of one universe."""
+
+    tickets: dict[str, set[str]] = field(default_factory=dict)  # key -> tokens holding a ticket
+    generations: dict[str, int] = field(default_factory=dict)  # key -> generation (missing: the initial 0)
+    seen: dict[str, int] = field(default_factory=dict)  # token -> the generation its load began at
+
+    def tickets_evicted(self, key: str) -> None:
+        """Chaos evicted ``key``'s tickets: the ticket table's entry, and (mutant 4) its generation key."""
+        self.tickets.pop(key, None)
+        self.generations.pop(key, None)
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs[name]
+
+
+class _Mutant:
+    """Delegates everything to ``inner`` except the fill protocol its subclass changes."""
+
+    def __init__(self, inner: Backend, state: MutantState) -> None:
+        self.inner = inner
+        self.state = state
+        self.stores_objects = inner.stores_objects
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def _store_anyway(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Store what ``fill(key, token, value, ttl_ms, ...)`` carries, whatever the store's tickets say."""
+        key = _arg(args, kwargs, 0, "key")
+        token = "mutant-" + os.urandom(8).hex()
+        await self.inner.begin_fill(key, token, 60_000, exclusive=False)
+        rest = {name: value for name, value in kwargs.items() if name not in ("key", "token")}
+        applied: bool = await self.inner.fill(key, token, *args[2:], **rest)
+        return applied
+
+    async def _record_tags(self, key: str, kwargs: dict[str, Any]) -> None:
+        """What ``begin_fill`` does first: the key joins its tags' sets."""
+        tags = {name: value for name, value in kwargs.items() if name.startswith("tag_")}
+        if tags.get("tag_keys"):
+            token = "mutant-" + os.urandom(8).hex()
+            await self.inner.begin_fill(key, token, 60_000, exclusive=False, **tags)
+            await self.inner.end_fill(key, token)
+
+
+class NaiveBackend(_Mutant):
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, **kwargs: Any) -> bool:
+        await self._record_tags(key, kwargs)
+        return True
+
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
+        return True
+
+    async def end_fill(self, key: str, token: str) -> None:
+        return None
+
+    async def fill(self, *args: Any, **kwargs: Any) -> bool:
+        return await self._store_anyway(args, kwargs)
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
+        return await self.inner.get(key), False
+
+
+class TicketTableBackend(_Mutant):
+    """Tickets kept in the mutant's own table, which invalidations leave alone (mutant 2); ``fill_allowed`` is
+    where mutant 4 differs."""
+
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, **kwargs: Any) -> bool:
+        await self._record_tags(key, kwargs)
+        held = self.state.tickets.setdefault(key, set())
+        if held and kwargs.get("exclusive", True):
+            return False
+        held.add(token)
+        self.began(key, token)
+        return True
+
+    def began(self, key: str, token: str) -> None:
+        return None
+
+    def fill_allowed(self, key: str, token: str) -> bool:
+        return token in self.state.tickets.get(key, ())
+
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
+        return token in self.state.tickets.get(key, ())
+
+    async def end_fill(self, key: str, token: str) -> None:
+        self.state.tickets.get(key, set()).discard(token)
+
+    async def fill(self, *args: Any, **kwargs: Any) -> bool:
+        key, token = _arg(args, kwargs, 0, "key"), _arg(args, kwargs, 1, "token")
+        allowed = self.fill_allowed(key, token)
+        self.state.tickets.get(key, set()).discard(token)
+        if not allowed:
+            return False
+        return await self._store_anyway(args, kwargs)
+
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
+        return await self.inner.get(key), bool(self.state.tickets.get(key))
+
+
+class GenerationBackend(TicketTableBackend):
+    def began(self, key: str, token: str) -> None:
+        self.state.seen[token] = self.state.generations.get(key, 0)
+
+    def fill_allowed(self, key: str, token: str) -> bool:
+        # The generation alone decides (the ticket table is only the lease here): once chaos evicted the bumped
+        # generation, a load that began before the invalidation looks as current as one that began after it.
+        began_at = self.state.seen.pop(token, None)
+        return began_at == self.state.generations.get(key, 0)
+
+    def _bump(self, keys: list[str]) -> None:
+        for key in keys:
+            self.state.generations[key] = self.state.generations.get(key, 0) + 1
+
+    async def delete(self, *keys: str) -> int:
+        self._bump(list(keys))
+        deleted: int = await self.inner.delete(*keys)
+        return deleted
+
+    async def mark_stale(self, *args: Any, **kwargs: Any) -> int:
+        self._bump(list(_arg(args, kwargs, 0, "keys")))
+        marked: int = await self.inner.mark_stale(*args, **kwargs)
+        return marked
+
+    async def set(self, *args: Any, **kwargs: Any) -> None:
+        self._bump([_arg(args, kwargs, 0, "key")])
+        await self.inner.set(*args, **kwargs)
+
+    async def set_many(self, *args: Any, **kwargs: Any) -> None:
+        self._bump([key for key, _, _ in _arg(args, kwargs, 0, "items")])
+        await self.inner.set_many(*args, **kwargs)
+
+
+class TokenPerProcessBackend(_Mutant):
+    """The real tickets, with the process's one token in place of each attempt's."""
+
+    def __init__(self, inner: Backend, state: MutantState) -> None:
+        super().__init__(inner, state)
+        self.token = "process-" + os.urandom(8).hex()
+
+    async def begin_fill(self, key: str, token: str, *args: Any, **kwargs: Any) -> bool:
+        began: bool = await self.inner.begin_fill(key, self.token, *args, **kwargs)
+        return began
+
+    async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
+        renewed: bool = await self.inner.renew_fill(key, self.token, ttl_ms)
+        return renewed
+
+    async def end_fill(self, key: str, token: str) -> None:
+        await self.inner.end_fill(key, self.token)
+
+    async def fill(self, key: str, token: str, *args: Any, **kwargs: Any) -> bool:
+        applied: bool = await self.inner.fill(key, self.token, *args, **kwargs)
+        return applied
+
+
+_KINDS: dict[str, Callable[[Backend, MutantState], Any]] = {
+    "naive": NaiveBackend,
+    "no-revoke": TicketTableBackend,
+    "token-per-process": TokenPerProcessBackend,
+    "generation": GenerationBackend,
+}
+
+
+def mutant_backend(kind: str, inner: Backend, state: MutantState) -> Backend:
+    """One process's view of the shared store under mutant ``kind``."""
+    backend: Backend = _KINDS[kind](inner, state)
+    return backend
