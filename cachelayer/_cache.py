@@ -567,17 +567,23 @@ class Cache:
         )
         self._pending.start_retrying(self._retry_delete, self._retry_tag, self._retry_clear)
 
+    # A retry that lands detaches again the flights it covers: one that began before the invalidation (its caller
+    # passed the pending check first) may have decided its value from the store before the retry landed.
+
     async def _retry_delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), _INVALIDATION_BATCH):
             await self.backend.delete(*keys[start : start + _INVALIDATION_BATCH])
+        self._state().invalidated(keys)
         await self.forget_locally(list(keys))
 
     async def _retry_tag(self, tag: str, mark_stale: bool) -> None:
         _, members = await self._invalidate_tag(tag, mark_stale)
+        self._state().invalidated(members, [tag])
         await self.forget_locally(members)
 
     async def _retry_clear(self) -> None:
         await self.backend.clear(self.namespace + ":")
+        self._state().invalidated(None)
         await self.forget_locally(None)
 
     # -- the consistency monitor's view ---------------------------------------------------------------------------

@@ -23,7 +23,8 @@ class Fetch(Generic[T]):
 (for hooks, traces and the consistency monitor). ``hooks`` are this
     fetch's subscribers (None when nobody listens). ``tier`` and ``joined`` are filled in on the way, for the
     hooks' account of how it ended; ``retried`` when this caller loads again because the load it joined was
-    refused its fill."""
+    refused its fill. ``settled``: called by the flight that runs this fetch once its value is decided (loaded, or
+    found in the store), so no caller arriving later joins it."""
 
     key: str
     loader: Callable[[], Awaitable[T]]
@@ -35,6 +36,7 @@ class Fetch(Generic[T]):
     tier: Tier | None = None
     joined: bool = False
     retried: bool = False
+    settled: Callable[[], None] | None = None
 
     def background(self) -> Fetch[T]:
         """The same fetch for a background refresh: nobody waits for it, so nobody hears of it."""

@@ -159,6 +159,8 @@ class Flights:
                 with contextlib.suppress(StoreUnavailable):
                     data = await self.backend.get(fetch.key)
                     if data is not None and (entry := await fresh(data)) is not None:
+                        if fetch.settled is not None:
+                            fetch.settled()  # decided: no new joiner while the lease is released
                         return entry
             entry = await self.filler.load_and_store(fetch, stale, lease)
             if fetch.policy.stampede.wake == "pubsub" and entry.outcome is Outcome.MISS:

@@ -176,17 +176,21 @@ class Pipeline:
         return await self.loads.wait(key)
 
     def _closing_when_loaded(self, fetch: Fetch[Any]) -> Fetch[Any]:
-        """``fetch`` whose loader detaches its flight when it returns: a caller arriving after that reads the store
-        (a flight whose fill already landed could be invalidated before its callers hear of it)."""
+        """``fetch`` whose flight stops taking callers once its value is decided (its loader returned, or the
+        value was found in the store under the lease): a caller arriving after that reads the store itself (a value
+        decided before an invalidation could otherwise reach a caller that started after it)."""
         loader, loads, key = fetch.loader, self.loads, fetch.key
+
+        def settled() -> None:
+            loads.detach(key, asyncio.current_task())
 
         async def load() -> Any:
             try:
                 return await loader()
             finally:
-                loads.detach(key, asyncio.current_task())
+                settled()
 
-        return dataclasses.replace(fetch, loader=load)
+        return dataclasses.replace(fetch, loader=load, settled=settled)
 
     async def _join(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         fetch.joined = True

@@ -163,7 +163,13 @@ class SingleFlight(Generic[T]):
             return flight.task
 
         async def call() -> T:
-            return await work()
+            try:
+                return await work()
+            finally:
+                # Closed to new callers the moment the work ends, not one loop iteration later when its done-callback
+                # runs: a caller arriving in between would get a result that may predate it.
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
 
         task = asyncio.create_task(call(), name=f"cachelayer-load:{key}")
         flight = self._flights[key] = _Flight(task, leader, labels)
