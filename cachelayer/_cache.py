@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, Unpack
 
 from ._backend import Backend, StoreUnavailable
 from ._breaker import CircuitBreaker
-from ._codec import EXPIRES_OFFSET, INVALIDATED_FIELD, Codec
+from ._codec import EXPIRES_OFFSET, INVALIDATED_FIELD, Codec, Frame
 from ._entry import CacheEntry, Outcome
 from ._errors import CacheClosedError, ConfigurationError
 from ._fetch import Fetch
@@ -490,13 +490,17 @@ class Cache:
     async def ttl(self, name: str) -> float | None:
         """Seconds until the value under ``name`` goes stale (negative once it is stale), or None if absent."""
         self._check_open()
-        key = self.key(name)
+        frame = await self._stored_frame(self.key(name))
+        return None if frame is None else frame.expires_at - self._clock()
+
+    async def _stored_frame(self, key: str) -> Frame | None:
+        """The checked frame stored under ``key``, fresh or not; None when absent, undecodable or unreachable."""
         try:
             data = await self.backend.get(key)
         except StoreUnavailable:
             return None
         found = await self._state().reader.decode(key, data, False, None) if data is not None else None
-        return None if found is None else found[0].expires_at - self._clock()
+        return None if found is None else found[0]
 
     async def invalidate_tags(self, *tags: str, mark_stale: bool = False) -> int:
         """Delete every entry stored with any of ``tags`` (``mark_stale``: mark them stale instead, so the next
@@ -591,16 +595,10 @@ class Cache:
     async def _monitor_read(self, key: str) -> bytes | None:
         if self._closed or (self._pending.active and self._pending.covers(key, ())):
             return None
-        try:
-            data = await self.backend.get(key)
-        except StoreUnavailable:
+        frame = await self._stored_frame(key)
+        if frame is None or self._clock() >= frame.expires_at:
             return None
-        if data is None:
-            return None
-        found = await self._state().reader.decode(key, data, False, None)
-        if found is None or self._clock() >= found[0].expires_at:
-            return None
-        return bytes(self.codec.serialized(found[0]))
+        return bytes(self.codec.serialized(frame))
 
     def _monitor_report(self, function: str, key: str, detail: str) -> None:
         self.metrics.consistency_violations += 1
