@@ -15,8 +15,8 @@ Per kind of operation, ``--rounds`` times: the operation, then how long until ea
 how many messages each got for it (the observers keep listening 50 ms after the last expected message):
 
 * ``set``: ``Cache.set`` (one value written through the library);
-* ``cold load``: ``Cache.get_or_set`` on a missing key (lease, value, tag set, lease release);
-* ``invalidate_tags``: one tag over 10 stored keys;
+* ``cold load``: ``Cache.get_or_set`` on a missing key (lease, tag stamp, value, lease release);
+* ``invalidate_tags``: one tag over 10 stored keys (one new stamp: the broadcast names the tag);
 * ``foreign write``: a plain ``SET`` on a key of the namespace by a client that does not use the library;
 * ``expiry``: a stored value's Redis TTL running out (no command at all).
 
@@ -114,6 +114,7 @@ class Step:
     since: float
     skip: dict[str, int] = field(default_factory=dict)
     origin: float | None = None
+    names: dict[str, str] = field(default_factory=dict)  # a channel that names the change otherwise than ``key``
 
 
 @dataclass
@@ -128,7 +129,8 @@ async def _observe(observers: Sequence[Observer], step: Step, wait: float) -> Sa
     latency: dict[str, float | None] = {}
     for observer in observers:
         skip = step.skip.get(observer.name, 0)
-        while (at := observer.naming(step.key, step.since, skip)) is None and time.perf_counter() < deadline:
+        key = step.names.get(observer.name, step.key)
+        while (at := observer.naming(key, step.since, skip)) is None and time.perf_counter() < deadline:
             observer.changed.clear()
             try:
                 await asyncio.wait_for(observer.changed.wait(), max(0.001, deadline - time.perf_counter()))
@@ -192,13 +194,15 @@ async def measure(rounds: int, url: str = REDIS_URL, budget: float = 0.1) -> dic
             return Step(writer.key(f"cold:{i}"), since)
 
         async def do_invalidate(i: int) -> Step:
-            since = time.perf_counter()
             for j in range(10):
                 await writer.set(f"tagged:{i}:{j}", {"j": j}, ttl=60, tags=[f"tag{i}"])
             await asyncio.sleep(QUIET_S)
-            origin = time.perf_counter()
+            # A tag invalidation writes the tag's stamp, once: the broadcast names the tag (NUL-prefixed), tracking
+            # the stamp's key. The writes above came before `since` (and the quiet pause).
+            since = time.perf_counter()
             await writer.invalidate_tags(f"tag{i}")
-            return Step(writer.key(f"tagged:{i}:0"), since, own_write, origin)
+            names = {"pub/sub": "\0" + f"tag{i}", "tracking": writer.keys.tag_key(f"tag{i}")}
+            return Step(writer.key(f"tagged:{i}:0"), since, names=names)
 
         async def do_foreign(i: int) -> Step:
             since = time.perf_counter()

@@ -12,7 +12,9 @@ other :class:`CacheError` subclasses and do reach the caller: after :meth:`Backe
 :class:`CacheClosedError`; :meth:`Backend.connect` raises :class:`StoreConnectError` when the store refuses.
 
 Keys are the cache's own (see ``_keys.py``): a value key and its tickets' key (``key + ":lease"``) share a Redis
-Cluster hash slot, so a fill, a revocation and :meth:`Backend.poll` are each one step on one shard.
+Cluster hash slot, so a fill, a revocation and :meth:`Backend.poll` are each one step on one shard. A tag's stamp
+is an ordinary 16-byte value under its own key (``_tags.py``): read with :meth:`Backend.get_many`, evicted like any
+value, and missing means "every entry stamped with this tag is gone".
 """
 
 from __future__ import annotations
@@ -84,11 +86,9 @@ class Backend(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    async def set(
-        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
-    ) -> None:
-        """Record ``key`` in each tag's set (for ``tag_ttl_ms`` from now), then revoke every fill ticket of
-        ``key`` and store ``value`` for ``ttl_ms``: an explicit write beats every load that began before it."""
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        """Revoke every fill ticket of ``key`` and store ``value`` for ``ttl_ms``, in one atomic step: an explicit
+        write beats every load that began before it."""
         ...
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
@@ -107,7 +107,7 @@ class Backend(Protocol):
         ...
 
     async def clear(self, prefix: str) -> int:
-        """Delete every key that starts with ``prefix`` (values, tickets, tag sets; on Redis with SCAN, never
+        """Delete every key that starts with ``prefix`` (values, tickets, tag stamps; on Redis with SCAN, never
         KEYS); how many went."""
         ...
 
@@ -122,19 +122,9 @@ class Backend(Protocol):
     # (its fill is then refused: when in doubt, miss). Tickets live under ``key + ":lease"`` (the same Redis
     # Cluster slot as the value: every check is one script on one shard).
 
-    async def begin_fill(
-        self,
-        key: str,
-        token: str,
-        ttl_ms: int,
-        *,
-        exclusive: bool = True,
-        tag_keys: Sequence[str] = (),
-        tag_ttl_ms: int = 0,
-    ) -> bool:
-        """Record ``key`` in each tag's set (for ``tag_ttl_ms`` from now), then give ``token`` a ticket on
-        ``key`` for ``ttl_ms``. The tags come first, so a tag invalidation from then on finds the key and revokes
-        the ticket. ``exclusive``: only if no ticket is held (False then: another load holds the lease)."""
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, *, exclusive: bool = True) -> bool:
+        """Give ``token`` a ticket on ``key`` for ``ttl_ms``. ``exclusive``: only if no ticket is held (False
+        then: another load holds the lease)."""
         ...
 
     async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
@@ -152,23 +142,31 @@ class Backend(Protocol):
         value: bytes,
         ttl_ms: int,
         tag_keys: Sequence[str] = (),
-        tag_ttl_ms: int = 0,
+        stamps: Sequence[bytes] = (),
     ) -> bool:
-        """Store ``value`` for ``ttl_ms`` only if ``token``'s ticket is still valid, and drop the ticket, in one
-        atomic step; then extend the tag memberships to ``tag_ttl_ms`` from now. False: the ticket was revoked or
-        lapsed, nothing was stored."""
+        """Store ``value`` for ``ttl_ms`` only if ``token``'s ticket is still valid and each tag key still holds
+        the stamp given for it (the ones :meth:`tag_stamps` gave before the load began), and drop the ticket, in
+        one atomic step. False: the ticket was revoked or lapsed, or a tag was invalidated meanwhile. A store that
+        cannot check the stamps in the same step (a cluster: they live on other shards) checks them beside the
+        write and answers False when one changed; what it stored then carries an old stamp, which every reader
+        refuses."""
         ...
 
     async def poll(self, key: str) -> tuple[bytes | None, bool]:
         """The value under ``key`` (or None) and whether any ticket is held: what a waiter for the lease checks."""
         ...
 
-    # -- tags -------------------------------------------------------------------------------------------------
+    # -- tags: one stamp per tag (``_tags.py``) ---------------------------------------------------------------
 
-    async def tag_members(self, tag_key: str) -> list[str]:
-        """The keys recorded in a tag's set whose membership has not expired (a membership lasts until the
-        ``tag_ttl_ms`` it was given; expired ones are pruned by later writes, so a set never grows beyond the
-        live entries that carry the tag)."""
+    async def tag_stamps(self, tag_keys: Sequence[str], ttl_ms: int) -> list[bytes]:
+        """The stamp under each tag key, one made (16 random bytes) where none is, each kept for at least
+        ``ttl_ms`` from now: what a load (or a write) records before it reads its source."""
+        ...
+
+    async def invalidate_tags(self, tag_keys: Sequence[str], *, mark_stale: bool = False) -> int:
+        """Give each existing tag key a new stamp (``mark_stale``: a new second half only, keeping its expiry), so
+        that every entry stamped before is refused (or served as stale); a missing one is left missing (what it
+        stamped is refused already). One write per tag, whatever the number of entries. How many existed."""
         ...
 
     # -- publish / subscribe ----------------------------------------------------------------------------------

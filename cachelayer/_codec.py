@@ -18,6 +18,12 @@ offset  size  field            meaning
 22/26   ...   payload          serialized value; with compression 1 or 2, one standard zstd frame of it
 ======  ====  ===============  ==========================================================================
 
+Flag 0x01 (version 2 only), **tagged**: between the header and the payload sits the entry's tag section, the
+stamps of its tags when its load began (``_tags.py``): a count (1 byte), then per tag its name's length (1 byte),
+its name (UTF-8) and its 16-byte stamp. The CRC then covers the flag byte, the section and the payload (clearing
+the flag, which would read the section as payload, does not pass). A reader that knows no flags (before this
+section existed) refuses such a frame: a miss, never a wrong value.
+
 Decoding is total: any byte string decodes to a value or raises :class:`CodecError`, nothing else.
 
 Every read path checks a version 2 frame's CRC before it uses the payload, once per frame: in
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -55,9 +62,11 @@ __all__ = [
     "COMPRESSION_ZSTD",
     "COMPRESSION_ZSTD_DICT",
     "EXPIRES_OFFSET",
+    "FLAG_TAGGED",
     "FORMAT_VERSION",
     "INVALIDATED_AT",
     "INVALIDATED_FIELD",
+    "STAMP_SIZE",
     "Codec",
     "Frame",
 ]
@@ -74,6 +83,12 @@ INVALIDATED_AT: Final = 0.001
 the background, served only when the reload fails."""
 INVALIDATED_FIELD: Final = round(INVALIDATED_AT * 1000).to_bytes(8, "big")
 """The expiry field's bytes that mark an entry stale, written in place at :data:`EXPIRES_OFFSET`."""
+
+FLAG_TAGGED: Final = 0x01
+STAMP_SIZE: Final = 16
+_MAX_TAGS: Final = 255
+_MAX_TAG_NAME: Final = 255
+_TAGGED_CRC_SEED: Final = zlib.crc32(bytes((FLAG_TAGGED,)))  # a tagged frame's CRC starts from its flag byte
 
 COMPRESSION_NONE: Final = 0
 COMPRESSION_ZSTD: Final = 1
@@ -101,6 +116,8 @@ class Frame:
     version: int = FORMAT_VERSION
     checksum: int | None = None  # the header's CRC-32 of the payload; None in a version 1 frame
     checked: bool = field(default=False, compare=False, repr=False)
+    tags: tuple[tuple[str, bytes], ...] = ()  # (tag, stamp) of a tagged frame, in the order it was written
+    section: bytes = field(default=b"", compare=False, repr=False)  # the tag section as stored (under the CRC)
 
     @property
     def is_plain_zstd(self) -> bool:
@@ -163,14 +180,29 @@ class Codec:
 
     # -- writing ---------------------------------------------------------------------------------------------
 
-    def encode(self, value: Any, *, expires_at: float = 0.0, recompute_time: float = 0.0) -> bytes:
+    def encode(
+        self,
+        value: Any,
+        *,
+        expires_at: float = 0.0,
+        recompute_time: float = 0.0,
+        tags: Sequence[tuple[str, bytes]] = (),
+    ) -> bytes:
         """Serialize, compress when it pays, and frame ``value``."""
         return self.encode_serialized(
-            self.serializer.dumps(value), expires_at=expires_at, recompute_time=recompute_time
+            self.serializer.dumps(value), expires_at=expires_at, recompute_time=recompute_time, tags=tags
         )
 
-    def encode_serialized(self, serialized: bytes, *, expires_at: float = 0.0, recompute_time: float = 0.0) -> bytes:
-        """Frame bytes that this codec's serializer already produced."""
+    def encode_serialized(
+        self,
+        serialized: bytes,
+        *,
+        expires_at: float = 0.0,
+        recompute_time: float = 0.0,
+        tags: Sequence[tuple[str, bytes]] = (),
+    ) -> bytes:
+        """Frame bytes that this codec's serializer already produced; ``tags``: (tag, stamp) pairs for the tag
+        section (a tagged frame is always a version 2 frame: version 1 has no room for it)."""
         size = len(serialized)
         if size > self.max_value_size:
             raise ValueTooLargeError(size, self.max_value_size)
@@ -180,19 +212,21 @@ class Codec:
             if len(compressed) < size:
                 compression, payload = self._compression_id, compressed
                 dict_id = self.dictionary_id or 0
+        section = _tag_section(tags) if tags else b""
         fields = (
             MAGIC,
-            self.format_version,
+            2 if tags else self.format_version,
             self.serializer.id,
             compression,
-            0,
+            FLAG_TAGGED if tags else 0,
             dict_id,
             _clamp(expires_at * 1000, _MAX_U64),
             _clamp(recompute_time * 1_000_000, _MAX_U32),
         )
-        if self.format_version == 1:
+        if self.format_version == 1 and not tags:
             return HEADER_V1.pack(*fields) + payload
-        return HEADER.pack(*fields, zlib.crc32(payload)) + payload
+        checksum = zlib.crc32(payload, zlib.crc32(section, _TAGGED_CRC_SEED)) if tags else zlib.crc32(payload)
+        return HEADER.pack(*fields, checksum) + section + payload
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -221,8 +255,13 @@ class Codec:
             raise CodecError(f"frame format version {version} is not readable by this reader (reads 1 and 2)")
         if serializer_id not in _KNOWN_SERIALIZERS:
             raise CodecError(f"unknown serializer id {serializer_id}")
+        tags: tuple[tuple[str, bytes], ...] = ()
+        section = b""
         if flags:
-            raise CodecError(f"frame has unknown flags 0x{flags:02x}")
+            if flags != FLAG_TAGGED or version != 2:
+                raise CodecError(f"frame has unknown flags 0x{flags:02x}")
+            tags, section = _read_tag_section(data, header_size)
+            header_size += len(section)
         if compression == COMPRESSION_ZSTD_DICT:
             if dict_id == 0:
                 raise CodecError("dictionary-compressed frame without a dictionary id")
@@ -240,14 +279,19 @@ class Codec:
             memoryview(data)[header_size:],
             version,
             checksum,
+            tags=tags,
+            section=section,
         )
 
     @staticmethod
     def verify(frame: Frame) -> None:
-        """Check a version 2 frame's payload against its CRC-32 (once per frame); a version 1 frame has none."""
+        """Check a version 2 frame's payload (and tag section) against its CRC-32 (once per frame); a version 1
+        frame has none."""
         if frame.checked or frame.checksum is None:
             return
-        if zlib.crc32(frame.payload) != frame.checksum:
+        section = frame.section
+        crc = zlib.crc32(frame.payload, zlib.crc32(section, _TAGGED_CRC_SEED)) if section else zlib.crc32(frame.payload)
+        if crc != frame.checksum:
             raise CodecError("payload does not match the header's CRC-32 (corrupt, truncated or foreign)")
         frame.checked = True
 
@@ -353,6 +397,43 @@ class Codec:
     def decode(self, data: bytes) -> Any:
         """The value a frame holds, or :class:`CodecError`."""
         return self.value(self.read_frame(data))
+
+
+def _tag_section(tags: Sequence[tuple[str, bytes]]) -> bytes:
+    if len(tags) > _MAX_TAGS:
+        raise ValueError(f"an entry carries at most {_MAX_TAGS} tags, not {len(tags)}")
+    parts = [bytes((len(tags),))]
+    for tag, stamp in tags:
+        name = tag.encode()
+        if len(name) > _MAX_TAG_NAME:
+            raise ValueError(f"a tag is at most {_MAX_TAG_NAME} bytes of UTF-8, not {len(name)}: {tag[:40]!r}...")
+        if len(stamp) != STAMP_SIZE:
+            raise ValueError(f"a tag stamp is {STAMP_SIZE} bytes, not {len(stamp)}")
+        parts += (bytes((len(name),)), name, stamp)
+    return b"".join(parts)
+
+
+def _read_tag_section(data: bytes, start: int) -> tuple[tuple[tuple[str, bytes], ...], bytes]:
+    """The (tag, stamp) pairs and the raw section that starts at ``start``, or :class:`CodecError`."""
+    end = len(data)
+    if start >= end:
+        raise CodecError("tagged frame ends before its tag section")
+    count, at = data[start], start + 1
+    tags = []
+    for _ in range(count):
+        if at >= end:
+            raise CodecError("tag section is truncated")
+        size = data[at]
+        name_end = at + 1 + size
+        if name_end + STAMP_SIZE > end:
+            raise CodecError("tag section is truncated")
+        try:
+            name = bytes(data[at + 1 : name_end]).decode()
+        except UnicodeDecodeError as exc:
+            raise CodecError(f"tag name is not UTF-8: {exc}") from exc
+        tags.append((name, bytes(data[name_end : name_end + STAMP_SIZE])))
+        at = name_end + STAMP_SIZE
+    return tuple(tags), bytes(data[start:at])
 
 
 def _clamp(number: float, upper: int) -> int:

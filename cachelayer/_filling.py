@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 from ._backend import Backend, StoreUnavailable
@@ -34,15 +34,23 @@ from ._policy import ResolvedPolicy
 from ._stampede import jittered
 from ._typed import ValueType, describe_unstorable
 
-__all__ = ["TAG_MEMBERSHIP_SLACK_MS", "Filler", "UnconfirmedEntry"]
+__all__ = ["Filler", "UnconfirmedEntry", "stamp_ttl_ms"]
 
 log = logging.getLogger("cachelayer")
 
 T = TypeVar("T")
 
-TAG_MEMBERSHIP_SLACK_MS: Final = 60_000
-"""How much longer a tag membership lasts than the value it names: a load that takes its ticket records its tags
-before the value exists, and the fill extends them; the slack covers the load's own duration and clocks."""
+TAG_STAMP_SLACK_MS: Final = 60_000
+"""How much longer a tag's stamp is kept than the longest value that can carry it: a load reads its stamps before
+its value exists; the slack covers the load's own duration. A stamp that goes early costs misses, never a wrong
+answer (a missing stamp means "gone")."""
+
+
+def stamp_ttl_ms(policy: ResolvedPolicy) -> int:
+    """How long a load's tag stamps must stay: the longest its value can live (jitter stays under 2 x the TTL;
+    see :meth:`Filler.encode`), from before the value exists."""
+    longest = 2 * max(policy.ttl, policy.none_ttl) + policy.stale_ttl
+    return math.ceil(longest * 1000) + TAG_STAMP_SLACK_MS
 
 
 class UnconfirmedEntry(CacheEntry[T]):
@@ -123,12 +131,22 @@ class Filler:
         return entry
 
     def encode(
-        self, value: Any, policy: ResolvedPolicy, recompute_time: float, value_type: ValueType[Any] | None
+        self,
+        value: Any,
+        policy: ResolvedPolicy,
+        recompute_time: float,
+        value_type: ValueType[Any] | None,
+        stamps: Sequence[bytes] = (),
     ) -> tuple[bytes, int, int]:
-        """The frame, its physical TTL in ms, and the serialized size."""
+        """The frame (carrying ``policy.tags`` with ``stamps``), its physical TTL in ms, and the serialized size."""
         ttl = jittered(policy.none_ttl if value is None else policy.ttl, self._jitter, self._rand())
         serialized = self.codec.serializer.dumps(value) if value_type is None else value_type.dumps(value)
-        data = self.codec.encode_serialized(serialized, expires_at=self._clock() + ttl, recompute_time=recompute_time)
+        data = self.codec.encode_serialized(
+            serialized,
+            expires_at=self._clock() + ttl,
+            recompute_time=recompute_time,
+            tags=tuple(zip(policy.tags, stamps, strict=True)) if policy.tags else (),
+        )
         return data, max(1, math.ceil((ttl + policy.stale_ttl) * 1000)), len(serialized)
 
     async def store(
@@ -146,8 +164,20 @@ class Filler:
         """Write ``value``: through ``ticket`` (a load's fill), or unconditionally (an explicit ``Cache.set``,
         which revokes the key's tickets); ``strict``: a value that cannot be stored raises instead of being
         returned uncached."""
+        tag_keys = [self.keys.tag_key(tag) for tag in policy.tags]
+        stamps: Sequence[bytes] = ()
+        if tag_keys:
+            if ticket is not None:
+                stamps = ticket.stamps
+            else:
+                try:
+                    stamps = await self.backend.tag_stamps(tag_keys, stamp_ttl_ms(policy))
+                except StoreUnavailable as exc:
+                    if hooks is not None:
+                        hooks.failed_open("write", str(exc))
+                    return self.unstored(value, value_type, Outcome.FAIL_OPEN)
         try:
-            data, ttl_ms, raw_size = self.encode(value, policy, recompute_time, value_type)
+            data, ttl_ms, raw_size = self.encode(value, policy, recompute_time, value_type, stamps)
         except (SerializationError, ValueTooLargeError) as exc:
             if ticket is not None:
                 await ticket.release()
@@ -155,18 +185,16 @@ class Filler:
                 raise
             self._unstorable(key, value, value_type, exc)
             return self.unstored(value, value_type, Outcome.MISS)
-        tag_keys = [self.keys.tag_key(tag) for tag in policy.tags]
-        tag_ttl_ms = ttl_ms + TAG_MEMBERSHIP_SLACK_MS
         local = self.local
         epoch = local.epoch if local is not None else 0
         stored = fail_open = False
         try:
             if ticket is None:
-                await self.backend.set(key, data, ttl_ms, tag_keys, tag_ttl_ms)
+                await self.backend.set(key, data, ttl_ms)
                 stored = True
             else:
                 ticket.used()
-                stored = await self.backend.fill(key, ticket.token, data, ttl_ms, tag_keys, tag_ttl_ms)
+                stored = await self.backend.fill(key, ticket.token, data, ttl_ms, tag_keys, stamps)
         except StoreUnavailable as exc:
             fail_open = True
             if hooks is not None:

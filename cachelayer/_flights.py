@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +19,7 @@ from ._backend import Backend, StoreUnavailable
 from ._entry import CacheEntry, Outcome
 from ._errors import LeaseTimeoutError
 from ._fetch import Fetch
-from ._filling import TAG_MEMBERSHIP_SLACK_MS, Filler
+from ._filling import Filler, stamp_ttl_ms
 from ._keys import KeyLayout
 from ._lease import Lease, LeaseCoordinator
 from ._metrics import CacheMetrics
@@ -115,10 +114,7 @@ class Flights:
     async def ticket(self, fetch: Fetch[Any], *, exclusive: bool) -> Lease | None:
         policy = fetch.policy
         tag_keys = [self.keys.tag_key(tag) for tag in policy.tags]
-        # The membership outlives the value it will name (jitter stays under 2 x the TTL; see Filler.store), from
-        # before the value exists.
-        longest = 2 * max(policy.ttl, policy.none_ttl) + policy.stale_ttl
-        tag_ttl_ms = math.ceil(longest * 1000) + TAG_MEMBERSHIP_SLACK_MS if tag_keys else 0
+        tag_ttl_ms = stamp_ttl_ms(policy) if tag_keys else 0
         return await self.leases.acquire(
             fetch.key, policy.stampede, exclusive=exclusive, tag_keys=tag_keys, tag_ttl_ms=tag_ttl_ms
         )

@@ -246,10 +246,8 @@ class GuardedBackend:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return await self._call("get_many", lambda: self.inner.get_many(keys))
 
-    async def set(
-        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
-    ) -> None:
-        await self._call("set", lambda: self.inner.set(key, value, ttl_ms, tag_keys, tag_ttl_ms))
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        await self._call("set", lambda: self.inner.set(key, value, ttl_ms))
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         await self._call("set_many", lambda: self.inner.set_many(items))
@@ -263,21 +261,9 @@ class GuardedBackend:
     async def clear(self, prefix: str) -> int:
         return await self._call("clear", lambda: self.inner.clear(prefix))
 
-    async def begin_fill(
-        self,
-        key: str,
-        token: str,
-        ttl_ms: int,
-        *,
-        exclusive: bool = True,
-        tag_keys: Sequence[str] = (),
-        tag_ttl_ms: int = 0,
-    ) -> bool:
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, *, exclusive: bool = True) -> bool:
         return await self._call(
-            "begin_fill",
-            lambda: self.inner.begin_fill(
-                key, token, ttl_ms, exclusive=exclusive, tag_keys=tag_keys, tag_ttl_ms=tag_ttl_ms
-            ),
+            "begin_fill", lambda: self.inner.begin_fill(key, token, ttl_ms, exclusive=exclusive)
         )
 
     async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
@@ -287,15 +273,24 @@ class GuardedBackend:
         await self._call("end_fill", lambda: self.inner.end_fill(key, token))
 
     async def fill(
-        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+        self,
+        key: str,
+        token: str,
+        value: bytes,
+        ttl_ms: int,
+        tag_keys: Sequence[str] = (),
+        stamps: Sequence[bytes] = (),
     ) -> bool:
-        return await self._call("fill", lambda: self.inner.fill(key, token, value, ttl_ms, tag_keys, tag_ttl_ms))
+        return await self._call("fill", lambda: self.inner.fill(key, token, value, ttl_ms, tag_keys, stamps))
 
     async def poll(self, key: str) -> tuple[bytes | None, bool]:
         return await self._call("poll", lambda: self.inner.poll(key))
 
-    async def tag_members(self, tag_key: str) -> list[str]:
-        return await self._call("tag_members", lambda: self.inner.tag_members(tag_key))
+    async def tag_stamps(self, tag_keys: Sequence[str], ttl_ms: int) -> list[bytes]:
+        return await self._call("tag_stamps", lambda: self.inner.tag_stamps(tag_keys, ttl_ms))
+
+    async def invalidate_tags(self, tag_keys: Sequence[str], *, mark_stale: bool = False) -> int:
+        return await self._call("invalidate_tags", lambda: self.inner.invalidate_tags(tag_keys, mark_stale=mark_stale))
 
     async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
         await self._call("publish", lambda: self.inner.publish(channel, data, sharded=sharded))

@@ -21,7 +21,7 @@ Redis layout (the braces are a Redis Cluster hash tag: a value and its lease alw
 
     {namespace}:{<name>}                 the value frame       (manager keys: <name> is the caller's key)
     {namespace}:{<name>}:lease           the fill tickets (a hash of tokens; one token: the load lease)
-    {namespace}:tags:{<tag>}             the keys carrying a tag (a sorted set: key -> membership end)
+    {namespace}:tag:{<tag>}              the tag's stamp (16 bytes; see _tags.py)
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class KeyLayout:
         if not namespace or any(c in namespace for c in "{}*?[] "):
             raise ValueError(f"namespace must be non-empty without braces, glob characters or spaces: {namespace!r}")
         self.namespace = namespace
-        self._tag_prefix = f"{namespace}:tags:"
+        self._tag_prefix = f"{namespace}:tag:"
 
     def value_key(self, name: str) -> str:
         return f"{self.namespace}:{{{name}}}"

@@ -34,11 +34,20 @@ class Lease:
     """A held ticket (exclusive: the lease): renewed in the background until it is used by a fill or
     :meth:`release`d."""
 
-    def __init__(self, coordinator: LeaseCoordinator[Any], key: str, token: str, ttl: float, exclusive: bool) -> None:
+    def __init__(
+        self,
+        coordinator: LeaseCoordinator[Any],
+        key: str,
+        token: str,
+        ttl: float,
+        exclusive: bool,
+        stamps: Sequence[bytes] = (),
+    ) -> None:
         self._coordinator = coordinator
         self.key = key
         self.token = token
         self.exclusive = exclusive
+        self.stamps = stamps  # the tags' stamps when the load began (``_tags.py``): its fill must still find them
         self._ttl_ms = math.ceil(ttl * 1000)
         self._released = False
         self._renewer = asyncio.create_task(self._renew(ttl / 3), name=f"cachelayer-lease:{key}")
@@ -92,14 +101,33 @@ class LeaseCoordinator(Generic[T]):
         tag_ttl_ms: int = 0,
     ) -> Lease | None:
         """A ticket with a token of its own (per attempt: a token shared by two loads would let the later one's
-        ticket validate the earlier one's fill); exclusive: the lease, or None when another load holds one.
-        Raises :class:`StoreUnavailable`."""
+        ticket validate the earlier one's fill); exclusive: the lease, or None when another load holds one. With
+        ``tag_keys``, the tags' stamps too (kept ``tag_ttl_ms``), read beside the ticket: both are in hand before
+        the loader reads its source, which is all their order must guarantee. Raises :class:`StoreUnavailable`."""
         token = os.urandom(16).hex()
         ttl_ms = math.ceil(policy.lease_ttl * 1000)
-        if await self.backend.begin_fill(
-            key, token, ttl_ms, exclusive=exclusive, tag_keys=tag_keys, tag_ttl_ms=tag_ttl_ms
-        ):
-            return Lease(self, key, token, policy.lease_ttl, exclusive)
+        backend = self.backend
+        if not tag_keys:
+            if await backend.begin_fill(key, token, ttl_ms, exclusive=exclusive):
+                return Lease(self, key, token, policy.lease_ttl, exclusive)
+            return None
+        # A task, not gather(): a gather cancelled under its caller logs an exception nobody retrieves.
+        stamping = asyncio.ensure_future(backend.tag_stamps(tag_keys, tag_ttl_ms))
+        stamping.add_done_callback(_retrieved)
+        try:
+            began = await backend.begin_fill(key, token, ttl_ms, exclusive=exclusive)
+        except BaseException:
+            stamping.cancel()
+            raise
+        try:
+            stamps = await stamping
+        except StoreUnavailable:
+            if began:
+                with contextlib.suppress(StoreUnavailable):
+                    await backend.end_fill(key, token)
+            raise
+        if began:
+            return Lease(self, key, token, policy.lease_ttl, exclusive, stamps)
         return None
 
     async def wait(
@@ -141,6 +169,12 @@ class LeaseCoordinator(Generic[T]):
             return "timeout"
         finally:
             await self.notifier.unsubscribe(channel, wake)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a side task's outcome as seen: its caller may have gone (cancelled, or failed first)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _ready_channel(key: str) -> str:

@@ -1,7 +1,8 @@
 """The local tier (L1): stored frames of chosen keys kept in process memory, coherent through the store.
 
 Every write and invalidation a process makes is broadcast on one pub/sub channel per namespace; each
-process's listener drops the entries named. That keeps L1s coherent within the message's delivery time.
+process's listener drops the entries named (by key, or by a tag their frames carry). That keeps L1s coherent
+within the message's delivery time.
 
 The channel's health is a watermark, not a feeling: the listener asks its node for a sign of life every
 ``max_staleness / 6`` (a PING with a token of its own), and ``last heard`` is when the newest answered ping was
@@ -47,6 +48,7 @@ __all__ = ["LocalCache", "LocalEntry"]
 log = logging.getLogger("cachelayer")
 
 _EVERYTHING: Final = b"*"
+_TAG_MARK: Final = "\0"  # a name in a broadcast that starts so is a tag (a key never starts with NUL)
 # What an entry costs beyond its key's and frame's lengths: the LocalEntry, its Frame and memoryview, the str and
 # bytes object headers and the OrderedDict node: ~720 bytes on CPython 3.11, measured with tracemalloc
 # (tests/test_local_memory.py pins that the count covers it). Without it a cached "not found" (30 bytes of frame)
@@ -91,6 +93,7 @@ class LocalCache:
         self._clock = clock
         self._reconnect_backoff = reconnect_backoff or ExponentialBackoff(0.1, 5.0)
         self._entries: OrderedDict[str, LocalEntry] = OrderedDict()
+        self._tagged: dict[str, set[str]] = {}  # tag -> the keys of entries whose frames carry it
         self._bytes = 0
         self._origin = os.urandom(8).hex().encode()
         self._connected_since: float | None = None
@@ -143,6 +146,8 @@ class LocalCache:
         self._drop(key)
         self._entries[key] = LocalEntry(data, frame, body, self._clock())
         self._bytes += size
+        for tag, _ in frame.tags:
+            self._tagged.setdefault(tag, set()).add(key)
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             oldest = next(iter(self._entries))
             self._drop(oldest)
@@ -157,15 +162,27 @@ class LocalCache:
         for key in keys:
             self._drop(key)
 
+    def discard_tagged(self, tags: Iterable[str]) -> None:
+        for tag in tags:
+            for key in self._tagged.pop(tag, ()):
+                self._drop(key)
+
     def clear(self) -> None:
         self.epoch += 1  # the channel was lost or everything was invalidated: a read in flight may be older
         self._entries.clear()
+        self._tagged.clear()
         self._bytes = 0
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= _size(key, entry.data, entry.body)
+            for tag, _ in entry.frame.tags:
+                keys = self._tagged.get(tag)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._tagged[tag]
 
     # -- the invalidation channel ----------------------------------------------------------------------------
 
@@ -186,21 +203,25 @@ class LocalCache:
                 self.clear()
             self._listener = asyncio.create_task(self._listen(), name="cachelayer-local-invalidation")
 
-    async def forget(self, keys: Sequence[str] | None) -> None:
-        """Drop ``keys`` (None: all) here and tell the other processes to (a write or an invalidation)."""
+    async def forget(self, keys: Sequence[str] | None, tags: Sequence[str] = ()) -> None:
+        """Drop ``keys`` (None: all) and the entries carrying ``tags`` here and tell the other processes to (a
+        write or an invalidation)."""
         self.epoch += 1
         if keys is None:
             self.clear()
         else:
             self.discard(keys)
-        await self.broadcast(keys)
+            self.discard_tagged(tags)
+        await self.broadcast(keys, tags)
 
-    async def broadcast(self, keys: Iterable[str] | None) -> None:
-        """Tell the other processes to drop ``keys`` (None: everything). Best effort: a lost message is bounded
-        by the readers' ``max_staleness`` rule only if their channel noticed; see the module docstring."""
+    async def broadcast(self, keys: Iterable[str] | None, tags: Iterable[str] = ()) -> None:
+        """Tell the other processes to drop ``keys`` (None: everything) and the entries carrying ``tags``. Best
+        effort: a lost message is bounded by the readers' ``max_staleness`` rule only if their channel noticed;
+        see the module docstring."""
         if self._backend is None:
             return
-        payload = self._origin + b"\n" + (_EVERYTHING if keys is None else "\n".join(keys).encode())
+        names = _EVERYTHING if keys is None else "\n".join([*keys, *(_TAG_MARK + tag for tag in tags)]).encode()
+        payload = self._origin + b"\n" + names
         try:
             await self._backend.publish(self._channel, payload)
         except StoreUnavailable as exc:
@@ -215,8 +236,12 @@ class LocalCache:
         self.epoch += 1
         if names == _EVERYTHING:
             self.clear()
-        else:
-            self.discard(names.decode().split("\n"))
+            return
+        for name in names.decode().split("\n"):
+            if name.startswith(_TAG_MARK):
+                self.discard_tagged([name[1:]])
+            else:
+                self._drop(name)
 
     async def _listen(self) -> None:
         assert self._backend is not None

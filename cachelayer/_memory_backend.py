@@ -1,12 +1,12 @@
 """An in-process store with the semantics of :class:`cachelayer.RedisBackend`: the tests' twin of Redis, and a
 store for a single process that needs no server.
 
-What mirrors Redis: a tag set is a sorted set of members scored by when their membership ends (pruned of ended ones
-on every add); ``set`` adds the tags, then deletes the key's tickets and SETs PX; ``mark_stale`` is SETRANGE of each
-existing key (zero-padded when it writes past the end) plus the deletion of its tickets; tickets are the
-``key:lease`` hash of tokens the Redis scripts keep (``begin_fill``: HSET, exclusive only when the hash does not
-exist; ``fill``: SET only while the token is in the hash); ``delete`` and ``clear`` remove values, tickets and tag
-sets alike (``delete`` counts the values that existed); an empty tag set does not exist. What differs: memory is
+What mirrors Redis: a tag's stamp is an ordinary value (16 bytes, evicted and expired like any value);
+``set`` deletes the key's tickets and SETs PX; ``mark_stale`` is SETRANGE of each existing key (zero-padded when it
+writes past the end) plus the deletion of its tickets; tickets are the ``key:lease`` hash of tokens the Redis scripts
+keep (``begin_fill``: HSET, exclusive only when the hash does not exist; ``fill``: SET only while the token is in
+the hash and every tag key holds the stamp given); ``delete`` and ``clear`` remove values and tickets alike
+(``delete`` counts the values that existed). What differs: memory is
 bounded (see :class:`MemoryBackend`), and arguments Redis would answer with an error (a TTL that is not positive, a
 negative offset) raise ``ValueError`` here, as the programming errors they are.
 """
@@ -17,6 +17,7 @@ import asyncio
 import builtins
 import contextlib
 import heapq
+import os
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from ._backend import Message, StoreUnavailable
+from ._codec import STAMP_SIZE
 from ._errors import CacheClosedError
 
 __all__ = ["ENTRY_OVERHEAD", "MemoryBackend", "MemorySubscription"]
@@ -34,7 +36,7 @@ and the headers of its key and bytes objects. Measured with tracemalloc on CPyth
 entry (100,000 sets of 14-character keys); rounded up for the stale expiry records that rewrites leave behind."""
 
 _SWEEP_BATCH: Final = 16  # expiry records examined per call: bounds the extra work any one call does
-_VALUE, _LEASE, _TAG = 0, 1, 2  # kinds of expiry records
+_VALUE, _LEASE = 0, 1  # kinds of expiry records
 _LEASE_SUFFIX: Final = ":lease"  # the tickets of a value key live under key + this (as on Redis)
 
 
@@ -47,15 +49,6 @@ class _Value:
         self.size = size
 
 
-class _TagSet:
-    __slots__ = ("expires_at", "members", "pruned_at")
-
-    def __init__(self, expires_at: float) -> None:
-        self.expires_at = expires_at  # the latest membership's end: the set goes with it
-        self.members: dict[str, float] = {}  # member -> when its membership ends
-        self.pruned_at = 0  # the size after the last pruning: prune again when it doubles (amortized O(1))
-
-
 class MemoryBackend:
     """The :class:`cachelayer.Backend` protocol, in process memory.
 
@@ -66,7 +59,7 @@ class MemoryBackend:
     turn (two ``asyncio.run()`` calls in a row), though from one thread at a time.
 
     **Expiry.** TTLs are in milliseconds on ``clock`` (default :func:`time.monotonic`; tests pass a fake one). An
-    expired value, lease or tag set is removed when it is next touched, and each call also removes at most
+    expired value or lease is removed when it is next touched, and each call also removes at most
     16 expired things in expiry order (a heap of expiry records), so memory is reclaimed without a timer
     and no call does more than a bounded amount of sweeping.
 
@@ -74,12 +67,10 @@ class MemoryBackend:
     its key (in characters: the cache's keys are ASCII), its data and :data:`ENTRY_OVERHEAD` bytes. When a write
     goes over a bound, expired values go first, then the least recently used ones (``get``, ``get_many``, ``poll``,
     ``set``, ``fill`` and ``mark_stale`` count as uses), until the store fits; a value that alone exceeds
-    ``max_bytes`` is not stored (and the old value under its key goes), counted as an eviction. Tag sets are not
-    values: they are bounded because a membership ends (``tag_ttl_ms`` after it was last given) and ended ones are
-    pruned as the set grows, and an empty tag set does not exist (``store_tag_members`` in :meth:`stats` counts
-    them). Ticket hashes are bounded by ``max_leases``: when the table is full even after dropping expired ones,
-    ``begin_fill`` raises :class:`StoreUnavailable` (the cache then loads without storing) rather than break a
-    ticket someone holds.
+    ``max_bytes`` is not stored (and the old value under its key goes), counted as an eviction. A tag's stamp is
+    a value like any other (one per tag). Ticket hashes are bounded by ``max_leases``: when the table is full even
+    after dropping expired ones, ``begin_fill`` raises :class:`StoreUnavailable` (the cache then loads without
+    storing) rather than break a ticket someone holds.
 
     **Pub/sub.** ``publish`` delivers to every :class:`MemorySubscription` of this instance subscribed to the
     channel (``sharded`` changes nothing here), the same bytes object to each. Each subscription queues at most
@@ -117,7 +108,6 @@ class MemoryBackend:
         self._clock = clock
         self._values: OrderedDict[str, _Value] = OrderedDict()  # least recently used first
         self._leases: dict[str, tuple[builtins.set[str], float]] = {}  # ticket key -> (tokens, expires_at)
-        self._tag_sets: dict[str, _TagSet] = {}
         self._expiries: list[tuple[float, int, str]] = []  # heap of (expires_at, kind, key); stale ones skipped
         self._bytes = 0
         self._channels: dict[str, set[MemorySubscription]] = {}
@@ -136,15 +126,14 @@ class MemoryBackend:
         self._failing_methods = None if methods is None else frozenset(methods)
 
     def evict(self, key: str) -> bool:
-        """Remove what is stored under ``key`` (a value, a ticket hash ``key:lease``, a tag set) as Redis's
+        """Remove what is stored under ``key`` (a value, a ticket hash ``key:lease``, a tag's stamp) as Redis's
         eviction would: nothing else changes, no ticket is revoked. Counted in ``store_evictions``. A test aid
-        (consistency tests evict a value, a lease or a tag set at a chosen moment)."""
+        (consistency tests evict a value, a lease or a tag's stamp at a chosen moment)."""
         entry = self._values.get(key)
-        found = entry is not None or key in self._leases or key in self._tag_sets
+        found = entry is not None or key in self._leases
         if entry is not None:
             self._remove_value(key, entry)
         self._leases.pop(key, None)
-        self._tag_sets.pop(key, None)
         if found:
             self._counters["store_evictions"] += 1
         return found
@@ -180,7 +169,6 @@ class MemoryBackend:
             subscription._close()
         self._values.clear()
         self._leases.clear()
-        self._tag_sets.clear()
         self._expiries.clear()
         self._channels.clear()
         self._bytes = 0
@@ -194,8 +182,6 @@ class MemoryBackend:
             "store_entries": len(self._values),
             "store_bytes": self._bytes,
             "store_leases": len(self._leases),
-            "store_tag_sets": len(self._tag_sets),
-            "store_tag_members": sum(len(t.members) for t in self._tag_sets.values()),
             "pubsub_subscriptions": len(self._subscriptions),
             **self._counters,
         }
@@ -210,14 +196,9 @@ class MemoryBackend:
         now = self._enter("get_many")
         return [self._read(key, now) for key in keys]
 
-    async def set(
-        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
-    ) -> None:
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         _check_value(value, ttl_ms)
-        _check_tags(tag_keys, tag_ttl_ms)
         now = self._enter("set")
-        for tag_key in tag_keys:
-            self._add_to_tag(tag_key, key, tag_ttl_ms, now)
         self._leases.pop(key + _LEASE_SUFFIX, None)  # an explicit write beats every load that began before it
         self._store(key, value, ttl_ms, now)
         self._drop_if_oversized(key)
@@ -267,15 +248,13 @@ class MemoryBackend:
         return True
 
     async def clear(self, prefix: str) -> int:
-        """Delete every value, lease and tag set whose key starts with ``prefix``; how many (unexpired) went.
+        """Delete every value and lease whose key starts with ``prefix``; how many (unexpired) went.
         One pass over all keys, without yielding to the loop: ~30 ms per 100,000 keys looked at, plus ~5 ms per
         10,000 deleted (CPython 3.11 on the project's 2-core test machine)."""
         now = self._enter("clear")
-        tag_keys = [key for key in self._tag_sets if key.startswith(prefix)]
         lease_keys = [key for key in self._leases if key.startswith(prefix)]
         value_keys = [key for key in self._values if key.startswith(prefix)]
-        cleared = sum(self._tag_sets.pop(key).expires_at > now for key in tag_keys)
-        cleared += sum(self._leases.pop(key)[1] > now for key in lease_keys)
+        cleared = sum(self._leases.pop(key)[1] > now for key in lease_keys)
         values = self._values
         for key in value_keys:
             entry = values[key]
@@ -317,23 +296,18 @@ class MemoryBackend:
 
     def _delete_keys(self, keys: frozenset[str], now: float) -> int:
         """Remove ``keys`` from every kind of store; how many existed unexpired in any, counted before any
-        goes (deleting a tag set's last value deletes the set, which Redis would still count)."""
+        goes."""
         existed = sum(self._exists(key, now) for key in keys)
         for key in keys:
             entry = self._values.get(key)
             if entry is not None:
                 self._remove_value(key, entry)
             self._leases.pop(key, None)
-            self._tag_sets.pop(key, None)
         return existed
 
     def _exists(self, key: str, now: float) -> bool:
-        entry, lease, tag_set = self._values.get(key), self._leases.get(key), self._tag_sets.get(key)
-        return (
-            (entry is not None and entry.expires_at > now)
-            or (lease is not None and lease[1] > now)
-            or (tag_set is not None and tag_set.expires_at > now)
-        )
+        entry, lease = self._values.get(key), self._leases.get(key)
+        return (entry is not None and entry.expires_at > now) or (lease is not None and lease[1] > now)
 
     def _drop_if_oversized(self, key: str) -> None:
         # Evicting everything else would not make room for it: it goes (and the value it replaced with it).
@@ -346,7 +320,7 @@ class MemoryBackend:
         values = self._values
         while len(values) > self.max_entries or self._bytes > self.max_bytes:
             if self._expiries and self._expiries[0][0] <= now:
-                self._sweep(now, 1)  # expired things first (values, leases or tag sets alike)
+                self._sweep(now, 1)  # expired things first (values or leases alike)
                 continue
             key, entry = next(iter(values.items()))
             self._remove_value(key, entry)
@@ -354,21 +328,9 @@ class MemoryBackend:
 
     # -- fills: tickets and the compare-and-set write --------------------------------------------------------
 
-    async def begin_fill(
-        self,
-        key: str,
-        token: str,
-        ttl_ms: int,
-        *,
-        exclusive: bool = True,
-        tag_keys: Sequence[str] = (),
-        tag_ttl_ms: int = 0,
-    ) -> bool:
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, *, exclusive: bool = True) -> bool:
         _check_ttl(ttl_ms)
-        _check_tags(tag_keys, tag_ttl_ms)
         now = self._enter("begin_fill")
-        for tag_key in tag_keys:  # first: a tag invalidation from now on finds the key (and revokes the ticket)
-            self._add_to_tag(tag_key, key, tag_ttl_ms, now)
         lease_key = key + _LEASE_SUFFIX
         held = self._live_lease(lease_key, now)
         if held is not None and exclusive:
@@ -405,18 +367,25 @@ class MemoryBackend:
         self._drop_token(key + _LEASE_SUFFIX, token, now)
 
     async def fill(
-        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+        self,
+        key: str,
+        token: str,
+        value: bytes,
+        ttl_ms: int,
+        tag_keys: Sequence[str] = (),
+        stamps: Sequence[bytes] = (),
     ) -> bool:
         _check_value(value, ttl_ms)
-        _check_tags(tag_keys, tag_ttl_ms)
+        if len(tag_keys) != len(stamps):
+            raise ValueError(f"{len(tag_keys)} tag keys but {len(stamps)} stamps")
         now = self._enter("fill")
         lease_key = key + _LEASE_SUFFIX
         held = self._live_lease(lease_key, now)
-        for tag_key in tag_keys:  # as on Redis, whether or not the fill is taken: a longer membership is harmless
-            self._add_to_tag(tag_key, key, tag_ttl_ms, now)
         if held is None or token not in held[0]:
             return False  # revoked by an invalidation, or lapsed: whatever this load read may be older
         self._drop_token(lease_key, token, now)
+        if any(self._read(tag_key, now) != stamp for tag_key, stamp in zip(tag_keys, stamps, strict=True)):
+            return False  # a tag was invalidated after the load began
         self._store(key, value, ttl_ms, now)
         self._drop_if_oversized(key)
         self._evict(now)
@@ -442,36 +411,40 @@ class MemoryBackend:
 
     # -- tags -------------------------------------------------------------------------------------------------
 
-    async def tag_members(self, tag_key: str) -> list[str]:
-        now = self._enter("tag_members")
-        tag_set = self._live_tag_set(tag_key, now)
-        if tag_set is None:
-            return []
-        return sorted(member for member, ends in tag_set.members.items() if ends > now)
+    async def tag_stamps(self, tag_keys: Sequence[str], ttl_ms: int) -> list[bytes]:
+        _check_ttl(ttl_ms)
+        now = self._enter("tag_stamps")
+        stamps = []
+        for tag_key in tag_keys:
+            entry = self._live_value(tag_key, now)
+            if entry is None or len(entry.data) != STAMP_SIZE:
+                self._store(tag_key, os.urandom(STAMP_SIZE), ttl_ms, now)
+                entry = self._values[tag_key]
+            else:
+                self._values.move_to_end(tag_key)
+                expires_at = now + ttl_ms / 1000
+                if entry.expires_at < expires_at:  # its life only lengthens
+                    entry.expires_at = expires_at
+                    self._push_expiry(expires_at, _VALUE, tag_key)
+            stamps.append(entry.data)
+        self._evict(now)
+        return stamps
 
-    def _add_to_tag(self, tag_key: str, key: str, tag_ttl_ms: int, now: float) -> None:
-        ends = now + tag_ttl_ms / 1000
-        tag_set = self._live_tag_set(tag_key, now)
-        if tag_set is None:
-            tag_set = self._tag_sets[tag_key] = _TagSet(ends)
-            self._push_expiry(ends, _TAG, tag_key)
-        elif ends > tag_set.expires_at:
-            tag_set.expires_at = ends
-            self._push_expiry(ends, _TAG, tag_key)
-        members = tag_set.members
-        if members.get(key, 0.0) < ends:  # ZADD GT: a membership only ever lengthens
-            members[key] = ends
-        if len(members) >= 2 * tag_set.pruned_at + 16:
-            for member in [m for m, member_ends in members.items() if member_ends <= now]:
-                del members[member]
-            tag_set.pruned_at = len(members)
-
-    def _live_tag_set(self, tag_key: str, now: float) -> _TagSet | None:
-        tag_set = self._tag_sets.get(tag_key)
-        if tag_set is not None and tag_set.expires_at <= now:
-            del self._tag_sets[tag_key]
-            return None
-        return tag_set
+    async def invalidate_tags(self, tag_keys: Sequence[str], *, mark_stale: bool = False) -> int:
+        now = self._enter("invalidate_tags")
+        existed = 0
+        for tag_key in tag_keys:
+            entry = self._live_value(tag_key, now)
+            if entry is None:
+                continue  # what it stamped is refused already; never create it (as on Redis)
+            existed += 1
+            fresh = os.urandom(STAMP_SIZE)
+            stamp = entry.data[:8] + fresh[8:] if mark_stale and len(entry.data) == STAMP_SIZE else fresh
+            self._bytes += len(stamp) - len(entry.data)
+            entry.size += len(stamp) - len(entry.data)
+            entry.data = stamp
+            self._values.move_to_end(tag_key)
+        return existed
 
     # -- expiry records ---------------------------------------------------------------------------------------
 
@@ -479,10 +452,9 @@ class MemoryBackend:
         expiries = self._expiries
         heapq.heappush(expiries, (expires_at, kind, key))
         # Every write pushes a record and the old one stays until popped: rebuild once stale ones dominate.
-        if len(expiries) > 2 * (len(self._values) + len(self._leases) + len(self._tag_sets)) + 1024:
+        if len(expiries) > 2 * (len(self._values) + len(self._leases)) + 1024:
             self._expiries = [(entry.expires_at, _VALUE, key) for key, entry in self._values.items()]
             self._expiries += [(lease[1], _LEASE, key) for key, lease in self._leases.items()]
-            self._expiries += [(tag_set.expires_at, _TAG, key) for key, tag_set in self._tag_sets.items()]
             heapq.heapify(self._expiries)
 
     def _sweep(self, now: float, limit: int | None) -> None:
@@ -497,14 +469,10 @@ class MemoryBackend:
                 if entry is not None and entry.expires_at == expires_at:
                     self._remove_value(key, entry)
                     self._counters["store_expired"] += 1
-            elif kind == _LEASE:
+            else:
                 lease = self._leases.get(key)
                 if lease is not None and lease[1] == expires_at:
                     del self._leases[key]
-            else:
-                tag_set = self._tag_sets.get(key)
-                if tag_set is not None and tag_set.expires_at == expires_at:
-                    del self._tag_sets[key]
 
     # -- publish / subscribe ----------------------------------------------------------------------------------
 
@@ -650,11 +618,6 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 def _check_ttl(ttl_ms: int) -> None:
     if ttl_ms <= 0:
         raise ValueError(f"ttl_ms must be positive, got {ttl_ms}")
-
-
-def _check_tags(tag_keys: Sequence[str], tag_ttl_ms: int) -> None:
-    if tag_keys and tag_ttl_ms <= 0:
-        raise ValueError(f"tag_ttl_ms must be positive when tag_keys are given, got {tag_ttl_ms}")
 
 
 def _check_value(value: bytes, ttl_ms: int) -> None:

@@ -43,6 +43,7 @@ class CacheMetrics:
     bytes_stored: int = 0
     invalidations: int = 0
     revoked_fills: int = 0
+    tag_invalidated: int = 0
     load_unstored: int = 0
     invalidations_deferred: int = 0
     consistency_violations: int = 0
@@ -81,8 +82,9 @@ _DESCRIPTIONS: dict[str, str] = {
     "writes": "Values written",
     "bytes_raw": "Serialized bytes of written values, before compression",
     "bytes_stored": "Bytes of written frames, after compression",
-    "invalidations": "Keys deleted by invalidation",
+    "invalidations": "Keys deleted, or tags given a new stamp, by invalidation",
     "revoked_fills": "Loaded values not stored because an invalidation revoked the load's ticket while it ran",
+    "tag_invalidated": "Stored values refused on read because a tag they carry was invalidated after their load began",
     "load_unstored": "Loaded values not stored because the store gave the load no ticket (unavailable)",
     "invalidations_deferred": "Invalidations that did not reach the store at once (retried in the background)",
     "invalidations_landed_late": "Deferred invalidations that reached the store on a retry",

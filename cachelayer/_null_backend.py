@@ -28,9 +28,7 @@ class NullBackend:
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [None] * len(keys)
 
-    async def set(
-        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
-    ) -> None:
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         return None
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
@@ -45,16 +43,7 @@ class NullBackend:
     async def clear(self, prefix: str) -> int:
         return 0
 
-    async def begin_fill(
-        self,
-        key: str,
-        token: str,
-        ttl_ms: int,
-        *,
-        exclusive: bool = True,
-        tag_keys: Sequence[str] = (),
-        tag_ttl_ms: int = 0,
-    ) -> bool:
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, *, exclusive: bool = True) -> bool:
         return True
 
     async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
@@ -64,15 +53,24 @@ class NullBackend:
         return None
 
     async def fill(
-        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+        self,
+        key: str,
+        token: str,
+        value: bytes,
+        ttl_ms: int,
+        tag_keys: Sequence[str] = (),
+        stamps: Sequence[bytes] = (),
     ) -> bool:
         return True
 
     async def poll(self, key: str) -> tuple[bytes | None, bool]:
         return None, False
 
-    async def tag_members(self, tag_key: str) -> list[str]:
-        return []
+    async def tag_stamps(self, tag_keys: Sequence[str], ttl_ms: int) -> list[bytes]:
+        return [bytes(16)] * len(tag_keys)
+
+    async def invalidate_tags(self, tag_keys: Sequence[str], *, mark_stale: bool = False) -> int:
+        return 0
 
     async def publish(self, channel: str, data: bytes, *, sharded: bool = False) -> None:
         return None

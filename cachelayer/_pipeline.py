@@ -61,7 +61,7 @@ class Pipeline:
         self.metrics = metrics
         self._clock = clock
         self._rand = rand
-        self.reader = Reader(codec, backend, local, metrics, shared_values=shared_values)
+        self.reader = Reader(codec, backend, local, metrics, keys=keys, shared_values=shared_values)
         self.filler = Filler(
             codec, backend, keys, local, metrics, clock=clock, rand=rand, jitter=jitter, monitor=monitor
         )

@@ -2,7 +2,8 @@
 
 Reads a key from the local tier or the store (concurrent reads of one key share one round trip), checks and
 decodes the frame, and builds the :class:`CacheEntry` a caller gets. A value that does not decode is deleted,
-counted and logged, and is a miss: the cache never crashes on, nor serves, bytes it cannot vouch for.
+counted and logged, and is a miss: the cache never crashes on, nor serves, bytes it cannot vouch for. A tagged
+frame is judged against its tags' stamps now (``_tags.py``), read beside it: gone is a miss, stale is stale.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from ._codec import Codec, Frame
 from ._entry import CacheEntry, Outcome
 from ._errors import CodecError
 from ._fetch import Fetch
+from ._keys import KeyLayout
 from ._local import LocalCache
 from ._metrics import CacheMetrics
 from ._serializers import OrjsonSerializer
 from ._stampede import ReadCoalescer
+from ._tags import judged_frame
 from ._typed import ValueType
 
 __all__ = ["Decoded", "Reader"]
@@ -50,10 +53,12 @@ class Reader:
         local: LocalCache | None,
         metrics: CacheMetrics,
         *,
+        keys: KeyLayout,
         shared_values: bool,
     ) -> None:
         self.codec = codec
         self.backend = backend
+        self.keys = keys
         self.local = local
         self.metrics = metrics
         self.reads = ReadCoalescer()
@@ -92,6 +97,9 @@ class Reader:
     async def read(self, fetch: Fetch[Any]) -> tuple[bytes | None, Decoded | None]:
         """The stored bytes and their decoding (None, None on a miss; raises :class:`StoreUnavailable`)."""
         key = fetch.key
+        tags = fetch.policy.tags
+        if tags:
+            return await self._read_tagged(fetch, tags)
         if self._in_process:
             data = await self.backend.get(key)
         else:
@@ -99,10 +107,28 @@ class Reader:
         if data is None:
             return None, None
         try:
-            return data, self.decoded(key, data, fetch.parse, fetch.value_type)
+            found = self.decoded(key, data, fetch.parse, fetch.value_type)
         except CodecError as exc:
             await self._drop(key, exc)
             return data, None
+        if found[0].tags:  # written with tags this read did not expect (another policy): judge it all the same
+            return data, await self._judged(found, {})
+        return data, found
+
+    async def _read_tagged(self, fetch: Fetch[Any], tags: tuple[str, ...]) -> tuple[bytes | None, Decoded | None]:
+        """The value and its tags' stamps in one round trip (one MGET on a standalone Redis)."""
+        key = fetch.key
+        names = [key, *[self.keys.tag_key(tag) for tag in tags]]
+        if self._in_process:
+            found = await self.backend.get_many(names)
+        else:
+            # Coalesced only with reads that ask for the same stamps.
+            found = await self.reads.read("\0".join(names), lambda: self.backend.get_many(names))
+        data = found[0]
+        if data is None:
+            return None, None
+        stamps = dict(zip(tags, found[1:], strict=True))
+        return data, await self.decode(key, data, fetch.parse, fetch.value_type, stamps)
 
     def entry(self, frame: Frame, outcome: Outcome, decoded: Any, fetch: Fetch[Any]) -> CacheEntry[Any]:
         if fetch.parse:
@@ -115,13 +141,41 @@ class Reader:
         """The stored bytes to hand out unparsed: with the JSON serializer, checked to be JSON text."""
         return self.codec.json_body(frame, serialized) if self._json_body else serialized
 
-    async def decode(self, key: str, data: bytes, parse: bool, value_type: ValueType[Any] | None) -> Decoded | None:
-        """Header and value (or checked body); a value that does not decode is deleted and is a miss."""
+    async def decode(
+        self,
+        key: str,
+        data: bytes,
+        parse: bool,
+        value_type: ValueType[Any] | None,
+        stamps: dict[str, bytes | None] | None = None,
+    ) -> Decoded | None:
+        """Header and value (or checked body); a value that does not decode is deleted and is a miss; a tagged
+        one is judged by its tags' stamps (``stamps``: those already read; the others are read now)."""
         try:
-            return self.decoded(key, data, parse, value_type)
+            found = self.decoded(key, data, parse, value_type)
         except CodecError as exc:
             await self._drop(key, exc)
             return None
+        if found[0].tags:
+            return await self._judged(found, stamps if stamps is not None else {})
+        return found
+
+    async def _judged(self, found: Decoded, stamps: dict[str, bytes | None]) -> Decoded | None:
+        """``found`` as its tags' stamps say: live, stale (a copy of its frame marked so), or gone (None). Stamps
+        that cannot be read make it gone: when in doubt, miss."""
+        frame = found[0]
+        missing = [tag for tag, _ in frame.tags if tag not in stamps]
+        if missing:
+            try:
+                read = await self.backend.get_many([self.keys.tag_key(tag) for tag in missing])
+            except StoreUnavailable:
+                return None
+            stamps = {**stamps, **dict(zip(missing, read, strict=True))}
+        judged = judged_frame(frame, stamps)
+        if judged is None:
+            self.metrics.tag_invalidated += 1
+            return None
+        return judged, found[1]
 
     def decoded(self, key: str, data: bytes, parse: bool, value_type: ValueType[Any] | None) -> Decoded:
         """Header and value (or checked body), or :class:`CodecError`. Not a coroutine: a hit awaits nothing

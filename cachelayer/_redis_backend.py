@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -115,22 +115,34 @@ redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SETRANGE', KEYS[1], ARGV[1], ARGV[2]) return 1 end
 return 0
 """
-# KEYS[1] tag set. The members whose membership has not ended, up to _TAG_PAGE + 1 of them (more: read in pages).
-_TAG_MEMBERS: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'LIMIT', 0, 501)
+# KEYS[1] value, KEYS[2] tickets, KEYS[3..] tag keys; ARGV[1] token, ARGV[2] frame, ARGV[3] TTL in ms, ARGV[4..] the
+# stamps the load began under. The compare-and-set fill of a tagged value (standalone Redis: any keys in one script).
+_FILL_STAMPED: Final = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
-_TAG_PAGE: Final = 500
-# KEYS[1] tag set (a sorted set: member -> when its membership ends, Unix ms on Redis's clock); ARGV[1] member,
-# ARGV[2] membership TTL in ms. ZADD GT only ever lengthens a membership; ended ones are pruned here, so the set holds
-# no more than the live entries that carry the tag; the set itself lives as long as its longest membership.
-_ADD_TO_TAG: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'GT', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+# KEYS[1] tag key; ARGV[1] a new stamp, ARGV[2] TTL in ms. The stamp, made where none is; its life only lengthens.
+_TAG_STAMP: Final = """
+local stamp = redis.call('GET', KEYS[1])
+if not stamp or string.len(stamp) ~= 16 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return stamp
+"""
+# KEYS[1] tag key; ARGV[1] a new stamp, ARGV[2] "1": mark stale (keep the first half). Never creates the key.
+_INVALIDATE_TAG: Final = """
+local stamp = redis.call('GET', KEYS[1])
+if not stamp then return 0 end
+if ARGV[2] == '1' and string.len(stamp) == 16 then stamp = string.sub(stamp, 1, 8) .. string.sub(ARGV[1], 9, 16)
+else stamp = ARGV[1] end
+redis.call('SET', KEYS[1], stamp, 'KEEPTTL')
 return 1
 """
 # Errors of a store call that mean "the store is not usable now" (CLIENT_ERRORS, plus our budget's TimeoutError).
@@ -159,7 +171,8 @@ class _LoopClient:
     """A client and its scripts, for one event loop."""
 
     __slots__ = (
-        "begin", "bounded", "client", "cluster", "discovery", "end", "fill", "loop", "members", "renew", "set"
+        "begin", "bounded", "client", "cluster", "discovery", "end", "fill", "fill_stamped", "loop", "renew", "set",
+        "stamp",
     )
 
     def __init__(self, client: RedisClient, loop: asyncio.AbstractEventLoop) -> None:
@@ -173,7 +186,8 @@ class _LoopClient:
         self.end = _script(client, _END_FILL)
         self.fill = _script(client, _FILL)
         self.set = _script(client, _SET)
-        self.members = _script(client, _TAG_MEMBERS)
+        self.fill_stamped = _script(client, _FILL_STAMPED)
+        self.stamp = _script(client, _TAG_STAMP)
         self.discovery: asyncio.Task[None] | None = None  # a cluster's first topology discovery, shared
 
 
@@ -431,7 +445,13 @@ class RedisBackend:
         return value  # type: ignore[no-any-return]  # built with decode_responses=False
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        client = self._loop_client().client
+        current = self._loop_client()
+        client = current.client
+        if not keys:
+            return []
+        if current.cluster is None:  # one command: a tagged hit reads its value and its stamps with it
+            found: list[Any] = await self._call("MGET", lambda: client.mget(keys), key=keys[0] if keys else None)
+            return found  # built with decode_responses=False: bytes
 
         async def run() -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
@@ -441,22 +461,9 @@ class RedisBackend:
 
         return await self._call("GET (many)", run, key=keys[0] if keys else None)
 
-    async def set(
-        self, key: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
-    ) -> None:
-        current = self._loop_client()
-        client, script = current.client, current.set
-        if not tag_keys:
-            await self._call("SET", lambda: script(keys=[key, _tickets(key)], args=[value, ttl_ms]), key=key)
-            return
-
-        async def run() -> None:
-            # The tags first: a write cut off after them leaves a tag naming a missing key (harmless), never a
-            # value that a tag invalidation cannot reach.
-            cluster = current.cluster is not None
-            await _tags_then(client, cluster, key, tag_keys, tag_ttl_ms, _SET, [key, _tickets(key)], [value, ttl_ms])
-
-        await self._call("SET", run, key=key)
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        script = self._loop_client().set
+        await self._call("SET", lambda: script(keys=[key, _tickets(key)], args=[value, ttl_ms]), key=key)
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         client = self._loop_client().client
@@ -519,31 +526,10 @@ class RedisBackend:
 
     # -- fills ---------------------------------------------------------------------------------------------
 
-    async def begin_fill(
-        self,
-        key: str,
-        token: str,
-        ttl_ms: int,
-        *,
-        exclusive: bool = True,
-        tag_keys: Sequence[str] = (),
-        tag_ttl_ms: int = 0,
-    ) -> bool:
-        current = self._loop_client()
-        client, script = current.client, current.begin
-        tickets = _tickets(key)
+    async def begin_fill(self, key: str, token: str, ttl_ms: int, *, exclusive: bool = True) -> bool:
+        script = self._loop_client().begin
         args: list[bytes | str | int] = [token, ttl_ms, "1" if exclusive else "0"]
-        if not tag_keys:
-            return bool(await self._call("fill begin", lambda: script(keys=[tickets], args=args), key=key))
-
-        async def run() -> bool:
-            return bool(
-                await _tags_then(
-                    client, current.cluster is not None, key, tag_keys, tag_ttl_ms, _BEGIN_FILL, [tickets], args
-                )
-            )
-
-        return await self._call("fill begin", run, key=key)
+        return bool(await self._call("fill begin", lambda: script(keys=[_tickets(key)], args=args), key=key))
 
     async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
         script = self._loop_client().renew
@@ -556,24 +542,36 @@ class RedisBackend:
         await self._call("fill end", lambda: script(keys=[_tickets(key)], args=[token]), key=key)
 
     async def fill(
-        self, key: str, token: str, value: bytes, ttl_ms: int, tag_keys: Sequence[str] = (), tag_ttl_ms: int = 0
+        self,
+        key: str,
+        token: str,
+        value: bytes,
+        ttl_ms: int,
+        tag_keys: Sequence[str] = (),
+        stamps: Sequence[bytes] = (),
     ) -> bool:
         current = self._loop_client()
-        client, script = current.client, current.fill
+        client = current.client
         keys = [key, _tickets(key)]
         args: list[bytes | str | int] = [token, value, ttl_ms]
         if not tag_keys:
+            script = current.fill
             return bool(await self._call("fill", lambda: script(keys=keys, args=args), key=key))
+        if current.cluster is None:
+            stamped = current.fill_stamped
+            return bool(await self._call(
+                "fill", lambda: stamped(keys=[*keys, *tag_keys], args=[*args, *stamps]), key=key
+            ))
 
         async def run() -> bool:
-            # The memberships are extended after the ticket was checked (on a cluster, alongside): whether or not
-            # the fill was taken, a membership that outlives its value is harmless.
+            # The stamps live on other shards: read beside the write. A stamp that changed means an invalidation
+            # came after the load began; what was written carries the old stamp, which every reader refuses.
             async with client.pipeline(transaction=False) as pipe:
                 pipe.eval(_FILL, 2, *keys, *args)
                 for tag_key in tag_keys:
-                    pipe.eval(_ADD_TO_TAG, 1, tag_key, key, tag_ttl_ms)
+                    pipe.get(tag_key)
                 results = await pipe.execute()
-            return bool(results[0])
+            return bool(results[0]) and list(results[1:]) == list(stamps)
 
         return await self._call("fill", run, key=key)
 
@@ -591,31 +589,37 @@ class RedisBackend:
 
     # -- tags ------------------------------------------------------------------------------------------------
 
-    async def tag_members(self, tag_key: str) -> list[str]:
-        """The live members, read in pages (ZSCAN, each page one call within its own budget: a tag of 30,000
-        entries in one call does not fit a 0.1 s budget). ZSCAN returns every member present for the whole scan.
-        Ended memberships are left out by Redis's clock in the first page's script, and by this process's clock
-        (less a minute for skew) after it: a member kept by mistake costs a DEL of nothing, one dropped would
-        not be invalidated."""
+    async def tag_stamps(self, tag_keys: Sequence[str], ttl_ms: int) -> list[bytes]:
         current = self._loop_client()
-        script, client = current.members, current.client
-        members: list[Any] = await self._call(
-            "tag members (ZRANGEBYSCORE)", lambda: script(keys=[tag_key]), key=tag_key
-        )
-        if len(members) <= _TAG_PAGE:
-            return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-        oldest = (time.time() - 60.0) * 1000
-        found: set[str] = set()
-        cursor = 0
-        while True:
-            cursor, page = await self._call(
-                "tag members (ZSCAN)",
-                lambda c=cursor: client.zscan(tag_key, c, count=_TAG_PAGE),  # type: ignore[misc]
-                key=tag_key,
+        client, script = current.client, current.stamp
+        if len(tag_keys) == 1:
+            tag_key = tag_keys[0]
+            stamp = await self._call(
+                "tag stamp", lambda: script(keys=[tag_key], args=[os.urandom(16), ttl_ms]), key=tag_key
             )
-            found.update(m.decode() if isinstance(m, bytes) else str(m) for m, ends in page if float(ends) > oldest)
-            if cursor == 0:
-                return sorted(found)
+            return [stamp]
+
+        async def run() -> list[bytes]:
+            async with client.pipeline(transaction=False) as pipe:
+                for tag_key in tag_keys:
+                    pipe.eval(_TAG_STAMP, 1, tag_key, os.urandom(16), ttl_ms)
+                return list(await pipe.execute())
+
+        return await self._call("tag stamps", run, key=tag_keys[0] if tag_keys else None)
+
+    async def invalidate_tags(self, tag_keys: Sequence[str], *, mark_stale: bool = False) -> int:
+        if not tag_keys:
+            return 0
+        client = self._loop_client().client
+        stale = "1" if mark_stale else "0"
+
+        async def run() -> int:
+            async with client.pipeline(transaction=False) as pipe:
+                for tag_key in tag_keys:
+                    pipe.eval(_INVALIDATE_TAG, 1, tag_key, os.urandom(16), stale)
+                return sum(int(existed) for existed in await pipe.execute())
+
+        return await self._call("invalidate tags", run, key=tag_keys[0])
 
     # -- publish / subscribe ---------------------------------------------------------------------------------
 
@@ -716,28 +720,6 @@ def _tickets(key: str) -> str:
     if start != -1 and key.find("}", start + 2) != -1:
         return key + ":lease"
     return "{" + key + "}:lease"
-
-
-async def _tags_then(
-    client: RedisClient,
-    cluster: bool,
-    key: str,
-    tag_keys: Sequence[str],
-    tag_ttl_ms: int,
-    script: str,
-    keys: list[str],
-    args: list[Any],
-) -> Any:
-    """Record ``key`` in each tag set, then run ``script``: what that script does is then always reachable by a tag
-    invalidation. One connection keeps a pipeline's order; a cluster pipeline sends each node's part at once, so
-    there the script waits for the tags."""
-    async with client.pipeline(transaction=False) as pipe:
-        for tag_key in tag_keys:
-            pipe.eval(_ADD_TO_TAG, 1, tag_key, key, tag_ttl_ms)
-        if cluster:
-            await pipe.execute()
-        pipe.eval(script, len(keys), *keys, *args)
-        return (await pipe.execute())[-1]
 
 
 async def _delete_now(client: RedisClient, keys: list[str]) -> int:

@@ -725,9 +725,30 @@ def test_unknown_compression_ids_are_refused(reader: Codec, registry: Dictionary
 
 def test_any_flag_is_refused(reader: Codec, registry: DictionaryRegistry, dict_id: int) -> None:
     for data in _valid_frames_for_header_tests(registry, dict_id):
-        for flags in range(1, 256):
+        for flags in range(2, 256):
             with pytest.raises(CodecError, match="unknown flags"):
                 reader.decode(patched(data, OFF_FLAGS, flags))
+        # 0x01 (tagged) on a frame without a tag section: its payload read as one, then the CRC refuses it.
+        with pytest.raises(CodecError):
+            reader.decode(patched(data, OFF_FLAGS, 1))
+
+
+def test_a_tagged_frame_carries_its_tags_and_stamps_under_the_crc(reader: Codec) -> None:
+    tags = [("wallpaper:7", bytes(range(16))), ("list:é", b"\xff" * 16)]
+    for writer in (Codec(), Codec(compression="none"), Codec(format_version=1)):
+        data = writer.encode({"n": 1}, expires_at=1.7e9, tags=tags)
+        frame = reader.read_frame(data)
+        assert (frame.version, frame.tags) == (2, tuple(tags))  # tagged frames are always version 2
+        assert reader.decode(data) == {"n": 1}
+        assert reader.read_frame(writer.encode({"n": 1})).tags == ()
+    with pytest.raises(CodecError, match="unknown flags"):  # a version 1 header cannot carry the flag
+        reader.decode(patched(Codec(format_version=1).encode({"n": 1}), OFF_FLAGS, 1))
+    with pytest.raises(CodecError, match="truncated"):
+        reader.read_frame(Codec().encode({"n": 1}, tags=tags)[:30])
+    with pytest.raises(ValueError, match="16 bytes"):
+        Codec().encode(1, tags=[("t", b"short")])
+    with pytest.raises(ValueError, match="at most 255"):
+        Codec().encode(1, tags=[("t" * 256, bytes(16))])
 
 
 def test_every_other_magic_is_refused(reader: Codec) -> None:

@@ -75,6 +75,16 @@ def _cases() -> list[Case]:
         Case("json, zstd", zstd, zstd.encode(page, expires_at=1.7e9, recompute_time=0.25)),
         Case("json, zstd dictionary", with_dictionary, with_dictionary.encode(_samples(33, 1)[0], expires_at=1.7e9)),
         Case("msgpack, uncompressed", msgpack_uncompressed, msgpack_uncompressed.encode({"downloads": 1})),
+        Case(
+            "json, uncompressed, tagged",
+            uncompressed,
+            uncompressed.encode({"downloads": 1}, expires_at=1.7e9, tags=[("wallpaper:7", bytes(range(16)))]),
+        ),
+        Case(
+            "json, zstd, tagged",
+            zstd,
+            zstd.encode(page, tags=[("list:_all", b"s" * 16), ("wallpaper:7", bytes(range(16, 32)))]),
+        ),
         Case("msgpack, zstd", msgpack_zstd, msgpack_zstd.encode(page, expires_at=1.7e9)),
         Case(
             "typed json, uncompressed",

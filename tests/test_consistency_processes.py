@@ -48,9 +48,9 @@ def config_for(redis: RedisServer, mysql: MySQLSettings, log_dir: Path, **overri
 
 
 CHAOS = {
-    # Eviction of any key, with invalidations by key: an evicted tag set would hide its members from a tag
-    # invalidation (a known limit, docs/consistency.md; tests/test_consistency_race.py pins it).
-    "kill-pause-evict": {"invalidations": ("delete",)},
+    # Eviction of any key (values, tickets, tag stamps) with every kind of invalidation: an evicted stamp means its
+    # entries are gone (tests/test_consistency_race.py pins it).
+    "kill-pause-evict": {},
     # Every kind of invalidation, by key and by tag, marked stale or deleted, while nothing is evicted.
     "kill-pause-tags": {"eviction": False},
 }

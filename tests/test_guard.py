@@ -119,24 +119,28 @@ async def test_wrapped_backend_keeps_what_it_is() -> None:
     inner = MemoryBackend()
     backend = GuardedBackend(inner, Guard())
     assert backend.stores_objects is inner.stores_objects
-    await backend.set("k", b"v", 1000, ["t"], 2)
-    assert await backend.tag_members("t") == ["k"]
+    await backend.set("k", b"v", 1000)
     assert await backend.mark_stale(["k", "gone"], 0, b"V") == 1
     assert await backend.get("k") == b"V"
     assert await backend.poll("k") == (b"V", False)
-    # Every fill call reaches the inner store with its keywords: the exclusive ticket refuses a second one, the
-    # tags given to begin_fill are recorded, and a fill through an ended ticket is refused.
-    assert await backend.begin_fill("k", "me", 1000, tag_keys=["t2"], tag_ttl_ms=2000)
+    # Every fill call reaches the inner store with its keywords: the exclusive ticket refuses a second one, a fill
+    # through an ended ticket is refused, and a fill checks the stamps it is given.
+    assert await backend.begin_fill("k", "me", 1000)
     assert not await backend.begin_fill("k", "other", 1000)
     assert await backend.begin_fill("k", "other", 1000, exclusive=False)
-    assert await backend.tag_members("t2") == ["k"]
     assert await backend.poll("k") == (b"V", True)
     assert await backend.renew_fill("k", "me", 1000)
     await backend.end_fill("k", "me")
     assert not await backend.fill("k", "me", b"W", 1000)
-    assert await backend.fill("k", "other", b"W", 1000, ["t3"], 2000)
+    [stamp] = await backend.tag_stamps(["t"], 2000)
+    assert await backend.tag_stamps(["t"], 2000) == [stamp]
+    assert await backend.fill("k", "other", b"W", 1000, ["t"], [stamp])
     assert await backend.poll("k") == (b"W", False)
-    assert await backend.tag_members("t3") == ["k"]
+    assert await backend.invalidate_tags(["t", "never"], mark_stale=True) == 1
+    [marked] = await backend.get_many(["t"])
+    assert marked is not None
+    assert marked[:8] == stamp[:8]
+    assert marked != stamp
     assert await backend.delete("k") == 1
     assert {"store_entries", "store_errors", "breaker_state"} <= backend.stats().keys()
 

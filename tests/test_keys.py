@@ -255,6 +255,6 @@ def test_layout_keeps_value_and_lease_in_one_hash_slot() -> None:
     key = layout.value_key("service.catalog.page:abc")
     assert key == "wp:{service.catalog.page:abc}"
     assert layout.lease_key(key) == "wp:{service.catalog.page:abc}:lease"
-    assert layout.tag_key("w:1") == "wp:tags:{w:1}"
+    assert layout.tag_key("w:1") == "wp:tag:{w:1}"
     with pytest.raises(ValueError, match="namespace"):
         KeyLayout("a{b}")

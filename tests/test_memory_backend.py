@@ -1,6 +1,6 @@
 """MemoryBackend: the in-process twin of the Redis backend (values, expiry, bounds, fill tickets, tags, pub/sub).
 
-What memory, Redis and Cluster must all do alike (fills, revocation, tag memberships) is pinned over the three
+What memory, Redis and Cluster must all do alike (fills, revocation, tag stamps) is pinned over the three
 stores in tests/test_store_contract.py; here, with a fake clock that makes expiry exact: the in-process store's own
 bounds, eviction and failure injection, and the edges of expiry a real clock cannot reach."""
 
@@ -32,7 +32,7 @@ def backend(clock: FakeClock) -> MemoryBackend:
 
 
 def entry_size(key: str, value: bytes) -> int:
-    """What a value is charged against ``max_bytes`` (its tag memberships are not: they end by themselves)."""
+    """What a value is charged against ``max_bytes`` (a tag's stamp is a value like any other)."""
     return ENTRY_OVERHEAD + len(key) + len(value)
 
 
@@ -51,17 +51,18 @@ def test_satisfies_the_backend_protocol(backend: MemoryBackend) -> None:
 def test_calls_complete_without_yielding_to_the_loop(backend: MemoryBackend) -> None:
     """Atomic with respect to other tasks: each coroutine finishes on its first step."""
     calls: list[Coroutine[Any, Any, Any]] = [
-        backend.set("k", b"v", 1000, ["t"], 2),
+        backend.set("k", b"v", 1000),
         backend.get("k"),
         backend.get_many(["k", "x"]),
         backend.mark_stale(["k"], 0, b"w"),
-        backend.begin_fill("k", "me", 1000, tag_keys=["t"], tag_ttl_ms=2),
+        backend.tag_stamps(["t"], 2),
+        backend.begin_fill("k", "me", 1000),
         backend.renew_fill("k", "me", 1000),
         backend.poll("k"),
-        backend.fill("k", "me", b"w", 1000, ["t"], 2),
+        backend.fill("k", "me", b"w", 1000, ["t"], [bytes(16)]),
         backend.begin_fill("k", "me", 1000, exclusive=False),
         backend.end_fill("k", "me"),
-        backend.tag_members("t"),
+        backend.invalidate_tags(["t"], mark_stale=True),
         backend.publish("ch", b"m"),
         backend.delete("k"),
         backend.clear(""),
@@ -108,10 +109,10 @@ async def test_get_many_and_set_many(backend: MemoryBackend) -> None:
 async def test_bad_arguments_are_programming_errors(backend: MemoryBackend) -> None:
     with pytest.raises(ValueError, match="ttl_ms"):
         await backend.set("k", b"v", 0)
-    with pytest.raises(ValueError, match="tag_ttl_ms"):
-        await backend.set("k", b"v", 1000, ["t"], 0)
-    with pytest.raises(ValueError, match="tag_ttl_ms"):
-        await backend.begin_fill("k", "me", 1000, tag_keys=["t"])
+    with pytest.raises(ValueError, match="ttl_ms"):
+        await backend.tag_stamps(["t"], 0)
+    with pytest.raises(ValueError, match="stamps"):
+        await backend.fill("k", "me", b"v", 1000, ["t"], [])
     with pytest.raises(ValueError, match="ttl_ms"):
         await backend.begin_fill("k", "me", 0)
     with pytest.raises(ValueError, match="ttl_ms"):
@@ -178,14 +179,15 @@ async def test_delete_counts_what_existed(backend: MemoryBackend, clock: FakeClo
     assert backend.stats()["store_entries"] == 1
 
 
-async def test_delete_revokes_the_tickets_and_keeps_the_memberships(backend: MemoryBackend) -> None:
-    await backend.set("k", b"v", 1000, ["tag"], 10_000)
+async def test_delete_revokes_the_tickets_and_keeps_the_stamps(backend: MemoryBackend) -> None:
+    [stamp] = await backend.tag_stamps(["tag"], 10_000)
+    await backend.set("k", b"v", 1000)
     assert await backend.begin_fill("k", "me", 1000)
     assert await backend.delete("k") == 1
     assert await backend.poll("k") == (None, False)  # the ticket went with the value, in the same step
     assert await backend.fill("k", "me", b"old", 1000) is False
     assert await backend.get("k") is None
-    assert await backend.tag_members("tag") == ["k"]  # a membership ends by itself, never with the value
+    assert await backend.get("tag") == stamp  # a tag's stamp is not the value's to delete
     assert await backend.begin_fill("k", "next", 1000) is True  # a load that starts after the delete may store
     assert await backend.fill("k", "next", b"new", 1000) is True
     assert await backend.begin_fill("missing", "me", 1000)
@@ -194,12 +196,11 @@ async def test_delete_revokes_the_tickets_and_keeps_the_memberships(backend: Mem
 
 
 async def test_delete_removes_whatever_it_names_and_counts_only_values(backend: MemoryBackend) -> None:
-    """The cache passes value keys only; a ticket hash or a tag set named directly still goes (as DEL removes any
-    key), but only values are counted."""
-    await backend.set("k", b"v", 1000, ["tag"], 10_000)
+    """The cache passes value keys only; a ticket hash named directly still goes (as DEL removes any key), but
+    only values are counted (a tag's stamp is a value)."""
+    await backend.set("k", b"v", 1000)
     await backend.begin_fill("k", "me", 1000)
-    assert await backend.delete("tag", "k:lease") == 0
-    assert await backend.tag_members("tag") == []
+    assert await backend.delete("k:lease") == 0
     assert await backend.poll("k") == (b"v", False)
     assert backend.stats()["store_bytes"] == entry_size("k", b"v")
 
@@ -240,19 +241,21 @@ async def test_mark_stale_past_the_end_extends_like_setrange(backend: MemoryBack
 
 
 async def test_clear_by_prefix(backend: MemoryBackend, clock: FakeClock) -> None:
-    await backend.set("a:{1}", b"v", 1000, ["a:tags:{x}"], 10_000)
+    await backend.tag_stamps(["a:tag:{x}"], 10_000)
+    await backend.set("a:{1}", b"v", 1000)
     await backend.set("a:{2}", b"v", 1000)
     await backend.set("a:{old}", b"v", 10)
     await backend.begin_fill("a:{1}", "me", 1000)
-    await backend.set("b:{1}", b"v", 1000, ["b:tags:{x}"], 10_000)
+    [kept] = await backend.tag_stamps(["b:tag:{x}"], 10_000)
+    await backend.set("b:{1}", b"v", 1000)
     await backend.begin_fill("b:{1}", "me", 1000)
     clock.advance(0.5)
-    assert await backend.clear("a:") == 4  # two values, a ticket hash, a tag set; not the expired value
+    assert await backend.clear("a:") == 4  # two values, a ticket hash, a tag's stamp; not the expired value
     assert await backend.get_many(["a:{1}", "a:{2}", "b:{1}"]) == [None, None, b"v"]
     assert await backend.fill("a:{1}", "me", b"old", 1000) is False  # clear revokes the tickets it covers
-    assert await backend.tag_members("b:tags:{x}") == ["b:{1}"]
+    assert await backend.get("b:tag:{x}") == kept
     stats = backend.stats()
-    assert (stats["store_entries"], stats["store_leases"], stats["store_tag_sets"]) == (1, 1, 1)
+    assert (stats["store_entries"], stats["store_leases"]) == (2, 1)
     assert await backend.clear("") == 3
     assert backend.stats()["store_bytes"] == 0
 
@@ -321,9 +324,8 @@ async def test_a_value_larger_than_max_bytes_is_not_stored(clock: FakeClock) -> 
     backend = MemoryBackend(max_bytes=3 * entry_size("k", b"x" * 100), clock=clock)
     await backend.set("other", b"x", 1000)
     await backend.set("k", b"x" * 50, 1000)
-    await backend.set("k", b"x" * backend.max_bytes, 1000, ["tag"], 10_000)
+    await backend.set("k", b"x" * backend.max_bytes, 1000)
     assert await backend.get("k") is None  # the old value went too: never serve what a write replaced
-    assert await backend.tag_members("tag") == ["k"]  # recorded before the write: harmless, it ends by itself
     assert await backend.get("other") == b"x"  # nothing else was evicted for a value that cannot fit
     assert backend.stats()["store_evictions"] == 1
     assert backend.stats()["store_bytes"] == entry_size("other", b"x")
@@ -454,92 +456,61 @@ async def test_the_ticket_table_is_bounded(clock: FakeClock) -> None:
     assert backend.stats()["store_leases"] == 2
 
 
-# -- tags: sorted sets of member -> membership end ------------------------------------------------------------
+# -- tags: one stamp per tag, an ordinary value -----------------------------------------------------------------
 
 
-async def test_tag_members_sorted_and_not_charged_to_the_values(backend: MemoryBackend) -> None:
-    await backend.set("b", b"v", 1000, ["t1", "t2"], 10_000)
-    await backend.set("a", b"v", 1000, ["t1"], 10_000)
-    assert await backend.tag_members("t1") == ["a", "b"]
-    assert await backend.tag_members("t2") == ["b"]
-    assert await backend.tag_members("none") == []
-    assert backend.stats()["store_bytes"] == entry_size("a", b"v") + entry_size("b", b"v")
-    assert (backend.stats()["store_tag_sets"], backend.stats()["store_tag_members"]) == (2, 3)
+async def test_a_stamp_is_a_value_made_once_and_charged_like_one(backend: MemoryBackend) -> None:
+    first, second = await backend.tag_stamps(["t1", "t2"], 10_000)
+    assert first != second
+    assert len(first) == len(second) == 16
+    assert await backend.tag_stamps(["t1"], 10_000) == [first]
+    assert await backend.get_many(["t1", "t2", "none"]) == [first, second, None]
+    assert backend.stats()["store_bytes"] == entry_size("t1", first) + entry_size("t2", second)
 
 
-async def test_a_load_records_its_tags_before_the_value_exists(backend: MemoryBackend, clock: FakeClock) -> None:
+async def test_a_stamps_life_only_lengthens(backend: MemoryBackend, clock: FakeClock) -> None:
     start = clock.now
-    assert await backend.begin_fill("k", "me", 5000, tag_keys=["t"], tag_ttl_ms=2000)
-    assert await backend.get("k") is None
-    assert await backend.tag_members("t") == ["k"]  # a tag invalidation from now on finds the key
-    clock.now = start + 1.5
-    assert await backend.fill("k", "me", b"v", 1000, ["t", "u"], 2000)  # extends the memberships from now
-    clock.now = start + 3.0
-    assert await backend.tag_members("t") == ["k"]
-    assert await backend.tag_members("u") == ["k"]
-    clock.now = start + 3.5
-    assert await backend.tag_members("t") == []
+    [stamp] = await backend.tag_stamps(["t"], 10_000)
+    assert await backend.tag_stamps(["t"], 5_000) == [stamp]  # does not shorten the 10 s
+    clock.now = start + 9.999
+    assert await backend.get("t") == stamp
+    assert await backend.tag_stamps(["t"], 20_000) == [stamp]  # lengthened from now
+    clock.now = start + 29.998
+    assert await backend.get("t") == stamp
+    clock.now = start + 30
+    assert await backend.get("t") is None
+    [anew] = await backend.tag_stamps(["t"], 1000)
+    assert anew != stamp  # never the old one again
 
 
-async def test_a_refused_begin_still_records_the_membership(backend: MemoryBackend) -> None:
-    """The tags come first, even when the exclusive ticket is refused: the other load's key is the same key."""
-    await backend.begin_fill("k", "holder", 1000)
-    assert await backend.begin_fill("k", "waiter", 1000, tag_keys=["t"], tag_ttl_ms=2000) is False
-    assert await backend.tag_members("t") == ["k"]
-
-
-async def test_each_membership_ends_on_its_own_and_only_lengthens(backend: MemoryBackend, clock: FakeClock) -> None:
+async def test_invalidating_a_tag_keeps_the_stamps_life(backend: MemoryBackend, clock: FakeClock) -> None:
     start = clock.now
-    await backend.set("a", b"v", 100_000, ["t"], 10_000)
-    await backend.set("a", b"v", 100_000, ["t"], 5_000)  # ZADD GT: does not shorten a's 10 s
-    await backend.set("b", b"v", 100_000, ["t"], 5_000)
-    clock.now = start + 4.999
-    assert await backend.tag_members("t") == ["a", "b"]
-    clock.now = start + 5
-    assert await backend.tag_members("t") == ["a"]  # b's membership ended; a's goes on
-    await backend.set("c", b"v", 100_000, ["t"], 20_000)  # the set lives as long as its longest membership
-    clock.now = start + 24.999
-    assert await backend.tag_members("t") == ["c"]
-    clock.now = start + 25
-    assert await backend.tag_members("t") == []
-    assert backend.stats()["store_tag_sets"] == 0
-    assert backend.stats()["store_bytes"] == sum(entry_size(key, b"v") for key in "abc")
+    [stamp] = await backend.tag_stamps(["t"], 10_000)
+    assert await backend.invalidate_tags(["t", "missing"]) == 1
+    [deleted] = await backend.get_many(["t"])
+    assert deleted is not None
+    assert deleted[:8] != stamp[:8]
+    assert await backend.invalidate_tags(["t"], mark_stale=True) == 1
+    [marked] = await backend.get_many(["t"])
+    assert marked is not None
+    assert marked[:8] == deleted[:8]
+    assert marked != deleted
+    assert await backend.get("missing") is None  # never created
+    clock.now = start + 10
+    assert await backend.get("t") is None
 
 
-async def test_ended_memberships_are_pruned_as_the_set_grows(backend: MemoryBackend, clock: FakeClock) -> None:
-    """The set keeps one live member among many that came and went: its bookkeeping stays near the live ones."""
-    await backend.set("live", b"v", 1_000_000, ["t"], 1_000_000)
-    for i in range(1000):
-        await backend.set(f"k{i}", b"v", 10, ["t"], 10)
-        clock.advance(0.02)  # each membership ends before the next one is given
-    assert await backend.tag_members("t") == ["live"]
-    assert backend.stats()["store_tag_members"] <= 2 * 1 + 16
+async def test_a_fill_checks_every_stamp(backend: MemoryBackend) -> None:
+    stamps = await backend.tag_stamps(["t", "u"], 10_000)
+    await backend.begin_fill("k", "me", 1000)
+    assert await backend.fill("k", "me", b"v", 1000, ["t", "u"], [stamps[0], bytes(16)]) is False
+    assert await backend.poll("k") == (None, False)  # the ticket went with the refusal
+    await backend.begin_fill("k", "me", 1000)
+    backend.evict("u")  # an evicted stamp refuses too: it can never match again
+    assert await backend.fill("k", "me", b"v", 1000, ["t", "u"], stamps) is False
+    await backend.begin_fill("k", "me", 1000)
+    assert await backend.fill("k", "me", b"v", 1000, ["t"], stamps[:1]) is True
 
-
-async def test_a_membership_outlives_its_value(backend: MemoryBackend, clock: FakeClock) -> None:
-    """A membership no longer follows the value: deleted, expired and evicted values stay members until their
-    membership ends (invalidating them is harmless; a load that records the key again stays reachable)."""
-    small = MemoryBackend(max_entries=1, clock=clock)
-    await small.set("evicted", b"v", 1000, ["t"], 10_000)
-    await small.set("stays", b"v", 1000, ["t"], 10_000)
-    assert await small.get("evicted") is None
-    assert await small.tag_members("t") == ["evicted", "stays"]
-    await backend.set("deleted", b"v", 1000, ["t"], 10_000)
-    await backend.set("expires", b"v", 100, ["t"], 10_000)
-    await backend.delete("deleted")
-    clock.advance(0.1)
-    assert await backend.get("expires") is None
-    assert await backend.tag_members("t") == ["deleted", "expires"]
-    assert backend.stats()["store_bytes"] == 0
-
-
-async def test_rewriting_a_value_keeps_its_tag_memberships(backend: MemoryBackend) -> None:
-    """As in Redis, where SET leaves the tag sets alone: invalidating the old tag still reaches the key."""
-    await backend.set("k", b"v1", 1000, ["old"], 10_000)
-    await backend.set("k", b"v2", 1000, ["new"], 10_000)
-    await backend.set("k", b"v3", 1000)
-    assert await backend.tag_members("old") == ["k"]
-    assert await backend.tag_members("new") == ["k"]
 
 
 # -- publish / subscribe --------------------------------------------------------------------------------------
@@ -676,7 +647,8 @@ async def test_aclose_then_every_call_raises_cache_closed_error(backend: MemoryB
         backend.end_fill("k", "t"),
         backend.fill("k", "t", b"v", 1000),
         backend.poll("k"),
-        backend.tag_members("t"),
+        backend.tag_stamps(["t"], 1000),
+        backend.invalidate_tags(["t"]),
         backend.publish("ch", b"m"),
         backend.subscription().subscribe("ch"),
     ]
@@ -713,21 +685,22 @@ async def test_fail_with_chosen_methods_and_exception(backend: MemoryBackend) ->
     assert await subscription.next_message(WAIT) == ("ch", b"m")
 
 
-async def test_deleting_a_value_and_its_tag_set_counts_the_value(backend: MemoryBackend) -> None:
-    await backend.set("k", b"v", 1000, ["t"], 10_000)
-    assert await backend.delete("k", "t") == 1
+async def test_a_stamp_named_in_a_delete_is_a_value_like_any_other(backend: MemoryBackend) -> None:
+    await backend.tag_stamps(["t"], 10_000)
+    await backend.set("k", b"v", 1000)
+    assert await backend.delete("k", "t") == 2
     assert backend.stats()["store_bytes"] == 0
-    assert backend.stats()["store_tag_sets"] == 0
 
 
 async def test_evict_removes_what_a_redis_eviction_would_without_revoking(backend: MemoryBackend) -> None:
-    await backend.set("k", b"v", 1000, ["t"], 1000)
+    await backend.set("k", b"v", 1000)
+    await backend.tag_stamps(["t"], 1000)
     assert await backend.begin_fill("k", "me", 1000)
     assert backend.evict("k") is True  # the value only: the ticket stays valid
     assert await backend.get("k") is None
     assert await backend.fill("k", "me", b"w", 1000) is True
-    assert backend.evict("t") is True  # a tag set
-    assert await backend.tag_members("t") == []
+    assert backend.evict("t") is True  # a tag's stamp
+    assert await backend.get("t") is None
     assert await backend.begin_fill("k", "me", 1000)
     assert backend.evict("k:lease") is True  # a ticket hash: the fill is then refused
     assert await backend.fill("k", "me", b"x", 1000) is False

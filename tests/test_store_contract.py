@@ -440,7 +440,8 @@ async def test_every_call_after_aclose_raises_cache_closed(redis_url: str) -> No
         backend.get("k"), backend.get_many(["k"]), backend.set("k", b"v", 1000), backend.set_many([("k", b"v", 1)]),
         backend.delete("k"), backend.mark_stale(["k"], 0, b"x"), backend.clear("p:"),
         backend.begin_fill("k", "t", 1000), backend.renew_fill("k", "t", 1000), backend.end_fill("k", "t"),
-        backend.fill("k", "t", b"v", 1000), backend.poll("k"), backend.tag_members("t"),
+        backend.fill("k", "t", b"v", 1000), backend.poll("k"), backend.tag_stamps(["t"], 1000),
+        backend.invalidate_tags(["t"]),
         backend.publish("c", b"x"), backend.ping(), backend.connect(),
         subscription.subscribe("another"), subscription.next_message(0.01), subscription.ping(),
     ]
@@ -624,41 +625,32 @@ async def test_delete_counts_values_and_revokes_tickets_without_one(store: Backe
     assert await store.delete() == 0
 
 
-async def test_a_load_records_its_tags_before_its_value_exists(store_factory: Callable[[], Backend]) -> None:
-    """The tags come first, so a tag invalidation that starts once the ticket exists finds the key and revokes
-    the ticket: the race a load that recorded its tags with its value would lose."""
+async def test_a_fill_is_refused_when_a_tag_was_invalidated_after_its_stamps_were_read(
+    store_factory: Callable[[], Backend],
+) -> None:
+    """The stamps come before the load reads its source; a tag invalidation after that changes one, and the fill
+    that carries the old stamp is refused (on a cluster: answered False, what it wrote refused by readers)."""
     loader, invalidator = store_factory(), store_factory()
-    assert await loader.begin_fill(KEY, "me", 5000, tag_keys=[TAG], tag_ttl_ms=60_000)
-    assert await loader.get(KEY) is None
-    members = await invalidator.tag_members(TAG)
-    assert members == [KEY]
-    assert await invalidator.delete(*members) == 0  # no value yet, but the ticket is revoked
-    assert await loader.fill(KEY, "me", b"read before", 60_000, [TAG], 60_000) is False
-    assert await loader.get(KEY) is None
-    # An exclusive ticket refused (another load holds the lease) still records the tags first.
-    assert await loader.begin_fill(KEY, "holder", 5000)
-    assert await invalidator.begin_fill(KEY, "waiter", 5000, tag_keys=[TAG2], tag_ttl_ms=60_000) is False
-    assert await invalidator.tag_members(TAG2) == [KEY]
+    stamps = await loader.tag_stamps([TAG, TAG2], 60_000)
+    assert len(stamps) == 2
+    assert all(len(stamp) == 16 for stamp in stamps)
+    assert stamps[0] != stamps[1]
+    assert await loader.begin_fill(KEY, "me", 5000)
+    assert await invalidator.invalidate_tags([TAG]) == 1
+    assert await loader.fill(KEY, "me", b"read before", 60_000, [TAG, TAG2], stamps) is False
+    # A load that begins after the invalidation reads the new stamp and stores.
+    fresh = await loader.tag_stamps([TAG, TAG2], 60_000)
+    assert fresh[0] != stamps[0]
+    assert fresh[1] == stamps[1]
+    assert await loader.begin_fill(KEY, "after", 5000)
+    assert await loader.fill(KEY, "after", b"read after", 60_000, [TAG, TAG2], fresh) is True
+    assert await loader.get(KEY) == b"read after"
 
 
-async def test_set_and_fill_record_tags_and_memberships_outlive_values(store: Backend) -> None:
-    await store.set(KEY, b"v", 60_000, [TAG, TAG2], 60_000)
-    await store.begin_fill(OTHER, "me", 5000)
-    assert await store.fill(OTHER, "me", b"v", 60_000, [TAG], 60_000) is True
-    assert await store.tag_members(TAG) == sorted([KEY, OTHER])
-    assert await store.tag_members(TAG2) == [KEY]
-    assert await store.tag_members(LAYOUT.tag_key("none")) == []
-    assert await store.delete(KEY, OTHER) == 2
-    assert await store.tag_members(TAG) == sorted([KEY, OTHER])  # a membership ends by itself, not with a value
-
-
-async def test_tag_members_leaves_out_memberships_that_ended(store: Backend) -> None:
-    """Each membership lasts its own ``tag_ttl_ms`` from when it was given, even in a set that lives on. The end is
-    told by a value with the same TTL written after the short membership, in the tag set's slot: once it expired
-    on the store's own clock, so did the membership."""
-    await store.set(KEY, b"v", 60_000, [TAG], 60_000)
-    await store.set(OTHER, b"v", 60_000, [TAG], 30)
-    assert await store.tag_members(TAG) == sorted([KEY, OTHER])
+async def test_a_stamp_is_made_once_and_kept_for_the_longest_life_asked(store: Backend) -> None:
+    [first] = await store.tag_stamps([TAG], 60_000)
+    assert await store.tag_stamps([TAG], 30) == [first]  # a shorter life does not cut the 60 s short
+    assert await store.get_many([TAG]) == [first]
     sentinel = "sentinel:{t}"
     await store.set(sentinel, b"v", 30)
 
@@ -666,18 +658,28 @@ async def test_tag_members_leaves_out_memberships_that_ended(store: Backend) -> 
         return await store.get(sentinel) is None
 
     await eventually(sentinel_expired, what="a 30 ms value to expire")
-    assert await store.tag_members(TAG) == [KEY]
+    assert await store.get_many([TAG]) == [first]
 
 
-async def test_a_membership_only_lengthens(store: Backend) -> None:
-    await store.set(KEY, b"v", 60_000, [TAG], 60_000)
-    await store.set(KEY, b"v", 60_000, [TAG], 30)  # does not cut the 60 s short
-    await store.set(OTHER, b"v", 60_000, [TAG], 30)
-    sentinel = "sentinel:{t}"
-    await store.set(sentinel, b"v", 30)
+async def test_invalidating_a_tag_replaces_its_stamp_and_never_creates_one(store: Backend) -> None:
+    [first] = await store.tag_stamps([TAG], 60_000)
+    assert await store.invalidate_tags([TAG, TAG2]) == 1  # TAG2 has no stamp: nothing it stamped can be live
+    assert await store.get_many([TAG2]) == [None]
+    [deleted] = await store.get_many([TAG])
+    assert deleted is not None
+    assert deleted[:8] != first[:8]
+    assert await store.invalidate_tags([TAG], mark_stale=True) == 1
+    [marked] = await store.get_many([TAG])
+    assert marked is not None
+    assert marked[:8] == deleted[:8]
+    assert marked[8:] != deleted[8:]
+    assert await store.invalidate_tags([]) == 0
 
-    async def sentinel_expired() -> bool:
-        return await store.get(sentinel) is None
 
-    await eventually(sentinel_expired, what="a 30 ms value to expire")
-    assert KEY in await store.tag_members(TAG)  # (whether OTHER is left out: the test above)
+async def test_an_evicted_stamp_is_made_anew_never_the_old_one(store: Backend) -> None:
+    """A stamp that is gone (evicted, expired, cleared) comes back as a new random one: an entry stamped before can
+    never look live again (the "missing counts as the initial generation" mistake)."""
+    [first] = await store.tag_stamps([TAG], 60_000)
+    await store.clear(TAG)
+    [second] = await store.tag_stamps([TAG], 60_000)
+    assert second != first

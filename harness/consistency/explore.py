@@ -51,6 +51,8 @@ SMALL_CONFIGS: tuple[tuple[str, Spec, int | None], ...] = (
     _small("1r1w + lease expiry", Spec(2, (PLAIN,), (Reader(0),), (Writer(1),), (Chaos("evict_tickets"),))),
     _small("1r1w + value eviction", Spec(1, (TAGGED,), (Reader(0),), (Writer(0, via="tags"),),
                                          (Chaos("evict_value"),))),
+    _small("1r1w tags + stamp eviction", Spec(1, (WARM_TAGGED,), (Reader(0),), (Writer(0, via="tags"),),
+                                              (Chaos("evict_tag"),))),
     _small("2r1w one process", Spec(1, (PLAIN,), (Reader(0), Reader(0)), (Writer(0),)), 2),
     _small("2r1w two processes", Spec(2, (PLAIN,), (Reader(0), Reader(1)), (Writer(0),)), 2),
     _small("2r1w tags", Spec(2, (TAGGED,), (Reader(0), Reader(1)), (Writer(1, via="tags"),)), 2),

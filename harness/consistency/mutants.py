@@ -1,8 +1,10 @@
-"""Wrong fill rules, as backends, that the harness must catch (some universe shows a stale counter > 0).
+"""Wrong rules, as backends, that the harness must catch (some universe shows a stale counter > 0).
 
-Each mutant sits between a process's gated backend and the shared store and changes only the fill protocol
-(``begin_fill``, ``renew_fill``, ``end_fill``, ``fill``, ``poll``); values still live in the real store. What a
-real store would keep for the mutant (its ticket table, its generations) is one :class:`MutantState` shared by the
+Each mutant sits between a process's gated backend and the shared store. The first four change only the fill-ticket
+protocol (``begin_fill``, ``renew_fill``, ``end_fill``, ``fill``, ``poll``); values and tag stamps still live in the
+real store, and a fill that gets through a mutant's ticket rule is made by the real store's ``fill`` with its tag
+keys and stamps (``_store_anyway``), so the stamp check still applies: these mutants are about tickets. What a real
+store would keep for the mutant (its ticket table, its generations) is one :class:`MutantState` shared by the
 universe's processes.
 
 1. ``naive``: get-load-set. Every load may fill; a fill always stores.
@@ -10,12 +12,17 @@ universe's processes.
 3. ``token-per-process``: the real tickets, but one token per process (per Cache) instead of per attempt.
 4. ``generation``: an invalidation bumps the key's generation; a fill stores iff the generation is the one seen
    when its load began, where a missing generation counts as the initial one, and chaos may evict it.
+5. ``stamp-missing-is-live``: the tag stamps' version of mutant 4's mistake. "A missing stamp means gone" is a
+   reader's rule, which no backend can change; so this store answers a read of a tag key whose stamp is missing
+   (evicted, expired) with the stamp this process saw last for it: a store that takes a missing stamp for the
+   last-known one. Chaos (``evict_tag``) evicts a stamp after an invalidation changed it, and an entry stamped
+   before the invalidation reads as live again.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +30,7 @@ from cachelayer import Backend
 
 __all__ = ["MUTANTS", "MutantState", "mutant_backend"]
 
-MUTANTS = ("naive", "no-revoke", "token-per-process", "generation")
+MUTANTS = ("naive", "no-revoke", "token-per-process", "generation", "stamp-missing-is-live")
 
 
 @dataclass
@@ -56,26 +63,21 @@ class _Mutant:
         return getattr(self.inner, name)
 
     async def _store_anyway(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """Store what ``fill(key, token, value, ttl_ms, ...)`` carries, whatever the store's tickets say."""
+        """Store what ``fill(key, token, value, ttl_ms, tag_keys, stamps)`` carries, whatever the store's tickets
+        say, through the real store's ``fill`` with a ticket of its own: its tag keys and stamps go with it, so the
+        store still refuses a value whose tags were invalidated after its load began (the mutant is the tickets)."""
         key = _arg(args, kwargs, 0, "key")
+        value, ttl_ms = _arg(args, kwargs, 2, "value"), _arg(args, kwargs, 3, "ttl_ms")
+        tag_keys = args[4] if len(args) > 4 else kwargs.get("tag_keys", ())
+        stamps = args[5] if len(args) > 5 else kwargs.get("stamps", ())
         token = "mutant-" + os.urandom(8).hex()
         await self.inner.begin_fill(key, token, 60_000, exclusive=False)
-        rest = {name: value for name, value in kwargs.items() if name not in ("key", "token")}
-        applied: bool = await self.inner.fill(key, token, *args[2:], **rest)
+        applied: bool = await self.inner.fill(key, token, value, ttl_ms, tag_keys, stamps)
         return applied
-
-    async def _record_tags(self, key: str, kwargs: dict[str, Any]) -> None:
-        """What ``begin_fill`` does first: the key joins its tags' sets."""
-        tags = {name: value for name, value in kwargs.items() if name.startswith("tag_")}
-        if tags.get("tag_keys"):
-            token = "mutant-" + os.urandom(8).hex()
-            await self.inner.begin_fill(key, token, 60_000, exclusive=False, **tags)
-            await self.inner.end_fill(key, token)
 
 
 class NaiveBackend(_Mutant):
     async def begin_fill(self, key: str, token: str, ttl_ms: int, **kwargs: Any) -> bool:
-        await self._record_tags(key, kwargs)
         return True
 
     async def renew_fill(self, key: str, token: str, ttl_ms: int) -> bool:
@@ -96,7 +98,6 @@ class TicketTableBackend(_Mutant):
     where mutant 4 differs."""
 
     async def begin_fill(self, key: str, token: str, ttl_ms: int, **kwargs: Any) -> bool:
-        await self._record_tags(key, kwargs)
         held = self.state.tickets.setdefault(key, set())
         if held and kwargs.get("exclusive", True):
             return False
@@ -184,11 +185,40 @@ class TokenPerProcessBackend(_Mutant):
         return applied
 
 
+class LastKnownStampBackend(_Mutant):
+    """Mutant 5: a tag key whose stamp is missing reads as the stamp this process saw last for it. Everything else
+    is the real store's (fills, tickets and the stamp check of a fill included)."""
+
+    def __init__(self, inner: Backend, state: MutantState) -> None:
+        super().__init__(inner, state)
+        self.last_seen: dict[str, bytes] = {}  # tag key -> the stamp this process last read or was given
+
+    async def tag_stamps(self, tag_keys: Sequence[str], ttl_ms: int) -> list[bytes]:
+        stamps: list[bytes] = await self.inner.tag_stamps(tag_keys, ttl_ms)
+        self.last_seen.update(zip(tag_keys, stamps, strict=True))
+        return stamps
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        found: list[bytes | None] = await self.inner.get_many(keys)
+        answered: list[bytes | None] = []
+        # A tag key is ``{namespace}:tag:{<tag>}``, a value key ``{namespace}:{<name>}`` (cachelayer._keys).
+        for key, data in zip(keys, found, strict=True):
+            if not key.partition("{")[0].endswith(":tag:"):
+                answered.append(data)
+            elif data is None:
+                answered.append(self.last_seen.get(key))  # the mistake: missing taken for the last-known stamp
+            else:
+                self.last_seen[key] = data
+                answered.append(data)
+        return answered
+
+
 _KINDS: dict[str, Callable[[Backend, MutantState], Any]] = {
     "naive": NaiveBackend,
     "no-revoke": TicketTableBackend,
     "token-per-process": TokenPerProcessBackend,
     "generation": GenerationBackend,
+    "stamp-missing-is-live": LastKnownStampBackend,
 }
 
 

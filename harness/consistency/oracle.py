@@ -5,7 +5,9 @@ which version it carries. The oracle keeps, per store key, the newest version wh
 (the writer's ``delete`` / ``invalidate_tags`` / ``set`` call returned), and counts:
 
 - ``stale_sets``: a value stored (a fill applied, or an explicit write) carrying a version older than one whose
-  invalidation had already completed: the race the tickets exist to close;
+  invalidation had already completed: the race the tickets (and, for tags, the stamps) exist to close. A value
+  whose tag stamps were already outdated when it was written is never taken as fresh by any reader: it is counted
+  in ``dead_writes`` instead (``gated.py`` says why that is sound);
 - ``stale_reads_after_invalidate``: a read that started after the invalidation of version v returned and answered
   a version < v;
 - ``stale_at_end``: once every actor is done and the background work settled, a key whose stored fresh value, or
@@ -32,7 +34,8 @@ class Counters:
     stale_reads_after_invalidate: int = 0
     revoked_fills: int = 0
     reads: int = 0
-    writes: int = 0  # values stored
+    writes: int = 0  # values stored live
+    dead_writes: int = 0  # values stored with tag stamps already outdated (a write racing a tag invalidation)
     stale_by_design: int = 0  # a stale copy served because a loader failed (stale-if-error): documented
     stuck: int = 0  # universes where actors could not finish (deadlock) or ran past the step limit
     errors: int = 0  # unexpected exceptions out of the cache
@@ -83,6 +86,10 @@ class Oracle:
         self.counters.writes += 1
         if self.version_of(data) < self.invalidated[key]:
             self.counters.stale_sets += 1
+
+    def dead_write(self, key: str, data: bytes) -> None:
+        if key in self.rows:
+            self.counters.dead_writes += 1
 
     def touched(self, keys: Sequence[str]) -> None:
         prefix = self.prefix

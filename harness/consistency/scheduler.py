@@ -11,7 +11,8 @@ universe is re-run from scratch for each prefix; see ``explore.py``).
 Reductions, each sound for what the oracle checks:
 - a ``poll`` (a lease waiter looking at the store) is not progress, and the clock moves again only after some other
   actor made progress or when nothing else can run: a waiter polling twice with nothing in between would see the
-  same store and do the same thing again;
+  same store and do the same thing again. The read of the tag stamps of a value it polled (``poll-stamps``: the
+  waiter judging what it found, ``cachelayer._tags``) is part of that look and no progress either;
 - ``preemption_bound`` (optional): at most that many switches away from an actor that could go on (CHESS-style
   context bounding), for the exhaustive runs of larger configurations.
 """
@@ -35,7 +36,7 @@ ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("consistency_actor",
 lease renewer, a background refresh)."""
 
 _ADVANCE: Final = "advance-clock"
-_NOT_PROGRESS: Final = frozenset({"poll"})
+_NOT_PROGRESS: Final = frozenset({"poll", "poll-stamps"})
 
 
 class Chooser(Protocol):

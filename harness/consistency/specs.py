@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 __all__ = ["CHAOS", "Chaos", "Reader", "Row", "Spec", "Writer", "random_spec"]
 
-CHAOS = ("evict_value", "evict_tickets", "kill_loader", "cancel_reader", "store_fails")
+CHAOS = ("evict_value", "evict_tickets", "evict_tag", "kill_loader", "cancel_reader", "store_fails")
 _READS = {"plain": ("fetch", "fetch", "fetch", "refresh"), "tagged": ("fetch", "fetch", "fetch", "refresh"),
           "decorated": ("decorated", "decorated", "decorated-refresh")}  # fmt: skip
 _WRITES = {"plain": ("delete",), "tagged": ("tags", "mark_stale", "delete"), "decorated": ("decorated",)}
@@ -41,7 +41,7 @@ class Writer:
 @dataclass(frozen=True, slots=True)
 class Chaos:
     what: str  # one of CHAOS
-    row: int = 0
+    row: int = 0  # evict_tag: the stamp of the row's own tag (``t{row}``)
     process: int = 0  # store_fails: whose store calls fail
     target: int = 0  # cancel_reader: which reader
     calls: int = 1  # store_fails: how many calls

@@ -2,9 +2,9 @@
 
 A :class:`Store` hands each universe the backend its processes share (a fresh :class:`MemoryBackend`, or the one
 long-lived :class:`RedisBackend` of this worker on a standalone Redis or a Cluster, where each universe has a
-namespace of its own and removes its keys at the end), and the raw operations of chaos: the eviction of a value
-or of a key's tickets (``key:lease``) as an LRU eviction or an expiry would do it, without any of the revocation an
-invalidation does.
+namespace of its own and removes its keys at the end), and the raw operations of chaos: the eviction of a value,
+of a key's tickets (``key:lease``) or of a tag's stamp as an LRU eviction or an expiry would do it, without any of
+the revocation an invalidation does.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ class Store(Protocol):
 
     async def evict_tickets(self, key: str) -> None: ...
 
+    async def evict_tag(self, tag_key: str) -> None:
+        """Evict a tag's stamp (stored under ``tag_key``, an ordinary value: ``cachelayer._tags``)."""
+        ...
+
     async def cleanup(self, keys: Iterable[str]) -> None:
         """Remove what a universe left (a shared store only)."""
         ...
@@ -56,6 +60,9 @@ class MemoryStore:
 
     async def evict_tickets(self, key: str) -> None:
         self._backend.evict(key + _TICKETS)
+
+    async def evict_tag(self, tag_key: str) -> None:
+        self._backend.evict(tag_key)
 
     async def cleanup(self, keys: Iterable[str]) -> None:
         return None
@@ -94,6 +101,9 @@ class RedisStore:
 
     async def evict_tickets(self, key: str) -> None:
         await self._raw.delete(key + _TICKETS)
+
+    async def evict_tag(self, tag_key: str) -> None:
+        await self._raw.delete(tag_key)  # a DEL is what an eviction of the stamp does: nothing else changes
 
     async def cleanup(self, keys: Iterable[str]) -> None:
         names = {name for key in keys for name in (key, key + _TICKETS)}

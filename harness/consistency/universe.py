@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cachelayer import Backend, Cache, CacheEntry, EntryPolicy, Outcome, StampedePolicy, cached
+from cachelayer._tags import Verdict, judge
 from harness.consistency.gated import GatedBackend
 from harness.consistency.mutants import MutantState, mutant_backend
 from harness.consistency.oracle import Counters, Database, Oracle
@@ -58,6 +59,7 @@ class _Universe:
     spec: Spec
     scheduler: Scheduler
     store: Store
+    shared: Backend  # the store's backend itself, beneath the gates and any mutant
     db: Database
     caches: list[Cache]
     gated: list[GatedBackend]
@@ -130,7 +132,7 @@ async def run_universe(
     caches: list[Cache] = []
     for _ in range(spec.processes):
         below: Backend = shared if state is None or mutant is None else mutant_backend(mutant, shared, state)
-        backend = GatedBackend(below, scheduler, oracle, on_failure=failed_actors.add)
+        backend = GatedBackend(below, scheduler, oracle, keys=probe.keys, truth=shared, on_failure=failed_actors.add)
         gated.append(backend)
         caches.append(
             # stale_ttl: the physical TTL (real time, in the store) stays far beyond any universe's real duration.
@@ -141,8 +143,8 @@ async def run_universe(
         EntryPolicy(ttl=ttl, stale_ttl=_TTL, stampede=STAMPEDE, tags=(f"t{row}", "all") if r.style == "tagged" else ())
         for row, r in enumerate(spec.rows)
     ]
-    universe = _Universe(spec, scheduler, store, Database(len(spec.rows)), caches, gated, oracle, state, keys,
-                         policies, failed_actors=failed_actors, clock=clock)  # fmt: skip
+    universe = _Universe(spec, scheduler, store, shared, Database(len(spec.rows)), caches, gated, oracle, state,
+                         keys, policies, failed_actors=failed_actors, clock=clock)  # fmt: skip
     load_token = _LOAD.set(universe.load)
     try:
         for row, r in enumerate(spec.rows):
@@ -294,6 +296,9 @@ async def _chaos(universe: _Universe, chaos: Chaos) -> None:
     if chaos.what == "evict_value":
         with universe.scheduler.in_flight():
             await universe.store.evict_value(key)
+    elif chaos.what == "evict_tag":
+        with universe.scheduler.in_flight():
+            await universe.store.evict_tag(universe.caches[0].keys.tag_key(f"t{chaos.row}"))
     elif chaos.what == "evict_tickets":
         with universe.scheduler.in_flight():
             await universe.store.evict_tickets(key)
@@ -323,8 +328,19 @@ async def _evict_tickets(universe: _Universe) -> None:
             universe.mutant.tickets_evicted(key)
 
 
+async def _live_by_stamps(universe: _Universe, tags: tuple[tuple[str, bytes], ...]) -> bool:
+    """Whether a frame stamped with ``tags`` is live by its tags' stamps in the store now (``cachelayer._tags``)."""
+    if not tags:
+        return True
+    names = list(dict(tags))
+    with universe.scheduler.in_flight():
+        found = await universe.shared.get_many([universe.caches[0].keys.tag_key(tag) for tag in names])
+    return judge(tags, dict(zip(names, found, strict=True))) is Verdict.LIVE
+
+
 async def _check_the_end(universe: _Universe) -> None:
-    """Every process must now answer the database's version, and the store hold nothing fresh and older."""
+    """Every process must now answer the database's version, and the store hold nothing fresh and older (fresh:
+    not expired, and live by its tags' stamps: one they refuse or mark stale is no reader's fresh value)."""
     oracle = universe.oracle
     revoked = sum(cache.stats().get("revoked_fills", 0) for cache in universe.caches)
     oracle.counters.revoked_fills += revoked
@@ -334,7 +350,11 @@ async def _check_the_end(universe: _Universe) -> None:
         data = await universe.gated[0].get(key)
         if data is not None:
             frame = universe.caches[0].codec.read_frame(data)
-            if universe.clock() < frame.expires_at and Oracle.version_of(data) < current:
+            if (
+                universe.clock() < frame.expires_at
+                and Oracle.version_of(data) < current
+                and await _live_by_stamps(universe, frame.tags)
+            ):
                 stale = True
         style = universe.spec.rows[row].style
         for process, cache in enumerate(universe.caches):

@@ -19,6 +19,7 @@ from harness import LatencyProxy
 from harness.services import MySQLSettings
 from service.config import Settings
 from service.repositories.mysql import MIGRATIONS, MySQLRepository, create_pool
+from tests._doubles import eventually
 from tests.service._support import API, Running, mysql_rows, run_service, stop_service, with_sections
 
 
@@ -136,11 +137,16 @@ async def test_replies_dropped_then_retry_with_the_key_counts_once(
     seeded: Settings, redis_client: redis.asyncio.Redis, mysql_proxy: LatencyProxy
 ) -> None:
     """The insert commits but its reply never arrives: 503 naming the key; the retry finds the row by key."""
-    running = await run_service(through(seeded, mysql_proxy))
+    # The reconciler runs once at start, then not again: a pass of it while the replies are held would hold the
+    # pool's lock while it opens a connection through the proxy (aiomysql connects under the lock), and the
+    # download could then find no connection within its budget (never inserted, nothing to retry).
+    running = await run_service(with_sections(through(seeded, mysql_proxy), downloads={"reconcile_interval": 3600.0}))
     wid = 26
     try:
         warm, _ = await running.json(download(wid), "POST")  # the pool and downloads_base exist
         assert warm.code == 200
+        reconciler = running.services.reconciler
+        await eventually(lambda: reconciler.passes >= 1, what="the reconciler's first pass")
         before = events(seeded, wid)
         mysql_proxy.downstream_latency = 30.0  # replies held back far past every budget: dropped
         key = unique("dropped")
