@@ -1163,8 +1163,8 @@ def render_storm(row: dict[str, Any], data: dict[str, Any]) -> list[str]:
         "",
         markdown_table(list(STORM_FIELDS), [[row[f] for f in STORM_FIELDS]]),
         "",
-        f"X-Cache of the reads: `{json.dumps(row['x_cache'])}`; loads: {row['loads']}; invalidated entries: "
-        f"{row['invalidations']}; Mongo counters agree with the MySQL events after settling: "
+        f"X-Cache of the reads: `{json.dumps(row['x_cache'])}`; loads: {row['loads']}; tags given a new stamp "
+        f"(`invalidations`): {row['invalidations']}; Mongo counters agree with the MySQL events after settling: "
         f"{'yes' if row.get('counters_agree') else 'NO'}. Redis's own command time (`INFO commandstats`): "
         f"{row['redis_busy_ms_per_s']} ms per second of the storm; the five largest: "
         f"`{json.dumps(dict(list(row['redis_commands'].items())[:5]))}`.",

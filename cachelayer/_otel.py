@@ -13,11 +13,15 @@ How the spans nest: the fetch span is made current in the caller's task (``fetch
 so the Redis command spans of opentelemetry-instrumentation-redis (the read, the lease) nest under it; the load
 runs in a task of its own that inherited that context, where the load span is made current from the loader's start
 to the store write, so the loader's own spans and the write nest under it. Callers that joined another caller's
-load get a link to that load span.
+load get a link to that load span. A tracer that drops every span (the SDK's with the ``ALWAYS_OFF`` sampler:
+nothing it starts is recorded) gets no span in the caller's task at all, only for the load: the loader still runs
+under an (unsampled) load span whose parent is the fetch's, so what it calls continues the trace as always.
 
 Metrics carry the function, never the key (keys can hold user data); spans carry the key only with
-``record_keys=True``. Span attributes are computed only for a span that records (an unsampled trace costs the
-span's creation and the context switch, little more).
+``record_keys=True``. Span attributes are computed only for a span that records. A tracer that drops every span is
+not asked for a span per fetch: a hit costs it nothing, and a load's spans are :class:`_UnsampledSpan`, the
+``NonRecordingSpan`` that tracer would return, made by that tracer only when something asks for their context (a
+child span, a propagator); see :func:`_drops_every_span` and docs/observability.md (Overhead).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, StatusCode, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from . import __version__
@@ -157,6 +162,8 @@ class OpenTelemetryHooks(CacheHooks):
 
     __slots__ = (
         "_attributes",
+        "_drops_all",
+        "_end_attributes",
         "_fail_open",
         "_lease_wait",
         "_load_duration",
@@ -180,11 +187,14 @@ class OpenTelemetryHooks(CacheHooks):
         namespace: str | None = None,
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
+        self._drops_all = _drops_every_span(self.tracer)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
         self.record_keys = record_keys
         self.namespace = namespace
         self._remove: Callable[[], None] | None = None
         self._attributes: dict[tuple[object, ...], dict[str, AttributeValue]] = {}
+        # The attributes a recording fetch span ends with, by (outcome, tier), when it neither waited nor stored.
+        self._end_attributes: dict[tuple[str, str | None], dict[str, AttributeValue]] = {}
         # The hit path counts in a dict (a synchronous OpenTelemetry counter costs microseconds per add); the
         # totals are reported when a reader collects.
         self.get_counts: dict[tuple[str, FetchOutcome, Tier | None], int] = {}
@@ -244,18 +254,39 @@ class OpenTelemetryHooks(CacheHooks):
             counts[overflow] = counts.get(overflow, 0) + 1
 
     def fetch_started(self, function: str, key: str) -> FetchHooks | None:
-        span = self.tracer.start_span(function, kind=SpanKind.INTERNAL)
-        if self.record_keys and span.is_recording():
+        if self._drops_all:
+            return _DroppedFetch(self, function)
+        parent = otel_context.get_current()
+        span = self.tracer.start_span(function, context=parent, kind=SpanKind.INTERNAL)
+        recording = span.is_recording()
+        if recording and self.record_keys:
             span.set_attribute("cache.key", key)
-        token = otel_context.attach(trace.set_span_in_context(span))
-        return _FetchSpan(self, function, span, token)
+        return _FetchSpan(self, function, span, otel_context.attach(trace.set_span_in_context(span, parent)), recording)
+
+    def end_attributes(self, outcome: str, tier: str | None) -> dict[str, AttributeValue]:
+        """A recording fetch span's attributes at its end, when it neither waited on a lease nor stored: built once
+        per outcome and tier (the SDK copies them into the span)."""
+        found = self._end_attributes.get((outcome, tier))
+        if found is None:
+            found = {"cache.outcome": outcome, "cache.lease_waited": False}
+            if tier is not None:
+                found["cache.tier"] = tier
+            if self.namespace is not None:
+                found["cache.namespace"] = self.namespace
+            if len(self._end_attributes) < _ATTRIBUTE_MEMO_SIZE:
+                self._end_attributes[(outcome, tier)] = found
+        return found
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
         self._state_changes.add(1, self.attributes(("store", store), ("state", state)))
 
 
 class _FetchSpan(FetchHooks):
-    """One fetch: its span (current in the caller's task from start to end), its load span, what it learned."""
+    """One fetch: its span (current in the caller's task from start to end), its load span, what it learned.
+
+    Made without a span by a :class:`_DroppedFetch` (a tracer that drops every span): nothing is current in the
+    caller's task then; ``load_started`` makes the fetch's span and the load's, both :class:`_UnsampledSpan`, so the
+    loader runs under a load span whose parent is the fetch's, as always."""
 
     __slots__ = (
         "_load_open",
@@ -267,18 +298,25 @@ class _FetchSpan(FetchHooks):
         "lease_wait",
         "load_span",
         "owner",
+        "recording",
         "span",
         "stored_size",
         "token",
     )
 
     def __init__(
-        self, owner: OpenTelemetryHooks, function: str, span: Span, token: Token[otel_context.Context]
+        self,
+        owner: OpenTelemetryHooks,
+        function: str,
+        span: Span | None,
+        token: Token[otel_context.Context] | None,
+        recording: bool,
     ) -> None:
         self.owner = owner
         self.function = function
         self.span = span
         self.token: Token[otel_context.Context] | None = token
+        self.recording = recording  # the span's is_recording(), asked once (it stays so until the span ends)
         self.load_span: Span | None = None
         self._load_token: Token[otel_context.Context] | None = None
         self._load_task: asyncio.Task[object] | None = None
@@ -298,8 +336,18 @@ class _FetchSpan(FetchHooks):
         self.owner._lease_wait.record(seconds, self.owner.attributes(("function", self.function)))
 
     def load_started(self) -> None:
-        parent = trace.set_span_in_context(self.span)
-        load_span = self.owner.tracer.start_span(f"{self.function} load", context=parent, kind=SpanKind.INTERNAL)
+        owner = self.owner
+        name = f"{self.function} load"
+        load_span: Span
+        span = self.span
+        if span is None:  # a tracer that drops every span: this task's context is still the caller's
+            caller = otel_context.get_current()
+            span = self.span = _UnsampledSpan(owner.tracer, self.function, caller)
+            parent = trace.set_span_in_context(span, caller)
+            load_span = _UnsampledSpan(owner.tracer, name, parent)
+        else:
+            parent = trace.set_span_in_context(span)
+            load_span = owner.tracer.start_span(name, context=parent, kind=SpanKind.INTERNAL)
         self.load_span = load_span
         self._load_token = otel_context.attach(trace.set_span_in_context(load_span, parent))
         self._load_task = asyncio.current_task()
@@ -346,45 +394,64 @@ class _FetchSpan(FetchHooks):
         )
         owner._fail_open.add(1, attributes)
         span = self.span
-        if span.is_recording():
+        if self.recording and span is not None:
             span.add_event(
                 "cache.fail_open",
                 {"cache.operation": operation, "cache.fail_open.reason": reason},
             )
 
     def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
+        # On every hit: no call that a hit does not need (no load to end, nothing to record when unsampled).
         self._over = True
-        self._end_load()
+        if self.load_span is not None:
+            self._end_load()
         token = self.token
         if token is not None:
             self.token = None
             otel_context.detach(token)
         owner = self.owner
         span = self.span
-        if span.is_recording():
+        if span is not None:
+            if self.recording:
+                self._record_end(span, outcome, tier, error)
+            span.end()
+        counts = owner.get_counts
+        counted = (self.function, outcome, tier)
+        known = counts.get(counted)
+        if known is not None:
+            counts[counted] = known + 1
+        else:
+            owner.count_get(self.function, outcome, tier)
+
+    def _record_end(self, span: Span, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
+        owner = self.owner
+        lease_wait = self.lease_wait
+        stored_size = self.stored_size
+        if lease_wait is None and stored_size is None:
+            span.set_attributes(owner.end_attributes(outcome, tier))
+        else:
             attributes: dict[str, AttributeValue] = {
                 "cache.outcome": outcome,
-                "cache.lease_waited": self.lease_wait is not None,
+                "cache.lease_waited": lease_wait is not None,
             }
             if tier is not None:
                 attributes["cache.tier"] = tier
-            if self.lease_wait is not None:
-                attributes["cache.lease_wait.duration"] = self.lease_wait
-            if self.stored_size is not None:
-                attributes["cache.stored_size"] = self.stored_size
+            if lease_wait is not None:
+                attributes["cache.lease_wait.duration"] = lease_wait
+            if stored_size is not None:
+                attributes["cache.stored_size"] = stored_size
             if owner.namespace is not None:
                 attributes["cache.namespace"] = owner.namespace
             span.set_attributes(attributes)
-            leader = self.leader
-            if leader is not None:
-                target = leader.load_span if leader.load_span is not None else leader.span
+        leader = self.leader
+        if leader is not None:
+            target = leader.load_span if leader.load_span is not None else leader.span
+            if target is not None:
                 span.add_link(target.get_span_context(), {"cache.link": "joined_load"})
-            if error is not None:
-                span.set_attribute("error.type", _qualified_name(error))
-            if outcome == "error":
-                span.set_status(StatusCode.ERROR, None if error is None else _qualified_name(error))
-        span.end()
-        owner.count_get(self.function, outcome, tier)
+        if error is not None:
+            span.set_attribute("error.type", _qualified_name(error))
+        if outcome == "error":
+            span.set_status(StatusCode.ERROR, None if error is None else _qualified_name(error))
 
     def _end_load(self) -> None:
         load_span = self.load_span
@@ -399,6 +466,99 @@ class _FetchSpan(FetchHooks):
             otel_context.detach(token)
         self._load_task = None
         load_span.end()
+
+
+class _DroppedFetch(FetchHooks):
+    """A fetch whose tracer drops every span: a hit is counted and costs nothing else; a load gets a
+    :class:`_FetchSpan` (without a span of its own until ``load_started``) for its metrics and its context."""
+
+    __slots__ = ("full", "function", "owner")
+
+    def __init__(self, owner: OpenTelemetryHooks, function: str) -> None:
+        self.owner = owner
+        self.function = function
+        self.full: _FetchSpan | None = None
+
+    def _full(self) -> _FetchSpan:
+        full = self.full
+        if full is None:
+            full = self.full = _FetchSpan(self.owner, self.function, None, None, False)
+        return full
+
+    def joined(self, leader: FetchHooks | None) -> None:
+        pass  # a link is recorded only on a recording span
+
+    def lease_waited(self, seconds: float) -> None:
+        self._full().lease_waited(seconds)
+
+    def load_started(self) -> None:
+        self._full().load_started()
+
+    def load_ended(self, seconds: float, error: BaseException | None) -> None:
+        self._full().load_ended(seconds, error)
+
+    def stored(self, size: int) -> None:
+        self._full().stored(size)
+
+    def fill_revoked(self) -> None:
+        self._full().fill_revoked()
+
+    def failed_open(self, operation: str, reason: str) -> None:
+        self._full().failed_open(operation, reason)
+
+    def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
+        full = self.full
+        if full is not None:
+            full.ended(outcome, tier, error)
+            return
+        counts = self.owner.get_counts
+        counted = (self.function, outcome, tier)
+        known = counts.get(counted)
+        if known is not None:
+            counts[counted] = known + 1
+        else:
+            self.owner.count_get(self.function, outcome, tier)
+
+
+class _UnsampledSpan(NonRecordingSpan):
+    """The span of a loading fetch, or of its load, when the tracer drops every span: what that tracer would
+    return, a ``NonRecordingSpan``, whose context (the parent's trace id, a span id of its own, the sampler's flags
+    and trace state) the tracer makes only when something asks for it: a child span, a propagator,
+    ``get_current_span()`` in the loader."""
+
+    def __init__(self, tracer: Tracer, name: str, parent: Context) -> None:
+        # NonRecordingSpan's own __init__ sets the context, which this span makes later.
+        self._tracer = tracer
+        self._name = name
+        self._parent: Context | None = parent
+        self._made: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        made = self._made
+        if made is None:
+            span = self._tracer.start_span(self._name, context=self._parent, kind=SpanKind.INTERNAL)
+            made = self._made = span.get_span_context()
+            self._parent = None
+        return made
+
+    def __repr__(self) -> str:
+        return f"NonRecordingSpan({self.get_span_context()!r})"
+
+
+def _drops_every_span(tracer: Tracer) -> bool:
+    """Whether every span ``tracer`` starts is a NonRecordingSpan whatever its parent, and starting one has no other
+    effect: the SDK's tracer with the ``ALWAYS_OFF`` sampler (``OTEL_TRACES_SAMPLER=always_off``), unless the SDK
+    counts the spans it starts (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``). Any other tracer or sampler
+    (``ParentBased``, a ratio, a proxy tracer) is asked for every span."""
+    if type(tracer).__module__ != "opentelemetry.sdk.trace":
+        return False
+    from opentelemetry.sdk.trace.sampling import StaticSampler  # imported already: the SDK made this tracer
+
+    sampler = getattr(tracer, "sampler", None)
+    if type(sampler) is not StaticSampler or sampler.get_description() != "AlwaysOffSampler":
+        return False
+    counting = getattr(tracer, "_tracer_metrics", None)  # the SDK's own span metrics (1.3x), no-op unless enabled
+    return counting is None or type(counting).__name__ == "NoOpTracerMetrics"
 
 
 def _qualified_name(error: BaseException) -> str:

@@ -209,7 +209,7 @@ class Reader:
 class _Known:
     """One key's last checked value: its bytes, frame, checked payload, and (untyped JSON) its parsed template."""
 
-    __slots__ = ("data", "frame", "key", "serialized", "size", "template", "verified")
+    __slots__ = ("data", "frame", "key", "serialized", "size", "template", "typed", "verified")
 
     def __init__(self, key: str, data: bytes, frame: Frame, serialized: bytes | memoryview, size: int) -> None:
         self.key = key
@@ -218,7 +218,8 @@ class _Known:
         self.serialized = serialized
         self.size = size
         self.template: Any = _UNSET
-        self.verified: ValueType[Any] | None = None  # the value type its template was checked to convert to
+        self.verified: ValueType[Any] | None = None  # the value type ``typed`` was made for and checked against
+        self.typed: Any = None  # that type's own template (ValueType.template), built from ``template``
 
 
 class _Checked:
@@ -278,7 +279,7 @@ class _Checked:
             try:
                 if value_type is None:
                     return msgspec.to_builtins(template)
-                return value_type.from_json_natives(template)
+                return value_type.from_template(known.typed)
             except (RecursionError, CodecError):  # a deep value met a deeper stack than when it was kept
                 pass
         return self._parse(known, codec, value_type)
@@ -314,11 +315,18 @@ class _Checked:
                 return copy
         if value_type is not None:
             try:
-                built = value_type.from_json_natives(template)
+                typed = value_type.template(template)
+                built = value_type.from_template(typed)
             except (CodecError, RecursionError):
                 built = None
             if built is None or built != value or repr(built) != repr(value):  # e.g. an int beyond 64 bits
                 known.template = _NO_TEMPLATE
                 return value
-            known.verified = value_type
+            if known.verified is None and typed is not template:  # a shadow: as large again as the natives
+                extra = len(known.serialized) * _TEMPLATE_FACTOR
+                if self._bytes + extra > _MEMO_BYTES or self._memo.get(known.key) is not known:
+                    return value
+                known.size += extra
+                self._bytes += extra
+            known.verified, known.typed = value_type, typed
         return value

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import hashlib
+import operator
 import typing
 import uuid
 from collections.abc import Callable
@@ -89,6 +91,7 @@ class _Shape:
     def __init__(self) -> None:
         self.uses_pydantic = False
         self.has_untyped = False  # Any/object somewhere: those parts follow the untyped JSON mapping
+        self.typed_keys = False  # a dict whose keys are not str: building it from JSON natives parses its keys
         self._open: list[Any] = []
 
     def of(self, tp: Any) -> str:
@@ -135,6 +138,8 @@ class _Shape:
             key, value = args if args else (Any, Any)
             if not _is_key_type(key):
                 raise _Unstorable(tp, f"its keys ({type_name(key)}) cannot be JSON object keys")
+            if key is not str:
+                self.typed_keys = True
             return f"dict[{self.of(key)},{self.of(value)}]"
         raise _Unstorable(tp, "it is not a concrete container cachelayer knows how to store")
 
@@ -208,15 +213,34 @@ class ValueType(Generic[T]):
             self._encode, self._decode, self._decode_errors = build(annotation, serializer_name)
         except (TypeError, ValueError) as exc:  # msgspec's TypeError, pydantic's schema errors
             raise SerializationError(_unstorable_type_message(owner, annotation, annotation, str(exc))) from None
-        # Whether a hit may build the value from JSON natives parsed once (from_json_natives), instead of decoding.
-        self.converts = self.engine == "msgspec" and serializer_name == "json"
+        # Whether a hit may build the value from JSON natives parsed once (template, from_template), not decoding.
+        # Not when a part is untyped (Any, a bare list or dict): msgspec.convert hands such a part over as it is,
+        # so every hit would share the template's containers, and a caller's mutation would reach the next hit.
+        self.converts = self.engine == "msgspec" and serializer_name == "json" and not shape.has_untyped
+        self._str_keys = shape.typed_keys  # msgspec.convert parses JSON's str keys into int, UUID... keys
+        # Dataclasses are built faster from Structs than from dicts (see "shadows" below).
+        self._shadow = _shadow_annotation(annotation) if self.converts else None
 
-    def from_json_natives(self, natives: Any) -> T:
-        """The value ``loads`` gives for JSON text that orjson parses to ``natives``, built from those objects
-        (msgspec.convert: new containers and instances, the strings shared). For the msgspec engine and JSON only
-        (``converts``); any failure is :class:`CodecError`, and the caller decodes the text instead."""
+    def template(self, natives: Any) -> Any:
+        """What a reader keeps to build this type's value from on every hit (:meth:`from_template`), given JSON
+        natives it parsed once and never mutates: those natives, or their shadow (Structs in place of
+        dataclasses) for a type with dataclasses in it. For ``converts`` types only; failure is :class:`CodecError`."""
+        if self._shadow is None:
+            return natives
         try:
-            value: T = msgspec.convert(natives, self.annotation, str_keys=True)
+            return msgspec.convert(natives, self._shadow, str_keys=self._str_keys)
+        except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
+            raise CodecError(f"stored value does not convert to {type_name(self.annotation)}: {exc}") from exc
+
+    def from_template(self, template: Any) -> T:
+        """A new value (new containers and instances, the immutable leaves shared) built from :meth:`template`'s
+        result, equal to what ``loads`` gives for the text it came from; failure is :class:`CodecError` (the
+        caller then decodes the text)."""
+        try:
+            if self._shadow is None:
+                value: T = msgspec.convert(template, self.annotation, str_keys=self._str_keys)
+            else:
+                value = msgspec.convert(template, self.annotation, from_attributes=True)
         except (msgspec.MsgspecError, TypeError, ValueError, RecursionError) as exc:
             raise CodecError(f"stored value does not convert to {type_name(self.annotation)}: {exc}") from exc
         return value
@@ -301,6 +325,99 @@ def _pydantic_codec(annotation: Any, serializer_format: str) -> _Codec:
     return encode_msgpack, decode_msgpack, (*errors, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError)
 
 
+# -- shadows: a hit on dataclasses built from Structs ----------------------------------------------------------
+#
+# msgspec builds a dataclass from a dict by matching each key to a field and checking afterwards that every field
+# was set; from a Struct's attributes it reads the fields it knows. For the 20 dataclasses of benchmarks/hit_path.py
+# the second is ~15% fewer instructions (callgrind: 151k against 176k per list), most of what a typed hit costs
+# over an untyped one. A template's shadow is its JSON natives converted once into Struct mirrors of the
+# dataclasses (the reader keeps it, ``_reading.py``, and checks once that it builds the value decoding gives);
+# every hit converts the shadow into new dataclasses, lists and dicts (never the shadow's own).
+
+class _NoShadow(Exception):
+    pass
+
+
+class _ShadowTypes:
+    """An annotation with every dataclass replaced by a msgspec Struct of the same fields, recursively. Covers the
+    parts whose conversion always builds new containers (lists, tuples, dicts, unions, scalars, enums); anything
+    else (a NamedTuple, a TypedDict, a set of dataclasses, a recursive dataclass) is :class:`_NoShadow`."""
+
+    def __init__(self) -> None:
+        self.found = False
+        self._structs: dict[type, Any] = {}
+        self._open: list[type] = []
+
+    def of(self, tp: Any) -> Any:
+        if tp is None or tp in _SCALARS or tp is Ellipsis or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+            return tp
+        if isinstance(tp, typing.NewType):
+            inner = self.of(tp.__supertype__)
+            return tp if inner is tp.__supertype__ else inner
+        origin = typing.get_origin(tp)
+        if origin is typing.Literal:
+            return tp
+        if origin is typing.Annotated:
+            inner = self.of(tp.__origin__)
+            return tp if inner is tp.__origin__ else typing.Annotated[(inner, *tp.__metadata__)]
+        if origin in (list, tuple, dict, typing.Union, _UNION_TYPE):
+            args = typing.get_args(tp)
+            mapped = tuple(self.of(arg) for arg in args)
+            if all(m is a for m, a in zip(mapped, args, strict=True)):
+                return tp
+            if origin is list:
+                return list[mapped[0]]  # type: ignore[valid-type]
+            if origin is dict:
+                return dict[mapped[0], mapped[1]]  # type: ignore[valid-type]
+            if origin is tuple:
+                return tuple[mapped]  # type: ignore[valid-type]
+            return functools.reduce(operator.or_, mapped)  # a Union of the mapped members
+        if origin in (set, frozenset) and not self._has_dataclass(tp):
+            return tp  # hashable leaves: a new set of the same (immutable) objects
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            return self._struct(tp)
+        raise _NoShadow(tp)
+
+    def _has_dataclass(self, tp: Any) -> bool:
+        probe = _ShadowTypes()
+        try:
+            probe.of(typing.get_args(tp)[0])
+        except _NoShadow:
+            return True
+        return probe.found
+
+    def _struct(self, tp: type) -> Any:
+        known = self._structs.get(tp)
+        if known is not None:
+            return known
+        if tp in self._open:
+            raise _NoShadow(tp)  # recursive: not worth a forward-referencing Struct
+        self._open.append(tp)
+        try:
+            hints = typing.get_type_hints(tp, include_extras=True)
+            fields = [(field.name, self.of(hints[field.name])) for field in dataclasses.fields(tp)]
+            struct = msgspec.defstruct(f"{tp.__qualname__}Shadow", fields, module=__name__)
+        except _NoShadow:
+            raise
+        except Exception as exc:  # a name a Struct refuses, an unresolvable hint: no shadow, never an error
+            raise _NoShadow(tp) from exc
+        finally:
+            self._open.pop()
+        self.found = True
+        self._structs[tp] = struct
+        return struct
+
+
+def _shadow_annotation(annotation: Any) -> Any | None:
+    """The annotation a shadow has, or None when it has no dataclass or a part the shadow does not cover."""
+    types = _ShadowTypes()
+    try:
+        mapped = types.of(annotation)
+    except _NoShadow:
+        return None
+    return mapped if types.found else None
+
+
 def resolve_value_type(annotation: Any, serializer: Serializer, *, owner: str) -> ValueType[Any] | None:
     """The :class:`ValueType` of a return annotation, or None for none/``Any``/``object`` (untyped JSON).
 
@@ -360,6 +477,12 @@ class DeferredValueType(ValueType[Any]):
 
     def loads(self, data: bytes | memoryview) -> Any:
         return self.resolved().loads(data)
+
+    def template(self, natives: Any) -> Any:
+        return self.resolved().template(natives)
+
+    def from_template(self, template: Any) -> Any:
+        return self.resolved().from_template(template)
 
 
 def _unstorable_type_message(owner: str, annotation: Any, part: Any, reason: str) -> str:

@@ -26,11 +26,11 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import StatusCode
 
 from cachelayer import Cache, MemoryBackend, cached
-from cachelayer._otel import OpenTelemetryHooks, instrument_opentelemetry, reason_kind
+from cachelayer._otel import OpenTelemetryHooks, _drops_every_span, instrument_opentelemetry, reason_kind
 from tests._doubles import CountingLoader, LoaderFailed
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
@@ -206,6 +206,86 @@ async def test_unsampled_fetches_record_no_attributes_but_count(telemetry: Telem
     fetch.ended("hit", "local", None)
     assert telemetry.spans() == []
     assert telemetry.count("cache.gets", result="hit", tier="local") == 1
+
+
+async def test_an_always_off_tracer_is_asked_for_no_span_on_a_hit(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    unsampled.add_span_processor(SimpleSpanProcessor(telemetry.exporter))
+    hooks = OpenTelemetryHooks(unsampled, telemetry.meter_provider)
+    started: list[str] = []
+    start_span = hooks.tracer.start_span
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> trace.Span:
+        started.append(name)
+        return start_span(name, *args, **kwargs)
+
+    monkeypatch.setattr(hooks.tracer, "start_span", counting)
+    outer = telemetry.tracer_provider.get_tracer("app").start_span("GET /page")
+    with trace.use_span(outer, end_on_exit=True):
+        fetch = hooks.fetch_started("app.page", "k")
+        assert fetch is not None
+        assert trace.get_current_span() is outer  # nothing of a span that every child would drop anyway
+        fetch.ended("hit", "store", None)
+    assert started == []
+    assert [s.name for s in telemetry.spans()] == ["GET /page"]
+    assert telemetry.count("cache.gets", result="hit", tier="store") == 1
+    unsampled.shutdown()
+
+
+async def test_an_always_off_tracer_still_gives_the_loader_a_load_span_continuing_the_trace(
+    telemetry: Telemetry,
+) -> None:
+    # The loader runs under what the SDK's tracer makes for the fetch and its load: NonRecordingSpans continuing
+    # the caller's trace, each with a span id of its own, unsampled, parents of the spans started under them.
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    sampling_all = TracerProvider(sampler=ALWAYS_ON)  # e.g. an HTTP client's, which samples whatever its parent
+    sampling_all.add_span_processor(SimpleSpanProcessor(telemetry.exporter))
+    cache = Cache(MemoryBackend(), namespace="t-otel-off")
+    instrument_opentelemetry(cache, unsampled, telemetry.meter_provider)
+    seen: list[trace.Span] = []
+
+    @cached(cache=cache, name="t-otel-off.page")  # the providers it closes over do not change its result
+    async def page(n: int) -> int:
+        seen.append(trace.get_current_span())
+        sampling_all.get_tracer("http").start_span("GET /upstream").end()
+        follower = telemetry.tracer_provider.get_tracer("http").start_span("GET /other")
+        assert not follower.is_recording()  # the default sampler follows the unsampled load span
+        follower.end()
+        return n
+
+    outer = telemetry.tracer_provider.get_tracer("app").start_span("GET /page")
+    with trace.use_span(outer, end_on_exit=True):
+        assert await page(1) == 1
+        assert await page(1) == 1
+    load = only(seen)
+    assert isinstance(load, trace.NonRecordingSpan)
+    context = load.get_span_context()
+    assert context.is_valid
+    assert not context.trace_flags.sampled
+    assert context.trace_id == outer.get_span_context().trace_id
+    assert context.span_id != outer.get_span_context().span_id
+    upstream = next(s for s in telemetry.spans() if s.name == "GET /upstream")
+    assert parent_id(upstream) == context.span_id
+    assert sorted(s.name for s in telemetry.spans()) == ["GET /page", "GET /upstream"]
+    assert telemetry.count("cache.gets", result="miss") == 1
+    assert telemetry.count("cache.gets", result="hit", tier="store") == 1
+    assert telemetry.count("cache.loads", result="success") == 1
+    assert telemetry.count("cache.puts") == 1
+    await cache.aclose()
+    unsampled.shutdown()
+    sampling_all.shutdown()
+
+
+def test_only_the_sdks_always_off_sampler_skips_spans() -> None:
+    def tracer(sampler: Any) -> trace.Tracer:
+        return TracerProvider(sampler=sampler).get_tracer("t")
+
+    assert _drops_every_span(tracer(ALWAYS_OFF))
+    for sampler in (ALWAYS_ON, ParentBased(ALWAYS_OFF), TraceIdRatioBased(0.0)):
+        assert not _drops_every_span(tracer(sampler))
+    assert not _drops_every_span(trace.NoOpTracer())
 
 
 def test_reason_kinds() -> None:
