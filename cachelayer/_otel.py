@@ -415,13 +415,7 @@ class _FetchSpan(FetchHooks):
             if self.recording:
                 self._record_end(span, outcome, tier, error)
             span.end()
-        counts = owner.get_counts
-        counted = (self.function, outcome, tier)
-        known = counts.get(counted)
-        if known is not None:
-            counts[counted] = known + 1
-        else:
-            owner.count_get(self.function, outcome, tier)
+        owner.count_get(self.function, outcome, tier)
 
     def _record_end(self, span: Span, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
         owner = self.owner
@@ -511,13 +505,7 @@ class _DroppedFetch(FetchHooks):
         if full is not None:
             full.ended(outcome, tier, error)
             return
-        counts = self.owner.get_counts
-        counted = (self.function, outcome, tier)
-        known = counts.get(counted)
-        if known is not None:
-            counts[counted] = known + 1
-        else:
-            self.owner.count_get(self.function, outcome, tier)
+        self.owner.count_get(self.function, outcome, tier)
 
 
 class _UnsampledSpan(NonRecordingSpan):
