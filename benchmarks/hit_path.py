@@ -4,9 +4,10 @@
 
 The floor is a raw ``GET`` of the same page stored as plain orjson bytes plus ``orjson.loads``, on the same Redis
 and the same kind of client (redis.asyncio over a bounded pool). Contenders: ``@cached`` of cachelayer, aiocache
-and cashews on Redis and on each library's in-memory store, cachelayer's ``Cache.get``, and ``@cached`` returning
-the page's items as ``list[Item]`` (a dataclass, a pydantic model). ``--before TREE`` adds the plain ``@cached`` of
-another checkout of cachelayer (``git archive <commit> | tar -x -C TREE``), imported beside this one.
+and cashews on Redis and on each library's in-memory store, cachelayer's ``Cache.get``, the floor's GET through
+the pool the cache builds (its direct path, docs/operations.md), and ``@cached`` returning the page's items as
+``list[Item]`` (a dataclass, a pydantic model). ``--before TREE`` adds the plain ``@cached`` of another checkout
+of cachelayer (``git archive <commit> | tar -x -C TREE``), imported beside this one.
 
 With opentelemetry installed (the ``otel`` extra), three more Redis ``@cached`` rows, each compared (paired) with
 the plain one: ``otel_off`` (opentelemetry imported, nothing configured), ``otel_unsampled`` (instrumented, a
@@ -45,6 +46,7 @@ from benchmarks._common import (
     write_text,
 )
 from cachelayer import Cache
+from cachelayer._redis_clients import QueueAwarePool
 from service.demo_data import medium_page
 
 REDIS_URL = BENCH_REDIS_URL
@@ -126,6 +128,18 @@ async def _build(before: Path | None) -> tuple[list[Contender], list[Callable[[]
         fetch, close = _contenders.build("cachelayer", REDIS_URL, f"hit-otel-{mode}", 3600, loader)
         closers.append(setup(fetch.cache))  # type: ignore[attr-defined]  # a CachedFunction
         await add(f"cachelayer_otel_{mode}", f"cachelayer @cached, OpenTelemetry {mode} (Redis)", (fetch, close), page)
+
+    # The floor's GET through the pool the cache builds (QueueAwarePool: an idle connection without redis-py's
+    # condition and lock, docs/operations.md "Pool settings"): what that pool alone is worth.
+    direct = redis.asyncio.Redis(connection_pool=QueueAwarePool.from_url(REDIS_URL, max_connections=64))
+    await direct.set("raw-direct:page", orjson.dumps(page))
+    closers.append(direct.aclose)
+
+    async def raw_direct() -> Any:
+        return orjson.loads(await direct.get("raw-direct:page"))  # type: ignore[arg-type]
+
+    assert await raw_direct() == page
+    contenders.append(Contender("raw_direct_pool", "raw GET + orjson.loads, the cache's pool", raw_direct))
 
     manager = Cache.from_url(REDIS_URL, namespace="hit-get", max_connections=64)
     await manager.set("page", page, ttl=3600)

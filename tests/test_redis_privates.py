@@ -27,6 +27,7 @@ from redis.asyncio.cluster import ClusterNode, NodesManager
 from redis.asyncio.connection import Connection
 
 from cachelayer import _redis_cluster
+from cachelayer._redis_clients import QueueAwarePool
 from cachelayer._redis_cluster import OVERRIDDEN, PRIVATES, Internal, abandon_connection
 
 #: privates that cachelayer/_redis_clients.py touches itself (kept here: that module has no list of its own)
@@ -38,13 +39,26 @@ BACKEND_PRIVATES = (
     Internal("redis.asyncio.connection:ConnectionPool", "_available_connections",
              "_redis_clients.abandon_client: the pool's idle connections, to close without the loop"),
     Internal("redis.asyncio.connection:ConnectionPool", "_in_use_connections",
-             "_redis_clients.abandon_client: the pool's busy connections, to close without the loop"),
+             "_redis_clients.abandon_client: the pool's busy connections, to close without the loop; "
+             "QueueAwarePool: an idle connection taken and given back without the pool's condition"),
+    Internal("redis.asyncio.connection:BlockingConnectionPool", "_in_maintenance",
+             "_redis_clients.QueueAwarePool: a pool in maintenance takes redis-py's own path"),
+)
+
+#: private functions _redis_clients.py calls: (module, name, use)
+BACKEND_PRIVATE_FUNCTIONS = (
+    ("redis.asyncio.observability.recorder", "_get_or_create_collector",
+     "_redis_clients.QueueAwarePool: redis-py's own connection counts on (not None) take redis-py's path"),
 )
 
 #: public methods _redis_clients.py overrides (QueueAwarePool), relying on redis-py calling them
 BACKEND_OVERRIDDEN = (
     Internal("redis.asyncio.connection:BlockingConnectionPool", "can_get_connection",
              "_redis_clients.QueueAwarePool: get_connection() waits on it, then takes a connection at once"),
+    Internal("redis.asyncio.connection:BlockingConnectionPool", "get_connection",
+             "_redis_clients.QueueAwarePool: an idle connection directly, else redis-py's own"),
+    Internal("redis.asyncio.connection:BlockingConnectionPool", "release",
+             "_redis_clients.QueueAwarePool: given back directly, else redis-py's own (which wakes a waiter)"),
 )
 
 #: our subclass of each class whose methods are overridden
@@ -53,6 +67,7 @@ OURS: dict[str, type] = {
     "redis.asyncio.cluster:ClusterPipeline": _redis_cluster._BoundedPipeline,
     "redis.asyncio.cluster:NodesManager": _redis_cluster._GatedNodesManager,
     "redis.asyncio.cluster:ClusterNode": _redis_cluster.GatedClusterNode,
+    "redis.asyncio.connection:BlockingConnectionPool": QueueAwarePool,
 }
 
 
@@ -104,6 +119,8 @@ SHAPES: dict[tuple[str, str], Shape] = {
         "pool", _is_collection, "a collection of idle connections"),
     ("redis.asyncio.connection:ConnectionPool", "_in_use_connections"): Shape(
         "pool", _is_collection, "a collection of connections in use"),
+    ("redis.asyncio.connection:BlockingConnectionPool", "_in_maintenance"): Shape(
+        "pool", lambda v: v is False, "False on a pool not in maintenance"),
 }
 
 ALL_PRIVATES = (*PRIVATES, *BACKEND_PRIVATES)
@@ -152,6 +169,16 @@ def test_every_private_has_a_pin() -> None:
     assert not unpinned, f"add a Shape to SHAPES for {unpinned}"
 
 
+@pytest.mark.parametrize(("module", "name", "use"), BACKEND_PRIVATE_FUNCTIONS)
+def test_private_function_is_still_there_and_answers_none_with_observability_off(
+    module: str, name: str, use: str
+) -> None:
+    function = getattr(import_module(module), name, None)
+    assert callable(function), f"{module}.{name}, used by {use}: gone in redis-py {redis.__version__}"
+    assert not inspect.iscoroutinefunction(function), f"{module}.{name} ({use}): became a coroutine function"
+    assert function() is None, f"{module}.{name} ({use}): not None with redis-py's observability off"
+
+
 def _id(internal: Internal) -> str:
     return f"{internal.owner.rsplit(':')[-1]}.{internal.name}"
 
@@ -180,10 +207,7 @@ def test_overridden_method_still_exists_with_a_signature_ours_accepts(method: In
     where = f"{method.owner}.{method.name} (relied on: {method.use})"
     theirs = getattr(_owner_class(method.owner), method.name, None)
     assert callable(theirs), f"{where}: gone in redis-py {redis.__version__}"
-    ours_class = OURS.get(method.owner)
-    if ours_class is None:  # the backend's: only that it is still there and sync (QueueAwarePool's is sync)
-        assert not inspect.iscoroutinefunction(theirs), f"{where}: became a coroutine function"
-        return
+    ours_class = OURS[method.owner]
     ours = getattr(ours_class, method.name)
     assert ours is not theirs, f"{where}: {ours_class.__name__} no longer overrides it"
     assert inspect.iscoroutinefunction(ours) == inspect.iscoroutinefunction(theirs), f"{where}: sync/async changed"
