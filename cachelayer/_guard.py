@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, TypeVar
 
 from ._backend import Backend, StoreUnavailable, Subscription
@@ -148,6 +148,23 @@ class Guard:
             breaker.on_change = lambda state, reason: self._tell(name, state, reason)
             target = self._targets[name] = Target(name, breaker)
         return target
+
+    @property
+    def has_node_targets(self) -> bool:
+        return bool(self._targets)
+
+    def retire(self, serving: Collection[str], reason: str) -> list[str]:
+        """Drop the targets not named in ``serving`` (cluster nodes that serve no slot any more: a master that
+        failed over, a node emptied by a reshard). No call goes to such a node, so its breaker would never see the
+        probe that closes it, and an open or half-open breaker would be reported (and alerted on) for good. A
+        breaker that was not closed is told closed, with ``reason``. The node gets a new target, closed, if it
+        serves slots again. Returns the names retired."""
+        retired = [name for name in self._targets if name not in serving]
+        for name in retired:
+            target = self._targets.pop(name)
+            if target.breaker.state != "closed":
+                self._tell(name, "closed", reason)
+        return retired
 
     def _tell(self, store: str, state: BreakerState, reason: str | None) -> None:
         for listener in list(self.listeners):

@@ -406,6 +406,55 @@ class RedisBackend:
             await self._discover(current)
         return await self.guard.call(self._target_for(key), operation, make, budget)
 
+    async def _per_node(
+        self, operation: str, keys: Sequence[str], part: Callable[[list[str]], Awaitable[list[Any]]]
+    ) -> tuple[list[Any], list[StoreUnavailable], int]:
+        """On a cluster: ``keys`` grouped by the master that owns each one's slot in the current map, each group's
+        ``part`` run within its own budget and held against its own master's breaker, all groups at once. Returns
+        the results in the order of ``keys`` (None where a group failed), the failures and the number of groups.
+        One master dead, frozen or slow costs its own keys, never the other masters' nor their breakers; a
+        half-open breaker's probe is a call to its own master only. (``part`` runs a cluster pipeline, so a key
+        whose slot moved meanwhile still follows redis-py's MOVED/ASK redirection.)"""
+        current = self._loop_client()
+        cluster = current.cluster
+        assert cluster is not None
+        if current.bounded is not None and not current.bounded.topology_known:
+            await self._discover(current)
+        self._target_for(None)  # names the store in the guard's log lines
+        groups: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(node_name_for_key(cluster, key), []).append(index)
+
+        async def run(node: str, indices: list[int]) -> list[Any]:
+            group = [keys[i] for i in indices]
+            return await self.guard.call(self._node_target(node), operation, lambda: part(group))
+
+        outcomes = await asyncio.gather(
+            *(run(node, indices) for node, indices in groups.items()), return_exceptions=True
+        )
+        results: list[Any] = [None] * len(keys)
+        failures: list[StoreUnavailable] = []
+        for indices, outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, StoreUnavailable):
+                failures.append(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                for index, result in zip(indices, outcome, strict=True):
+                    results[index] = result
+        return results, failures, len(groups)
+
+    async def _on_every_node(
+        self, operation: str, keys: Sequence[str], part: Callable[[list[str]], Awaitable[list[Any]]]
+    ) -> list[Any]:
+        """:meth:`_per_node` for a write or an invalidation: every master's part lands where it can, then a failure
+        of any part raises (naming each failed master; the cache retries the whole call, which repeats harmlessly
+        on the keys that landed)."""
+        results, failures, _ = await self._per_node(operation, keys, part)
+        if failures:
+            raise failures[0] if len(failures) == 1 else StoreUnavailable("; ".join(map(str, failures)))
+        return results
+
     async def _discover(self, current: _LoopClient) -> None:
         """A cluster's first topology discovery (``CLUSTER SLOTS``, ``COMMAND``), within ``connect_timeout``
         rather than a call's budget, shared by the calls that arrive meanwhile; a failure fails them open."""
@@ -453,58 +502,78 @@ class RedisBackend:
             found: list[Any] = await self._call("MGET", lambda: client.mget(keys), key=keys[0] if keys else None)
             return found  # built with decode_responses=False: bytes
 
-        async def run() -> list[Any]:
+        async def part(group: list[str]) -> list[Any]:
+            if len(group) == 1:  # a tagged hit: the value on one master, a stamp on another
+                return [await client.get(group[0])]
             async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key in group:
                     pipe.get(key)
-                return await pipe.execute()
+                return list(await pipe.execute())
 
-        return await self._call("GET (many)", run, key=keys[0] if keys else None)
+        # A master that fails costs only its own keys (misses); all of them failing is an outage of the call.
+        found, failures, groups = await self._per_node("GET (many)", keys, part)
+        if len(failures) == groups:
+            raise failures[0] if len(failures) == 1 else StoreUnavailable("; ".join(map(str, failures)))
+        return found
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         script = self._loop_client().set
         await self._call("SET", lambda: script(keys=[key, _tickets(key)], args=[value, ttl_ms]), key=key)
 
     async def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        client = self._loop_client().client
+        current = self._loop_client()
+        client = current.client
+        if not items:
+            return
+        written = {key: (value, ttl_ms) for key, value, ttl_ms in items}
 
-        async def run() -> None:
+        async def part(group: Sequence[str]) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for key, value, ttl_ms in items:
+                for key in group:
+                    value, ttl_ms = written[key]
                     pipe.eval(_SET, 2, key, _tickets(key), value, ttl_ms)
-                await pipe.execute()
+                return list(await pipe.execute())
 
-        await self._call("SET (many)", run, key=items[0][0] if items else None)
+        if current.cluster is not None:
+            await self._on_every_node("SET (many)", list(written), part)
+        else:
+            await self._call("SET (many)", lambda: part(list(written)))
 
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
-        client = self._loop_client().client
+        current = self._loop_client()
+        client = current.client
 
-        async def run() -> int:
-            # One script per key (a cluster pipeline splits them by slot): each deletes its value and revokes its
+        async def part(group: Sequence[str]) -> list[Any]:
+            # One script per key (keys of different slots cannot share one): each deletes its value and revokes its
             # tickets at once.
             async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key in group:
                     pipe.eval(_DELETE, 2, key, _tickets(key))
-                return sum(int(deleted) for deleted in await pipe.execute())
+                return list(await pipe.execute())
 
-        return await self._call("DEL", run, key=keys[0])
+        if current.cluster is not None and len(keys) > 1:
+            return sum(int(deleted) for deleted in await self._on_every_node("DEL", keys, part))
+        return sum(int(deleted) for deleted in await self._call("DEL", lambda: part(keys), key=keys[0]))
 
     async def mark_stale(self, keys: Sequence[str], offset: int, field: bytes) -> int:
         if not keys:
             return 0
-        client = self._loop_client().client
+        current = self._loop_client()
+        client = current.client
 
-        async def run() -> int:
-            # One EVAL per key in one pipeline (a cluster pipeline splits it by slot: keys of different slots
-            # cannot share a script). The script is a few bytes: EVAL, not EVALSHA, spares a NOSCRIPT round trip.
+        async def part(group: Sequence[str]) -> list[Any]:
+            # One EVAL per key in one pipeline (keys of different slots cannot share a script). The script is a
+            # few bytes: EVAL, not EVALSHA, spares a NOSCRIPT round trip.
             async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key in group:
                     pipe.eval(_MARK_STALE, 2, key, _tickets(key), offset, field)
-                return sum(int(marked) for marked in await pipe.execute())
+                return list(await pipe.execute())
 
-        return await self._call("mark stale", run, key=keys[0])
+        if current.cluster is not None and len(keys) > 1:
+            return sum(int(marked) for marked in await self._on_every_node("mark stale", keys, part))
+        return sum(int(marked) for marked in await self._call("mark stale", lambda: part(keys), key=keys[0]))
 
     async def clear(self, prefix: str) -> int:
         client = self._loop_client().client
@@ -563,17 +632,21 @@ class RedisBackend:
                 "fill", lambda: stamped(keys=[*keys, *tag_keys], args=[*args, *stamps]), key=key
             ))
 
-        async def run() -> bool:
-            # The stamps live on other shards: read beside the write. A stamp that changed means an invalidation
-            # came after the load began; what was written carries the old stamp, which every reader refuses.
+        async def read_stamps(group: Sequence[str]) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.eval(_FILL, 2, *keys, *args)
-                for tag_key in tag_keys:
+                for tag_key in group:
                     pipe.get(tag_key)
-                results = await pipe.execute()
-            return bool(results[0]) and list(results[1:]) == list(stamps)
+                return list(await pipe.execute())
 
-        return await self._call("fill", run, key=key)
+        # The stamps live on other shards: read beside the write, each master's part against its own breaker. A
+        # stamp that changed means an invalidation came after the load began; what was written carries the old
+        # stamp, which every reader refuses.
+        fill = current.fill
+        filled, now = await asyncio.gather(
+            self._call("fill", lambda: fill(keys=keys, args=args), key=key),
+            self._on_every_node("tag stamps (read)", tag_keys, read_stamps),
+        )
+        return bool(filled) and list(now) == list(stamps)
 
     async def poll(self, key: str) -> tuple[bytes | None, bool]:
         client = self._loop_client().client
@@ -599,27 +672,34 @@ class RedisBackend:
             )
             return [stamp]
 
-        async def run() -> list[bytes]:
+        async def part(group: Sequence[str]) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for tag_key in tag_keys:
+                for tag_key in group:
                     pipe.eval(_TAG_STAMP, 1, tag_key, os.urandom(16), ttl_ms)
                 return list(await pipe.execute())
 
-        return await self._call("tag stamps", run, key=tag_keys[0] if tag_keys else None)
+        if current.cluster is not None:
+            return await self._on_every_node("tag stamps", tag_keys, part)
+        return await self._call("tag stamps", lambda: part(list(tag_keys)))
 
     async def invalidate_tags(self, tag_keys: Sequence[str], *, mark_stale: bool = False) -> int:
         if not tag_keys:
             return 0
-        client = self._loop_client().client
+        current = self._loop_client()
+        client = current.client
         stale = "1" if mark_stale else "0"
 
-        async def run() -> int:
+        async def part(group: Sequence[str]) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for tag_key in tag_keys:
+                for tag_key in group:
                     pipe.eval(_INVALIDATE_TAG, 1, tag_key, os.urandom(16), stale)
-                return sum(int(existed) for existed in await pipe.execute())
+                return list(await pipe.execute())
 
-        return await self._call("invalidate tags", run, key=tag_keys[0])
+        if current.cluster is not None and len(tag_keys) > 1:
+            existed = await self._on_every_node("invalidate tags", tag_keys, part)
+        else:
+            existed = await self._call("invalidate tags", lambda: part(list(tag_keys)), key=tag_keys[0])
+        return sum(int(flag) for flag in existed)
 
     # -- publish / subscribe ---------------------------------------------------------------------------------
 
@@ -693,7 +773,22 @@ class RedisBackend:
         await self._call("PING", lambda: client.ping())
 
     def stats(self) -> dict[str, Any]:
+        self._retire_nodes_without_slots()
         return self.guard.stats()
+
+    def _retire_nodes_without_slots(self) -> None:
+        """On a cluster: the breakers of nodes absent from the current map (a master that failed over, a node a
+        reshard emptied) are retired (``Guard.retire``), so that the breakers reported are those of the masters
+        serving slots now."""
+        current = self._current
+        if current is None or current.cluster is None or not self.guard.has_node_targets:
+            return
+        bounded = current.bounded
+        if bounded is not None and not bounded.topology_known:
+            return
+        serving = {f"Redis Cluster node {node.name}" for node in current.cluster.get_primaries()}
+        if serving:
+            self.guard.retire(serving, "the node serves no slot in the current cluster map")
 
 
 Script = Callable[..., Awaitable[Any]]
