@@ -9,7 +9,7 @@ from pathlib import Path
 import cachelayer
 
 PACKAGE = Path(cachelayer.__file__).parent
-REDIS_MODULES = {"_redis_backend", "_redis_clients", "_redis_cluster", "_redis_pubsub", "_redis_urls"}
+REDIS_MODULES = {"_redis_backend", "_redis_clients", "_redis_cluster", "_redis_inspect", "_redis_pubsub", "_redis_urls"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
