@@ -10,17 +10,19 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cachelayer import Cache, cached, register_prometheus
+from cachelayer import Cache, Codec, DictionaryRegistry, cached, register_prometheus, train_dictionary
 from cachelayer._cli import main
 from harness import RedisClusterServer
 from harness.servers import free_port
@@ -248,3 +250,37 @@ def test_python_dash_m_and_the_console_script(redis_url: str) -> None:
     assert "not found" in done.stderr
     scripts = entry_points(group="console_scripts", name="cachelayer")
     assert [script.value for script in scripts] == ["cachelayer._cli:main"]
+
+
+def test_inspect_reads_a_dictionary_compressed_value_with_its_dictionary(
+    capsys: pytest.CaptureFixture[str], redis_url: str, tmp_path: Path
+) -> None:
+    samples = [orjson.dumps(medium_page(n)["items"][n % 20]) for n in range(400)]
+    dictionary = train_dictionary(samples, size=4096)
+    path = tmp_path / "detail.zdict"
+    path.write_bytes(dictionary)
+    registry = DictionaryRegistry([dictionary])
+    codec = Codec(dictionaries=registry, dictionary_id=registry.add(dictionary))
+    value = medium_page(7)["items"][3]
+    key = f"cli-dict:{{{uuid.uuid4().hex}}}"
+
+    async def store() -> None:
+        cache = Cache.from_url(redis_url, namespace="cli-dict")
+        try:
+            await cache.backend.set(key, codec.encode(value, expires_at=time.time() + 60), 60_000)
+        finally:
+            await cache.aclose()
+
+    asyncio.run(store())
+    code, out, _ = run(capsys, "inspect", key, "--url", redis_url, "--json")
+    document = orjson.loads(out)
+    assert code == 0  # found, though not readable without its dictionary
+    assert document["frame"]["compression"] == "zstd with a dictionary"
+    assert "dictionary" in document["error"]
+    assert "value" not in document
+    code, out, _ = run(capsys, "inspect", key, "--url", redis_url, "--json", "--dictionary", str(path))
+    assert code == 0
+    assert orjson.loads(out)["value"] == value
+    code, _, err = run(capsys, "inspect", key, "--url", redis_url, "--dictionary", str(tmp_path / "absent"))
+    assert code == 2
+    assert "--dictionary" in err
