@@ -38,6 +38,8 @@ __all__ = ["Filler", "UnconfirmedEntry", "stamp_ttl_ms"]
 
 log = logging.getLogger("cachelayer")
 
+_MAX_FAILING_FUNCTIONS: Final = 10_000
+
 T = TypeVar("T")
 
 TAG_STAMP_SLACK_MS: Final = 60_000
@@ -67,6 +69,51 @@ class UnconfirmedEntry(CacheEntry[T]):
 _WARNED_UNSTORABLE: set[tuple[str, type]] = set()
 
 
+class LoaderFailures:
+    """How the loader failures the library swallows (a stale value served instead, a background refresh) are
+    logged: one WARNING line when a function's loads start failing (the exception's
+    type and message; its traceback at DEBUG), DEBUG lines while they go on, one WARNING line when a load of it
+    succeeds again. A database outage under load is two lines, not a traceback per request (an audit counted 462
+    of them in two 10-second MySQL faults). Keyed by function (a bounded set; never by key)."""
+
+    __slots__ = ("_last", "_streaks")
+
+    def __init__(self) -> None:
+        self._streaks: dict[str, int] = {}
+        self._last: dict[str, BaseException] = {}
+
+    def failed(self, function: str, key: str, error: BaseException, what: str) -> None:
+        if self._last.get(function) is error:  # told already, by the part that ran the loader
+            return
+        if function not in self._streaks and len(self._streaks) >= _MAX_FAILING_FUNCTIONS:
+            self._streaks.clear()  # a program naming fetches after their keys: bounded, at worst a line more
+            self._last.clear()
+        count = self._streaks[function] = self._streaks.get(function, 0) + 1
+        self._last[function] = error
+        if count == 1:
+            log.warning(
+                "cachelayer: loader of %s failed (%s: %s) for %s; %s. Later failures of it are logged at DEBUG "
+                "until a load succeeds",
+                function,
+                type(error).__name__,
+                error,
+                key,
+                what,
+            )
+            log.debug("cachelayer: loader of %s failed for %s", function, key, exc_info=error)
+        else:
+            log.debug("cachelayer: loader of %s failed again (%d) for %s; %s", function, count, key, what,
+                      exc_info=error)  # fmt: skip
+
+    def succeeded(self, function: str) -> None:
+        if not self._streaks:  # every load of a healthy program: one truth test
+            return
+        count = self._streaks.pop(function, 0)
+        self._last.pop(function, None)
+        if count:
+            log.warning("cachelayer: loader of %s succeeded again after %d failed loads", function, count)
+
+
 class Filler:
     """Runs loaders and stores their values, for one cache."""
 
@@ -92,6 +139,7 @@ class Filler:
         self._rand = rand
         self._jitter = jitter
         self.monitor = monitor
+        self.failures = LoaderFailures()
 
     async def load_and_store(
         self, fetch: Fetch[Any], stale: CacheEntry[Any] | None, ticket: Lease | None
@@ -114,10 +162,11 @@ class Filler:
                 hooks.load_ended(elapsed, exc)
             if stale is not None and fetch.policy.stampede.stale_if_error:
                 self.metrics.stale_served += 1
-                log.warning("cachelayer: loader for %s failed; serving the stale value", fetch.key, exc_info=True)
+                self.failures.failed(fetch.function, fetch.key, exc, "serving the stale value")
                 return stale
-            raise
+            raise  # the caller's to log: the library logs only the failures it swallows
         elapsed = time.perf_counter() - started
+        self.failures.succeeded(fetch.function)
         self.metrics.load_seconds += elapsed
         if hooks is not None:
             hooks.load_ended(elapsed, None)

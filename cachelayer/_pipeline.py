@@ -67,7 +67,7 @@ class Pipeline:
         )
         self.flights = Flights(backend, self.reader, self.filler, keys, metrics, clock=clock)
         self.loads: SingleFlight[CacheEntry[Any]] = SingleFlight()
-        self.refresher = Refresher(codec, backend, self.flights, self.loads, metrics)
+        self.refresher = Refresher(codec, backend, self.flights, self.loads, metrics, self.filler.failures)
         if local is not None:
             local.ensure_listening()  # once per loop: the listener reconnects by itself until closed
 

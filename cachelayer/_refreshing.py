@@ -18,6 +18,7 @@ from ._codec import Codec, Frame
 from ._entry import CacheEntry
 from ._errors import CodecError
 from ._fetch import Fetch
+from ._filling import LoaderFailures
 from ._flights import Flights
 from ._lease import Lease
 from ._metrics import CacheMetrics
@@ -50,7 +51,9 @@ class Refresher:
         flights: Flights,
         loads: SingleFlight[CacheEntry[Any]],
         metrics: CacheMetrics,
+        failures: LoaderFailures,
     ) -> None:
+        self.failures = failures  # the Filler's: one log line per streak of a function's failing loads
         self.codec = codec
         self.backend = backend
         self.flights = flights
@@ -103,5 +106,5 @@ class Refresher:
                 await self.flights.load_under_lease(lease, fetch, None, None)
             else:
                 await self.flights.load_with_ticket(fetch, None)
-        except Exception:
-            log.warning("cachelayer: background refresh of %s failed", fetch.key, exc_info=True)
+        except Exception as exc:
+            self.failures.failed(fetch.function, fetch.key, exc, "a background refresh, the stored value stays")

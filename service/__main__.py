@@ -30,9 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     common(seed)
     seed.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers (default 10000)")
 
-    dev = sub.add_parser("dev", help="seed unless a complete seed is there, then serve on :8888 (`make run`)")
+    dev = sub.add_parser("dev", help="seed unless a complete seed is there, then serve (`make run`)")
     common(dev)
-    dev.add_argument("--port", type=int, help="listen port (default 8888)")
+    dev.add_argument("--port", type=int, help="listen port (server.port; 8888 in the shipped file)")
     dev.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers to seed when empty")
     return parser
 
@@ -105,15 +105,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"wallpaper: configuration error: {exc}", file=sys.stderr)
         return 2
-    from .runtime import serve
+    from .runtime import port_taken, serve
 
     if args.command == "seed":
         done = asyncio.run(_seed(settings, args.wallpapers, dev=False))
         print(f"seeded: {done}")
         return 0
+    taken = port_taken(settings)  # before seeding: a second `make run` stops here, not after a minute of work
+    if taken is not None:
+        print(f"wallpaper: {taken}", file=sys.stderr)
+        return 2
     if args.command == "dev":
-        if args.port is None and settings.server.port != 8888:
-            settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": 8888})})
         done = asyncio.run(_seed(settings, args.wallpapers, dev=True))
         print("seeded: " + str(done) if done else "stores hold a complete seed: not seeding", flush=True)
         print(_curl_examples(settings.server.port), flush=True)

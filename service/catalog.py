@@ -28,6 +28,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
+import orjson
+
 from cachelayer import Cache, CachedFunction, cached
 
 from .config import CacheSettings, EndpointCache
@@ -85,6 +87,20 @@ class Catalog:
         self.categories = through_cache(
             self._load_categories, settings.categories, "wp.categories", TAG_CATEGORIES, None
         )
+        self._known: tuple[bytes, frozenset[str]] = (b"", frozenset())
+
+    async def category_known(self, slug: str) -> bool:
+        """Whether ``slug`` names a category, by the (cached) category list. A name that is not in it is answered
+        without a list entry of its own: the category names a client sends are unbounded, and a negative entry
+        per name let any client fill Redis (an audit: 5,382 names in 10 s left 10,796 keys for ~5 minutes). A
+        category created after the list was cached is unknown until that entry is reloaded (its TTL)."""
+        body = (await self.categories.entry()).body()
+        known_body, known = self._known
+        if body != known_body:  # parsed once per version of the list
+            rows = orjson.loads(body)["data"]
+            known = frozenset(row["slug"] for row in rows)
+            self._known = (body, known)
+        return slug in known
 
     # -- loaders (run on a miss) ------------------------------------------------------------------------------
 

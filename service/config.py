@@ -8,13 +8,20 @@ Precedence, highest first: values passed in code, environment (``WALLPAPER_MONGO
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -213,6 +220,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     Settings._toml_file = path
     try:
         settings = Settings(**overrides)
+    except SettingsError as exc:  # an environment variable pydantic-settings could not even parse
+        raise ConfigError(_environment_problem(exc)) from exc
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -229,3 +238,25 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         env = _env_name(("mongo", "min_pool_size"))
         raise ConfigError(f"setting 'mongo.min_pool_size' (env {env}) must not exceed mongo.max_pool_size")
     return settings
+
+
+def _environment_problem(exc: SettingsError) -> str:
+    """Which ``WALLPAPER_*`` variable pydantic-settings could not read, and how to write it: a list or table
+    setting is JSON in the environment (``WALLPAPER_SERVER__TRUSTED_PROXIES='["10.0.0.0/8"]'``)."""
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX.upper()) or "__" not in name:
+            continue
+        section, _, field = name[len(ENV_PREFIX):].lower().partition("__")
+        section_field = Settings.model_fields.get(section)
+        model = None if section_field is None else section_field.annotation
+        target = getattr(model, "model_fields", {}).get(field)
+        if target is None or get_origin(target.annotation) not in (list, dict, set, tuple, frozenset):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            return (
+                f"setting '{section}.{field}' (env {name}): {value!r} is not JSON; a list setting is written as JSON "
+                f"in the environment, e.g. {name}='[\"10.0.0.0/8\", \"192.168.0.0/16\"]'"
+            )
+    return f"the environment could not be read ({ENV_PREFIX}* variables): {exc}"

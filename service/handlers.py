@@ -198,12 +198,20 @@ class GzipWhenAccepted(tornado.web.GZipContentEncoding):
         self._gzipping = accepts_cached(request.headers.get("Accept-Encoding", ""), "gzip")
 
 
+# A logical expiry before this (Unix seconds) is the library's mark of an invalidated entry (INVALIDATED_AT,
+# 1 ms after the epoch), not a moment the entry went stale.
+_INVALIDATED_BEFORE: Final = 1.0
+
+
 def cache_status(outcome: str, expires_at: float, now: float) -> str:
-    """The RFC 9211 ``Cache-Status`` value of a cached route (the cache is named ``wallpaper``)."""
+    """The RFC 9211 ``Cache-Status`` value of a cached route (the cache is named ``wallpaper``). ``ttl`` is the
+    remaining freshness in seconds, negative once stale; an entry a write marked stale has none to tell."""
     ttl = int(expires_at - now) if expires_at else 0
     if outcome == "hit":
         return f"wallpaper; hit; ttl={ttl}"
     if outcome == "stale":
+        if 0 < expires_at < _INVALIDATED_BEFORE:
+            return "wallpaper; fwd=stale; detail=invalidated"
         return f"wallpaper; fwd=stale; ttl={ttl}"
     if outcome == "miss":
         return f"wallpaper; fwd=miss; stored; ttl={ttl}"
@@ -224,6 +232,32 @@ def allowed_methods(handler: type[tornado.web.RequestHandler]) -> str:
                    if getattr(handler, m.lower()) is not unimplemented]  # fmt: skip
         allow = _ALLOWED[handler] = ", ".join(methods)
     return allow
+
+
+class StoreTrouble:
+    """Requests that failed because a store was unavailable, logged per store at most once per ``interval``
+    seconds at WARNING (with how many failed since the last line), each one at DEBUG: an outage under load is a
+    line every few seconds, not a line per request."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}  # store -> (when its last WARNING was, failures since)
+
+    def failed(self, store: str, error: BaseException, request_id: str) -> None:
+        now = self._clock()
+        last, since = self._last.get(store, (float("-inf"), 0))
+        extra = {"request_id": request_id}
+        if now - last < self.interval:
+            self._last[store] = (last, since + 1)
+            log.debug("%s unavailable: %r", store, error, extra=extra)
+            return
+        self._last[store] = (now, 0)
+        more = f" ({since} more requests failed for it since the last such line)" if since else ""
+        log.warning("%s unavailable: %r%s", store, error, more, extra=extra)
+
+
+STORE_TROUBLE = StoreTrouble()
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -281,11 +315,13 @@ class BaseHandler(tornado.web.RequestHandler):
         "not found". ``key`` identifies the value (route and arguments) for the ETag memo."""
         outcome = self.cache_outcome = entry.outcome.value
         body = entry.body()
-        if body == b"null":
-            raise not_found()
-        etag = ETAGS.get(key, entry, body)
         now = time.time()
         expires_at = entry.expires_at
+        if body == b"null":
+            # A cached "not found": the error page says where it came from too (send_error clears the headers).
+            self._cache_headers = (outcome, cache_status(outcome, expires_at, now))
+            raise not_found()
+        etag = ETAGS.get(key, entry, body)
         remaining = 0 if outcome == "stale" or not expires_at else max(0, int(expires_at - now))
         headers = self._headers  # values built here, all header-safe: no set_header validation per call
         headers["ETag"] = etag
@@ -308,6 +344,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(body)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        cached = self.__dict__.get("_cache_headers")
+        if cached is not None:
+            self._headers["X-Cache"], self._headers["Cache-Status"] = cached
         exc = kwargs.get("exc_info", (None, None, None))[1]
         code, msg = INTERNAL_ERROR, "internal error"
         if isinstance(exc, ApiError):
@@ -346,7 +385,7 @@ class BaseHandler(tornado.web.RequestHandler):
             log.warning("%s", value, extra={"request_id": self.request_id})
             return
         if value is not None and (store := dependency_of(value)) is not None:
-            log.warning("%s unavailable: %r", store, value, extra={"request_id": self.request_id})
+            STORE_TROUBLE.failed(store, value, self.request_id)
             return
         super().log_exception(typ, value, tb)
 
@@ -355,7 +394,10 @@ class ListHandler(BaseHandler):
     async def get(self) -> None:
         query = list_query(self.request)
         args = list_args(query)
-        entry = await self.services.catalog.list_page.entry(*args)
+        catalog = self.services.catalog
+        if query.category is not None and not await catalog.category_known(query.category):
+            raise ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)")
+        entry = await catalog.list_page.entry(*args)
         self.send_entry(
             entry,
             lambda: ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)"),

@@ -262,6 +262,27 @@ def _forward_to_children(signum: int, _frame: Any) -> None:
             os.kill(child, signal.SIGTERM)
 
 
+def port_taken(settings: Settings) -> str | None:
+    """Why the service cannot have its port, or None. With ``reuse_port`` a second service would bind the same
+    port beside the first (SO_REUSEPORT) and the kernel would split the connections between them: a probe bound
+    without SO_REUSEPORT fails while any socket listens there."""
+    s = settings.server
+    if s.port == 0:
+        return None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT are no owner
+        probe.bind((s.host, s.port))
+    except OSError as exc:
+        return (
+            f"port {s.port} on {s.host} is not free ({exc.strerror}): another server holds it; stop it or choose "
+            f"another port (server.port: --port or WALLPAPER_SERVER__PORT)"
+        )
+    finally:
+        probe.close()
+    return None
+
+
 def _bind(settings: Settings, *, reuse_port: bool) -> list[socket.socket]:
     s = settings.server
     return tornado.netutil.bind_sockets(s.port, s.host, family=socket.AF_INET, backlog=s.backlog, reuse_port=reuse_port)

@@ -5,6 +5,7 @@ namespace of its own, so the exact counts here cannot be disturbed by another te
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -287,6 +288,32 @@ async def test_stale_if_error(make_cache: CacheMaker, clock: FakeClock) -> None:
     off = StampedePolicy(stale_while_revalidate=False, stale_if_error=False)
     with pytest.raises(LoaderFailed):
         await cache.get_or_set("k", failing, ttl=10, stampede=off)
+
+
+async def test_a_streak_of_failed_loads_served_stale_logs_two_warnings(
+    make_cache: CacheMaker, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stale served because the loader fails (a database outage): one WARNING when the streak starts, one when a
+    load succeeds again; the failures between are DEBUG lines (no traceback per request at WARNING)."""
+    cache = make_cache()
+    policy = StampedePolicy(stale_while_revalidate=False)
+    await cache.get_or_set("k", Loader(), ttl=10, stampede=policy)
+    clock.now += 20
+    failing = Loader(fail=True)
+    caplog.set_level(logging.DEBUG, logger="cachelayer")
+    for _ in range(25):
+        entry = await cache.get_or_set_entry("k", failing, ttl=10, stampede=policy)
+        assert entry.outcome == "stale"
+    await cache.get_or_set("k", Loader(), ttl=10, stampede=policy)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "loader of" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+    # Keyed by function (get_or_set calls are "cachelayer.fetch"), never by key; the key is in the line.
+    assert warnings[0].getMessage().startswith("cachelayer: loader of cachelayer.fetch failed (LoaderFailed")
+    assert cache.key("k") in warnings[0].getMessage()
+    assert warnings[0].exc_info is None  # the traceback is at DEBUG
+    assert "succeeded again after 25 failed loads" in warnings[1].getMessage()
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "loader of cachelayer.fetch" in r.getMessage()]
+    assert len(debug) == 25  # the first failure's traceback, then one line per later failure
 
 
 async def test_failed_background_refresh_keeps_the_stale_value(

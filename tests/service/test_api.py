@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pymysql
 import pytest
+import redis.asyncio
 import zstandard
 
 from service import demo_data
@@ -298,3 +299,23 @@ async def test_openapi_matches_routes(service: Running) -> None:
         for rule in service.server.request_callback.wildcard_router.rules  # type: ignore[attr-defined]
     }
     assert len(routes) == len(spec["paths"])
+
+
+async def test_unknown_categories_cost_the_store_nothing(service: Running, redis_client: redis.asyncio.Redis) -> None:
+    """Category names are client input: each unknown one is answered from the known set, without an entry of its
+    own (a negative entry per name let any client fill Redis)."""
+    _, known = await service.json(f"{LIST}?category=anime")  # the list of categories is cached by now
+    assert known["code"] == 0
+
+    async def keys() -> int:
+        return len([key async for key in redis_client.scan_iter(match="*", count=1000)])
+
+    before = await keys()
+    for i in range(200):
+        response, body = await service.json(f"{LIST}?category=made-up-{i}")
+        assert response.code == 404
+        assert body["code"] == 40402
+    assert await keys() == before
+    response, body = await service.json(f"{LIST}?category=anime&pageSize=5")
+    assert response.code == 200
+    assert body["data"]["items"]

@@ -8,13 +8,16 @@ outcome); the hit/miss ``Cache-Status`` and /metrics tests pass on the first edi
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 import redis.asyncio
 
+from cachelayer._codec import INVALIDATED_AT
 from harness import LatencyProxy, free_port
 from harness.services import MySQLSettings
 from service.config import Settings
-from service.handlers import cache_status
+from service.handlers import StoreTrouble, cache_status
 from tests.service._support import API, Running, run_service, stop_service, with_sections
 
 LIST = f"{API}/wallpaperList.json?pageSize=20"
@@ -23,6 +26,8 @@ LIST = f"{API}/wallpaperList.json?pageSize=20"
 def test_cache_status_values() -> None:
     assert cache_status("hit", 1042.4, 1000.0) == "wallpaper; hit; ttl=42"
     assert cache_status("stale", 990.0, 1000.0) == "wallpaper; fwd=stale; ttl=-10"
+    # marked stale by a write: its expiry is the library's mark, not a moment (it read ttl=-1796455741 before)
+    assert cache_status("stale", INVALIDATED_AT, 1_796_455_741.0) == "wallpaper; fwd=stale; detail=invalidated"
     assert cache_status("miss", 1030.0, 1000.0) == "wallpaper; fwd=miss; stored; ttl=30"
     assert cache_status("fail_open", 0.0, 1000.0) == "wallpaper; fwd=miss; detail=store-unavailable"
     assert cache_status("bypass", 0.0, 1000.0) == "wallpaper; fwd=bypass"
@@ -37,6 +42,17 @@ async def test_cache_status_beside_x_cache_on_every_cached_route(service: Runnin
         assert second.headers["X-Cache"] == "hit"
         ttl = int(second.headers["Cache-Status"].rsplit("ttl=", 1)[1])
         assert 0 <= ttl <= int(second.headers["Cache-Control"].split("max-age=")[1]) + 1
+    # A cached "not found" says so too: the error page keeps the cache's headers.
+    first = await service.fetch(f"{API}/wallpaper/99998.json")
+    second = await service.fetch(f"{API}/wallpaper/99998.json")
+    assert (first.code, second.code) == (404, 404)
+    assert first.headers["X-Cache"] == "miss"
+    assert first.headers["Cache-Status"].startswith("wallpaper; fwd=miss; stored; ttl=")
+    assert second.headers["X-Cache"] == "hit"
+    assert second.headers["Cache-Status"].startswith("wallpaper; hit; ttl=")
+    unknown = await service.fetch(f"{LIST}&category=nosuch")  # answered from the known set, not cached
+    assert unknown.code == 404
+    assert "X-Cache" not in unknown.headers
 
 
 async def test_metrics_export_the_local_tier(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
@@ -101,7 +117,7 @@ async def test_a_download_marks_pages_stale_and_stale_beats_503(
             stale = await running.fetch(page)
             assert stale.code == 200
             assert stale.headers["X-Cache"] == "stale"
-            assert stale.headers["Cache-Status"].startswith("wallpaper; fwd=stale")
+            assert stale.headers["Cache-Status"] == "wallpaper; fwd=stale; detail=invalidated"
             assert stale.body == first.body
             assert stale.headers["Cache-Control"].endswith("max-age=0")
         finally:
@@ -118,3 +134,23 @@ async def test_an_old_etag_never_gets_a_304_for_changed_content(service: Running
     assert after.code == 200  # the stale-marked entry was reloaded: new content, new ETag
     assert after.headers["Etag"] != etag
     assert after.headers["X-Cache"] == "miss"
+
+
+def test_store_trouble_is_a_line_every_interval_not_a_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    trouble = StoreTrouble(interval=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.DEBUG, logger="wallpaper.http")
+    error = ConnectionError("MySQL refused")
+    for _ in range(100):
+        trouble.failed("MySQL", error, "r-1")
+        now[0] += 0.05  # 100 failures in 5 s
+    now[0] += 6
+    trouble.failed("MySQL", error, "r-2")
+    trouble.failed("MongoDB", error, "r-3")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "MySQL unavailable: ConnectionError('MySQL refused')",
+        "MySQL unavailable: ConnectionError('MySQL refused') (99 more requests failed for it since the last such line)",
+        "MongoDB unavailable: ConnectionError('MySQL refused')",
+    ]
+    assert sum(1 for r in caplog.records if r.levelno == logging.DEBUG) == 99

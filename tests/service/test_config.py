@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT
+from harness import REPO_ROOT, free_port
 from service.config import DEFAULT_CONFIG, ConfigError, load_settings
+from service.runtime import port_taken
 
 
 def test_the_shipped_file_loads() -> None:
@@ -89,3 +93,54 @@ def test_trusted_proxies_are_cidrs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WALLPAPER_SERVER__TRUSTED_PROXIES", '["not-a-network"]')
     with pytest.raises(ConfigError, match=r"server\.trusted_proxies"):
         load_settings(DEFAULT_CONFIG)
+    # Not JSON at all: pydantic-settings cannot parse it (it raised its own SettingsError, a traceback and exit 1).
+    monkeypatch.setenv("WALLPAPER_SERVER__TRUSTED_PROXIES", "10.0.0.0/8")
+    with pytest.raises(ConfigError, match=r"server\.trusted_proxies.*WALLPAPER_SERVER__TRUSTED_PROXIES.*not JSON"):
+        load_settings(DEFAULT_CONFIG)
+
+
+def _run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        check=False, env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_an_environment_list_that_is_not_json_exits_2_naming_the_setting() -> None:
+    result = _run("serve", env={"WALLPAPER_SERVER__TRUSTED_PROXIES": "10.0.0.0/8"})
+    assert result.returncode == 2, result.stderr
+    assert "server.trusted_proxies" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port another server holds, with SO_REUSEPORT as ours would (so a second bind with it would succeed)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("0.0.0.0", 0))
+    sock.listen(8)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def test_a_port_another_server_holds_is_refused_before_anything_starts(held_port: int) -> None:
+    settings = load_settings(DEFAULT_CONFIG, server={"port": held_port, "processes": 2})
+    assert settings.server.reuse_port
+    assert port_taken(settings) is not None
+    result = _run("serve", "--port", str(held_port))
+    assert result.returncode == 2
+    assert f"port {held_port}" in result.stderr
+    assert "WALLPAPER_SERVER__PORT" in result.stderr
+    # `dev` (make run) takes the port from the environment too, and stops before seeding.
+    result = _run("dev", env={"WALLPAPER_SERVER__PORT": str(held_port)})
+    assert result.returncode == 2
+    assert f"port {held_port}" in result.stderr
+    assert "seeded" not in result.stdout
+
+
+def test_a_free_port_is_free() -> None:
+    assert port_taken(load_settings(DEFAULT_CONFIG, server={"port": free_port()})) is None
