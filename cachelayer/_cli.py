@@ -7,6 +7,8 @@ inside the cache").
 - ``cachelayer key module:function ARG... [NAME=ARG...]``: the key ``@cached`` would use for those arguments. Each
   ARG is JSON (``20``, ``'"abc"'``, ``'[1, 2]'``), because ``f(1)`` and ``f("1")`` are different keys.
 - ``cachelayer keys PATTERN``: the keys matching a glob, by SCAN on every master (never KEYS), at most ``--limit``.
+- ``cachelayer dictionary train --namespace NS --out FILE``: sample a namespace's live values (SCAN, bounded), train a
+  raw-content zstd dictionary on half of them and measure it on the other half; ``dictionary info FILE``: its id.
 - ``cachelayer stats URL``: a running service's cache figures, from its Prometheus ``/metrics``.
 
 The store comes from ``--url`` or ``CACHELAYER_URL`` (``redis://``, ``rediss://``, ``unix://``,
@@ -27,18 +29,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 from ._backend import StoreUnavailable
-from ._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, Codec
-from ._dictionaries import DictionaryRegistry
+from ._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT, COMPRESSION_ZSTD_RAW_DICT, Codec
+from ._dictionaries import DictionaryRegistry, train_dictionary
 from ._errors import CacheError, CodecError, ConfigurationError, StoreConnectError
 from ._keys import KeyLayout
 from ._options import StoreOptions
 from ._redis_backend import RedisBackend
-from ._redis_inspect import read_entry, scan
+from ._redis_inspect import read_entry, read_values, scan
 from ._serializers import serializer_by_id
 from ._urls import backend_from_url
 
@@ -51,7 +54,12 @@ EXIT_UNAVAILABLE: Final = 3
 
 STORE_TIMEOUT: Final = 5.0  # a shell user waits longer than a request does
 _KEYWORD: Final = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
-_COMPRESSION: Final = {COMPRESSION_NONE: "none", COMPRESSION_ZSTD: "zstd"}
+_COMPRESSION: Final = {
+    COMPRESSION_NONE: "none",
+    COMPRESSION_ZSTD: "zstd",
+    COMPRESSION_ZSTD_DICT: "zstd with a trained dictionary",
+    COMPRESSION_ZSTD_RAW_DICT: "zstd with a raw-content dictionary",
+}
 
 
 class UsageError(Exception):
@@ -107,6 +115,23 @@ def _parser() -> argparse.ArgumentParser:
     with_store(keys)
     keys.add_argument("--limit", type=int, default=1000, help="stop after this many keys (default 1000)")
     keys.set_defaults(run=lambda a: asyncio.run(_keys(a)))
+
+    dictionary = commands.add_parser("dictionary", help="train a zstd dictionary on a namespace's values; describe one")
+    actions = dictionary.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = actions.add_parser("train", help="sample live values (SCAN), train on half, measure on the other half")
+    with_store(train)
+    train.add_argument("--namespace", required=True, help="the cache's namespace (its value keys: NS:{...})")
+    train.add_argument("--out", required=True, type=Path, help="the dictionary file to write (never overwritten)")
+    train.add_argument("--samples", type=int, default=2000, help="values to read at most (default 2000)")
+    train.add_argument("--size", type=int, default=32 * 1024, help="dictionary size in bytes (default 32768)")
+    train.add_argument("--level", type=int, default=3, help="zstd level to measure with (default 3)")
+    train.add_argument("--dictionary", action="append", default=[], metavar="PATH",
+                       help="a dictionary the stored values were written with, to read them (repeatable)")
+    train.set_defaults(run=lambda a: asyncio.run(_train(a)))
+    info = actions.add_parser("info", help="a dictionary file's id (what frames name it by), SHA-256 and form")
+    info.add_argument("path", type=Path)
+    info.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    info.set_defaults(run=_info)
 
     stats = commands.add_parser("stats", help="a running service's cache figures, from its /metrics")
     stats.add_argument("metrics_url", metavar="URL", help="e.g. http://127.0.0.1:9090/metrics")
@@ -197,7 +222,7 @@ def _describe(key: str, data: bytes, codec: Codec) -> tuple[dict[str, Any], list
         serializer = serializer_by_id(frame.serializer_id).name
     except CodecError:
         serializer = f"id {frame.serializer_id}"
-    compression = _COMPRESSION.get(frame.compression, "zstd with a dictionary")
+    compression = _COMPRESSION[frame.compression]  # read_frame refused any other
     document["frame"] = {
         "version": frame.version,
         "serializer": serializer,
@@ -326,6 +351,104 @@ async def _keys(args: argparse.Namespace) -> int:
     if truncated:
         print(f"cachelayer keys: stopped at --limit {args.limit}", file=sys.stderr)
     return EXIT_FOUND if found else EXIT_NOT_FOUND
+
+
+# -- dictionary ---------------------------------------------------------------------------------------------------
+
+_MIN_SAMPLES: Final = 20
+
+
+async def _train(args: argparse.Namespace) -> int:
+    if args.samples < _MIN_SAMPLES or args.size < 256:
+        raise UsageError(f"--samples must be at least {_MIN_SAMPLES} and --size at least 256")
+    if args.out.exists():
+        raise UsageError(f"{args.out} exists: a deployed dictionary is never overwritten; choose another name")
+    try:
+        KeyLayout(args.namespace)
+        reader = Codec(dictionaries=DictionaryRegistry.from_files(args.dictionary))
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    backend = await _open(args.url)
+    try:
+        keys = sorted(await scan(backend, _glob_escape(args.namespace) + ":{*}", args.samples, STORE_TIMEOUT * 6))
+        values = await read_values(backend, keys, STORE_TIMEOUT * 6)
+    except StoreUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+    finally:
+        await backend.aclose()
+    samples: list[bytes] = []
+    for data in values:
+        if data is None:
+            continue
+        try:
+            frame = reader.read_frame(data)
+            if serializer_by_id(frame.serializer_id).name == "orjson":
+                samples.append(bytes(reader.serialized(frame)))
+        except CodecError:
+            continue  # expired meanwhile, written with a dictionary not given, or not a cachelayer value
+    if len(samples) < _MIN_SAMPLES:
+        print(f"cachelayer dictionary train: {len(samples)} JSON values under {args.namespace}:{{...}} (of "
+              f"{len(keys)} keys); training needs at least {_MIN_SAMPLES}, and hundreds help", file=sys.stderr)
+        _print(args, {"namespace": args.namespace, "values": len(samples)}, [])
+        return EXIT_NOT_FOUND
+    # Every other value (in key order) trains; the rest measure: figures from values the dictionary never saw.
+    training, held_out = samples[0::2], samples[1::2]
+    try:
+        dictionary = train_dictionary(training, size=args.size, level=args.level)
+    except Exception as exc:  # zstandard.ZstdError: too few or too small samples for the size asked
+        print(f"cachelayer dictionary train: zstd could not train ({exc}): more values, or a smaller --size",
+              file=sys.stderr)
+        return EXIT_NOT_FOUND
+    registry = DictionaryRegistry([dictionary])
+    dict_id = registry.ids()[0]
+    plain = Codec(level=args.level)
+    with_dictionary = Codec(dictionaries=registry, dictionary_id=dict_id, level=args.level)
+    json_bytes = sum(len(sample) for sample in held_out)
+    stored_plain = sum(len(plain.encode_serialized(sample)) for sample in held_out)
+    stored_with = sum(len(with_dictionary.encode_serialized(sample)) for sample in held_out)
+    with args.out.open("xb") as out:
+        out.write(dictionary)
+    document = {
+        "path": str(args.out),
+        "id": dict_id,
+        "sha256": registry.sha256(dict_id).hex(),
+        "size": len(dictionary),
+        "trained_on": len(training),
+        "measured_on": len(held_out),
+        "stored_vs_json_without": round(stored_plain / json_bytes, 4),
+        "stored_vs_json_with": round(stored_with / json_bytes, 4),
+    }
+    _print(args, document, [
+        f"wrote {args.out}: dictionary {dict_id} ({len(dictionary):,} bytes, sha256 {document['sha256']})",
+        f"trained on {len(training)} values of {args.namespace}, measured on {len(held_out)} others:",
+        f"  stored / JSON without a dictionary: {document['stored_vs_json_without']:.3f}",
+        f"  stored / JSON with it:              {document['stored_vs_json_with']:.3f}",
+        "deploy it to every reader first, then to writers (README, Dictionaries)",
+    ])  # fmt: skip
+    return EXIT_FOUND
+
+
+def _info(args: argparse.Namespace) -> int:
+    try:
+        data = args.path.read_bytes()
+        registry = DictionaryRegistry([data])
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{args.path}: {exc}") from exc
+    dict_id = registry.ids()[0]
+    document = {
+        "path": str(args.path),
+        "id": dict_id,
+        "form": registry.kind(dict_id),
+        "sha256": registry.sha256(dict_id).hex(),
+        "size": len(data),
+    }
+    lines = [f"{key}: {value}" for key, value in document.items()]
+    _print(args, document, lines)
+    return EXIT_FOUND
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 # -- stats --------------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ __all__ = [
     "COMPRESSION_NONE",
     "COMPRESSION_ZSTD",
     "COMPRESSION_ZSTD_DICT",
+    "COMPRESSION_ZSTD_RAW_DICT",
     "EXPIRES_OFFSET",
     "FLAG_TAGGED",
     "FORMAT_VERSION",
@@ -92,7 +93,8 @@ _TAGGED_CRC_SEED: Final = zlib.crc32(bytes((FLAG_TAGGED,)))  # a tagged frame's 
 
 COMPRESSION_NONE: Final = 0
 COMPRESSION_ZSTD: Final = 1
-COMPRESSION_ZSTD_DICT: Final = 2
+COMPRESSION_ZSTD_DICT: Final = 2  # zstd's trained-dictionary form, named by zstd's id (written before 2026-12-05)
+COMPRESSION_ZSTD_RAW_DICT: Final = 3  # a raw-content dictionary, named by its SHA-256's first 4 bytes: dcz-ready
 
 _MAX_U32: Final = 2**32 - 1
 _MAX_U64: Final = 2**64 - 1
@@ -175,7 +177,10 @@ class Codec:
             if dictionary_id is not None
             else zstandard.ZstdCompressor(level=level, write_checksum=True)
         )
-        self._compression_id = COMPRESSION_ZSTD_DICT if dictionary_id is not None else COMPRESSION_ZSTD
+        self._compression_id = COMPRESSION_ZSTD
+        if dictionary_id is not None:
+            raw = self.dictionaries.kind(dictionary_id) == "raw"
+            self._compression_id = COMPRESSION_ZSTD_RAW_DICT if raw else COMPRESSION_ZSTD_DICT
         self._decompressor = zstandard.ZstdDecompressor()
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -262,7 +267,7 @@ class Codec:
                 raise CodecError(f"frame has unknown flags 0x{flags:02x}")
             tags, section = _read_tag_section(data, header_size)
             header_size += len(section)
-        if compression == COMPRESSION_ZSTD_DICT:
+        if compression in (COMPRESSION_ZSTD_DICT, COMPRESSION_ZSTD_RAW_DICT):
             if dict_id == 0:
                 raise CodecError("dictionary-compressed frame without a dictionary id")
         elif compression in (COMPRESSION_NONE, COMPRESSION_ZSTD):
@@ -348,11 +353,11 @@ class Codec:
             self.verify(frame)
             return frame.payload
         self.verify(frame)
-        decompressor = (
-            self._decompressor
-            if frame.compression == COMPRESSION_ZSTD
-            else self.dictionaries.decompressor(frame.dictionary_id)
-        )
+        if frame.compression == COMPRESSION_ZSTD:
+            decompressor = self._decompressor
+        else:
+            kind: Literal["raw", "trained"] = "raw" if frame.compression == COMPRESSION_ZSTD_RAW_DICT else "trained"
+            decompressor = self.dictionaries.decompressor(frame.dictionary_id, kind)
         # zstd trusts a frame's declared size and allocates it; check it first so a hostile or corrupt value
         # cannot make us allocate gigabytes. Our writer always declares the size.
         try:

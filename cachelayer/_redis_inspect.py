@@ -17,7 +17,7 @@ from ._keys import KeyLayout
 from ._redis_backend import RedisBackend
 from ._redis_cluster import node_name_for_key
 
-__all__ = ["StoredEntry", "read_entry", "scan"]
+__all__ = ["StoredEntry", "read_entry", "read_values", "scan"]
 
 T = TypeVar("T")
 
@@ -65,4 +65,17 @@ async def scan(backend: RedisBackend, pattern: str, limit: int, budget: float) -
                 return
 
     await _ask(backend, "SCAN", walk(), budget)
+    return found
+
+
+async def read_values(backend: RedisBackend, keys: list[str], budget: float) -> list[bytes | None]:
+    """The bytes under each of ``keys`` (None where absent), 500 keys a call."""
+    found: list[bytes | None] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        try:
+            async with asyncio.timeout(budget):
+                found.extend(await backend.get_many(chunk))
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"{backend.store} GET (many): no answer within {budget:g} s") from exc
     return found

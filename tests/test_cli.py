@@ -275,7 +275,7 @@ def test_inspect_reads_a_dictionary_compressed_value_with_its_dictionary(
     code, out, _ = run(capsys, "inspect", key, "--url", redis_url, "--json")
     document = orjson.loads(out)
     assert code == 0  # found, though not readable without its dictionary
-    assert document["frame"]["compression"] == "zstd with a dictionary"
+    assert document["frame"]["compression"] == "zstd with a raw-content dictionary"
     assert "dictionary" in document["error"]
     assert "value" not in document
     code, out, _ = run(capsys, "inspect", key, "--url", redis_url, "--json", "--dictionary", str(path))
@@ -284,3 +284,40 @@ def test_inspect_reads_a_dictionary_compressed_value_with_its_dictionary(
     code, _, err = run(capsys, "inspect", key, "--url", redis_url, "--dictionary", str(tmp_path / "absent"))
     assert code == 2
     assert "--dictionary" in err
+
+
+def test_dictionary_train_samples_a_namespace_and_measures_on_values_it_did_not_train_on(
+    capsys: pytest.CaptureFixture[str], store_url: str, tmp_path: Path
+) -> None:
+    namespace = f"cli-train-{uuid.uuid4().hex[:8]}"
+
+    async def fill() -> None:
+        cache = Cache.from_url(store_url, namespace=namespace)
+        try:
+            await cache.set_many({f"w{n}": medium_page(n)["items"][n % 20] for n in range(300)}, ttl=600)
+        finally:
+            await cache.aclose()
+
+    asyncio.run(fill())
+    out_file = tmp_path / "wp.zdict"
+    code, out, err = run(capsys, "dictionary", "train", "--url", store_url, "--namespace", namespace,
+                         "--out", str(out_file), "--size", "4096", "--json")  # fmt: skip
+    assert code == 0, err
+    document = orjson.loads(out)
+    assert (document["trained_on"], document["measured_on"]) == (150, 150)
+    assert document["stored_vs_json_with"] < 0.8 * document["stored_vs_json_without"]
+    data = out_file.read_bytes()
+    assert DictionaryRegistry.from_files([out_file]).ids() == [document["id"]] == [DictionaryRegistry.id_of(data)]
+    assert data[:4] == b"CLrc"  # raw content, servable to browsers as is
+    code, out, _ = run(capsys, "dictionary", "info", str(out_file), "--json")
+    assert orjson.loads(out)["id"] == document["id"]
+    assert orjson.loads(out)["form"] == "raw"
+    # Never overwritten; an empty namespace has nothing to train on.
+    code, _, err = run(capsys, "dictionary", "train", "--url", store_url, "--namespace", namespace, "--out",
+                       str(out_file))  # fmt: skip
+    assert code == 2
+    assert "exists" in err
+    code, _, err = run(capsys, "dictionary", "train", "--url", store_url, "--namespace", f"{namespace}-empty",
+                       "--out", str(tmp_path / "none.zdict"))  # fmt: skip
+    assert code == 1
+    assert "training needs at least" in err

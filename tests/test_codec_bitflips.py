@@ -23,7 +23,14 @@ from hypothesis import strategies as st
 
 import cachelayer._codec
 from cachelayer import Codec, CodecError, DictionaryRegistry, train_dictionary
-from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT, EXPIRES_OFFSET, HEADER_SIZE
+from cachelayer._codec import (
+    COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
+    COMPRESSION_ZSTD_DICT,
+    COMPRESSION_ZSTD_RAW_DICT,
+    EXPIRES_OFFSET,
+    HEADER_SIZE,
+)
 from cachelayer._entry import CacheEntry, Outcome
 from cachelayer._serializers import serializer_by_name
 from cachelayer._typed import ValueType
@@ -62,9 +69,11 @@ def _items(seed: int, count: int) -> list[Item]:
 
 
 def _cases() -> list[Case]:
-    dictionary = train_dictionary([orjson.dumps(value) for value in _samples(31, 300)], size=4096)
-    registry = DictionaryRegistry([dictionary])
-    with_dictionary = Codec(dictionaries=registry, dictionary_id=registry.add(dictionary))
+    trained = [orjson.dumps(value) for value in _samples(31, 300)]
+    raw, legacy = train_dictionary(trained, size=4096), train_dictionary(trained, size=4096, form="trained")
+    registry = DictionaryRegistry([raw, legacy])
+    with_dictionary = Codec(dictionaries=registry, dictionary_id=DictionaryRegistry.id_of(raw))
+    with_trained = Codec(dictionaries=registry, dictionary_id=DictionaryRegistry.id_of(legacy))
     page = {"page": _samples(32, 6)}
     json_items: ValueType[list[Item]] = ValueType(list[Item], serializer_by_name("orjson"), owner="test")
     msgpack_items: ValueType[list[Item]] = ValueType(list[Item], serializer_by_name("msgpack"), owner="test")
@@ -74,6 +83,7 @@ def _cases() -> list[Case]:
         Case("json, uncompressed", uncompressed, uncompressed.encode({"downloads": 1}, expires_at=1.7e9)),
         Case("json, zstd", zstd, zstd.encode(page, expires_at=1.7e9, recompute_time=0.25)),
         Case("json, zstd dictionary", with_dictionary, with_dictionary.encode(_samples(33, 1)[0], expires_at=1.7e9)),
+        Case("json, zstd trained dictionary", with_trained, with_trained.encode(_samples(33, 1)[0], expires_at=1.7e9)),
         Case("msgpack, uncompressed", msgpack_uncompressed, msgpack_uncompressed.encode({"downloads": 1})),
         Case(
             "json, uncompressed, tagged",
@@ -155,6 +165,7 @@ def test_every_single_bit_flip_is_refused_or_harmless(case: Case) -> None:
 def test_the_cases_cover_every_compression_and_both_serializers() -> None:
     kinds = {(case.data[3], case.data[OFF_COMPRESSION], case.value_type is not None) for case in CASES}
     assert {(1, COMPRESSION_NONE, False), (1, COMPRESSION_ZSTD, False), (1, COMPRESSION_ZSTD_DICT, False)} <= kinds
+    assert (1, COMPRESSION_ZSTD_RAW_DICT, False) in kinds
     assert {(2, COMPRESSION_NONE, False), (2, COMPRESSION_ZSTD, False), (1, COMPRESSION_NONE, True)} <= kinds
     assert (2, COMPRESSION_ZSTD, True) in kinds
     assert max(len(case.data) for case in CASES) < 1024  # keeps the enumeration fast

@@ -1,7 +1,12 @@
-"""DictionaryRegistry and train_dictionary: ids, files, reuse of zstd objects, refusals."""
+"""DictionaryRegistry and train_dictionary: ids, files, reuse of zstd objects, refusals.
+
+Most tests here are about dictionaries in zstd's trained format (``dict_a``, ``dict_b``: compression 2 frames,
+what cachelayer wrote before raw content, still read and written); the section "raw content" is about the form
+``train_dictionary`` returns now (compression 3 frames, named by SHA-256, what a browser decodes as dcz)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any
@@ -11,7 +16,8 @@ import pytest
 import zstandard
 
 from cachelayer import Codec, CodecError, DictionaryRegistry, train_dictionary
-from cachelayer._codec import COMPRESSION_ZSTD_DICT
+from cachelayer._codec import COMPRESSION_ZSTD_DICT, COMPRESSION_ZSTD_RAW_DICT
+from cachelayer._dictionaries import RAW_CONTENT_MARK
 
 _WORDS = ("wallpaper", "nature", "city", "壁纸", "高清", "风景", "abstract", "dark", "minimal", "space")
 
@@ -34,12 +40,17 @@ def _samples(seed: int, count: int = 300) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def dict_a() -> bytes:
-    return train_dictionary(_samples(1), size=8192)
+    return train_dictionary(_samples(1), size=8192, form="trained")
 
 
 @pytest.fixture(scope="module")
 def dict_b() -> bytes:
-    return train_dictionary(_samples(2), size=4096)
+    return train_dictionary(_samples(2), size=4096, form="trained")
+
+
+@pytest.fixture(scope="module")
+def raw_a() -> bytes:
+    return train_dictionary(_samples(1), size=8192)
 
 
 def _zstd_id(data: bytes) -> int:
@@ -57,7 +68,7 @@ def test_train_dictionary_returns_a_zstd_dictionary_with_an_id(dict_a: bytes) ->
 
 
 def test_train_dictionary_accepts_any_iterable() -> None:
-    data = train_dictionary(iter(_samples(3)), size=4096)
+    data = train_dictionary(iter(_samples(3)), size=4096, form="trained")
     assert len(data) <= 4096
     assert _zstd_id(data) != 0
 
@@ -115,10 +126,14 @@ def test_a_dictionary_differing_in_one_content_byte_is_refused(dict_a: bytes) ->
     [b"just some shared content, not a trained dictionary" * 20, b'{"id": 1, "title": "wallpaper"}' * 50],
     ids=["text", "json"],
 )
-def test_a_raw_content_dictionary_with_id_0_is_refused(raw: bytes) -> None:
-    assert _zstd_id(raw) == 0
-    with pytest.raises(ValueError, match="id 0"):
-        DictionaryRegistry().add(raw)
+def test_any_content_is_a_raw_dictionary_named_by_its_sha256(raw: bytes) -> None:
+    registry = DictionaryRegistry()
+    dict_id = registry.add(raw)
+    assert dict_id == int.from_bytes(hashlib.sha256(raw).digest()[:4], "big")
+    assert registry.kind(dict_id) == "raw"
+    assert registry.sha256(dict_id) == hashlib.sha256(raw).digest()
+    with pytest.raises(ValueError, match="too small"):
+        registry.add(b"tiny")
 
 
 def test_a_trained_dictionary_whose_header_says_id_0_is_refused(dict_a: bytes) -> None:
@@ -156,10 +171,14 @@ def test_from_directory_of_an_empty_directory(tmp_path: Path) -> None:
     assert DictionaryRegistry.from_directory(tmp_path).ids() == []
 
 
-def test_from_directory_refuses_a_raw_file_among_the_dictionaries(tmp_path: Path, dict_a: bytes) -> None:
+def test_from_directory_loads_raw_and_trained_files_alike(tmp_path: Path, dict_a: bytes, raw_a: bytes) -> None:
     (tmp_path / "a.zdict").write_bytes(dict_a)
-    (tmp_path / "b.zdict").write_bytes(b"not a dictionary at all" * 10)
-    with pytest.raises(ValueError, match="id 0"):
+    (tmp_path / "b.zdict").write_bytes(raw_a)
+    registry = DictionaryRegistry.from_directory(tmp_path)
+    assert registry.ids() == sorted([_zstd_id(dict_a), DictionaryRegistry.id_of(raw_a)])
+    assert {registry.kind(i) for i in registry.ids()} == {"raw", "trained"}
+    (tmp_path / "c.zdict").write_bytes(b"too short")  # any bytes are raw content, but a few help nothing
+    with pytest.raises(ValueError, match="too small"):
         DictionaryRegistry.from_directory(tmp_path)
 
 
@@ -238,3 +257,67 @@ def test_codec_refuses_a_dictionary_id_missing_from_its_registry(dict_a: bytes) 
 def test_codec_refuses_a_dictionary_without_compression(dict_a: bytes) -> None:
     with pytest.raises(ValueError, match="needs compression='zstd'"):
         Codec(compression="none", dictionaries=DictionaryRegistry([dict_a]), dictionary_id=_zstd_id(dict_a))
+
+
+# ------------------------------------------------------------------ raw content (what train_dictionary returns)
+
+
+def test_train_dictionary_returns_raw_content_no_reader_takes_for_zstds_format(raw_a: bytes, dict_a: bytes) -> None:
+    assert raw_a[:4] == RAW_CONTENT_MARK  # zstd's magic replaced: the zstd command's auto-detection loads it raw
+    assert raw_a[4:] == dict_a[4:]  # the same training (same samples and size) as the trained form
+    registry = DictionaryRegistry([raw_a])
+    assert registry.kind(DictionaryRegistry.id_of(raw_a)) == "raw"
+
+
+def test_raw_frames_name_the_dictionary_in_the_header_only_and_decode_as_a_browser_would(raw_a: bytes) -> None:
+    registry = DictionaryRegistry([raw_a])
+    dict_id = DictionaryRegistry.id_of(raw_a)
+    codec = Codec(dictionaries=registry, dictionary_id=dict_id)
+    value: Any = orjson.loads(_samples(1)[7])
+    frame = codec.read_frame(codec.encode(value))
+    assert frame.compression == COMPRESSION_ZSTD_RAW_DICT
+    assert frame.dictionary_id == dict_id
+    payload = bytes(frame.payload)
+    params = zstandard.get_frame_parameters(payload)
+    assert params.dict_id == 0  # a raw-content frame: the cachelayer header names the dictionary
+    assert params.has_checksum
+    # What a Compression Dictionary Transport client does: load the same bytes as raw content, decompress.
+    browser = zstandard.ZstdDecompressor(
+        dict_data=zstandard.ZstdCompressionDict(raw_a, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    )
+    assert orjson.loads(browser.decompress(payload)) == value
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_a_raw_frame_without_its_dictionary_or_with_another_is_a_codec_error(raw_a: bytes, dict_a: bytes) -> None:
+    registry = DictionaryRegistry([raw_a])
+    data = Codec(dictionaries=registry, dictionary_id=registry.ids()[0]).encode(orjson.loads(_samples(1)[9]))
+    with pytest.raises(CodecError, match="does not hold"):
+        Codec().decode(data)
+    other = train_dictionary(_samples(5), size=4096)
+    impostor = Codec(dictionaries=DictionaryRegistry([other]))
+    with pytest.raises(CodecError, match="does not hold"):
+        impostor.decode(data)
+    # A trained dictionary registered under the id the frame names is not the raw one it was written with.
+    frame = bytearray(data)
+    frame[6:10] = _zstd_id(dict_a).to_bytes(4, "big")
+    with pytest.raises(CodecError):
+        Codec(dictionaries=DictionaryRegistry([dict_a])).decode(bytes(frame))
+
+
+def test_frames_written_with_a_trained_dictionary_stay_readable_beside_raw_ones(dict_a: bytes, raw_a: bytes) -> None:
+    registry = DictionaryRegistry([dict_a, raw_a])
+    old = Codec(dictionaries=registry, dictionary_id=_zstd_id(dict_a))
+    new = Codec(dictionaries=registry, dictionary_id=DictionaryRegistry.id_of(raw_a))
+    value: Any = orjson.loads(_samples(1)[11])
+    assert old.read_frame(old.encode(value)).compression == COMPRESSION_ZSTD_DICT
+    assert new.decode(old.encode(value)) == value
+    assert old.decode(new.encode(value)) == value
+
+
+def test_a_raw_dictionary_pays_on_small_values(raw_a: bytes) -> None:
+    registry = DictionaryRegistry([raw_a])
+    with_dict = Codec(dictionaries=registry, dictionary_id=registry.ids()[0])
+    without = Codec(min_size=0)
+    values = [orjson.loads(s) for s in _samples(1, 350)[300:]]  # not in the training set
+    assert sum(len(with_dict.encode(v)) for v in values) < 0.8 * sum(len(without.encode(v)) for v in values)

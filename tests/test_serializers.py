@@ -29,7 +29,7 @@ from cachelayer import (
     SerializationError,
     train_dictionary,
 )
-from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT
+from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_RAW_DICT
 from cachelayer._serializers import serializer_by_id, serializer_by_name
 from tests._samples import sample
 
@@ -122,7 +122,7 @@ def test_large_values_use_the_configured_compression(
     codec = codecs[(serializer, compression)]
     value = [NESTED] * 20
     frame = codec.read_frame(codec.encode(value))
-    expected = {"none": COMPRESSION_NONE, "zstd": COMPRESSION_ZSTD, "zstd-dict": COMPRESSION_ZSTD_DICT}[compression]
+    expected = {"none": COMPRESSION_NONE, "zstd": COMPRESSION_ZSTD, "zstd-dict": COMPRESSION_ZSTD_RAW_DICT}[compression]
     assert frame.compression == expected
     assert frame.serializer_id == serializer_by_name(serializer).id
     assert codec.value(frame) == value

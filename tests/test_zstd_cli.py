@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from cachelayer import Codec, DictionaryRegistry, train_dictionary
-from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT
+from cachelayer._codec import COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZSTD_DICT, COMPRESSION_ZSTD_RAW_DICT
 from harness.services import skip_or_fail
 from tests._samples import sample as _sample
 
@@ -92,12 +92,6 @@ def key(sync_redis: redis.Redis) -> Iterator[str]:
     name = f"cachelayer-test:zstd-cli:{uuid.uuid4().hex}"
     yield name
     sync_redis.delete(name)
-
-
-@pytest.fixture(scope="module")
-def dictionary() -> bytes:
-    rng = random.Random(7)
-    return train_dictionary([orjson.dumps(_sample(rng, i)) for i in range(400)], size=8192)
 
 
 def run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
@@ -176,19 +170,27 @@ def test_plain_zstd_value_to_json(sync_redis: redis.Redis, redis_url: str, key: 
 
 
 @pytest.mark.usefixtures("tools")
+@pytest.mark.parametrize("form", ["raw", "trained"])
 def test_dictionary_value_to_json(
-    sync_redis: redis.Redis, redis_url: str, key: str, dictionary: bytes, tmp_path: Path
+    sync_redis: redis.Redis, redis_url: str, key: str, tmp_path: Path, form: Literal["raw", "trained"]
 ) -> None:
+    # raw content (what train_dictionary returns): the file has no zstd magic, so `zstd -D` loads it as raw content,
+    # as the writer did; trained (zstd's format, written before): zstd reads its id from the frame.
+    rng = random.Random(7)
+    dictionary = train_dictionary([orjson.dumps(_sample(rng, i)) for i in range(400)], size=8192, form=form)
     registry = DictionaryRegistry([dictionary])
     dict_id = registry.ids()[0]
     dict_file = tmp_path / f"{dict_id}.zdict"
     dict_file.write_bytes(dictionary)
     assert DictionaryRegistry.from_directory(tmp_path).ids() == [dict_id]
-    value, data = awkward_frame(Codec(dictionaries=registry, dictionary_id=dict_id), 3, COMPRESSION_ZSTD_DICT)
+    compression = COMPRESSION_ZSTD_RAW_DICT if form == "raw" else COMPRESSION_ZSTD_DICT
+    # A raw-content frame of 3 items is ~180 bytes that rarely hold all three awkward bytes: a longer page.
+    value, data = awkward_frame(Codec(dictionaries=registry, dictionary_id=dict_id), 12 if form == "raw" else 3,
+                                compression)  # fmt: skip
     result = store_and_run(sync_redis, redis_url, key, data, CMD_JSON_DICT, DICT=str(dict_file))
     assert result.returncode == 0, result.stderr
     assert result.stdout == orjson.dumps(value)
-    # Without the dictionary zstd refuses (it reads the dictionary id from the frame) rather than print garbage.
+    # Without the dictionary zstd refuses (the dictionary id, or the frame's checksum) rather than print garbage.
     without = store_and_run(sync_redis, redis_url, key, data, CMD_JSON)
     assert without.returncode != 0
     assert without.stdout == b""
