@@ -341,6 +341,25 @@ class Codec:
             return None
         return bytes(frame.payload)
 
+    def verified_dictionary_frame(self, frame: Frame) -> tuple[bytes, bytes] | None:
+        """(the dictionary's SHA-256, the stored zstd frame) of a version 2 JSON frame compressed with a
+        raw-content dictionary this codec holds, whose CRC checks: what a Compression Dictionary Transport
+        answer (``Content-Encoding: dcz``) carries after its 8-byte magic. None otherwise."""
+        if (
+            frame.checksum is None
+            or frame.serializer_id != _JSON_ID
+            or frame.compression != COMPRESSION_ZSTD_RAW_DICT
+            or frame.dictionary_id not in self.dictionaries
+            or self.dictionaries.kind(frame.dictionary_id) != "raw"
+            or frame.payload[:4].tobytes() != _ZSTD_MAGIC
+        ):
+            return None
+        try:
+            self.verify(frame)
+        except CodecError:
+            return None
+        return self.dictionaries.sha256(frame.dictionary_id), bytes(frame.payload)
+
     def serialized(self, frame: Frame) -> bytes | memoryview:
         """The frame's payload, CRC checked and decompressed: the serializer's bytes (JSON text for orjson)."""
         if frame.compression == COMPRESSION_NONE:

@@ -106,5 +106,10 @@ class CacheEntry(Generic[T]):
         ``Content-Encoding: zstd`` (None: send :meth:`body`)."""
         return None if self.frame is None else self._codec.verified_zstd_frame(self.frame)
 
+    def dictionary_frame(self) -> tuple[bytes, bytes] | None:
+        """(the dictionary's SHA-256, the stored zstd frame) of a JSON value stored with a raw-content dictionary,
+        when its checksum holds: what a ``Content-Encoding: dcz`` answer carries (None: send something else)."""
+        return None if self.frame is None else self._codec.verified_dictionary_frame(self.frame)
+
     def __repr__(self) -> str:
         return f"<CacheEntry {self.outcome.value} expires_at={self.expires_at:.3f}>"

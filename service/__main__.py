@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     common(seed)
     seed.add_argument("--wallpapers", type=int, default=10_000, help="how many wallpapers (default 10000)")
 
+    train = sub.add_parser("train-dictionary", help="rebuild the shipped zstd dictionary (service/dictionary.py)")
+    train.add_argument("--out", required=True, help="the file to write (never over an existing one)")
+
     dev = sub.add_parser("dev", help="seed unless a complete seed is there, then serve (`make run`)")
     common(dev)
     dev.add_argument("--port", type=int, help="listen port (server.port; 8888 in the shipped file)")
@@ -79,9 +82,22 @@ async def _seed(settings: Settings, wallpapers: int, *, dev: bool) -> dict[str, 
         handle.stop()
 
 
-def _curl_examples(port: int) -> str:
+def _curl_examples(port: int, dictionaries: Sequence[str] = ()) -> str:
     base = f"http://127.0.0.1:{port}"
     api = f"{base}/client/v3/wallpaper_4d"
+    dcz: list[str] = []
+    if dictionaries:  # what a browser does with the dictionary: fetch it once, then ask for dcz
+        from pathlib import Path
+
+        from cachelayer import DictionaryRegistry
+
+        dict_id = DictionaryRegistry.id_of(Path(dictionaries[0]).read_bytes())
+        held = "$(openssl dgst -sha256 -binary /tmp/wp.zdict | base64)"
+        dcz = [
+            f"  curl -s '{base}/dictionaries/{dict_id}.zdict' -o /tmp/wp.zdict",
+            f"  curl -s '{api}/wallpaper/42.json' -H 'Accept-Encoding: dcz' -H \"Available-Dictionary: :{held}:\" "
+            "-o /dev/null -D - | grep -i content-encoding",
+        ]
     return "\n".join(
         [
             "ready. try:",
@@ -90,7 +106,7 @@ def _curl_examples(port: int) -> str:
             f"  curl -s '{api}/wallpaper/42.json' -D - -o /dev/null",
             f"  curl -s '{api}/categories.json'",
             f"  curl -s -X POST '{api}/wallpaper/42/download'",
-            f"  curl -s '{api}/wallpaper/42.json' -H 'Accept-Encoding: zstd' -o - | zstd -d",
+            *dcz,
             f"  curl -s '{base}/healthz'",
             f"  curl -s '{base}/readyz'",
             f"  curl -s '{base}/metrics' | head",
@@ -100,6 +116,18 @@ def _curl_examples(port: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "train-dictionary":
+        from pathlib import Path
+
+        from .dictionary import write_dictionary
+
+        try:
+            dict_id = write_dictionary(Path(args.out))
+        except FileExistsError:
+            print(f"wallpaper: {args.out} exists: a deployed dictionary is never overwritten", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out}: dictionary {dict_id}")
+        return 0
     try:
         settings = _settings(args)
     except ConfigError as exc:
@@ -118,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         done = asyncio.run(_seed(settings, args.wallpapers, dev=True))
         print("seeded: " + str(done) if done else "stores hold a complete seed: not seeding", flush=True)
-        print(_curl_examples(settings.server.port), flush=True)
+        print(_curl_examples(settings.server.port, settings.cache.dictionaries), flush=True)
     serve(settings)
     return 0
 

@@ -7,6 +7,7 @@ Precedence, highest first: values passed in code, environment (``WALLPAPER_MONGO
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import json
 import os
@@ -118,6 +119,8 @@ class CacheSettings(_Section):
     local_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
     local_max_bytes: int = Field(default=64 * 2**20, ge=1024, le=2**34)
     local_max_staleness: float = Field(default=1.0, gt=0, le=3600)
+    # zstd dictionary files (relative to the settings file): all read with, the first written with and served.
+    dictionaries: builtins.list[str] = Field(default_factory=builtins.list, max_length=16)
 
 
 class DownloadSettings(_Section):
@@ -237,7 +240,33 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     if settings.mongo.min_pool_size > settings.mongo.max_pool_size:
         env = _env_name(("mongo", "min_pool_size"))
         raise ConfigError(f"setting 'mongo.min_pool_size' (env {env}) must not exceed mongo.max_pool_size")
-    return settings
+    return _with_dictionaries(settings, path)
+
+
+def _with_dictionaries(settings: Settings, path: Path) -> Settings:
+    """``cache.dictionaries`` resolved against the settings file's directory, each one checked now: a missing or
+    unusable file stops the start naming the setting, not the first request."""
+    from cachelayer import DictionaryRegistry
+
+    resolved: builtins.list[str] = []
+    for index, name in enumerate(settings.cache.dictionaries):
+        file = Path(name) if Path(name).is_absolute() else (path.parent / name).resolve()
+        try:
+            DictionaryRegistry().add(file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"setting 'cache.dictionaries' (env {ENV_PREFIX}CACHE__DICTIONARIES), entry {index}: {file}: {exc}"
+            ) from exc
+        resolved.append(str(file))
+    if not resolved:
+        return settings
+    return settings.model_copy(update={"cache": settings.cache.model_copy(update={"dictionaries": resolved})})
+
+
+def _example(section: str, field: str) -> str:
+    if (section, field) == ("server", "trusted_proxies"):
+        return '["10.0.0.0/8", "192.168.0.0/16"]'
+    return '["first", "second"]'
 
 
 def _environment_problem(exc: SettingsError) -> str:
@@ -257,6 +286,6 @@ def _environment_problem(exc: SettingsError) -> str:
         except ValueError:
             return (
                 f"setting '{section}.{field}' (env {name}): {value!r} is not JSON; a list setting is written as JSON "
-                f"in the environment, e.g. {name}='[\"10.0.0.0/8\", \"192.168.0.0/16\"]'"
+                f"in the environment, e.g. {name}='{_example(section, field)}'"
             )
     return f"the environment could not be read ({ENV_PREFIX}* variables): {exc}"

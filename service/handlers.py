@@ -30,6 +30,7 @@ from cachelayer import LeaseTimeoutError
 from .catalog import ALL
 from .downloads import IDEMPOTENCY_KEY_RE, KeyConflict, NotRecorded
 from .openapi import openapi_document
+from .representations import ONE_YEAR, available_dictionary, dcz_body
 from .request_ids import Process, new_request_id
 from .runtime import Services
 from .validation import (
@@ -78,6 +79,7 @@ class Entry(Protocol):
     def expires_at(self) -> float: ...
     def body(self) -> bytes: ...
     def zstd_frame(self) -> bytes | None: ...
+    def dictionary_frame(self) -> tuple[bytes, bytes] | None: ...
 
 
 def weak_etag(body: bytes) -> str:
@@ -324,24 +326,38 @@ class BaseHandler(tornado.web.RequestHandler):
         etag = ETAGS.get(key, entry, body)
         remaining = 0 if outcome == "stale" or not expires_at else max(0, int(expires_at - now))
         headers = self._headers  # values built here, all header-safe: no set_header validation per call
-        headers["ETag"] = etag
         headers["Cache-Control"] = f"public, max-age={remaining}"
         headers["X-Cache"] = outcome
         headers["Cache-Status"] = cache_status(outcome, expires_at, now)
         request_headers = self.request.headers
+        encoding = request_headers.get("Accept-Encoding")
+        # The representation: dcz (the stored frame, for a client holding its dictionary), zstd (the stored frame,
+        # when it needs no dictionary), else the body (gzipped by the transform when accepted). Each its own ETag.
+        coding, payload = None, body
+        dictionary = self.services.dictionary
+        if dictionary is not None:
+            headers["Link"] = dictionary.link
+            headers.add("Vary", "Available-Dictionary")
+            if encoding is not None and "dcz" in encoding and accepts_cached(encoding, "dcz"):
+                held = available_dictionary(request_headers.get("Available-Dictionary"))
+                framed = entry.dictionary_frame() if held is not None else None
+                if framed is not None and framed[0] == held:
+                    coding, payload = "dcz", dcz_body(framed[0], framed[1])
+        if coding is None and encoding is not None and "zstd" in encoding.lower() and accepts_cached(encoding, "zstd"):
+            frame = entry.zstd_frame()
+            if frame is not None:
+                coding, payload = "zstd", frame
+        if coding is not None:
+            etag = f'{etag[:-1]}-{coding}"'
+            headers["Content-Encoding"] = coding
+        headers["ETag"] = etag
         inm = request_headers.get("If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
             self.set_status(304)
+            self._headers.pop("Content-Encoding", None)
             self.finish()
             return
-        encoding = request_headers.get("Accept-Encoding")
-        if encoding is not None and "zstd" in encoding.lower() and accepts_cached(encoding, "zstd"):
-            frame = entry.zstd_frame()
-            if frame is not None:
-                headers["Content-Encoding"] = "zstd"
-                self.finish(frame)
-                return
-        self.finish(body)
+        self.finish(payload)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         cached = self.__dict__.get("_cache_headers")
@@ -416,6 +432,28 @@ class DetailHandler(BaseHandler):
             lambda: ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}"),
             ("detail", wallpaper_id),
         )
+
+    head = get
+
+
+class DictionaryHandler(BaseHandler):
+    """The zstd dictionary the cache stores with, for browsers (Compression Dictionary Transport): immutable under
+    its URL (which names its id), ``Use-As-Dictionary`` for the API's paths."""
+
+    def get(self, raw_id: str) -> None:
+        dictionary = self.services.dictionary
+        if dictionary is None or raw_id != str(dictionary.dict_id):
+            raise ApiError(404, ROUTE_NOT_FOUND, f"no dictionary {raw_id[:20]!r} here")
+        headers = self._headers
+        headers["Content-Type"] = "application/octet-stream"
+        headers["Cache-Control"] = f"public, max-age={ONE_YEAR}, immutable"
+        headers["Use-As-Dictionary"] = dictionary.use_as_dictionary
+        headers["ETag"] = dictionary.etag
+        if self.request.headers.get("If-None-Match", "").strip() == dictionary.etag:
+            self.set_status(304)
+            self.finish()
+            return
+        self.finish(dictionary.data)
 
     head = get
 

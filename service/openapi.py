@@ -159,6 +159,20 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/dictionaries/{id}.zdict": {
+                "get": {
+                    "operationId": "dictionary",
+                    "summary": "The zstd dictionary the cache stores with (Compression Dictionary Transport, RFC 9842)",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "responses": {
+                        "200": {
+                            "description": "The dictionary (raw content), immutable; Use-As-Dictionary: the API paths",
+                            "content": {"application/octet-stream": {}},
+                        },
+                        "404": _ERROR,
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",

@@ -17,13 +17,14 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import tornado.netutil
 import tornado.process
 from tornado.httpserver import HTTPServer
 
-from cachelayer import Cache, LocalCache, StoreConnectError
+from cachelayer import Cache, Codec, DictionaryRegistry, LocalCache, StoreConnectError
 
 from .addresses import TrustedProxies
 from .catalog import Catalog
@@ -31,6 +32,7 @@ from .config import Settings
 from .downloads import Reconciler
 from .http_edges import EdgeHTTPServer
 from .logs import setup_logging
+from .openapi import PREFIX
 from .repositories import (
     MongoWallpaperRepository,
     MySQLRepository,
@@ -39,6 +41,7 @@ from .repositories import (
     create_pool,
     settle_late_calls,
 )
+from .representations import ServedDictionary
 
 __all__ = ["Services", "serve", "start_server"]
 
@@ -51,6 +54,15 @@ def _local_tier(settings: Settings) -> LocalCache | None:
     if not (c.local and c.enabled):
         return None
     return LocalCache(max_entries=c.local_max_entries, max_bytes=c.local_max_bytes, max_staleness=c.local_max_staleness)
+
+
+def _codec(settings: Settings) -> Codec:
+    """The cache's codec: with ``cache.dictionaries``, every one read with and the first written with."""
+    files = settings.cache.dictionaries
+    if not files:
+        return Codec()
+    registry = DictionaryRegistry.from_files(files)
+    return Codec(dictionaries=registry, dictionary_id=DictionaryRegistry.id_of(Path(files[0]).read_bytes()))
 
 
 class Services:
@@ -70,6 +82,10 @@ class Services:
         self.wallpapers = wallpapers
         self.mysql = mysql
         self.catalog = Catalog(cache, wallpapers, mysql, settings.cache)
+        codec = cache.codec
+        self.dictionary: ServedDictionary | None = None  # served to browsers, and dcz answers, when raw content
+        if codec.dictionary_id is not None and codec.dictionaries.kind(codec.dictionary_id) == "raw":
+            self.dictionary = ServedDictionary.of(codec.dictionaries, codec.dictionary_id, f"{PREFIX}/*")
         self.reconciler = Reconciler(self.catalog.downloads, settings.downloads)
         self.proxies = TrustedProxies(settings.server.trusted_proxies)
         self.stopping = False  # set at SIGTERM: /healthz and /readyz answer 503 so the balancer drains us
@@ -87,7 +103,8 @@ class Services:
         """Build the clients (call after forking). ``prepare``: create indexes and migrate the schema; a store
         that does not answer then is logged and the process starts degraded (its endpoints answer 503)."""
         r, m, q = settings.redis, settings.mongo, settings.mysql
-        cache = Cache.disabled(namespace=r.namespace) if not settings.cache.enabled else Cache.from_url(
+        codec = _codec(settings)
+        cache = Cache.disabled(namespace=r.namespace, codec=codec) if not settings.cache.enabled else Cache.from_url(
             r.url,
             namespace=r.namespace,
             max_connections=r.max_connections,
@@ -96,6 +113,7 @@ class Services:
             stale_ttl=settings.cache.detail.stale_ttl,
             timeout=r.timeout,
             local=_local_tier(settings),
+            codec=codec,
         )
         try:
             await cache.connect()  # open the pool now, so the first request pays nothing for it

@@ -8,9 +8,10 @@ import redis.asyncio
 import zstandard
 
 from service import demo_data
+from service.config import Settings
 from service.openapi import openapi_document
 from service.validation import MAX_PAGE_SIZE
-from tests.service._support import API, N_WALLPAPERS, Running
+from tests.service._support import API, N_WALLPAPERS, Running, run_service, stop_service, with_sections
 
 LIST = f"{API}/wallpaperList.json"
 
@@ -180,22 +181,28 @@ async def test_etag_304_and_cache_headers(service: Running) -> None:
     assert changed.headers["Etag"] != etag
 
 
-async def test_zstd_passthrough_and_gzip(service: Running) -> None:
-    url = f"{LIST}?pageSize=20"
-    plain = await service.fetch(url, headers={"Accept-Encoding": "identity"})
-    assert "Content-Encoding" not in plain.headers
-    compressed = await service.fetch(url, headers={"Accept-Encoding": "gzip, zstd"})
-    assert compressed.headers["Content-Encoding"] == "zstd"
-    assert compressed.body[:4] == b"\x28\xb5\x2f\xfd"
-    assert zstandard.ZstdDecompressor().decompressobj().decompress(compressed.body) == plain.body
-    assert compressed.headers["Etag"] == plain.headers["Etag"]
-    # The frame on the wire is the stored one, byte for byte.
-    entry = await service.services.catalog.list_page.entry("_all", "hot", 1, 20)
-    assert entry.zstd_frame() == compressed.body
-    refused = await service.fetch(url, headers={"Accept-Encoding": "zstd;q=0, gzip"})
-    assert refused.headers.get("Content-Encoding") == "gzip"
-    gz = await service.fetch(url, headers={"Accept-Encoding": "gzip"}, decompress_response=True)
-    assert gz.body == plain.body
+async def test_zstd_passthrough_and_gzip(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    # Without a dictionary: stored frames are plain zstd, which any zstd client decodes (with the shipped
+    # dictionary a zstd-only client gets gzip: tests/service/test_dictionary_transport.py).
+    service = await run_service(with_sections(seeded, cache={"dictionaries": []}))
+    try:
+        url = f"{LIST}?pageSize=20"
+        plain = await service.fetch(url, headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in plain.headers
+        compressed = await service.fetch(url, headers={"Accept-Encoding": "gzip, zstd"})
+        assert compressed.headers["Content-Encoding"] == "zstd"
+        assert compressed.body[:4] == b"\x28\xb5\x2f\xfd"
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(compressed.body) == plain.body
+        assert compressed.headers["Etag"] == plain.headers["Etag"][:-1] + '-zstd"'  # one ETag per representation
+        # The frame on the wire is the stored one, byte for byte.
+        entry = await service.services.catalog.list_page.entry("_all", "hot", 1, 20)
+        assert entry.zstd_frame() == compressed.body
+        refused = await service.fetch(url, headers={"Accept-Encoding": "zstd;q=0, gzip"})
+        assert refused.headers.get("Content-Encoding") == "gzip"
+        gz = await service.fetch(url, headers={"Accept-Encoding": "gzip"}, decompress_response=True)
+        assert gz.body == plain.body
+    finally:
+        await stop_service(service)
 
 
 BAD_LIST_QUERIES = [
@@ -290,7 +297,9 @@ async def test_openapi_matches_routes(service: Running) -> None:
     """Every route answers with the method the document gives it, and nothing else is documented."""
     spec = openapi_document()
     for path, operations in spec["paths"].items():
-        concrete = path.replace("{id}", "1")
+        dictionary = service.services.dictionary
+        assert dictionary is not None  # the shipped settings store with one
+        concrete = path.replace("{id}", str(dictionary.dict_id) if path.startswith("/dictionaries/") else "1")
         for method in operations:
             response = await service.fetch(concrete, method.upper())
             assert response.code == 200, (method, path, response.code)

@@ -18,7 +18,6 @@ import pytest
 import redis.asyncio
 import zstandard
 
-from cachelayer import Codec
 from tests.service._support import API, Running
 
 EXPIRES_MS = int((time.time() + 3600) * 1000)
@@ -70,5 +69,5 @@ async def test_a_bad_payload_is_a_miss_and_is_rewritten(
     assert service.services.cache.stats()["decode_errors"] == errors_before + 1
     stored = await redis_client.get(key)
     assert stored is not None
-    codec = Codec()
+    codec = service.services.cache.codec  # with the service's dictionary (the shipped settings store with one)
     assert orjson.loads(codec.verified_body(codec.read_frame(stored))) == good  # rewritten, checksum and all

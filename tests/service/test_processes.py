@@ -32,6 +32,8 @@ def settings_env(value: Any, prefix: str = "WALLPAPER") -> dict[str, str]:
                 settings_env(inner, f"{prefix}_{key.upper()}" if prefix == "WALLPAPER" else f"{prefix}__{key.upper()}")
             )
         return env
+    if isinstance(value, list):
+        return {prefix: json.dumps(value)}  # a list setting is JSON in the environment
     return {prefix: str(value).lower() if isinstance(value, bool) else str(value)}
 
 
