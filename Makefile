@@ -24,7 +24,7 @@ RUN_CMD     ?= $(PY) -m service dev
 
 # Debian packages, as "command:package"; a package is installed only if its command is missing.
 SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server h2load:nghttp2-client \
-               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd
+               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd chromium:chromium
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Another apt-get/dpkg (unattended-upgrades, a colleague's install) may hold the package locks: wait for them up to
 # APT_LOCK_WAIT seconds instead of failing. apt-get waits for the dpkg lock itself (DPkg::Lock::Timeout); the

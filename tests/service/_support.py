@@ -68,9 +68,11 @@ class Running:
         return response, orjson.loads(response.body) if response.body else None
 
 
-async def run_service(settings: Settings) -> Running:
+async def run_service(settings: Settings, port: int | None = None) -> Running:
+    """The service in this event loop on ``port`` (a free one when None: a browser test restarts it on its
+    port, so that the browser sees one origin)."""
     services = await Services.start(settings)
-    port = free_port()
+    port = free_port() if port is None else port
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
