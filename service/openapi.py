@@ -11,12 +11,28 @@ __all__ = ["PREFIX", "openapi_document"]
 PREFIX: Final = "/client/v3/wallpaper_4d"
 
 
+#: Every value X-Cache takes: the cache entry's outcome (cachelayer.Outcome).
+X_CACHE_VALUES: Final = ("hit", "miss", "stale", "fail_open", "bypass")
+
+
 def _ok(data_schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "description": description,
         "headers": {
-            "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "stale"]}},
-            "ETag": {"schema": {"type": "string"}},
+            "X-Cache": {
+                "description": "How the cache answered (the entry's outcome)",
+                "schema": {"type": "string", "enum": list(X_CACHE_VALUES)},
+            },
+            "Cache-Status": {
+                "description": "RFC 9211, the cache named wallpaper: hit; ttl=N | fwd=miss; stored; ttl=N | "
+                "fwd=stale; ttl=N (or detail=invalidated) | fwd=miss; detail=store-unavailable | fwd=bypass",
+                "schema": {"type": "string", "pattern": "^wallpaper; (hit|fwd=(miss|stale|bypass))(; .*)?$"},
+            },
+            "ETag": {"description": "One per representation (identity, zstd, dcz)", "schema": {"type": "string"}},
+            "Link": {
+                "description": "The compression dictionary (RFC 9842), when the service stores with one",
+                "schema": {"type": "string"},
+            },
         },
         "content": {
             "application/json": {
@@ -249,7 +265,24 @@ def openapi_document() -> dict[str, Any]:
                                 "views": {"type": "integer"},
                             },
                         },
+                        "width": {"type": "integer"},
+                        "height": {"type": "integer"},
+                        "resolution": {"type": "string"},
+                        "colors": {"type": "array", "items": {"type": "string"}},
+                        "file_size": {"type": "integer"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
+                        "flags": {
+                            "type": "object",
+                            "properties": {
+                                "is_4d": {"type": "boolean"},
+                                "is_vip": {"type": "boolean"},
+                                "is_live": {"type": "boolean"},
+                            },
+                        },
                     },
+                    # Every field an answer carries is declared (test_api.py checks real answers against it).
+                    "additionalProperties": False,
                 },
                 "Category": {
                     "type": "object",

@@ -145,7 +145,10 @@ class MongoWallpaperRepository:
         return int(await self._bounded(self.collection.count_documents(query)))
 
     async def get(self, wallpaper_id: int) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await self._bounded(self.collection.find_one({"_id": wallpaper_id}, {"_id": 0}))
+        # downloads_base is the counter's bookkeeping (docs/service.md, "Downloads"), not part of the answer.
+        doc: dict[str, Any] | None = await self._bounded(
+            self.collection.find_one({"_id": wallpaper_id}, {"_id": 0, "downloads_base": 0})
+        )
         return doc
 
     async def counter_state(self, wallpaper_id: int) -> dict[str, Any] | None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pymysql
 import pytest
 import redis.asyncio
 import zstandard
 
+from cachelayer import Outcome
 from service import demo_data
 from service.config import Settings
-from service.openapi import openapi_document
+from service.openapi import X_CACHE_VALUES, openapi_document
 from service.validation import MAX_PAGE_SIZE
 from tests.service._support import API, N_WALLPAPERS, Running, run_service, stop_service, with_sections
 
@@ -328,3 +331,30 @@ async def test_unknown_categories_cost_the_store_nothing(service: Running, redis
     response, body = await service.json(f"{LIST}?category=anime&pageSize=5")
     assert response.code == 200
     assert body["data"]["items"]
+
+
+async def test_real_answers_hold_to_the_openapi_document(service: Running) -> None:
+    """X-Cache and Cache-Status as documented, and no field the schemas do not declare (before, the detail answer
+    after a download carried the counter's bookkeeping, downloads_base)."""
+    spec = openapi_document()
+    assert set(X_CACHE_VALUES) == {outcome.value for outcome in Outcome}
+    schemas = spec["components"]["schemas"]
+    pattern = re.compile(spec["paths"][f"{API}/wallpaper/{{id}}.json"]["get"]["responses"]["200"]["headers"][
+        "Cache-Status"]["schema"]["pattern"])  # fmt: skip
+    await service.fetch(f"{API}/wallpaper/5/download", "POST")
+    for path in (f"{API}/wallpaper/5.json", LIST, f"{API}/categories.json"):
+        for _ in range(2):  # a miss, then a hit
+            response = await service.fetch(path)
+            assert response.headers["X-Cache"] in X_CACHE_VALUES
+            assert pattern.match(response.headers["Cache-Status"]), response.headers["Cache-Status"]
+    _, detail = await service.json(f"{API}/wallpaper/5.json")
+    wallpaper = schemas["Wallpaper"]
+    assert set(detail["data"]) <= set(wallpaper["properties"]), set(detail["data"]) - set(wallpaper["properties"])
+    assert set(wallpaper["required"]) <= set(detail["data"])
+    _, page = await service.json(LIST)
+    assert set(page["data"]) <= set(schemas["Page"]["properties"])
+    for item in page["data"]["items"]:
+        assert set(item) <= set(schemas["ListItem"]["properties"])
+    _, categories = await service.json(f"{API}/categories.json")
+    for row in categories["data"]:
+        assert set(row) <= set(schemas["Category"]["properties"]), set(row) - set(schemas["Category"]["properties"])
