@@ -135,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from .runtime import port_taken, serve
 
+    if args.command in ("seed", "dev"):
+        from .preflight import missing_stores
+
+        problems = asyncio.run(missing_stores(settings))
+        for problem in problems:
+            print(f"wallpaper: {problem}", file=sys.stderr)
+        if problems:
+            return 1
     if args.command == "seed":
         done = asyncio.run(_seed(settings, args.wallpapers, dev=False))
         print(f"seeded: {done}")

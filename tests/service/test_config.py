@@ -144,3 +144,16 @@ def test_a_port_another_server_holds_is_refused_before_anything_starts(held_port
 
 def test_a_free_port_is_free() -> None:
     assert port_taken(load_settings(DEFAULT_CONFIG, server={"port": free_port()})) is None
+
+
+def test_a_missing_database_is_named_with_how_to_start_it() -> None:
+    """Before: ~90 s of retries and a driver traceback that named no store."""
+    result = _run(
+        "seed", "--wallpapers", "1",
+        env={"WALLPAPER_MONGO__URI": f"mongodb://127.0.0.1:{free_port()}/", "WALLPAPER_MYSQL__PORT": str(free_port())},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "MongoDB at mongodb://127.0.0.1:" in result.stderr
+    assert "MySQL at 127.0.0.1:" in result.stderr
+    assert "make up" in result.stderr
+    assert "Traceback" not in result.stderr
