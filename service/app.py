@@ -35,7 +35,7 @@ from .handlers import (
     OpenAPIHandler,
     ReadyHandler,
 )
-from .logs import ACCESS_LOGGER
+from .logs import ACCESS_LOGGER, writes_text
 from .openapi import PREFIX
 from .runtime import Services
 
@@ -88,8 +88,11 @@ class AccessLines:
     python-json-logger format and a write in the listener thread (~170 us of the process's CPU under load, the
     GIL shared with the loop); this costs a dict and an orjson.dumps."""
 
-    def __init__(self, stream: IO[bytes], pid: int, *, interval: float = 0.05, batch: int = 512) -> None:
+    def __init__(
+        self, stream: IO[bytes], pid: int, *, interval: float = 0.05, batch: int = 512, text: bool = False
+    ) -> None:
         self.stream, self.pid, self.interval, self.batch = stream, pid, interval, batch
+        self.text = text  # one readable line (a terminal), else the JSON object
         self._pending: list[bytes] = []
         self._scheduled = False
         self._second = -1
@@ -102,24 +105,31 @@ class AccessLines:
         now = time.time()
         second = int(now)
         if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._pending.append(
-            orjson.dumps(
-                {
-                    "time": f"{self._stamp},{int((now - second) * 1000):03d}",
-                    "level": "INFO",
-                    "event": "request",
-                    "logger": ACCESS_LOGGER,
-                    "pid": self.pid,
-                    "request_id": request_id,
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "cache": cache,
-                }
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+        if self.text:
+            self._pending.append(
+                f"{stamp} INFO    {ACCESS_LOGGER}: {method} {path} {status} {duration_ms} ms cache={cache} "
+                f"id={request_id}".encode()
             )
-        )
+        else:
+            self._pending.append(
+                orjson.dumps(
+                    {
+                        "time": stamp,
+                        "level": "INFO",
+                        "event": "request",
+                        "logger": ACCESS_LOGGER,
+                        "pid": self.pid,
+                        "request_id": request_id,
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": duration_ms,
+                        "cache": cache,
+                    }
+                )
+            )
         if len(self._pending) >= self.batch:
             self.flush()
         elif not self._scheduled:
@@ -153,7 +163,7 @@ def _access_lines(services: Services) -> AccessLines | None:
     if not log.access_log or log.sink not in ("stdout", "stderr") or logging.getLevelName(log.level) > logging.INFO:
         return None
     stream = sys.stdout if log.sink == "stdout" else sys.stderr
-    writer = AccessLines(stream.buffer, os.getpid())
+    writer = AccessLines(stream.buffer, os.getpid(), text=writes_text(log))
     services.on_close(writer.close)
     return writer
 

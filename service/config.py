@@ -161,6 +161,8 @@ class ServerSettings(_Section):
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     sink: Literal["stdout", "stderr", "logstash", "none"] = "stdout"
+    # auto: one readable line per event when the sink is a terminal, JSON otherwise; or always one of them.
+    format: Literal["auto", "json", "text"] = "auto"
     access_log: bool = True
     logstash_host: str = "127.0.0.1"
     logstash_port: int = Field(default=5959, ge=1, le=65535)

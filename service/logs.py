@@ -1,11 +1,12 @@
-"""JSON logs, one object per line, written off the event loop.
+"""Logs, one line per event, written off the event loop: JSON, or readable text at a terminal (``log.format``).
 
 The loop's side only puts records on a queue (``QueueHandler``); a ``QueueListener`` thread formats them with
 python-json-logger and writes them to stdout/stderr, or ships them to Logstash over TCP with python-logstash-async
 (whose handler has its own sender thread). Start it in each process after forking (threads do not survive fork).
 
-Fields: ``time``, ``level``, ``event``, ``logger``, and for access lines ``request_id``, ``method``, ``path``,
-``status``, ``duration_ms``, ``cache`` (hit|miss|stale), ``pid``.
+Fields: ``time`` (ISO-8601, UTC), ``level``, ``event``, ``logger``, and for access lines ``request_id``, ``method``,
+``path``, ``status``, ``duration_ms``, ``cache`` (hit|miss|stale), ``pid``. Text: ``<time> <LEVEL> <logger>:
+<event>``, a traceback on the lines after it.
 """
 
 from __future__ import annotations
@@ -14,19 +15,43 @@ import logging
 import logging.handlers
 import queue
 import sys
-from typing import Any
+import time
+from typing import Any, TypeVar
 
 from pythonjsonlogger.json import JsonFormatter
 
 from .config import LogSettings
 
-__all__ = ["ACCESS_LOGGER", "LoggingHandle", "json_formatter", "setup_logging"]
+__all__ = ["ACCESS_LOGGER", "LoggingHandle", "json_formatter", "setup_logging", "text_formatter", "writes_text"]
 
 ACCESS_LOGGER = "wallpaper.access"
 
 
+F = TypeVar("F", bound=logging.Formatter)
+
+
+def _utc(formatter: F) -> F:
+    """ISO-8601 times in UTC with milliseconds (``2026-12-05T17:51:13.123Z``), whatever the machine's zone."""
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
+
+
+def text_formatter() -> logging.Formatter:
+    return _utc(logging.Formatter("{asctime} {levelname:<7} {name}: {message}", style="{"))
+
+
+def writes_text(settings: LogSettings) -> bool:
+    """Whether the sink gets text lines: ``format = "text"``, or ``"auto"`` with a terminal as the sink."""
+    if settings.sink not in ("stdout", "stderr") or settings.format == "json":
+        return False
+    stream = sys.stdout if settings.sink == "stdout" else sys.stderr
+    return settings.format == "text" or stream.isatty()
+
+
 def json_formatter() -> JsonFormatter:
-    return JsonFormatter(
+    return _utc(JsonFormatter(
         "{asctime}{levelname}{message}{name}{process}",
         style="{",
         rename_fields={
@@ -37,7 +62,7 @@ def json_formatter() -> JsonFormatter:
             "process": "pid",
         },
         json_ensure_ascii=False,
-    )
+    ))
 
 
 class LoggingHandle:
@@ -72,7 +97,7 @@ def _sink_handler(settings: LogSettings) -> logging.Handler | None:
         return handler
     stream = sys.stdout if settings.sink == "stdout" else sys.stderr
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(json_formatter())
+    handler.setFormatter(text_formatter() if writes_text(settings) else json_formatter())
     return handler
 
 

@@ -6,14 +6,17 @@ import asyncio
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from logstash_async.constants import constants
 
 from harness import free_port
+from service.app import AccessLines
 from service.config import LogSettings
-from service.logs import json_formatter, setup_logging
+from service.logs import json_formatter, setup_logging, text_formatter, writes_text
 from tests.service._support import API, Running
 
 
@@ -81,3 +84,34 @@ async def test_logstash_shipping_over_tcp(restore_root_logging: None, monkeypatc
     event = json.loads(line)
     assert event["message"] == "shipped-event"
     assert event["request_id"] == "r-1"
+
+
+def test_times_are_iso_8601_utc_and_a_terminal_gets_readable_lines() -> None:
+    record = logging.LogRecord("wallpaper", logging.WARNING, __file__, 1, "MySQL unavailable: %s", ("refused",), None)
+    record.created, record.msecs = 1_796_000_000.25, 250.0
+    line = orjson.loads(json_formatter().format(record))
+    assert line["time"] == "2026-11-30T00:53:20.250Z"  # UTC, with its zone, whatever the machine's
+    assert line["event"] == "MySQL unavailable: refused"
+    assert text_formatter().format(record) == "2026-11-30T00:53:20.250Z WARNING wallpaper: MySQL unavailable: refused"
+    assert writes_text(LogSettings(sink="stderr", format="text"))
+    assert not writes_text(LogSettings(sink="stderr", format="json"))
+    assert not writes_text(LogSettings(sink="stdout", format="auto"))  # pytest captures stdout: not a terminal
+    assert not writes_text(LogSettings(sink="logstash", format="text"))
+
+
+def test_access_lines_as_text_and_as_json() -> None:
+    out = io.BytesIO()
+    text = AccessLines(out, 7, text=True)
+    text.line("r-1", "GET", "/client/v3/wallpaper_4d/wallpaper/7.json", 200, 1.25, "hit")
+    text.close()
+    written = out.getvalue().decode()
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO    wallpaper\.access: "
+        r"GET /client/v3/wallpaper_4d/wallpaper/7\.json 200 1\.25 ms cache=hit id=r-1\n",
+        written,
+    ), written
+    out = io.BytesIO()
+    json_lines = AccessLines(out, 7)
+    json_lines.line("r-2", "GET", "/healthz", 200, 0.5, None)
+    json_lines.close()
+    assert orjson.loads(out.getvalue())["time"].endswith("Z")
