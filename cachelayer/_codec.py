@@ -327,10 +327,24 @@ class Codec:
     def verified_zstd_frame(self, frame: Frame) -> bytes | None:
         """The stored zstd frame, for ``Content-Encoding: zstd`` passthrough, when that is safe: a version 2,
         JSON, plain-zstd frame whose CRC checks. None otherwise (the caller serves :meth:`verified_body`)."""
+        return self._passthrough(frame, COMPRESSION_ZSTD)
+
+    def verified_dictionary_frame(self, frame: Frame) -> tuple[bytes, bytes] | None:
+        """(the dictionary's SHA-256, the stored zstd frame) of a version 2 JSON frame compressed with a
+        raw-content dictionary this codec holds, whose CRC checks: what a Compression Dictionary Transport
+        answer (``Content-Encoding: dcz``) carries after its 8-byte magic. None otherwise."""
+        dict_id = frame.dictionary_id
+        if dict_id not in self.dictionaries or self.dictionaries.kind(dict_id) != "raw":
+            return None
+        payload = self._passthrough(frame, COMPRESSION_ZSTD_RAW_DICT)
+        return None if payload is None else (self.dictionaries.sha256(dict_id), payload)
+
+    def _passthrough(self, frame: Frame, compression: int) -> bytes | None:
+        """The stored zstd frame of a version 2 JSON frame of ``compression`` whose CRC checks, else None."""
         if (
             frame.checksum is None
             or frame.serializer_id != _JSON_ID
-            or frame.compression != COMPRESSION_ZSTD
+            or frame.compression != compression
             # an uncompressed frame whose compression byte was flipped 0 -> 1: its CRC still holds
             or frame.payload[:4].tobytes() != _ZSTD_MAGIC
         ):
@@ -340,25 +354,6 @@ class Codec:
         except CodecError:
             return None
         return bytes(frame.payload)
-
-    def verified_dictionary_frame(self, frame: Frame) -> tuple[bytes, bytes] | None:
-        """(the dictionary's SHA-256, the stored zstd frame) of a version 2 JSON frame compressed with a
-        raw-content dictionary this codec holds, whose CRC checks: what a Compression Dictionary Transport
-        answer (``Content-Encoding: dcz``) carries after its 8-byte magic. None otherwise."""
-        if (
-            frame.checksum is None
-            or frame.serializer_id != _JSON_ID
-            or frame.compression != COMPRESSION_ZSTD_RAW_DICT
-            or frame.dictionary_id not in self.dictionaries
-            or self.dictionaries.kind(frame.dictionary_id) != "raw"
-            or frame.payload[:4].tobytes() != _ZSTD_MAGIC
-        ):
-            return None
-        try:
-            self.verify(frame)
-        except CodecError:
-            return None
-        return self.dictionaries.sha256(frame.dictionary_id), bytes(frame.payload)
 
     def serialized(self, frame: Frame) -> bytes | memoryview:
         """The frame's payload, CRC checked and decompressed: the serializer's bytes (JSON text for orjson)."""

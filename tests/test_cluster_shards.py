@@ -48,6 +48,15 @@ def _spread(backend: RedisBackend, prefix: str) -> dict[str, list[str]]:
     return by_node
 
 
+async def _stored_on_every_master(backend: RedisBackend, prefix: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Connected, KEYS_PER_MASTER keys stored on every master (each holding its own name): by node, and all."""
+    await backend.connect()
+    by_node = _spread(backend, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    everything = [key for keys in by_node.values() for key in keys]
+    await backend.set_many([(key, key.encode(), 60_000) for key in everything])
+    return by_node, everything
+
+
 def _opened(backend: RedisBackend, node: str) -> int:
     return backend.guard.target(f"Redis Cluster node {node}").breaker.opened_count
 
@@ -61,10 +70,7 @@ async def test_a_frozen_master_costs_only_its_own_keys_and_its_own_breaker(
         cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=30.0)
     )
     try:
-        await backend.connect()
-        by_node = _spread(backend, f"shards-{uuid.uuid4().hex[:8]}")
-        everything = [key for keys in by_node.values() for key in keys]
-        await backend.set_many([(key, key.encode(), 60_000) for key in everything])
+        by_node, everything = await _stored_on_every_master(backend, "shards")
         frozen = sorted(by_node)[0]
         healthy = [node for node in by_node if node != frozen]
         port = int(frozen.rsplit(":", 1)[1])
@@ -147,10 +153,7 @@ async def test_after_a_failover_the_dead_masters_breaker_is_retired(failover_clu
     )
     backend.guard.listeners.append(lambda store, state, reason: states.append((store, state, reason)))
     try:
-        await backend.connect()
-        by_node = _spread(backend, f"failover-{uuid.uuid4().hex[:8]}")
-        everything = [key for keys in by_node.values() for key in keys]
-        await backend.set_many([(key, key.encode(), 60_000) for key in everything])
+        by_node, everything = await _stored_on_every_master(backend, "failover")
         dead = sorted(by_node)[0]
         cluster.kill(int(dead.rsplit(":", 1)[1]))
 
