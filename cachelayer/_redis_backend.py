@@ -769,8 +769,32 @@ class RedisBackend:
     # -- introspection ---------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        client = self._loop_client().client
-        await self._call("PING", lambda: client.ping())
+        """One round trip. On a cluster, every master at once, each against its own breaker: the cluster answers
+        when any master does (one frozen master neither fails the health check nor opens a shared breaker)."""
+        current = self._loop_client()
+        client = current.client
+        if current.cluster is None:
+            await self._call("PING", lambda: client.ping())
+            return
+        if current.bounded is not None and not current.bounded.topology_known:
+            await self._discover(current)
+        self._target_for(None)  # names the store in the guard's log lines
+        cluster = current.cluster
+
+        def ping_on(node: Any) -> Callable[[], Awaitable[Any]]:
+            return lambda: cluster.execute_command("PING", target_nodes=node)
+
+        primaries = cluster.get_primaries()
+        outcomes = await asyncio.gather(
+            *(self.guard.call(self._node_target(node.name), "PING", ping_on(node)) for node in primaries),
+            return_exceptions=True,
+        )
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, StoreUnavailable):
+                raise failure
+        if len(failures) == len(outcomes):
+            raise StoreUnavailable("; ".join(map(str, failures)) or "no master in the cluster map")
 
     def stats(self) -> dict[str, Any]:
         self._retire_nodes_without_slots()

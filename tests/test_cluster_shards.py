@@ -181,3 +181,26 @@ async def test_after_a_failover_the_dead_masters_breaker_is_retired(failover_clu
         assert told[-1] == "closed", states
     finally:
         await backend.aclose()
+
+
+@pytest.mark.slow
+async def test_a_ping_answers_while_one_master_is_frozen_and_opens_only_its_breaker(
+    slow_failover_cluster: RedisClusterServer,
+) -> None:
+    cluster = slow_failover_cluster
+    backend = RedisBackend.cluster_from_url(
+        cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=30.0)
+    )
+    try:
+        by_node, _ = await _stored_on_every_master(backend, "ping")
+        frozen = sorted(by_node)[0]
+        with cluster.nodes[int(frozen.rsplit(":", 1)[1])].suspended():
+            for _ in range(4):
+                await backend.ping()  # the other masters answer: no StoreUnavailable
+            assert _opened(backend, frozen) >= 1
+        assert backend.guard.breaker.state == "closed"  # key-less calls share no breaker with the frozen master
+        for node in by_node:
+            if node != frozen:
+                assert _opened(backend, node) == 0
+    finally:
+        await backend.aclose()
