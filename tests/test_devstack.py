@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -300,9 +301,12 @@ def _bindable(port: int) -> bool:
 
 
 def _cluster_base_port() -> int:
-    """Six consecutive free ports whose cluster-bus ports (+10000) are free too."""
-    for _ in range(50):
-        base = free_port()
+    """Six consecutive free ports whose cluster-bus ports (+10000) are free too, below the kernel's ephemeral range
+    (32768 and up here): a port the kernel hands out for outgoing connections can be taken between this check and
+    redis-server's bind, which happened on a loaded machine."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(15_000, 22_700)
         ports = range(base, base + 6)
         if base + 10005 < 65536 and all(_bindable(p) and _bindable(p + 10000) for p in ports):
             return base
