@@ -338,7 +338,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if dictionary is not None:
             headers["Link"] = dictionary.link
             headers.add("Vary", "Available-Dictionary")
-            if encoding is not None and "dcz" in encoding and accepts_cached(encoding, "dcz"):
+            if encoding is not None and "dcz" in encoding.lower() and accepts_cached(encoding, "dcz"):
                 held = available_dictionary(request_headers.get("Available-Dictionary"))
                 framed = entry.dictionary_frame() if held is not None else None
                 if framed is not None and framed[0] == held:
