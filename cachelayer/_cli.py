@@ -40,7 +40,7 @@ from ._dictionaries import DictionaryRegistry, train_dictionary
 from ._errors import CacheError, CodecError, ConfigurationError, StoreConnectError
 from ._keys import KeyLayout
 from ._options import StoreOptions
-from ._redis_backend import RedisBackend
+from ._redis_backend import RedisBackend, glob_escape
 from ._redis_inspect import read_entry, read_values, scan
 from ._serializers import serializer_by_id
 from ._urls import backend_from_url
@@ -370,7 +370,7 @@ async def _train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     backend = await _open(args.url)
     try:
-        keys = sorted(await scan(backend, _glob_escape(args.namespace) + ":{*}", args.samples, STORE_TIMEOUT * 6))
+        keys = sorted(await scan(backend, glob_escape(args.namespace) + ":{*}", args.samples, STORE_TIMEOUT * 6))
         values = await read_values(backend, keys, STORE_TIMEOUT * 6)
     except StoreUnavailable as exc:
         raise Unavailable(str(exc)) from exc
@@ -445,10 +445,6 @@ def _info(args: argparse.Namespace) -> int:
     lines = [f"{key}: {value}" for key, value in document.items()]
     _print(args, document, lines)
     return EXIT_FOUND
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 # -- stats --------------------------------------------------------------------------------------------------------

@@ -76,20 +76,15 @@ class LoaderFailures:
     succeeds again. A database outage under load is two lines, not a traceback per request (an audit counted 462
     of them in two 10-second MySQL faults). Keyed by function (a bounded set; never by key)."""
 
-    __slots__ = ("_last", "_streaks")
+    __slots__ = ("_streaks",)
 
     def __init__(self) -> None:
         self._streaks: dict[str, int] = {}
-        self._last: dict[str, BaseException] = {}
 
     def failed(self, function: str, key: str, error: BaseException, what: str) -> None:
-        if self._last.get(function) is error:  # told already, by the part that ran the loader
-            return
         if function not in self._streaks and len(self._streaks) >= _MAX_FAILING_FUNCTIONS:
             self._streaks.clear()  # a program naming fetches after their keys: bounded, at worst a line more
-            self._last.clear()
         count = self._streaks[function] = self._streaks.get(function, 0) + 1
-        self._last[function] = error
         if count == 1:
             log.warning(
                 "cachelayer: loader of %s failed (%s: %s) for %s; %s. Later failures of it are logged at DEBUG "
@@ -109,7 +104,6 @@ class LoaderFailures:
         if not self._streaks:  # every load of a healthy program: one truth test
             return
         count = self._streaks.pop(function, 0)
-        self._last.pop(function, None)
         if count:
             log.warning("cachelayer: loader of %s succeeded again after %d failed loads", function, count)
 

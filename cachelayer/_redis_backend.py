@@ -452,7 +452,7 @@ class RedisBackend:
         on the keys that landed)."""
         results, failures, _ = await self._per_node(operation, keys, part)
         if failures:
-            raise failures[0] if len(failures) == 1 else StoreUnavailable("; ".join(map(str, failures)))
+            raise _combined(failures)
         return results
 
     async def _discover(self, current: _LoopClient) -> None:
@@ -513,7 +513,7 @@ class RedisBackend:
         # A master that fails costs only its own keys (misses); all of them failing is an outage of the call.
         found, failures, groups = await self._per_node("GET (many)", keys, part)
         if len(failures) == groups:
-            raise failures[0] if len(failures) == 1 else StoreUnavailable("; ".join(map(str, failures)))
+            raise _combined(failures)
         return found
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
@@ -577,7 +577,7 @@ class RedisBackend:
 
     async def clear(self, prefix: str) -> int:
         client = self._loop_client().client
-        pattern = _glob_escape(prefix) + "*"
+        pattern = glob_escape(prefix) + "*"
 
         async def run() -> int:
             deleted = 0
@@ -794,7 +794,7 @@ class RedisBackend:
             if not isinstance(failure, StoreUnavailable):
                 raise failure
         if len(failures) == len(outcomes):
-            raise StoreUnavailable("; ".join(map(str, failures)) or "no master in the cluster map")
+            raise _combined(failures)
 
     def stats(self) -> dict[str, Any]:
         self._retire_nodes_without_slots()
@@ -849,5 +849,12 @@ async def _delete_now(client: RedisClient, keys: list[str]) -> int:
         return sum(await pipe.execute())
 
 
-def _glob_escape(text: str) -> str:
+def _combined(failures: Sequence[BaseException]) -> StoreUnavailable:
+    """One StoreUnavailable for the parts of a call that failed on their masters (each names its master)."""
+    if len(failures) == 1 and isinstance(failures[0], StoreUnavailable):
+        return failures[0]
+    return StoreUnavailable("; ".join(map(str, failures)) or "no master in the cluster map")
+
+
+def glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)

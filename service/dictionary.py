@@ -15,6 +15,7 @@ import orjson
 
 from cachelayer import DictionaryRegistry, train_dictionary
 
+from .catalog import envelope
 from .demo_data import TRAINING_SEED_BASE, list_item, wallpapers
 
 __all__ = ["SHIPPED", "training_samples", "write_dictionary"]
@@ -24,7 +25,7 @@ SIZE: Final = 32 * 1024
 
 
 def _envelope(data: Any) -> bytes:
-    return orjson.dumps({"code": 0, "msg": "ok", "data": data})
+    return orjson.dumps(envelope(data))
 
 
 def training_samples(details: int = 2000, pages: int = 200) -> list[bytes]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from cachelayer import Cache, CircuitBreaker, RedisBackend, StoreUnavailable
 from cachelayer._redis_cluster import node_name_for_key
@@ -57,54 +58,62 @@ async def _stored_on_every_master(backend: RedisBackend, prefix: str) -> tuple[d
     return by_node, everything
 
 
+@pytest_asyncio.fixture
+async def two_strikes(slow_failover_cluster: RedisClusterServer) -> AsyncIterator[RedisBackend]:
+    """A backend on the slow-failover cluster whose breakers open after 2 failures and stay open 30 s."""
+    backend = RedisBackend.cluster_from_url(
+        slow_failover_cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=30.0)
+    )
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+def _port(node: str) -> int:
+    return int(node.rsplit(":", 1)[1])
+
+
 def _opened(backend: RedisBackend, node: str) -> int:
     return backend.guard.target(f"Redis Cluster node {node}").breaker.opened_count
 
 
 @pytest.mark.slow
 async def test_a_frozen_master_costs_only_its_own_keys_and_its_own_breaker(
-    slow_failover_cluster: RedisClusterServer,
+    slow_failover_cluster: RedisClusterServer, two_strikes: RedisBackend
 ) -> None:
-    cluster = slow_failover_cluster
-    backend = RedisBackend.cluster_from_url(
-        cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=30.0)
-    )
-    try:
-        by_node, everything = await _stored_on_every_master(backend, "shards")
-        frozen = sorted(by_node)[0]
-        healthy = [node for node in by_node if node != frozen]
-        port = int(frozen.rsplit(":", 1)[1])
+    backend = two_strikes
+    by_node, everything = await _stored_on_every_master(backend, "shards")
+    frozen = sorted(by_node)[0]
+    healthy = [node for node in by_node if node != frozen]
+    with slow_failover_cluster.nodes[_port(frozen)].suspended():
+        # Enough calls to open the frozen master's breaker (2 failures) and to probe it: every one of them
+        # answers the healthy masters' keys.
+        for _ in range(6):
+            found = await backend.get_many(everything)
+            for key, value in zip(everything, found, strict=True):
+                expected = None if key in by_node[frozen] else key.encode()
+                assert value == expected, (key, value)
+        assert _opened(backend, frozen) >= 1
 
-        with cluster.nodes[port].suspended():
-            # Enough calls to open the frozen master's breaker (2 failures) and to probe it: every one of them
-            # answers the healthy masters' keys.
-            for _ in range(6):
-                found = await backend.get_many(everything)
-                for key, value in zip(everything, found, strict=True):
-                    expected = None if key in by_node[frozen] else key.encode()
-                    assert value == expected, (key, value)
-            assert _opened(backend, frozen) >= 1
-
-            # Writes and invalidations land on the healthy masters, and say that a part failed (the cache then
-            # retries the whole call).
-            with pytest.raises(StoreUnavailable, match=frozen):
-                await backend.set_many([(key, b"new", 60_000) for key in everything])
-            for node in healthy:
-                assert await backend.get_many(by_node[node]) == [b"new"] * KEYS_PER_MASTER
-            with pytest.raises(StoreUnavailable, match=frozen):
-                await backend.delete(*everything)
-            for node in healthy:
-                assert await backend.get_many(by_node[node]) == [None] * KEYS_PER_MASTER
-
-            # Every key on the frozen master: an outage of the whole call.
-            with pytest.raises(StoreUnavailable):
-                await backend.get_many(by_node[frozen])
-
+        # Writes and invalidations land on the healthy masters, and say that a part failed (the cache then
+        # retries the whole call).
+        with pytest.raises(StoreUnavailable, match=frozen):
+            await backend.set_many([(key, b"new", 60_000) for key in everything])
         for node in healthy:
-            assert _opened(backend, node) == 0, f"the healthy master {node}'s breaker opened"
-        assert backend.stats()["breakers_open"] == 1  # the frozen one's, until its cooldown ends
-    finally:
-        await backend.aclose()
+            assert await backend.get_many(by_node[node]) == [b"new"] * KEYS_PER_MASTER
+        with pytest.raises(StoreUnavailable, match=frozen):
+            await backend.delete(*everything)
+        for node in healthy:
+            assert await backend.get_many(by_node[node]) == [None] * KEYS_PER_MASTER
+
+        # Every key on the frozen master: an outage of the whole call.
+        with pytest.raises(StoreUnavailable):
+            await backend.get_many(by_node[frozen])
+
+    for node in healthy:
+        assert _opened(backend, node) == 0, f"the healthy master {node}'s breaker opened"
+    assert backend.stats()["breakers_open"] == 1  # the frozen one's, until its cooldown ends
 
 
 @pytest.mark.slow
@@ -120,8 +129,7 @@ async def test_cache_get_many_serves_the_healthy_shards_while_one_master_is_froz
         assert await cache.set_many({name: {"name": name} for name in names})
         nodes = {name: node_name_for_key(backend.client, cache.key(name)) for name in names}
         frozen = sorted(set(nodes.values()))[0]
-        port = int(frozen.rsplit(":", 1)[1])
-        with cluster.nodes[port].suspended():
+        with cluster.nodes[_port(frozen)].suspended():
             got = await cache.get_many(names, default="missing")
         for name, value in zip(names, got, strict=True):
             assert value == ("missing" if nodes[name] == frozen else {"name": name}), name
@@ -155,7 +163,7 @@ async def test_after_a_failover_the_dead_masters_breaker_is_retired(failover_clu
     try:
         by_node, everything = await _stored_on_every_master(backend, "failover")
         dead = sorted(by_node)[0]
-        cluster.kill(int(dead.rsplit(":", 1)[1]))
+        cluster.kill(_port(dead))
 
         async def every_key_answered() -> bool:
             try:
@@ -185,22 +193,16 @@ async def test_after_a_failover_the_dead_masters_breaker_is_retired(failover_clu
 
 @pytest.mark.slow
 async def test_a_ping_answers_while_one_master_is_frozen_and_opens_only_its_breaker(
-    slow_failover_cluster: RedisClusterServer,
+    slow_failover_cluster: RedisClusterServer, two_strikes: RedisBackend
 ) -> None:
-    cluster = slow_failover_cluster
-    backend = RedisBackend.cluster_from_url(
-        cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=30.0)
-    )
-    try:
-        by_node, _ = await _stored_on_every_master(backend, "ping")
-        frozen = sorted(by_node)[0]
-        with cluster.nodes[int(frozen.rsplit(":", 1)[1])].suspended():
-            for _ in range(4):
-                await backend.ping()  # the other masters answer: no StoreUnavailable
-            assert _opened(backend, frozen) >= 1
-        assert backend.guard.breaker.state == "closed"  # key-less calls share no breaker with the frozen master
-        for node in by_node:
-            if node != frozen:
-                assert _opened(backend, node) == 0
-    finally:
-        await backend.aclose()
+    backend = two_strikes
+    by_node, _ = await _stored_on_every_master(backend, "ping")
+    frozen = sorted(by_node)[0]
+    with slow_failover_cluster.nodes[_port(frozen)].suspended():
+        for _ in range(4):
+            await backend.ping()  # the other masters answer: no StoreUnavailable
+        assert _opened(backend, frozen) >= 1
+    assert backend.guard.breaker.state == "closed"  # key-less calls share no breaker with the frozen master
+    for node in by_node:
+        if node != frozen:
+            assert _opened(backend, node) == 0

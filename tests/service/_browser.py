@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from harness.services import skip_or_fail
+from tests._doubles import eventually
 
 FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -54,21 +54,23 @@ class Browser:
         self._ids = itertools.count(1)
 
     async def connect(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
         port_file = self.profile / "DevToolsActivePort"
-        while not port_file.exists() or not port_file.read_text().strip():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chromium did not start (exit {self.proc.poll()})")
-            await asyncio.sleep(0.05)
+
+        def started() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with {self.proc.returncode}")
+            return port_file.exists() and bool(port_file.read_text().strip())
+
+        await eventually(started, START_TIMEOUT, "chromium to write DevToolsActivePort")
         port = int(port_file.read_text().split()[0])
-        while True:
+        pages: list[dict[str, Any]] = []
+
+        async def has_page() -> bool:
             answer = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/json/list", raise_error=False)
-            pages = [t for t in json.loads(answer.body or b"[]") if t.get("type") == "page"]
-            if pages:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("chromium has no page")
-            await asyncio.sleep(0.05)
+            pages[:] = [t for t in json.loads(answer.body or b"[]") if t.get("type") == "page"]
+            return bool(pages)
+
+        await eventually(has_page, START_TIMEOUT, "chromium's first page")
         self._ws = await websocket_connect(pages[0]["webSocketDebuggerUrl"], max_message_size=64 * 2**20)
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
@@ -91,11 +93,11 @@ class Browser:
         await self.send("Page.enable")
         await self.send("Page.navigate", url=url)
         # Loaded once the page's own document answers (the same origin as every fetch that follows).
-        deadline = time.monotonic() + 30
-        while (await self.evaluate("document.readyState")) != "complete":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not load")
-            await asyncio.sleep(0.05)
+
+        async def loaded() -> bool:
+            return bool(await self.evaluate("document.readyState") == "complete")
+
+        await eventually(loaded, START_TIMEOUT, f"{url} to load")
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.send("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
