@@ -15,12 +15,14 @@ Exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -52,14 +54,64 @@ def _quiet() -> None:
     logging.getLogger("cachelayer").setLevel(logging.CRITICAL)  # fail-open warnings are the point of chaos
 
 
-def random_universes(store: str, url: str | None, count: int, workers: int) -> tuple[Counters, float]:
+def sources_digest() -> str:
+    """What a checkpoint's universes ran: the library's and the harness's sources."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "cachelayer").rglob("*.py"), *(root / "harness").rglob("*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Checkpoint:
+    """Finished batches, one JSON line each, so a run of hours survives a stop: ``--checkpoint FILE`` again
+    skips what the file holds. Lines from other sources are refused, never mixed in."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._sources = sources_digest()
+        self.done: dict[tuple[str, int, int], dict[str, Any]] = {}
+        if path is None or not path.exists():
+            return
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            entry = json.loads(line)
+            if entry["sources"] != self._sources:
+                raise SystemExit(f"{path}:{number} was written by other sources ({entry['sources']}, these are "
+                                 f"{self._sources}): start a new checkpoint file")  # fmt: skip
+            self.done[(entry["backend"], entry["first"], entry["count"])] = entry["counters"]
+
+    def record(self, backend: str, first: int, count: int, counters: dict[str, Any]) -> None:
+        self.done[(backend, first, count)] = counters
+        if self._path is None:
+            return
+        line = {"sources": self._sources, "backend": backend, "first": first, "count": count, "counters": counters}
+        with self._path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+def random_universes(store: str, url: str | None, count: int, workers: int,
+                     checkpoint: Checkpoint | None = None) -> tuple[Counters, float]:  # fmt: skip
     started = time.perf_counter()
+    checkpoint = checkpoint or Checkpoint(None)
     size = max(1, min(5_000, -(-count // max(1, workers))))
-    jobs = [{"store": store, "url": url, "mode": "random", "first": first, "count": n}
-            for first, n in _batches(0, count, size)]  # fmt: skip
+    batches = list(_batches(0, count, size))
+    todo = [(first, n) for first, n in batches if (store, first, n) not in checkpoint.done]
+    jobs: list[dict[str, Any]] = [{"store": store, "url": url, "mode": "random", "first": first, "count": n}
+                                  for first, n in todo]  # fmt: skip
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            checkpoint.record(store, job["first"], job["count"], run_batch(job)["counters"])
+    else:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_quiet) as pool:
+            futures = {pool.submit(run_batch, job): job for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                checkpoint.record(store, job["first"], job["count"], future.result()["counters"])
+                finished = sum(1 for key in checkpoint.done if key[0] == store)
+                print(f"{store}: {finished}/{len(batches)} batches", file=sys.stderr, flush=True)
     total = Counters()
-    for result in _run_jobs(jobs, workers):
-        total += Counters(**result["counters"])
+    for first, n in batches:
+        total += Counters(**checkpoint.done[(store, first, n)])
     return total, time.perf_counter() - started
 
 
@@ -93,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--differential", type=int, default=2_000, help="seeds run on both memory and Redis")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument("--checkpoint", type=Path, help="keep finished batches here; run again to resume")
     args = parser.parse_args(argv)
     _quiet()
+    checkpoint = Checkpoint(args.checkpoint)
     memory_count = args.memory if args.memory is not None else (10**5 if args.quick else 10**6)
     redis_count = args.redis if args.redis is not None else (10**4 if args.quick else 10**6)
     cluster_count = args.cluster if args.cluster is not None else redis_count
@@ -118,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             backends.append(("cluster", cluster.url, cluster_count))
         mutants_report: dict[str, Any] = {}
         for name, url, count in backends:
-            counters, seconds = random_universes(name, url, count, args.workers)
+            counters, seconds = random_universes(name, url, count, args.workers, checkpoint)
             if name == "memory":
                 counters += exhaustive_total
             mutants = hunt_mutants(name, url, args.mutant_universes, args.workers)
