@@ -10,6 +10,7 @@ from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._canonical import canonical_bytes
 from ._codec import Codec, Frame
+from ._deadline import time_budget
 from ._decorator import BoundCachedFunction, CachedFunction, cached, get_default_cache, set_default_cache
 from ._dictionaries import DictionaryRegistry, train_dictionary
 from ._entry import MISSING, CacheEntry, Missing, Outcome
@@ -18,8 +19,10 @@ from ._errors import (
     CacheError,
     CodecError,
     ConfigurationError,
+    DeadlineExceededError,
     KeyEncodingError,
     LeaseTimeoutError,
+    LoadFailedError,
     SerializationError,
     StoreConnectError,
     ValueTooLargeError,
@@ -79,6 +82,7 @@ __all__ = [
     "CodecError",
     "ConfigurationError",
     "ConsistencyMonitor",
+    "DeadlineExceededError",
     "DictionaryRegistry",
     "EntryPolicy",
     "ExponentialBackoff",
@@ -89,6 +93,7 @@ __all__ = [
     "GuardedBackend",
     "KeyEncodingError",
     "LeaseTimeoutError",
+    "LoadFailedError",
     "LocalCache",
     "MemoryBackend",
     "Message",
@@ -120,5 +125,6 @@ __all__ = [
     "registered_schemes",
     "remove_global_hooks",
     "set_default_cache",
+    "time_budget",
     "train_dictionary",
 ]

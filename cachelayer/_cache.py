@@ -318,6 +318,7 @@ class Cache:
         value_type: ValueType[T] | None = None,
         parse: bool = True,
         function: str | None = None,
+        deadline: float | None = None,
     ) -> CacheEntry[T]:
         """The entry under ``name``; on a miss, ``await loader()`` once (across processes) and store it.
 
@@ -325,8 +326,11 @@ class Cache:
         ``value_type`` decodes hits to the type the loader returns (the decorator passes it from the return
         annotation). ``function`` names the fetch for hooks and traces (the decorator passes the function's
         qualified name; default ``"cachelayer.fetch"``: a name, unlike a key, must not carry user data or grow
-        without bound). Never raises for a store problem; the loader's exceptions propagate."""
-        return await self._start_fetch(name, loader, policy, value_type, parse, function)
+        without bound). ``deadline`` (the running loop's ``time()``; :func:`cachelayer.time_budget` sets one for a
+        block) bounds how long this caller waits for another's load: then the stale value, or
+        :class:`DeadlineExceededError`. Never raises for a store problem; the loader's exceptions propagate, and a
+        failed load in another process that this caller waited for raises :class:`LoadFailedError`."""
+        return await self._start_fetch(name, loader, policy, value_type, parse, function, deadline)
 
     def _start_fetch(
         self,
@@ -336,12 +340,15 @@ class Cache:
         value_type: ValueType[T] | None,
         parse: bool,
         function: str | None,
+        deadline: float | None = None,
     ) -> Coroutine[Any, Any, CacheEntry[T]]:
         """:meth:`fetch` without a coroutine frame of its own, for the decorator: every resumption of a waiting
         caller passes through each frame of its chain of coroutines. Awaited at once, it is ``fetch``."""
         pipeline = self._state()
         key = self.keys.value_key(name)
         fetch = Fetch(key, loader, self.resolve(policy), value_type, parse, function or _UNNAMED_FETCH)
+        if deadline is not None:
+            fetch.deadline = deadline
         if self._hooks or GLOBAL_HOOKS.subscribers:
             fetch.hooks = self._start_hooks(fetch.function, key)
         if not self.enabled:

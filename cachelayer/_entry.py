@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
-from ._codec import Codec, Frame
+from ._codec import INVALIDATED_AT, Codec, Frame
 
 __all__ = ["MISSING", "CacheEntry", "Missing", "Outcome"]
 
@@ -78,8 +78,15 @@ class CacheEntry(Generic[T]):
 
     @property
     def expires_at(self) -> float:
-        """Logical expiry, Unix seconds (0.0 when nothing was stored)."""
+        """Logical expiry, Unix seconds (0.0 when nothing was stored; for an :attr:`invalidated` entry, a moment
+        in 1970 that says so, not a time to count from)."""
         return 0.0 if self.frame is None else self.frame.expires_at
+
+    @property
+    def invalidated(self) -> bool:
+        """A write marked this entry stale (``invalidate_tags(..., mark_stale=True)``): served only while its reload
+        runs or fails; it has no remaining or past freshness to tell (its :attr:`expires_at` means nothing)."""
+        return self.frame is not None and self.frame.expires_at == INVALIDATED_AT
 
     def value(self) -> T:
         if self._value is _UNSET:

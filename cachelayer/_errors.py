@@ -7,8 +7,10 @@ __all__ = [
     "CacheError",
     "CodecError",
     "ConfigurationError",
+    "DeadlineExceededError",
     "KeyEncodingError",
     "LeaseTimeoutError",
+    "LoadFailedError",
     "SerializationError",
     "StoreConnectError",
     "ValueTooLargeError",
@@ -45,6 +47,25 @@ class KeyEncodingError(CacheError, TypeError):
 class LeaseTimeoutError(CacheError, TimeoutError):
     """Another process held the load lease for longer than this caller was willing to wait, no stale value
     existed, and the lease-timeout policy is ``"raise"``."""
+
+
+class DeadlineExceededError(LeaseTimeoutError):
+    """The caller's deadline (``Cache.fetch(deadline=...)`` or an enclosing :func:`cachelayer.time_budget`) ran out
+    while it waited for another caller's load of the key, and no stale value existed. The load goes on for whoever
+    else waits for it."""
+
+
+class LoadFailedError(CacheError):
+    """The load this caller waited for, in another process, failed, and no stale value existed: the caller gets the
+    failure at once instead of loading in its turn (``StampedePolicy(share_failures=False)`` loads instead).
+    ``error_type`` is the qualified name of the loader's exception there, ``reason`` its message (cut to 300
+    characters)."""
+
+    def __init__(self, key: str, error_type: str, reason: str) -> None:
+        super().__init__(f"the load of {key} in another process failed: {error_type}: {reason}")
+        self.key = key
+        self.error_type = error_type
+        self.reason = reason
 
 
 # Mistakes: raised at the call that made them, with the fix in the message. Outages never raise (they fail open),

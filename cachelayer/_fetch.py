@@ -24,7 +24,9 @@ class Fetch(Generic[T]):
     fetch's subscribers (None when nobody listens). ``tier`` and ``joined`` are filled in on the way, for the
     hooks' account of how it ended; ``retried`` when this caller loads again because the load it joined was
     refused its fill. ``settled``: called by the flight that runs this fetch once its value is decided (loaded, or
-    found in the store), so no caller arriving later joins it."""
+    found in the store), so no caller arriving later joins it. ``deadline``: the caller's own
+    (``Cache.fetch(deadline=)``, the running loop's time), combined with an enclosing ``time_budget`` where it
+    waits (``_deadline.py``)."""
 
     key: str
     loader: Callable[[], Awaitable[T]]
@@ -37,6 +39,7 @@ class Fetch(Generic[T]):
     joined: bool = False
     retried: bool = False
     settled: Callable[[], None] | None = None
+    deadline: float | None = None
 
     def background(self) -> Fetch[T]:
         """The same fetch for a background refresh: nobody waits for it, so nobody hears of it."""

@@ -154,7 +154,10 @@ class Filler:
             self.metrics.load_seconds += elapsed
             if hooks is not None:
                 hooks.load_ended(elapsed, exc)
-            if stale is not None and fetch.policy.stampede.stale_if_error:
+            stampede = fetch.policy.stampede
+            if ticket is not None and ticket.exclusive and stampede.share_failures and stampede.wake == "pubsub":
+                await ticket.failed(exc)
+            if stale is not None and stampede.stale_if_error:
                 self.metrics.stale_served += 1
                 self.failures.failed(fetch.function, fetch.key, exc, "serving the stale value")
                 return stale

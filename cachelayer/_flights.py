@@ -5,6 +5,11 @@ processes the flight's leader takes the key's lease (an exclusive fill ticket) b
 finds the lease held waits (woken by pub/sub, polling as a safety net) for the value, and takes over if the holder
 goes silent. Every load holds a ticket, the lease or a shared one (``lease=False``, a lease wait that ran out), so
 an invalidation revokes it; a load that could not get one (the store is unavailable) stores nothing.
+
+A waiter's wait ends at ``lease_wait`` or at the caller's deadline (``_deadline.py``), whichever comes first; a
+deadline that runs out gives the stale value or :class:`DeadlineExceededError`, never a load of its own (no time
+is left for one). A holder whose load failed tells its waiters (``share_failures``): they answer the stale value
+or :class:`LoadFailedError` at once.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._backend import Backend, StoreUnavailable
+from ._deadline import current_deadline
 from ._entry import CacheEntry, Outcome
-from ._errors import LeaseTimeoutError
+from ._errors import DeadlineExceededError, LeaseTimeoutError, LoadFailedError
 from ._fetch import Fetch
 from ._filling import Filler, stamp_ttl_ms
 from ._keys import KeyLayout
 from ._lease import Lease, LeaseCoordinator
 from ._metrics import CacheMetrics
-from ._notify import ReadyNotifier
+from ._notify import LoadFailure, ReadyNotifier
 from ._reading import Reader
 
 __all__ = ["Flights"]
@@ -63,6 +69,11 @@ class Flights:
             return await self.load_with_ticket(fetch, stale)
         # The loop's clock (time.monotonic() on asyncio's loops): a loop that keeps virtual time runs it too.
         deadline = asyncio.get_running_loop().time() + stampede.lease_wait
+        callers = current_deadline(fetch.deadline)
+        by_caller = callers is not None and callers < deadline
+        if by_caller:
+            assert callers is not None
+            deadline = callers
         waited_since: float | None = None
         hooks = fetch.hooks
 
@@ -91,15 +102,40 @@ class Flights:
                 result = await self.leases.wait(fetch.key, stampede, deadline, fresh)
                 if isinstance(result, CacheEntry):
                     return result
+                if isinstance(result, LoadFailure):
+                    return self._failed_elsewhere(fetch, stale, result)
                 if result == "unavailable":
                     if hooks is not None:
                         hooks.failed_open("lease", "the store stopped answering while waiting for another load")
                     return await self.filler.load_and_store(fetch, stale, None)
                 if result == "timeout":
+                    if by_caller:
+                        return self._deadline_passed(fetch, stale, waited_since)
                     return await self._lease_timeout(fetch, stale)
                 # "released": the holder gave up, crashed or went silent; try to take the lease ourselves
         finally:
             self._end_wait(waited_since, fetch)
+
+    def _failed_elsewhere(
+        self, fetch: Fetch[Any], stale: CacheEntry[Any] | None, failure: LoadFailure
+    ) -> CacheEntry[Any]:
+        if stale is not None and fetch.policy.stampede.stale_if_error:
+            self.metrics.stale_served += 1
+            return stale
+        raise LoadFailedError(fetch.key, failure.error_type, failure.reason)
+
+    def _deadline_passed(
+        self, fetch: Fetch[Any], stale: CacheEntry[Any] | None, waited_since: float | None
+    ) -> CacheEntry[Any]:
+        self.metrics.lease_timeouts += 1
+        if stale is not None:
+            self.metrics.stale_served += 1
+            return stale
+        waited = 0.0 if waited_since is None else time.monotonic() - waited_since
+        raise DeadlineExceededError(
+            f"the caller's deadline ran out after {waited:.3f}s of waiting for another process's load of "
+            f"{fetch.key} (its time_budget, or fetch(deadline=))"
+        )
 
     async def _lease_timeout(self, fetch: Fetch[Any], stale: CacheEntry[Any] | None) -> CacheEntry[Any]:
         self.metrics.lease_timeouts += 1

@@ -6,7 +6,9 @@ exclusive ticket is the lease: one loader per key across processes. A loader tak
 (``StampedePolicy.lease_ttl``, default 0.9 s) and renews it every third of that while its load runs. A holder that
 goes silent (crashed, frozen, or cut off from the store by its breaker) stops renewing, so its lease lapses within
 ``lease_ttl`` and a waiter in another process takes over: nobody waits out the whole ``lease_wait`` for an orphaned
-lease. Waiters are woken by a "value ready" message (:class:`ReadyNotifier`) and poll as a safety net.
+lease. Waiters are woken by a "value ready" message (:class:`ReadyNotifier`) and poll as a safety net; a loader
+whose load failed says so on the same channel before it lets the lease go (``StampedePolicy.share_failures``), so
+its waiters do not each take the lease and fail in turn.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from ._backend import Backend, StoreUnavailable
-from ._notify import ReadyNotifier
+from ._notify import LoadFailure, ReadyNotifier, failure_message, parse_failure
 from ._stampede import StampedePolicy
 
 __all__ = ["Lease", "LeaseCoordinator", "WaitEnd"]
@@ -69,6 +71,11 @@ class Lease:
     async def ready(self) -> None:
         """Tell waiters in every process that the value is stored."""
         await self._coordinator.notifier.publish(_ready_channel(self.key))
+
+    async def failed(self, error: BaseException) -> None:
+        """Tell waiters in every process that this load failed (before the lease is released: a waiter woken by
+        the release alone would take the lease and load)."""
+        await self._coordinator.notifier.publish(_ready_channel(self.key), failure_message(error))
 
     def used(self) -> None:
         """The fill ran (taken or refused): the ticket is gone from the store, stop renewing it."""
@@ -132,9 +139,9 @@ class LeaseCoordinator(Generic[T]):
 
     async def wait(
         self, key: str, policy: StampedePolicy, deadline: float, fresh: Callable[[bytes], Awaitable[T | None]]
-    ) -> T | WaitEnd:
-        """Wait (woken early by pub/sub) until the value is fresh, the lease is gone, or ``deadline``
-        (the running loop's ``time()``) passes."""
+    ) -> T | WaitEnd | LoadFailure:
+        """Wait (woken early by pub/sub) until the value is fresh, the lease is gone, the holder says its load
+        failed (with ``policy.share_failures``), or ``deadline`` (the running loop's ``time()``) passes."""
         channel = _ready_channel(key)
         delays: Iterator[float] = policy.poll_delays()
         wake = await self.notifier.subscribe(channel) if policy.wake == "pubsub" else None
@@ -148,6 +155,8 @@ class LeaseCoordinator(Generic[T]):
                 else:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(wake), delay)
+                    if wake.done() and policy.share_failures and (failure := parse_failure(wake.result())):
+                        return failure
                 try:
                     data, held = await self.backend.poll(key)
                 except StoreUnavailable:
@@ -161,6 +170,10 @@ class LeaseCoordinator(Generic[T]):
                 found = await fresh(data) if data is not None else None
                 if found is not None:
                     return found
+                # A failure heard while this poll ran: the holder says so before it releases the lease.
+                if wake is not None and wake.done() and policy.share_failures:
+                    if failure := parse_failure(wake.result()):
+                        return failure
                 if not held:
                     return "released"
                 if wake is not None and wake.done():  # woken, but not for a fresh value: wait for the next one

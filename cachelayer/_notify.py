@@ -10,6 +10,10 @@ later, finds the value. Nothing depends on a message arriving.
 The channel is sharded (Redis Cluster SSUBSCRIBE / SPUBLISH) and carries the key's hash tag, so it lives on the
 key's own shard. Any error of the reader (whatever its type) resets the subscription and wakes every waiter, who
 polls at once and subscribes again on its next wait.
+
+A waiter's future resolves to the message: ``b"1"`` (the value is in), a failure (:func:`failure_message`: the
+load failed, see ``StampedePolicy.share_failures``), or ``b""`` (the subscription was reset). Any other message
+(from a newer release during a rolling deploy) is a plain wake-up: the waiter polls.
 """
 
 from __future__ import annotations
@@ -17,12 +21,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
+from typing import Final
 
 from ._backend import Backend, StoreUnavailable, Subscription
 
-__all__ = ["ReadyNotifier"]
+__all__ = ["LoadFailure", "ReadyNotifier", "failure_message", "parse_failure"]
 
 log = logging.getLogger("cachelayer")
+
+READY: Final = b"1"
+_FAILED: Final = b"failed\n"
+_REASON_LIMIT: Final = 300
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """What a waiter hears of a failed load in another process: the exception's qualified name and message."""
+
+    error_type: str
+    reason: str
+
+
+def failure_message(error: BaseException) -> bytes:
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    reason = str(error).replace("\n", " ")[:_REASON_LIMIT]
+    return _FAILED + name.encode() + b"\n" + reason.encode("utf-8", "replace")
+
+
+def parse_failure(message: bytes) -> LoadFailure | None:
+    if not message.startswith(_FAILED):
+        return None
+    name, _, reason = message[len(_FAILED) :].partition(b"\n")
+    return LoadFailure(name.decode("utf-8", "replace"), reason.decode("utf-8", "replace"))
 
 
 class ReadyNotifier:
@@ -32,21 +64,21 @@ class ReadyNotifier:
         self._backend = backend
         self._subscription: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[bytes]]] = {}
         self._closed = False
         self.resets = 0
 
-    async def publish(self, channel: str) -> None:
+    async def publish(self, channel: str, message: bytes = READY) -> None:
         """Best effort: a failure only means the waiters find out by polling."""
         with contextlib.suppress(StoreUnavailable):
-            await self._backend.publish(channel, b"1", sharded=True)
+            await self._backend.publish(channel, message, sharded=True)
 
-    async def subscribe(self, channel: str) -> asyncio.Future[None] | None:
+    async def subscribe(self, channel: str) -> asyncio.Future[bytes] | None:
         """A future resolved when ``channel`` gets a message (or the connection breaks), or None if the
         subscription could not be made: then the caller just polls."""
         if self._closed:
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.get(channel)
         if waiters is not None:
             waiters.add(future)
@@ -63,7 +95,7 @@ class ReadyNotifier:
             self._reader = asyncio.create_task(self._read(), name="cachelayer-ready-notifier")
         return future
 
-    async def unsubscribe(self, channel: str, future: asyncio.Future[None] | None) -> None:
+    async def unsubscribe(self, channel: str, future: asyncio.Future[bytes] | None) -> None:
         waiters = self._waiters.get(channel)
         if future is None or waiters is None:
             return
@@ -85,7 +117,7 @@ class ReadyNotifier:
                     continue
                 for future in self._waiters.get(message[0], ()):
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(message[1])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any reader error: never let the task die silently with waiters parked
@@ -98,7 +130,7 @@ class ReadyNotifier:
         for waiters in self._waiters.values():
             for future in waiters:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(b"")
         self._waiters.clear()
         subscription, self._subscription = self._subscription, None
         if subscription is not None:

@@ -21,7 +21,9 @@ from typing import Any
 
 from ._backend import Backend, StoreUnavailable
 from ._codec import INVALIDATED_AT, Codec, Frame
+from ._deadline import current_deadline
 from ._entry import CacheEntry, Outcome
+from ._errors import DeadlineExceededError
 from ._fetch import Fetch
 from ._filling import Filler, UnconfirmedEntry
 from ._flights import Flights
@@ -197,7 +199,11 @@ class Pipeline:
         if fetch.hooks is not None:
             leader = self.loads.leader(fetch.key)
             fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
-        entry = await self.loads.wait(fetch.key)
+        deadline = current_deadline(fetch.deadline)
+        if deadline is None:
+            entry = await self.loads.wait(fetch.key)
+        else:
+            entry = await self._wait_for_flight(fetch, deadline)
         if isinstance(entry, UnconfirmedEntry) and not fetch.retried:
             # The load we joined may have begun before an invalidation that reached the store while it ran (its
             # fill was refused, or its fate is unknown), and we cannot tell whether we came before that: load
@@ -206,6 +212,21 @@ class Pipeline:
             fetch.joined = False
             return await self._fetch(fetch)
         return entry
+
+    async def _wait_for_flight(self, fetch: Fetch[Any], deadline: float) -> CacheEntry[Any]:
+        # This caller's own future: cancelling it ends only this wait, the flight goes on for the others.
+        waiting = self.loads.wait(fetch.key)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await waiting
+        except TimeoutError:
+            if not waiting.cancelled():
+                raise  # the flight's own TimeoutError (its loader's), not the deadline
+            self.metrics.lease_timeouts += 1
+            raise DeadlineExceededError(
+                f"the caller's deadline ran out waiting for this process's load of {fetch.key} "
+                "(its time_budget, or fetch(deadline=))"
+            ) from None
 
     def _hit(self, fetch: Fetch[Any], frame: Frame, decoded: Any, now: float) -> CacheEntry[Any]:
         """A fresh value: count it, and start an early refresh when XFetch says so."""

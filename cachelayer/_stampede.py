@@ -34,6 +34,10 @@ class StampedePolicy:
     waits out ``lease_wait`` for an orphaned lease. Waiters are woken by
     pub/sub the moment the value lands (``wake="pubsub"``) and poll with backoff from ``poll_initial`` to
     ``poll_max`` as a safety net (``poll_backoff`` replaces that schedule); ``wake="poll"`` polls only.
+    ``share_failures``: when the load a process waits for fails, its waiters hear of it (with ``wake="pubsub"``)
+    and get the stale value or :class:`LoadFailedError` at once, instead of each taking the lease and loading in
+    turn (under a database outage, N processes' waits would add up to N loader timeouts); False: they load.
+    A caller's deadline (:func:`cachelayer.time_budget`) bounds its wait below ``lease_wait``.
     """
 
     single_flight: bool = True
@@ -42,6 +46,7 @@ class StampedePolicy:
     lease_wait: float = 5.0
     on_lease_timeout: Literal["load", "raise"] = "load"
     wake: Literal["pubsub", "poll"] = "pubsub"
+    share_failures: bool = True
     poll_initial: float = 0.005
     poll_max: float = 0.05
     poll_backoff: Backoff | None = None

@@ -238,6 +238,7 @@ def test_public_api_is_pinned() -> None:
             "CodecError",
             "ConfigurationError",
             "ConsistencyMonitor",
+            "DeadlineExceededError",
             "DictionaryRegistry",
             "EntryPolicy",
             "ExponentialBackoff",
@@ -248,6 +249,7 @@ def test_public_api_is_pinned() -> None:
             "Frame",
             "KeyEncodingError",
             "LeaseTimeoutError",
+            "LoadFailedError",
             "LocalCache",
             "MISSING",
             "MemoryBackend",
@@ -280,6 +282,7 @@ def test_public_api_is_pinned() -> None:
             "registered_schemes",
             "remove_global_hooks",
             "set_default_cache",
+            "time_budget",
             "train_dictionary",
         ]
     )

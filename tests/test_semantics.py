@@ -121,10 +121,12 @@ async def test_marked_stale_reloads_and_serves_the_old_copy_if_the_reload_fails(
     # The next read reloads (no stale-while-revalidate for an invalidated entry)...
     reloaded = await cache.fetch("p", CountingLoader({"n": 2}), policy)
     assert (reloaded.outcome, reloaded.value()) == (Outcome.MISS, {"n": 2})
+    assert not reloaded.invalidated
     # ...and when the reload fails, the previous copy is served rather than the error.
     await cache.invalidate_tags("page", mark_stale=True)
     failed = await cache.fetch("p", CountingLoader(fail=True), policy)
     assert (failed.outcome, failed.value()) == (Outcome.STALE, {"n": 2})
+    assert failed.invalidated  # a write marked it: no freshness left or past to tell (Cache-Status)
     assert await cache.get("p") is None  # marked stale: not a fresh value for get()
 
 

@@ -109,7 +109,9 @@ async def test_lease_makes_two_caches_load_once(redis_client: redis.asyncio.Redi
 
 
 async def test_waiter_takes_over_when_the_loader_fails(make_cache: CacheMaker) -> None:
-    a, b = make_cache(), make_cache()
+    # With share_failures (the default) b would get a's failure at once: tests/test_deadlines.py.
+    taking_over = StampedePolicy(share_failures=False)
+    a, b = make_cache(stampede=taking_over), make_cache(stampede=taking_over)
     fail_now = asyncio.Event()
     failing, working = Loader(fail=True, gate=fail_now), Loader()
     first = asyncio.create_task(a.get_or_set("k", failing))
