@@ -10,7 +10,7 @@ from ._breaker import CircuitBreaker
 from ._cache import Cache
 from ._canonical import canonical_bytes
 from ._codec import Codec, Frame
-from ._deadline import time_budget
+from ._deadline import current_deadline, time_budget
 from ._decorator import BoundCachedFunction, CachedFunction, cached, get_default_cache, set_default_cache
 from ._dictionaries import DictionaryRegistry, train_dictionary
 from ._entry import MISSING, CacheEntry, Missing, Outcome
@@ -118,6 +118,7 @@ __all__ = [
     "backend_from_url",
     "cached",
     "canonical_bytes",
+    "current_deadline",
     "get_default_cache",
     "instrument_opentelemetry",
     "register_prometheus",

@@ -22,7 +22,7 @@ from typing import Final
 
 from ._errors import ConfigurationError
 
-__all__ = ["current_deadline", "time_budget"]
+__all__ = ["current_deadline", "effective_deadline", "time_budget"]
 
 _DEADLINE: Final[ContextVar[float | None]] = ContextVar("cachelayer_deadline", default=None)
 
@@ -44,7 +44,13 @@ def time_budget(seconds: float) -> Iterator[float]:
         _DEADLINE.reset(token)
 
 
-def current_deadline(explicit: float | None) -> float | None:
+def current_deadline() -> float | None:
+    """The deadline of the enclosing :func:`time_budget` (the running loop's ``time()``), or None: for a loader's
+    own calls to honour the caller's budget (a load runs in the context of the caller that started it)."""
+    return _DEADLINE.get()
+
+
+def effective_deadline(explicit: float | None) -> float | None:
     """The deadline a fetch waits under: its own (``fetch(deadline=)``) or the enclosing :func:`time_budget`'s,
     whichever ends first."""
     ambient = _DEADLINE.get()

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._backend import Backend, StoreUnavailable
-from ._deadline import current_deadline
+from ._deadline import effective_deadline
 from ._entry import CacheEntry, Outcome
 from ._errors import DeadlineExceededError, LeaseTimeoutError, LoadFailedError
 from ._fetch import Fetch
@@ -69,7 +69,7 @@ class Flights:
             return await self.load_with_ticket(fetch, stale)
         # The loop's clock (time.monotonic() on asyncio's loops): a loop that keeps virtual time runs it too.
         deadline = asyncio.get_running_loop().time() + stampede.lease_wait
-        callers = current_deadline(fetch.deadline)
+        callers = effective_deadline(fetch.deadline)
         by_caller = callers is not None and callers < deadline
         if by_caller:
             assert callers is not None

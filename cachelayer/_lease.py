@@ -171,9 +171,13 @@ class LeaseCoordinator(Generic[T]):
                 if found is not None:
                     return found
                 # A failure heard while this poll ran: the holder says so before it releases the lease.
-                if wake is not None and wake.done() and policy.share_failures:
-                    if failure := parse_failure(wake.result()):
-                        return failure
+                if (
+                    wake is not None
+                    and wake.done()
+                    and policy.share_failures
+                    and (failure := parse_failure(wake.result()))
+                ):
+                    return failure
                 if not held:
                     return "released"
                 if wake is not None and wake.done():  # woken, but not for a fresh value: wait for the next one

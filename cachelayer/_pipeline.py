@@ -21,7 +21,7 @@ from typing import Any
 
 from ._backend import Backend, StoreUnavailable
 from ._codec import INVALIDATED_AT, Codec, Frame
-from ._deadline import current_deadline
+from ._deadline import effective_deadline
 from ._entry import CacheEntry, Outcome
 from ._errors import DeadlineExceededError
 from ._fetch import Fetch
@@ -199,7 +199,7 @@ class Pipeline:
         if fetch.hooks is not None:
             leader = self.loads.leader(fetch.key)
             fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
-        deadline = current_deadline(fetch.deadline)
+        deadline = effective_deadline(fetch.deadline)
         if deadline is None:
             entry = await self.loads.wait(fetch.key)
         else:

@@ -798,7 +798,13 @@ class RedisBackend:
 
     def stats(self) -> dict[str, Any]:
         self._retire_nodes_without_slots()
-        return self.guard.stats()
+        stats = self.guard.stats()
+        current = self._current
+        if current is not None and current.cluster is None:
+            pool = getattr(current.client, "connection_pool", None)
+            if isinstance(pool, QueueAwarePool):  # the pool Cache.from_url builds (a client handed in: its own)
+                stats.update(pool.usage())
+        return stats
 
     def _retire_nodes_without_slots(self) -> None:
         """On a cluster: the breakers of nodes absent from the current map (a master that failed over, a node a

@@ -70,6 +70,15 @@ class QueueAwarePool(BlockingConnectionPool):
         self._queued = 0  # callers inside redis-py's get_connection: they wait on its condition, in order
         self._reauthenticates = self.connection_kwargs.get("credential_provider") is not None
 
+    def usage(self) -> dict[str, int]:
+        """The pool's connections now: in use, idle (connected, free) and the limit (for ``Backend.stats()``)."""
+        return {
+            "store_pool_in_use": len(self._in_use_connections),
+            "store_pool_idle": len(self._available_connections),
+            "store_pool_max": int(self.max_connections),
+            "store_pool_queued": self._queued,
+        }
+
     def can_get_connection(self) -> bool:
         free = bool(super().can_get_connection())
         note_waiting_for_connection(not free)

@@ -63,8 +63,8 @@ def _seed_settings(settings: Settings) -> Settings:
 async def _seed(settings: Settings, wallpapers: int, *, dev: bool) -> dict[str, Any] | None:
     """Seed (``dev``: only when the stores do not hold a complete seed); None when nothing was needed."""
     from .logs import setup_logging
-    from .runtime import Services
     from .seed import adopt, prepare_stores, seed, seed_state
+    from .services import Services
 
     handle = setup_logging(settings.log)
     services = await Services.start(_seed_settings(settings), prepare=False)

@@ -20,14 +20,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cachelayer import register_prometheus
 
-from .handlers import (
-    BaseHandler,
+from .base_handler import BaseHandler
+from .logs import ACCESS_LOGGER, writes_text
+from .negotiation import GzipWhenAccepted
+from .openapi import PREFIX
+from .routes import (
     CategoriesHandler,
     CeilingHandler,
     DetailHandler,
     DictionaryHandler,
     DownloadHandler,
-    GzipWhenAccepted,
     HealthHandler,
     ListHandler,
     MetricsHandler,
@@ -35,9 +37,7 @@ from .handlers import (
     OpenAPIHandler,
     ReadyHandler,
 )
-from .logs import ACCESS_LOGGER, writes_text
-from .openapi import PREFIX
-from .runtime import Services
+from .services import Services
 
 __all__ = ["make_app"]
 
@@ -254,7 +254,7 @@ def make_app(services: Services) -> tornado.web.Application:
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args={"services": services, "route": "not_found"},
-        # Tornado's gzip transform ignores q=0; ours does not (handlers.GzipWhenAccepted).
+        # Tornado's gzip transform ignores q=0; ours does not (negotiation.GzipWhenAccepted).
         transforms=[GzipWhenAccepted] if services.settings.server.gzip else [],
         gzip_transform=services.settings.server.gzip,
         log_function=log_request,

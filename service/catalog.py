@@ -17,7 +17,7 @@ Category counts are wallpaper counts, which a download does not change.
 An invalidation marks the entries stale instead of deleting them (``mark_stale=True``): the next read reloads, and
 when that reload fails (MySQL or MongoDB down) the previous copy is served (``X-Cache: stale``) instead of a 503.
 
-Settings: ``cache.enabled = false`` gives a ``Cache.disabled(...)`` (built in runtime.py: the loader on every
+Settings: ``cache.enabled = false`` gives a ``Cache.disabled(...)`` (built in services.py: the loader on every
 call, Redis never touched, outcome ``bypass``: a measurement setting); ``cache.local = true`` marks the three
 reads ``local=True``, so a hit is served from the process's :class:`cachelayer.LocalCache` tier before Redis.
 """
@@ -25,6 +25,7 @@ reads ``local=True``, so a hit is served from the process's :class:`cachelayer.L
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -46,6 +47,8 @@ ALL: Final = "_all"
 TAG_WALLPAPER: Final = "wallpaper:{wallpaper_id}"
 TAG_LIST: Final = "list:{scope}"
 TAG_CATEGORIES: Final = "categories"
+TAG_IDS: Final = "ids"
+_HIGHEST_ID_REUSE: Final = 1.0  # seconds a process reuses the highest id it read
 
 
 def envelope(data: Any) -> dict[str, Any]:
@@ -67,7 +70,7 @@ class Catalog:
         self.mysql = mysql
         self.downloads = Downloads(wallpapers, mysql, self._invalidate_download)
         nf = settings.not_found_ttl
-        local = settings.local  # hits from this process's LocalCache (runtime.py gives the Cache one when on)
+        local = settings.local  # hits from this process's LocalCache (services.py gives the Cache one when on)
 
         def through_cache(
             loader: Callable[P, Awaitable[R]], endpoint: EndpointCache, name: str, tag: str, none_ttl: float | None
@@ -87,7 +90,10 @@ class Catalog:
         self.categories = through_cache(
             self._load_categories, settings.categories, "wp.categories", TAG_CATEGORIES, None
         )
+        # The highest id, kept like the category list: ids above it are answered without a negative entry.
+        self.highest_id = through_cache(self._load_highest_id, settings.categories, "wp.highest_id", TAG_IDS, None)
         self._known: tuple[bytes, frozenset[str]] = (b"", frozenset())
+        self._highest: tuple[int, float] = (0, float("-inf"))  # (the highest id, when it was read)
 
     async def category_known(self, slug: str) -> bool:
         """Whether ``slug`` names a category, by the (cached) category list. A name that is not in it is answered
@@ -101,6 +107,18 @@ class Catalog:
             known = frozenset(row["slug"] for row in rows)
             self._known = (body, known)
         return slug in known
+
+    async def may_exist(self, wallpaper_id: int) -> bool:
+        """Whether a wallpaper may have ``wallpaper_id``: not above the highest id. Ids are the client's to choose,
+        and any fetch of an id leaves something in Redis (a "not found" entry, its tag's stamp), so one above the
+        highest is answered without one: what Redis holds for unknown ids is bounded by the id range. The highest
+        id is a cached entry (the category list's TTL), read again at most once a second per process."""
+        highest, read_at = self._highest
+        now = time.monotonic()
+        if now - read_at >= _HIGHEST_ID_REUSE:
+            highest = int((await self.highest_id.entry()).value()["data"])
+            self._highest = (highest, now)
+        return wallpaper_id <= highest
 
     # -- loaders (run on a miss) ------------------------------------------------------------------------------
 
@@ -126,6 +144,9 @@ class Catalog:
     async def _load_detail(self, wallpaper_id: int) -> dict[str, Any] | None:
         doc = await self.wallpapers.get(wallpaper_id)
         return None if doc is None else envelope(doc)
+
+    async def _load_highest_id(self) -> dict[str, Any]:
+        return envelope(await self.wallpapers.highest_id())
 
     async def _load_categories(self) -> dict[str, Any]:
         rows = await self.mysql.categories()

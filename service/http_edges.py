@@ -6,8 +6,9 @@ writing exactly ``HTTP/1.1 400 Bad Request\\r\\n\\r\\n`` to the stream (``_read_
 application is never called. And headers longer than ``max_header_size`` make the stream close without any
 answer. So:
 
-* :class:`_AnsweringStream` wraps the connection's IOStream for :class:`HTTP1Connection`: that exact bare 400
-  write becomes a JSON ``{"code", "msg"}`` answer with ``X-Request-Id`` and ``Connection: close``;
+* :class:`_AnsweringStream` wraps each connection's IOStream (:meth:`EdgeHTTPServer.handle_stream` hands it to
+  Tornado in place of the stream): that exact bare 400 write becomes a JSON ``{"code", "msg"}`` answer with
+  ``X-Request-Id`` and ``Connection: close``;
 * it also checks each request head Tornado reads (``read_until_regex``): a request line over
   ``max_request_line`` is answered 414, a head over ``max_header_bytes`` 431 (both then close). Tornado's own hard
   limit is set 4x higher (at least 64 KiB): past it the connection is still closed without an answer, because
@@ -15,8 +16,9 @@ answer. So:
 * :class:`EdgeHTTPServer` uses these for every connection; ``header_timeout`` and ``body_timeout`` bound a
   slow client (past them Tornado closes the connection: it offers no hook to answer 408 there).
 
-``tests/service/test_http_edges.py`` pins the Tornado behaviour this relies on (the bare 400 bytes and the
-request loop copied below); a Tornado upgrade that changes either fails that test, not production.
+Only public names of Tornado are used here: the wrapper goes in where ``HTTPServer.handle_stream`` takes the
+stream. ``tests/service/test_http_edges.py`` pins the Tornado behaviour this relies on (the bare 400 bytes, each
+head read with ``read_until_regex``); a Tornado upgrade that changes either fails that test, not production.
 """
 
 from __future__ import annotations
@@ -27,9 +29,7 @@ from typing import Any, Final
 
 import orjson
 from tornado import httputil, iostream
-from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters, HTTP1ServerConnection
-from tornado.httpserver import HTTPServer, _HTTPRequestContext
-from tornado.log import gen_log
+from tornado.httpserver import HTTPServer
 
 from .request_ids import Process, new_request_id
 
@@ -60,7 +60,8 @@ def answer(status: int, msg: str) -> bytes:
 
 
 class _AnsweringStream:
-    """The IOStream as one HTTP1Connection sees it: everything passes through except the two hooks."""
+    """The IOStream of one connection as Tornado's HTTP/1 code sees it: everything passes through except the two
+    hooks."""
 
     def __init__(self, stream: iostream.IOStream, max_request_line: int, max_header_bytes: int) -> None:
         self._stream = stream
@@ -105,40 +106,6 @@ class _AnsweringStream:
         checked.set_exception(httputil.HTTPInputError(self.msg))
 
 
-class _EdgeServerConnection(HTTP1ServerConnection):
-    def __init__(self, stream: iostream.IOStream, params: HTTP1ConnectionParameters, context: object,
-                 max_request_line: int, max_header_bytes: int) -> None:  # fmt: skip
-        super().__init__(stream, params, context)
-        self.max_request_line = max_request_line
-        self.max_header_bytes = max_header_bytes
-
-    # Tornado 6.6's HTTP1ServerConnection._server_request_loop, with the connection built on _AnsweringStream
-    # (the test compares the rest of it with Tornado's source).
-    async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
-        try:
-            while True:
-                stream: Any = _AnsweringStream(self.stream, self.max_request_line, self.max_header_bytes)
-                conn = HTTP1Connection(stream, False, self.params, self.context)
-                request_delegate = delegate.start_request(self, conn)
-                try:
-                    ret = await conn.read_response(request_delegate)
-                except (
-                    iostream.StreamClosedError,
-                    iostream.UnsatisfiableReadError,
-                    asyncio.CancelledError,
-                ):
-                    return
-                except Exception:
-                    gen_log.error("Uncaught exception", exc_info=True)
-                    conn.close()
-                    return
-                if not ret:
-                    return
-                await asyncio.sleep(0)
-        finally:
-            delegate.on_close(self)
-
-
 class EdgeHTTPServer(HTTPServer):
     """Tornado's HTTPServer with the edges above; ``max_request_line`` / ``max_header_bytes`` are the 414/431
     limits (``max_header_size``, Tornado's hard limit, is derived from them)."""
@@ -150,9 +117,12 @@ class EdgeHTTPServer(HTTPServer):
         super().initialize(*args, **kwargs)
         self.max_request_line = max_request_line
         self.max_header_bytes = max_header_bytes
+        if self.protocol is None and self.ssl_options is not None:
+            # Tornado tells https from the stream's class, which the wrapper hides (handle_stream)
+            self.protocol = "https"
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
-        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
-        conn = _EdgeServerConnection(stream, self.conn_params, context, self.max_request_line, self.max_header_bytes)
-        self._connections.add(conn)
-        conn.start_serving(self)
+        # One wrapper per connection: every request head on it is read through the wrapper, and any answer the
+        # wrapper rewrites closes the connection, so its status never carries over to another request.
+        wrapped: Any = _AnsweringStream(stream, self.max_request_line, self.max_header_bytes)
+        super().handle_stream(wrapped, address)

@@ -22,7 +22,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from . import demo_data
 from .repositories.mysql import ensure_database
-from .runtime import Services
+from .services import Services
 
 __all__ = ["BATCH", "SeedState", "adopt", "prepare_stores", "retrying", "seed", "seed_state"]
 

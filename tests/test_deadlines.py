@@ -27,6 +27,7 @@ from cachelayer import (
     MemoryBackend,
     Outcome,
     StampedePolicy,
+    current_deadline,
     time_budget,
 )
 from tests._doubles import FakeClock, eventually
@@ -206,3 +207,17 @@ async def _until_waiting(cache: Cache, name: str = "page") -> None:
         return int(next(iter(counts.values()), 0)) > 0
 
     await eventually(subscribed, what="the store took the waiter's subscription")
+
+
+async def test_a_loader_sees_the_budget_of_the_caller_that_started_it(two_processes: TwoProcesses) -> None:
+    (a, _) = two_processes()
+    seen: list[float | None] = []
+
+    async def loader() -> int:
+        seen.append(current_deadline())  # for its own store calls (the service caps them with it)
+        return 1
+
+    assert current_deadline() is None
+    with time_budget(30) as deadline:
+        assert await a.get_or_set("page", loader, ttl=60) == 1
+    assert seen == [deadline]

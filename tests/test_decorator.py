@@ -275,6 +275,7 @@ def test_public_api_is_pinned() -> None:
             "backend_from_url",
             "cached",
             "canonical_bytes",
+            "current_deadline",
             "get_default_cache",
             "instrument_opentelemetry",
             "register_prometheus",

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio
 from redis.asyncio import Redis
 
+from cachelayer import RedisBackend
 from cachelayer._redis_clients import QueueAwarePool
 from tests._doubles import eventually
 
@@ -99,3 +100,16 @@ async def test_a_connection_that_must_reconnect_is_given_back_through_redis_py(r
         assert await client.ping()  # and the pool goes on
     finally:
         await client.aclose()
+
+
+async def test_the_backend_reports_its_pool_in_stats(redis_url: str) -> None:
+    backend = RedisBackend.from_url(redis_url, max_connections=7)
+    try:
+        await backend.set("pool-stats-probe", b"x", 10_000)
+        stats = backend.stats()
+        assert stats["store_pool_max"] == 7
+        assert stats["store_pool_in_use"] == 0  # the call gave its connection back
+        assert stats["store_pool_idle"] >= 1
+        assert stats["store_pool_queued"] == 0
+    finally:
+        await backend.aclose()

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, TypeVar
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.errors import NetworkTimeout
 
-from ._budget import within
+from ._budget import capped, within
 
 __all__ = ["INDEXES", "LIST_PROJECTION", "MongoWallpaperRepository", "close_client", "create_client"]
 
@@ -118,14 +118,14 @@ class MongoWallpaperRepository:
         # ours is raised as a PyMongo error too, so callers see one kind of failure.
         if self.timeout is None:
             return await call
+        budget = self.timeout + _MARGIN
+        if (left := capped(budget)) < budget:  # the request's budget ends first: the call ends with it
+            budget, why = left, f"mongo call exceeded the request's budget ({left:.3f}s left)"
+        else:
+            why = f"mongo call exceeded its {self.timeout}s budget"
         # Not cancelled when late: the driver's timeoutMS ends it soon after, and closes what it opened (a
         # cancelled PyMongo connect leaves its socket unclosed).
-        return await within(
-            self.timeout + _MARGIN,
-            _awaited(call),
-            lambda: NetworkTimeout(f"mongo call exceeded its {self.timeout}s budget"),
-            cancel=False,
-        )
+        return await within(budget, _awaited(call), lambda: NetworkTimeout(why), cancel=False)
 
     async def ensure_indexes(self) -> None:
         for name, keys in INDEXES.items():
@@ -150,6 +150,11 @@ class MongoWallpaperRepository:
             self.collection.find_one({"_id": wallpaper_id}, {"_id": 0, "downloads_base": 0})
         )
         return doc
+
+    async def highest_id(self) -> int:
+        """The largest wallpaper id (0 when there is none): the ``_id`` index's last entry."""
+        doc = await self._bounded(self.collection.find_one({}, {"_id": 1}, sort=[("_id", -1)]))
+        return int(doc["_id"]) if doc is not None else 0
 
     async def counter_state(self, wallpaper_id: int) -> dict[str, Any] | None:
         """``category``, ``counts.downloads`` and ``downloads_base`` (absent until first set), or None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,8 @@ from tornado.httpserver import HTTPServer
 from harness import free_port
 from harness.services import MySQLSettings
 from service.config import DEFAULT_CONFIG, Settings, load_settings
-from service.runtime import Services, start_server
+from service.runtime import start_server
+from service.services import Services
 
 N_WALLPAPERS = 300
 DB_NAME = "cachelayer_test_service"  # the Mongo database (on the session's own SecantusDB)
@@ -107,3 +109,16 @@ def mysql_rows(settings: Settings, sql: str, args: tuple[Any, ...] = ()) -> list
             return list(cursor.fetchall())
     finally:
         conn.close()
+
+
+def settings_env(value: Any, prefix: str = "WALLPAPER") -> dict[str, str]:
+    if isinstance(value, dict):
+        env: dict[str, str] = {}
+        for key, inner in value.items():
+            env.update(
+                settings_env(inner, f"{prefix}_{key.upper()}" if prefix == "WALLPAPER" else f"{prefix}__{key.upper()}")
+            )
+        return env
+    if isinstance(value, list):
+        return {prefix: json.dumps(value)}  # a list setting is JSON in the environment
+    return {prefix: str(value).lower() if isinstance(value, bool) else str(value)}

@@ -15,8 +15,8 @@ import redis.asyncio
 
 from harness.services import MySQLSettings
 from service.config import Settings
-from service.runtime import Services
 from service.seed import seed
+from service.services import Services
 from tests.service._support import N_WALLPAPERS, Running, make_settings, run_service, stop_service
 
 

@@ -291,6 +291,7 @@ async def test_health_metrics_openapi(service: Running) -> None:
     assert 'wallpaper_http_requests_total{method="GET",route="list",status="200"}' in text
     assert 'cachelayer_misses_total{cache="wallpaper"}' in text
     assert 'wallpaper_pool_connections{state="max",store="mysql"}' in text
+    assert 'wallpaper_pool_connections{state="idle",store="redis"}' in text  # the cache backend's stats()
     response, spec = await service.json("/openapi.json")
     assert spec == openapi_document()
     assert spec["openapi"].startswith("3.1")
@@ -331,6 +332,26 @@ async def test_unknown_categories_cost_the_store_nothing(service: Running, redis
     response, body = await service.json(f"{LIST}?category=anime&pageSize=5")
     assert response.code == 200
     assert body["data"]["items"]
+
+
+async def test_unknown_ids_above_the_highest_cost_the_store_nothing(
+    service: Running, redis_client: redis.asyncio.Redis
+) -> None:
+    """Wallpaper ids are client input too: an id above the highest one is answered 404 without a database call or
+    an entry of its own; "not found" entries are bounded by the id range."""
+    response, body = await service.json(f"{API}/wallpaper/7.json")  # the highest id is cached by now
+    assert response.code == 200
+
+    async def keys() -> int:
+        return len([key async for key in redis_client.scan_iter(match="*", count=1000)])
+
+    before = await keys()
+    for i in range(200):
+        response, body = await service.json(f"{API}/wallpaper/{10_000 + i * 7919}.json")
+        assert response.code == 404
+        assert body["code"] == 40401
+        assert body["msg"].startswith("no wallpaper with id")
+    assert await keys() == before
 
 
 async def test_real_answers_hold_to_the_openapi_document(service: Running) -> None:

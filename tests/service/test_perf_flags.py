@@ -13,8 +13,8 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
 from service.app import AccessLines
 from service.config import DEFAULT_CONFIG, Settings, load_settings
-from service.handlers import _LIST_QUERIES, list_query
 from service.request_ids import new_request_id
+from service.routes import _LIST_QUERIES, list_query
 from service.validation import ApiError
 from tests.service._support import API, run_service, stop_service, with_sections
 

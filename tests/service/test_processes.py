@@ -13,28 +13,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from harness import REPO_ROOT, free_port
 from service.config import Settings
 from service.runtime import _children_of
+from tests.service._support import settings_env
 
 pytestmark = pytest.mark.slow
-
-
-def settings_env(value: Any, prefix: str = "WALLPAPER") -> dict[str, str]:
-    if isinstance(value, dict):
-        env: dict[str, str] = {}
-        for key, inner in value.items():
-            env.update(
-                settings_env(inner, f"{prefix}_{key.upper()}" if prefix == "WALLPAPER" else f"{prefix}__{key.upper()}")
-            )
-        return env
-    if isinstance(value, list):
-        return {prefix: json.dumps(value)}  # a list setting is JSON in the environment
-    return {prefix: str(value).lower() if isinstance(value, bool) else str(value)}
 
 
 def get(url: str, timeout: float = 2.0) -> tuple[int, dict[str, str], bytes] | None:

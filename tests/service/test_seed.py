@@ -14,8 +14,8 @@ import redis.asyncio
 from harness import SecantusServer, free_port
 from service.__main__ import _seed
 from service.config import Settings
-from service.runtime import Services
 from service.seed import BATCH, retrying, seed, seed_state
+from service.services import Services
 from tests.service._support import with_sections
 
 N = 2 * BATCH + 37  # three batches, the last one partial

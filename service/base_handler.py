@@ -1,0 +1,149 @@
+"""What every handler does around its route: default headers, the in-flight count, answers from the cache and
+errors. Cached responses go out as the stored bytes, never parsed again.
+
+A cached read: validate -> ``catalog.<fn>.entry(...)`` -> :meth:`BaseHandler.send_entry`, which sends the stored
+frame as is to a client that accepts its coding (``negotiation.py``: ``dcz``, ``zstd``), the decompressed JSON
+bytes otherwise (Tornado may gzip them, unless the client refuses gzip with ``q=0``), with a weak ETag of the
+bytes, ``Cache-Control: max-age`` = the remaining TTL, ``X-Cache`` and ``Cache-Status`` (RFC 9211:
+``freshness.py``). Every error is a JSON ``{"code", "msg"}`` (``write_error`` is overridden: never an HTML
+traceback; ``errors.py`` maps each failure to its answer).
+
+Two of Tornado's private attributes are written here, on the hot path, each pinned against the installed Tornado
+by ``tests/service/test_tornado_privates.py``: ``_headers`` (the header map: :meth:`BaseHandler.clear` builds it,
+and trusted constant values go straight into it, without ``set_header``'s validation of each) and
+``_write_buffer`` (reset by ``clear()``, which has no public equivalent).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+import tornado
+import tornado.web
+from tornado import httputil
+
+from .errors import error_answer, log_failure, reason_phrase
+from .freshness import cache_status, max_age
+from .negotiation import ETAGS, Entry, representation
+from .request_ids import Process, new_request_id
+from .services import Services
+from .validation import ApiError
+
+__all__ = ["JSON_TYPE", "BaseHandler", "http_date"]
+
+JSON_TYPE: Final = "application/json; charset=UTF-8"
+_REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SERVER: Final = f"TornadoServer/{tornado.version}"
+_date: list[Any] = [0, ""]
+
+
+def http_date() -> str:
+    """The ``Date`` header value, formatted once per second (Tornado formats it for every response)."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, httputil.format_timestamp(now)
+    return str(_date[1])
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    services: Services
+    route: str = "other"
+
+    def initialize(self, services: Services, route: str = "other") -> None:
+        self.services = services
+        self.route = route
+        self.cache_outcome: str | None = None
+        self._counted = False
+
+    def clear(self) -> None:
+        """Tornado's ``clear()`` with the Date header formatted once per second and our defaults built in."""
+        self._headers = httputil.HTTPHeaders({"Server": _SERVER, "Date": http_date()})
+        self.set_default_headers()
+        self._write_buffer = []
+        self.set_status(200)
+
+    def set_default_headers(self) -> None:
+        # Trusted constant values: straight into the header map (set_header re-validates each value).
+        headers = self._headers
+        headers["Content-Type"] = JSON_TYPE
+        headers["X-Worker-Pid"] = Process.pid
+        # Here, not in prepare(): every answer carries it, also a 405 Tornado raises before prepare() and an
+        # error page (send_error clears the headers and comes back here; the id is kept).
+        request_id = self.__dict__.get("request_id")
+        if request_id is None:
+            given = self.request.headers.get("X-Request-Id")
+            request_id = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else new_request_id()
+            self.request_id = request_id
+        headers["X-Request-Id"] = request_id
+        if not self.application.settings.get("gzip_transform"):
+            headers["Vary"] = "Accept-Encoding"
+
+    def prepare(self) -> None:
+        self.services.request_started()
+        self._counted = True
+
+    def on_finish(self) -> None:
+        if self._counted:
+            self.services.request_finished()
+            self._counted = False
+
+    def compute_etag(self) -> str | None:
+        return None  # cached responses set their own (from the stored bytes); the rest have none
+
+    def write_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(orjson.dumps(value))
+
+    def send_entry(self, entry: Entry, not_found: Callable[[], ApiError], key: Any) -> None:
+        """Send a cached envelope from its stored bytes (no JSON parse); ``not_found()`` is raised for a cached
+        "not found". ``key`` identifies the value (route and arguments) for the ETag memo."""
+        outcome = self.cache_outcome = entry.outcome.value
+        body = entry.body()
+        now = time.time()
+        expires_at = entry.expires_at
+        if body == b"null":
+            # A cached "not found": the error page says where it came from too (send_error clears the headers).
+            self._cache_headers = (outcome, cache_status(outcome, expires_at, now, entry.invalidated))
+            raise not_found()
+        headers = self._headers  # values built here, all header-safe: no set_header validation per call
+        headers["Cache-Control"] = f"public, max-age={max_age(outcome, expires_at, now)}"
+        headers["X-Cache"] = outcome
+        headers["Cache-Status"] = cache_status(outcome, expires_at, now, entry.invalidated)
+        request_headers = self.request.headers
+        dictionary = self.services.dictionary
+        if dictionary is not None:
+            headers["Link"] = dictionary.link
+            headers.add("Vary", "Available-Dictionary")
+        coding, payload = representation(entry, body, request_headers, dictionary)
+        if coding is not None:
+            headers["Content-Encoding"] = coding
+        etag = headers["ETag"] = ETAGS.get(key, entry, body, coding)
+        inm = request_headers.get("If-None-Match")
+        if inm is not None and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
+            self.set_status(304)
+            self.clear_header("Content-Encoding")
+            self.finish()
+            return
+        self.finish(payload)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        cached = self.__dict__.get("_cache_headers")
+        if cached is not None:
+            self.set_header("X-Cache", cached[0])
+            self.set_header("Cache-Status", cached[1])
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        reason = reason_phrase(status_code, exc, kwargs.get("reason"))
+        answer = error_answer(status_code, exc, reason, self.request, type(self))
+        for name, value in answer.headers:
+            self.set_header(name, value)
+        self.set_status(answer.status)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(orjson.dumps({"code": answer.code, "msg": answer.msg}))
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if not log_failure(value, self.request_id):
+            super().log_exception(typ, value, tb)
