@@ -15,13 +15,22 @@ cores); without it the repeats are longer and more of them.
   pydantic model (pydantic's TypeAdapter), through the library's own ``ValueType`` (what ``@cached`` builds from a
   ``-> list[Item]`` annotation); encode includes its read-back check, decode is validation into the type. Each is
   also timed in alternating rounds against ``orjson.loads`` of the same bytes (the untyped hit's parse).
+* corpus rows (``"section": "corpus"``): public JSON corpora no one here wrote (benchmarks/corpora/README.md; the
+  records are not in the repository: ``python -m benchmarks.corpora.extract`` writes them to ``var/corpora``, or
+  ``--corpora DIR``). Each corpus is split by index, even records train a dictionary, odd ones are measured, one
+  at a time and as 20-record pages, through ``cachelayer.Codec`` without a dictionary and with the one dictionary
+  in both its forms. ``raw_bytes``/``stored_bytes`` are totals over the held-out set, so ``ratio`` is the total
+  ratio; ``ratio_p10``/``ratio_median``/``ratio_p90`` are over the per-value ratios; times are per value.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
+import os
+import statistics
 import sys
 import time
 import zlib
@@ -89,13 +98,15 @@ class Mode:
     size_classes: tuple[str, ...]
     json_on_large: bool
     plot: bool
+    corpora: int | None = None  # how many public corpora (the smallest and largest records first); None: all
+    corpus_records: int | None = None  # the first N records of each corpus, before the split; None: all
 
 
 MODES: Final = {
     "full": Mode("full", 15, 0.02, 2000, tuple(SIZE_CLASSES), True, True),
-    "quick": Mode("quick", 5, 0.004, 2000, tuple(SIZE_CLASSES), True, True),
+    "quick": Mode("quick", 5, 0.004, 2000, tuple(SIZE_CLASSES), True, True, corpora=2, corpus_records=200),
     # For the test suite: seconds, not minutes; the numbers mean little.
-    "smoke": Mode("smoke", 1, 0.0005, 600, ("small", "medium"), False, False),
+    "smoke": Mode("smoke", 1, 0.0005, 600, ("small", "medium"), False, False, corpora=2, corpus_records=120),
 }
 
 
@@ -390,6 +401,305 @@ def _typed_note(paired: Sequence[TypedRow]) -> list[str]:
     return lines
 
 
+# -- public corpora ----------------------------------------------------------------------------------------------
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+CORPORA_ENV: Final = "CACHELAYER_CORPORA"
+#: Where the corpora are looked for when neither ``--corpora`` nor $CACHELAYER_CORPORA names a directory: what
+#: ``python -m benchmarks.corpora.extract`` writes (git-ignored), then the steering repository's shared/ beside
+#: the clone (where the project's data files from public repositories may be kept).
+CORPUS_DIRS: Final = (REPO_ROOT / "var" / "corpora", REPO_ROOT.parent / "shared" / "corpora")
+PAGE_RECORDS: Final = 20
+CORPUS_LEVEL: Final = 3  # train_dictionary's default level, and the level the dictionary codecs write with
+SECTION_CORPUS: Final = "corpus"
+UNITS: Final = ("record", "page")
+
+
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    """One public corpus: its records as stored in its JSON Lines file (compact JSON, one per line)."""
+
+    name: str
+    records: tuple[bytes, ...]
+    sha256: str  # of the file
+
+    @property
+    def mean_bytes(self) -> float:
+        return sum(map(len, self.records)) / max(len(self.records), 1)
+
+
+def corpora_dir(explicit: Path | None) -> Path | None:
+    """The directory to read corpora from: ``explicit``, else $CACHELAYER_CORPORA, else the first of
+    :data:`CORPUS_DIRS` holding a ``*.jsonl`` file; None when there is none."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(CORPORA_ENV)
+    if from_env:
+        return Path(from_env)
+    return next((d for d in CORPUS_DIRS if any(d.glob("*.jsonl"))), None)
+
+
+def load_corpora(directory: Path) -> list[Corpus]:
+    """Every ``*.jsonl`` file of ``directory``, ordered by mean record size (smallest first)."""
+    found: list[Corpus] = []
+    for path in sorted(directory.glob("*.jsonl")):
+        data = path.read_bytes()
+        records = tuple(line for line in data.splitlines() if line.strip())
+        if records:
+            found.append(Corpus(path.stem, records, hashlib.sha256(data).hexdigest()))
+    return sorted(found, key=lambda c: c.mean_bytes)
+
+
+def select_corpora(corpora: Sequence[Corpus], mode: Mode) -> list[Corpus]:
+    """All of them, or (quick and smoke modes) the ones with the smallest and the largest records."""
+    if mode.corpora is None or len(corpora) <= mode.corpora:
+        return list(corpora)
+    half = mode.corpora // 2
+    return [*corpora[: mode.corpora - half], *corpora[len(corpora) - half :]]
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    training: list[bytes]
+    held_out: list[bytes]
+    dropped: int  # odd-index records equal to a training record, left out of the held-out half
+
+
+def split_records(records: Sequence[bytes]) -> Split:
+    """Even indexes train, odd indexes are measured (as ``cachelayer dictionary train`` splits); an odd record
+    whose bytes equal a training record's is dropped, so that no measured value was ever seen in training."""
+    training = list(records[0::2])
+    seen = set(training)
+    held_out = [r for r in records[1::2] if r not in seen]
+    return Split(training, held_out, len(records[1::2]) - len(held_out))
+
+
+def _pages(values: Sequence[Any]) -> list[list[Any]]:
+    """Consecutive held-out records, PAGE_RECORDS at a time; a short last page is left out."""
+    return [list(values[i : i + PAGE_RECORDS]) for i in range(0, len(values) - PAGE_RECORDS + 1, PAGE_RECORDS)]
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusVariant:
+    compression: str
+    via: str
+    note: str
+    encode: Encoder
+    decode: Decoder
+
+
+def corpus_variants(dictionary: Dictionary) -> list[CorpusVariant]:
+    """The stores compared on a corpus: JSON alone, cachelayer's codec without a dictionary (its default, and at
+    the dictionary's level), and with the corpus's dictionary as raw content and in zstd's trained form."""
+    registry = dictionary.registry
+    codecs = [
+        ("zstd-1", Codec(), "Codec() default: level 1, no dictionary, values under 256 B uncompressed"),
+        ("zstd-3", Codec(level=CORPUS_LEVEL), "level 3, no dictionary"),
+        ("zstd-3-dict", Codec(dictionaries=registry, dictionary_id=dictionary.dict_id, level=CORPUS_LEVEL),
+         "level 3, dictionary as raw content (what train_dictionary returns; dcz-servable)"),
+        ("zstd-3-dict-trained",
+         Codec(dictionaries=registry, dictionary_id=dictionary.trained_id, level=CORPUS_LEVEL),
+         "level 3, zstd's trained form of the same training (not servable to browsers)"),
+    ]  # fmt: skip
+    variants = [CorpusVariant("none", VIA_DIRECT, "orjson dumps/loads alone", orjson.dumps, orjson.loads)]
+    variants += [CorpusVariant(name, VIA_CODEC, note, codec.encode, codec.decode) for name, codec, note in codecs]
+    return variants
+
+
+def _per_value_us(fn: Callable[[Any], object], subjects: Sequence[Any], mode: Mode) -> float:
+    def each() -> None:
+        for subject in subjects:
+            fn(subject)
+
+    return time_call(each, repeats=mode.repeats, min_time=mode.min_time).median_us / len(subjects)
+
+
+def _spread(ratios: Sequence[float]) -> tuple[float, float, float]:
+    """p10, median, p90 (inclusive quantiles) of per-value ratios."""
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    deciles = statistics.quantiles(ratios, n=10, method="inclusive")
+    return deciles[0], statistics.median(ratios), deciles[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusRun:
+    corpus: Corpus
+    records: int  # used (after the mode's cap)
+    split: Split
+    dictionary: Dictionary
+    dictionary_bytes: int
+
+
+def measure_corpus(corpus: Corpus, mode: Mode) -> tuple[list[dict[str, Any]], CorpusRun]:
+    """Train on the corpus's even records, measure its odd ones; one row per unit x variant."""
+    records = corpus.records if mode.corpus_records is None else corpus.records[: mode.corpus_records]
+    split = split_records(records)
+    if set(split.training) & set(split.held_out):
+        raise AssertionError(f"{corpus.name}: a held-out record is in the training set")
+    dictionary = build_dictionary(split.training)
+    held_values = [orjson.loads(r) for r in split.held_out]
+    units: dict[str, list[Any]] = {"record": held_values, "page": _pages(held_values)}
+    rows: list[dict[str, Any]] = []
+    for unit, values in units.items():
+        if not values:
+            continue
+        raw = [orjson.dumps(v) for v in values]
+        for variant in corpus_variants(dictionary):
+            stored = [variant.encode(v) for v in values]
+            for value, data in zip(values, stored, strict=True):
+                if variant.decode(data) != value:
+                    raise AssertionError(f"{corpus.name}: {variant.compression} does not round-trip a {unit}")
+            p10, median, p90 = _spread([len(s) / len(r) for s, r in zip(stored, raw, strict=True)])
+            row: dict[str, Any] = {
+                "serializer": "orjson",
+                "compression": variant.compression,
+                "size_class": f"{corpus.name}/{unit}",
+                "raw_bytes": sum(map(len, raw)),
+                "stored_bytes": sum(map(len, stored)),
+                "ratio": round(sum(map(len, stored)) / sum(map(len, raw)), 4),
+                "encode_us": round(_per_value_us(variant.encode, values, mode), 3),
+                "decode_us": round(_per_value_us(variant.decode, stored, mode), 3),
+                "via": variant.via,
+                "section": SECTION_CORPUS,
+                "corpus": corpus.name,
+                "unit": unit,
+                "count": len(values),
+                "json_bytes_median": round(statistics.median(map(len, raw))),
+                "ratio_p10": round(p10, 4),
+                "ratio_median": round(median, 4),
+                "ratio_p90": round(p90, 4),
+                "training_records": len(split.training),
+                "note": variant.note,
+            }
+            if variant.compression.startswith("zstd-3-dict"):
+                trained = variant.compression.endswith("trained")
+                row["dictionary_id"] = dictionary.trained_id if trained else dictionary.dict_id
+                row["dictionary_bytes"] = len(dictionary.registry.data(row["dictionary_id"]))
+            rows.append(row)
+    size = len(dictionary.registry.data(dictionary.dict_id))
+    return rows, CorpusRun(corpus, len(records), split, dictionary, size)
+
+
+def run_corpora(
+    directory: Path | None, mode: Mode, *, progress: bool = True
+) -> tuple[list[dict[str, Any]], list[CorpusRun]]:
+    if directory is None:
+        return [], []
+    rows: list[dict[str, Any]] = []
+    runs: list[CorpusRun] = []
+    for corpus in select_corpora(load_corpora(directory), mode):
+        corpus_rows, corpus_run = measure_corpus(corpus, mode)
+        rows += corpus_rows
+        runs.append(corpus_run)
+        if progress:
+            print(f"  measured corpus {corpus.name} ({corpus_run.records} records, "
+                  f"{corpus.mean_bytes:.0f} B mean)", file=sys.stderr, flush=True)  # fmt: skip
+    return rows, runs
+
+
+CORPUS_SUMMARY_HEADERS: Final = (
+    "corpus",
+    "unit",
+    "held-out",
+    "JSON B p50",
+    "Codec() zstd-1",
+    "zstd-3",
+    "zstd-3 + dict (raw)",
+    "zstd-3 + dict (trained form)",
+)
+CORPUS_TIME_HEADERS: Final = (
+    "corpus",
+    "unit",
+    "compression",
+    "ratio",
+    "p10",
+    "p50",
+    "p90",
+    "encode us",
+    "decode us",
+)
+
+
+def corpus_summary(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
+    """One line per corpus x unit: the total ratio of each store (and the p10-p90 of per-value ratios)."""
+    lines: list[list[object]] = []
+    keys = list(dict.fromkeys((r["corpus"], r["unit"]) for r in rows if r.get("section") == SECTION_CORPUS))
+    for corpus, unit in keys:
+        by = {r["compression"]: r for r in rows if r.get("corpus") == corpus and r["unit"] == unit}
+        first = next(iter(by.values()))
+        cells: list[object] = [corpus, unit, first["count"], first["json_bytes_median"]]
+        for compression in ("zstd-1", "zstd-3", "zstd-3-dict", "zstd-3-dict-trained"):
+            r = by[compression]
+            cells.append(f"{r['ratio']:.3f} ({r['ratio_p10']:.2f}-{r['ratio_p90']:.2f})")
+        lines.append(cells)
+    return lines
+
+
+def corpus_rows_table(rows: Sequence[dict[str, Any]]) -> list[list[object]]:
+    return [
+        [r["corpus"], r["unit"], r["compression"], r["ratio"], r["ratio_p10"], r["ratio_median"], r["ratio_p90"],
+         r["encode_us"], r["decode_us"]]
+        for r in rows
+        if r.get("section") == SECTION_CORPUS
+    ]  # fmt: skip
+
+
+def _corpus_ranges(rows: Sequence[dict[str, Any]], unit: str, compression: str) -> str:
+    ratios = [float(r["ratio"]) for r in rows if r.get("unit") == unit and r["compression"] == compression]
+    return f"{min(ratios):.2f}-{max(ratios):.2f} x" if ratios else "-"
+
+
+def corpus_markdown(
+    rows: Sequence[dict[str, Any]], runs: Sequence[CorpusRun], mode: Mode, directory: Path | None
+) -> list[str]:
+    lines = ["", "## Public JSON corpora: dictionary trained on one half, measured on the other", ""]
+    if not runs:
+        where = directory if directory is not None else " or ".join(str(d) for d in CORPUS_DIRS)
+        return [*lines, f"Not measured: no `*.jsonl` corpora in {where} (see benchmarks/corpora/README.md)."]
+    corpus_rows = [r for r in rows if r.get("section") == SECTION_CORPUS]
+    files = [
+        [r.corpus.name, r.records, len(r.split.training), len(r.split.held_out), round(r.corpus.mean_bytes),
+         r.dictionary_bytes, r.corpus.sha256[:16]]
+        for r in runs
+    ]  # fmt: skip
+    limit = "" if mode.corpus_records is None else f"; in `{mode.name}` mode the first {mode.corpus_records} records"
+    chosen = "" if mode.corpora is None else f" (`{mode.name}` mode: the {mode.corpora} with the smallest and largest)"
+    lines += [
+        f"Records no one here wrote{chosen}: benchmarks/corpora/README.md names each corpus's source, commit and "
+        "licence; `python -m benchmarks.corpora.extract` makes the files (they are not in the repository).",
+        "",
+        "- Split: even-index records train, odd-index records are measured (an odd record equal to a training "
+        f"record would be dropped){limit}. A page is {PAGE_RECORDS} consecutive held-out records as one JSON "
+        "array (a short last page is left out).",
+        f"- Dictionary: one per corpus, `cachelayer.train_dictionary` (at most {DICTIONARY_SIZE // 1024} KiB, "
+        f"level {CORPUS_LEVEL}: the library's defaults) on the training records, each one sample; the same "
+        "dictionary serves records and pages. `raw`: the raw content the library writes (compression 3, what a "
+        "browser holding the file decodes as dcz); `trained form`: zstd's own format of the same training "
+        "(compression 2).",
+        "- Stored through `cachelayer.Codec`, 26-byte header included: `Codec()` is the default (level 1, values "
+        "under 256 B stored uncompressed); the dictionary codecs compress from 64 B. ratio = total stored bytes / "
+        "total JSON (orjson) bytes of the held-out values; (p10-p90) of the per-value ratios; times are per "
+        "value, medians over repeats.",
+        "",
+        f"Over these corpora: single records {_corpus_ranges(corpus_rows, 'record', 'zstd-3-dict')} of their JSON "
+        f"with the raw dictionary, {_corpus_ranges(corpus_rows, 'record', 'zstd-1')} with `Codec()`; "
+        f"{PAGE_RECORDS}-record pages {_corpus_ranges(corpus_rows, 'page', 'zstd-3-dict')} with it, "
+        f"{_corpus_ranges(corpus_rows, 'page', 'zstd-1')} with `Codec()`.",
+        "",
+        markdown_table(
+            ["corpus", "records used", "training", "held-out", "mean B", "dictionary B", "file SHA-256"], files
+        ),
+        "",
+        "Total ratio stored / JSON (p10-p90 of the per-value ratios):",
+        "",
+        markdown_table(CORPUS_SUMMARY_HEADERS, corpus_summary(corpus_rows)),
+        "",
+        markdown_table(CORPUS_TIME_HEADERS, corpus_rows_table(corpus_rows)),
+    ]
+    return lines
+
+
 # -- targets -----------------------------------------------------------------------------------------------------
 
 
@@ -549,6 +859,7 @@ def render_markdown(
     png: str | None,
     paired: PairedTimings | None,
     typed: Sequence[TypedRow] = (),
+    corpus: Sequence[str] = (),
 ) -> str:
     dictionary, msgpack_dictionary = dictionaries["json"], dictionaries["msgpack"]
     env = environment(["orjson", "zstandard", "msgpack", "lz4", "brotli"])
@@ -603,7 +914,7 @@ def render_markdown(
         class_rows = [r for r in rows if r["size_class"] == size_class]
         lines += ["", f"## {size_class} ({class_rows[0]['raw_bytes']} B of orjson)", ""]
         lines.append(markdown_table(TABLE_HEADERS[1:], [r[1:] for r in table_rows(class_rows)]))
-    lines += ["", f"Command: `{command}`"]
+    lines += [*corpus, "", f"Command: `{command}`"]
     return "\n".join(lines)
 
 
@@ -648,6 +959,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats (well under a minute)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON to PATH")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where codecs.{md,json,png} go")
+    parser.add_argument(
+        "--corpora",
+        type=Path,
+        metavar="DIR",
+        help=f"the public corpora, NAME.jsonl (default: ${CORPORA_ENV}, else var/corpora/, else ../shared/corpora/; "
+        "see benchmarks/corpora/README.md)",
+    )
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
@@ -660,21 +978,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra, typed = typed_rows(mode)
         rows += extra
     targets = evaluate_targets(rows, paired)
+    directory = corpora_dir(args.corpora)
+    corpus_rows, corpus_runs = run_corpora(directory, mode)
+    rows += corpus_rows
 
-    print(format_table(TABLE_HEADERS, table_rows(rows)))
+    print(format_table(TABLE_HEADERS, table_rows([r for r in rows if r.get("section") != SECTION_CORPUS])))
     print()
     for target in targets:
         print(f"{target.verdict:5} {target.description}: {target.measured} (limit {target.limit}) {target.how}")
     for t in typed:
         print(f"typed decode list[Item] ({t.kind}, {t.engine}): {t.vs_loads.a.median_us:.2f} us = "
               f"{t.vs_loads.ratio:.3f} x orjson.loads ({t.vs_loads.b.median_us:.2f} us)")  # fmt: skip
+    if corpus_runs:
+        print("\npublic corpora (held-out values), total ratio stored / JSON:")
+        print(format_table(CORPUS_SUMMARY_HEADERS, corpus_summary(corpus_rows)))
+    else:
+        print(f"\npublic corpora: none found ({directory or 'see benchmarks/corpora/README.md'})", file=sys.stderr)
 
     out_dir: Path = args.out_dir
     png_name: str | None = None
     if mode.plot:
         plot(rows, out_dir / "codecs.png")
         png_name = "codecs.png"
-    write_text(out_dir / "codecs.md", render_markdown(rows, targets, mode, dictionaries, png_name, paired, typed))
+    write_text(
+        out_dir / "codecs.md",
+        render_markdown(
+            rows,
+            targets,
+            mode,
+            dictionaries,
+            png_name,
+            paired,
+            typed,
+            corpus_markdown(rows, corpus_runs, mode, directory),
+        ),
+    )
     write_json(out_dir / "codecs.json", rows)
     if args.json is not None:
         write_json(args.json, rows)
