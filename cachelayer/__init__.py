@@ -57,12 +57,14 @@ def instrument_opentelemetry(
     meter_provider: MeterProvider | None = None,
     *,
     record_keys: bool = False,
+    defer_hit_spans: bool = True,
 ) -> OpenTelemetryHooks:
     """Trace and measure fetches with OpenTelemetry: ``cache``'s, or every cache's when None (the ``otel`` extra;
-    docs/observability.md). Imported on call, so cachelayer imports without OpenTelemetry installed."""
+    docs/observability.md). Imported on call, so cachelayer imports without OpenTelemetry installed. Hit spans are
+    made in batches after the fact unless ``defer_hit_spans=False`` (``hooks.flush()`` makes them now)."""
     from ._otel import instrument_opentelemetry as instrument
 
-    return instrument(cache, tracer_provider, meter_provider, record_keys=record_keys)
+    return instrument(cache, tracer_provider, meter_provider, record_keys=record_keys, defer_hit_spans=defer_hit_spans)
 
 
 __all__ = [

@@ -5,9 +5,11 @@ process; it returns the subscriber, whose :meth:`~OpenTelemetryHooks.uninstrumen
 only one that imports opentelemetry (the ``otel`` extra), and it is imported only when instrumentation is asked
 for, so cachelayer works without it. The package exports a lazy wrapper::
 
-    def instrument_opentelemetry(cache=None, tracer_provider=None, meter_provider=None, *, record_keys=False):
+    def instrument_opentelemetry(cache=None, tracer_provider=None, meter_provider=None, *, record_keys=False,
+                                 defer_hit_spans=True):
         from ._otel import instrument_opentelemetry as instrument
-        return instrument(cache, tracer_provider, meter_provider, record_keys=record_keys)
+        return instrument(cache, tracer_provider, meter_provider, record_keys=record_keys,
+                          defer_hit_spans=defer_hit_spans)
 
 How the spans nest: the fetch span is made current in the caller's task (``fetch_started``) until the fetch ends,
 so the Redis command spans of opentelemetry-instrumentation-redis (the read, the lease) nest under it; the load
@@ -16,6 +18,17 @@ to the store write, so the loader's own spans and the write nest under it. Calle
 load get a link to that load span. A tracer that drops every span (the SDK's with the ``ALWAYS_OFF`` sampler:
 nothing it starts is recorded) gets no span in the caller's task at all, only for the load: the loader still runs
 under an (unsampled) load span whose parent is the fetch's, so what it calls continues the trace as always.
+
+**Hit spans are made after the fact, in batches** (``defer_hit_spans=True``, the default): a fetch keeps its
+parent context and start time (a few hundred nanoseconds), and a fetch that ends without anything needing its span
+while it ran (a hit) is queued; the queue becomes spans, with those exact start and end times, parent and
+attributes, every 50 ms or 256 fetches (:meth:`OpenTelemetryHooks.flush`; also at ``uninstrument()`` and at exit).
+Made one at a time right after a round trip to Redis, an SDK span cost ~40 us on a loaded 2-core machine; made in a
+batch, ~15 us (``benchmarks.hit_path``, row ``cachelayer_otel_sampled``). A fetch that loads, waits, joins, fails
+open or writes gets its span at that moment (its start time kept), so its load span, links and events are as
+before. Two things differ for a hit: the span is not current while the hit runs, and it reaches the exporter up to
+50 ms later. Spans are made live from the start when opentelemetry-instrumentation-redis traces Redis commands
+(they must nest under the fetch span) or with ``defer_hit_spans=False``.
 
 Metrics carry the function, never the key (keys can hold user data); spans carry the key only with
 ``record_keys=True``. Span attributes are computed only for a span that records. A tracer that drops every span is
@@ -27,6 +40,9 @@ child span, a propagator); see :func:`_drops_every_span` and docs/observability.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import sys
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from contextvars import Token
@@ -45,7 +61,7 @@ from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier, add_global_hooks
 if TYPE_CHECKING:
     from ._cache import Cache
 
-__all__ = ["OpenTelemetryHooks", "instrument_opentelemetry", "reason_kind"]
+__all__ = ["OpenTelemetryHooks", "flush_pending", "instrument_opentelemetry", "reason_kind"]
 
 SCOPE: Final = "cachelayer"
 
@@ -85,13 +101,17 @@ def instrument_opentelemetry(
     meter_provider: MeterProvider | None = None,
     *,
     record_keys: bool = False,
+    defer_hit_spans: bool = True,
 ) -> OpenTelemetryHooks:
     """Trace and measure the fetches of ``cache`` (None: of every cache of this process, present and future),
     with the global tracer and meter providers unless others are given. Returns the subscriber:
     ``hooks.uninstrument()`` stops it. ``record_keys=True`` puts each fetch's store key on its span (keys can
-    hold user data: off by default; metrics never carry keys)."""
+    hold user data: off by default; metrics never carry keys). ``defer_hit_spans``: see the module's docstring
+    (call ``hooks.flush()`` before reading an exporter in a test)."""
     namespace = None if cache is None else cache.namespace
-    hooks = OpenTelemetryHooks(tracer_provider, meter_provider, record_keys=record_keys, namespace=namespace)
+    hooks = OpenTelemetryHooks(
+        tracer_provider, meter_provider, record_keys=record_keys, namespace=namespace, defer_hit_spans=defer_hit_spans
+    )
     if cache is None:
         add_global_hooks(hooks)
         hooks._remove = lambda: remove_global_hooks(hooks)
@@ -161,13 +181,17 @@ class OpenTelemetryHooks(CacheHooks):
     """The subscriber: one :class:`_FetchSpan` per fetch. Instruments are shared per meter (:class:`_Instruments`)."""
 
     __slots__ = (
+        "__weakref__",
         "_attributes",
+        "_defer",
         "_drops_all",
         "_end_attributes",
         "_fail_open",
+        "_flush_timer",
         "_lease_wait",
         "_load_duration",
         "_loads",
+        "_pending",
         "_puts",
         "_remove",
         "_shared",
@@ -185,9 +209,13 @@ class OpenTelemetryHooks(CacheHooks):
         *,
         record_keys: bool = False,
         namespace: str | None = None,
+        defer_hit_spans: bool = True,
     ) -> None:
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         self._drops_all = _drops_every_span(self.tracer)
+        self._defer = defer_hit_spans
+        self._pending: list[_EndedHit] = []  # hits whose spans are still to be made (flush)
+        self._flush_timer: asyncio.TimerHandle | None = None
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
         self.record_keys = record_keys
         self.namespace = namespace
@@ -210,6 +238,7 @@ class OpenTelemetryHooks(CacheHooks):
     def uninstrument(self) -> None:
         """Stop tracing and measuring (fetches already started finish their spans); its gets are no longer
         reported either."""
+        self.flush()
         if self._remove is not None:
             self._remove()
             self._remove = None
@@ -256,6 +285,8 @@ class OpenTelemetryHooks(CacheHooks):
     def fetch_started(self, function: str, key: str) -> FetchHooks | None:
         if self._drops_all:
             return _DroppedFetch(self, function)
+        if self._defer and not _redis_commands_traced():
+            return _DeferredFetch(self, function, key)
         parent = otel_context.get_current()
         span = self.tracer.start_span(function, context=parent, kind=SpanKind.INTERNAL)
         recording = span.is_recording()
@@ -276,6 +307,37 @@ class OpenTelemetryHooks(CacheHooks):
             if len(self._end_attributes) < _ATTRIBUTE_MEMO_SIZE:
                 self._end_attributes[(outcome, tier)] = found
         return found
+
+    def hit_ended(self, hit: _EndedHit) -> None:
+        """Queue a deferred fetch's span; made by :meth:`flush`, within 50 ms or 256 fetches."""
+        pending = self._pending
+        pending.append(hit)
+        if len(pending) >= _FLUSH_BATCH:
+            self.flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(_FLUSH_DELAY, self.flush)
+            _WITH_PENDING.add(self)
+
+    def flush(self) -> None:
+        """Make the spans of the fetches queued so far (with their own start and end times)."""
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()
+        pending, self._pending = self._pending, []
+        tracer = self.tracer
+        record_keys = self.record_keys
+        for function, key, parent, started, ended, outcome, tier, error in pending:
+            attributes = self.end_attributes(outcome, tier)
+            if record_keys:
+                attributes = {**attributes, "cache.key": key}
+            span = tracer.start_span(
+                function, context=parent, kind=SpanKind.INTERNAL, attributes=attributes, start_time=started
+            )
+            if error is not None and span.is_recording():
+                span.set_attribute("error.type", _qualified_name(error))
+                if outcome == "error":
+                    span.set_status(StatusCode.ERROR, _qualified_name(error))
+            span.end(end_time=ended)
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
         self._state_changes.add(1, self.attributes(("store", store), ("state", state)))
@@ -321,14 +383,14 @@ class _FetchSpan(FetchHooks):
         self._load_token: Token[otel_context.Context] | None = None
         self._load_task: asyncio.Task[object] | None = None
         self._load_open = False
-        self.leader: _FetchSpan | None = None
+        self.leader: _FetchSpan | _DeferredFetch | None = None
         self.lease_wait: float | None = None
         self.stored_size: int | None = None
         self._over = False
 
     def joined(self, leader: FetchHooks | None) -> None:
         # Linked at the end: the leader's load span may not have started yet (its task has not run).
-        if isinstance(leader, _FetchSpan):
+        if isinstance(leader, _FetchSpan | _DeferredFetch):
             self.leader = leader
 
     def lease_waited(self, seconds: float) -> None:
@@ -438,6 +500,8 @@ class _FetchSpan(FetchHooks):
                 attributes["cache.namespace"] = owner.namespace
             span.set_attributes(attributes)
         leader = self.leader
+        if isinstance(leader, _DeferredFetch):
+            leader = leader.full  # made when its load started
         if leader is not None:
             target = leader.load_span if leader.load_span is not None else leader.span
             if target is not None:
@@ -460,6 +524,91 @@ class _FetchSpan(FetchHooks):
             otel_context.detach(token)
         self._load_task = None
         load_span.end()
+
+
+# (function, key, parent context, start ns, end ns, outcome, tier, error): a deferred fetch that ended.
+_EndedHit = tuple[str, str, Context, int, int, FetchOutcome, "Tier | None", "BaseException | None"]
+
+_FLUSH_DELAY: Final = 0.05
+_FLUSH_BATCH: Final = 256
+# Subscribers with spans still queued, flushed at exit (a loop closed before its timer fired).
+_WITH_PENDING: weakref.WeakSet[OpenTelemetryHooks] = weakref.WeakSet()
+
+
+@atexit.register
+def flush_pending() -> None:
+    """Make the queued spans of every subscriber now (at exit; in tests, before reading an exporter)."""
+    for hooks in list(_WITH_PENDING):
+        hooks.flush()
+
+
+class _DeferredFetch(FetchHooks):
+    """A fetch whose span is made after it ended (a hit: :meth:`OpenTelemetryHooks.flush`), or, the moment it
+    needs one (it loads, waits, joins, fails open, writes), a :class:`_FetchSpan` started at the fetch's start."""
+
+    __slots__ = ("full", "function", "key", "owner", "parent", "started")
+
+    def __init__(self, owner: OpenTelemetryHooks, function: str, key: str) -> None:
+        self.owner = owner
+        self.function = function
+        self.key = key
+        self.parent = otel_context.get_current()
+        self.started = time.time_ns()
+        self.full: _FetchSpan | None = None
+
+    def _full(self) -> _FetchSpan:
+        full = self.full
+        if full is None:
+            owner = self.owner
+            span = owner.tracer.start_span(
+                self.function, context=self.parent, kind=SpanKind.INTERNAL, start_time=self.started
+            )
+            recording = span.is_recording()
+            if recording and owner.record_keys:
+                span.set_attribute("cache.key", self.key)
+            # Not made current: this task's context is the caller's (what the load task inherited too); the load
+            # span, made current in the loading task, names this span as its parent.
+            full = self.full = _FetchSpan(owner, self.function, span, None, recording)
+        return full
+
+    def joined(self, leader: FetchHooks | None) -> None:
+        self._full().joined(leader)
+
+    def lease_waited(self, seconds: float) -> None:
+        self._full().lease_waited(seconds)
+
+    def load_started(self) -> None:
+        self._full().load_started()
+
+    def load_ended(self, seconds: float, error: BaseException | None) -> None:
+        self._full().load_ended(seconds, error)
+
+    def stored(self, size: int) -> None:
+        self._full().stored(size)
+
+    def fill_revoked(self) -> None:
+        self._full().fill_revoked()
+
+    def failed_open(self, operation: str, reason: str) -> None:
+        self._full().failed_open(operation, reason)
+
+    def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
+        full = self.full
+        if full is not None:
+            full.ended(outcome, tier, error)
+            return
+        owner = self.owner
+        owner.count_get(self.function, outcome, tier)
+        owner.hit_ended((self.function, self.key, self.parent, self.started, time.time_ns(), outcome, tier, error))
+
+
+def _redis_commands_traced() -> bool:
+    """Whether opentelemetry-instrumentation-redis traces Redis commands now (their spans nest under the fetch's,
+    so the fetch's span must be current while it runs)."""
+    module = sys.modules.get("opentelemetry.instrumentation.redis")
+    if module is None:
+        return False
+    return bool(getattr(module.RedisInstrumentor(), "is_instrumented_by_opentelemetry", False))
 
 
 class _DroppedFetch(FetchHooks):

@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,8 +31,14 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased,
 from opentelemetry.trace import StatusCode
 
 from cachelayer import Cache, MemoryBackend, cached
-from cachelayer._otel import OpenTelemetryHooks, _drops_every_span, instrument_opentelemetry, reason_kind
-from tests._doubles import CountingLoader, LoaderFailed
+from cachelayer._otel import (
+    OpenTelemetryHooks,
+    _drops_every_span,
+    flush_pending,
+    instrument_opentelemetry,
+    reason_kind,
+)
+from tests._doubles import CountingLoader, LoaderFailed, eventually
 
 REDIS_SCOPE = "opentelemetry.instrumentation.redis"
 
@@ -44,6 +51,7 @@ class Telemetry:
     meter_provider: MeterProvider
 
     def spans(self) -> list[ReadableSpan]:
+        flush_pending()  # hit spans are made in batches, after the fact
         return list(self.exporter.get_finished_spans())
 
     def ours(self) -> list[ReadableSpan]:
@@ -149,7 +157,7 @@ def only(spans: Sequence[ReadableSpan]) -> ReadableSpan:
 
 
 async def test_the_fetch_span_is_current_until_the_fetch_ends(telemetry: Telemetry) -> None:
-    hooks = OpenTelemetryHooks(telemetry.tracer_provider, telemetry.meter_provider)
+    hooks = OpenTelemetryHooks(telemetry.tracer_provider, telemetry.meter_provider, defer_hit_spans=False)
     before = trace.get_current_span()
     fetch = hooks.fetch_started("app.page", "ns:{app.page}:k")
     assert fetch is not None
@@ -297,6 +305,48 @@ def test_reason_kinds() -> None:
 
 
 # -- real fetches ----------------------------------------------------------------------------------------------
+
+
+async def test_a_hits_span_is_made_after_the_fact_with_its_own_times_and_parent(
+    telemetry: Telemetry, cache: Cache
+) -> None:
+    hooks = telemetry.instrument(cache)
+
+    @cached(cache=cache)
+    async def front_page(edition: str) -> dict[str, str]:
+        return {"title": edition}
+
+    await front_page("morning")  # the miss: its span is made live (it loads)
+    telemetry.exporter.clear()
+    tracer = telemetry.tracer_provider.get_tracer("the application")
+    with tracer.start_as_current_span("request") as request:
+        before = time.time_ns()
+        assert await front_page("morning") == {"title": "morning"}
+        after = time.time_ns()
+    assert telemetry.exporter.get_finished_spans()[-1].name == "request"  # ours is not made yet
+    # Made by the timer, without anyone asking, within its 50 ms.
+    await eventually(lambda: len(telemetry.exporter.get_finished_spans()) == 2, what="the hit's span is made")
+    hit = only(telemetry.fetch_spans())
+    assert parent_id(hit) == request.get_span_context().span_id
+    assert hit.start_time is not None
+    assert hit.end_time is not None
+    assert before <= hit.start_time <= hit.end_time <= after
+    assert attributes_of(hit)["cache.outcome"] == "hit"
+    hooks.uninstrument()
+
+
+async def test_a_full_batch_of_hits_is_made_at_once(telemetry: Telemetry, cache: Cache) -> None:
+    telemetry.instrument(cache)
+
+    @cached(cache=cache)
+    async def front_page(edition: str) -> dict[str, str]:
+        return {"title": edition}
+
+    await front_page("morning")
+    telemetry.exporter.clear()
+    for _ in range(256):
+        await front_page("morning")
+    assert len(telemetry.exporter.get_finished_spans()) == 256  # the 256th made the batch, no timer needed
 
 
 async def test_a_miss_has_a_load_child_span_and_a_hit_has_none(telemetry: Telemetry, cache: Cache) -> None:
