@@ -164,6 +164,12 @@ class _Families:
             f"{prefix}_function_load_duration_seconds", "Loader durations", ["cache", "function"], registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )  # fmt: skip
+        self.lease_wait_seconds = Histogram(
+            f"{prefix}_function_lease_wait_duration_seconds",
+            "Time a fetch waited for another process's load of its key (the cross-process lease)",
+            ["cache", "function"], registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )  # fmt: skip
         self.fail_open = Counter(
             f"{prefix}_function_fail_open", "Store calls of a fetch that failed open, by operation",
             ["cache", "function", "operation"], registry=registry,
@@ -188,6 +194,7 @@ class PrometheusHooks(CacheHooks):
       ``miss``, ``joined``, ``fail_open``, ``bypass``, ``error``) and, for hits, tier (``local``, ``store``);
     - ``{prefix}_function_loads_total{cache, function, result}`` (``success``, ``failure``) and
       ``{prefix}_function_load_duration_seconds{cache, function}``;
+    - ``{prefix}_function_lease_wait_duration_seconds{cache, function}``: waits for another process's load;
     - ``{prefix}_function_fail_open_total{cache, function, operation}`` (``read``, ``lease``, ``write``);
     - ``{prefix}_store_state_changes_total{cache, store, state}``: circuit breaker transitions.
     """
@@ -239,6 +246,9 @@ class _PrometheusFetch(FetchHooks):
 
     def failed_open(self, operation: str, reason: str) -> None:
         self.metrics.child("fail_open", self.function, operation).inc()
+
+    def lease_waited(self, seconds: float) -> None:
+        self.metrics.child("lease_wait_seconds", self.function).observe(seconds)
 
     def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
         self.metrics.child("gets", self.function, outcome, tier or "").inc()

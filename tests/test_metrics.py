@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import redis.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
 from cachelayer import Cache, CircuitBreaker, Guard, GuardedBackend, MemoryBackend, cached, register_prometheus
+from tests._doubles import eventually
 
 
 async def load_page() -> dict[str, list[int]]:
@@ -86,3 +88,31 @@ async def test_two_caches_register_per_function_series_on_one_registry() -> None
         assert f"cachelayer_function_gets_total{{{labels}}} 1.0" in text
     for cache in caches:
         await cache.aclose()
+
+
+async def test_a_wait_for_another_processs_load_is_observed_per_function() -> None:
+    shared = MemoryBackend()  # two caches on one store: two processes
+    holder, waiter = Cache(shared, namespace="lease-metric"), Cache(shared, namespace="lease-metric")
+    registry = CollectorRegistry()
+    register_prometheus("pages", waiter.stats, registry, cache=waiter)
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> int:
+        started.set()
+        await release.wait()
+        return 1
+
+    async def never() -> int:
+        raise AssertionError("the waiter must get the holder's value")
+
+    loading = asyncio.create_task(holder.fetch("k", slow, function="app.page"))
+    await started.wait()
+    waiting = asyncio.create_task(waiter.fetch("k", never, function="app.page"))
+    await eventually(lambda: waiter.stats()["lease_waits"] == 1, what="the waiter waits on the lease")
+    release.set()
+    assert (await loading).value() == 1
+    assert (await waiting).value() == 1
+    text = generate_latest(registry).decode()
+    assert 'cachelayer_function_lease_wait_duration_seconds_count{cache="pages",function="app.page"} 1.0' in text
+    await holder.aclose()
+    await waiter.aclose()
