@@ -24,7 +24,44 @@ RUN_CMD     ?= $(PY) -m service dev
 
 # Debian packages, as "command:package"; a package is installed only if its command is missing.
 SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server h2load:nghttp2-client \
-               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd chromium:chromium
+               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd chromium:chromium promtool:prometheus
+# Packages installed for their commands only, whose daemon must not run: Debian's prometheus starts a Prometheus
+# server (:9090) at install and at every boot; we want its promtool (`make promtool-check`). While apt-get installs
+# one of them, a policy-rc.d of ours refuses to start it (it alone; written only when the machine has no
+# policy-rc.d, whose own policy then applies; removed right after); then it is disabled at boot and, if it was
+# started anyway, stopped: its systemd unit, or the PID in its init script's PID file. Nothing else is touched.
+NO_DAEMON   := prometheus
+POLICY_RC_D := /usr/sbin/policy-rc.d
+define NO_DAEMON_POLICY
+#!/bin/sh
+# Written by cachelayer's `make system-deps` for one apt-get install, removed after it: $(NO_DAEMON) may not start.
+case " $(NO_DAEMON) " in *" $${1%.service} "*) exit 101 ;; esac
+exit 0
+endef
+export NO_DAEMON_POLICY
+# Shell, in system-deps before apt-get install: $$nodaemon = the NO_DAEMON packages in $$missing.
+NO_DAEMON_BEFORE = nodaemon=""; ourpolicy=""; \
+	for pkg in $$missing; do case " $(NO_DAEMON) " in *" $$pkg "*) nodaemon="$$nodaemon $$pkg" ;; esac; done; \
+	if [ -n "$$nodaemon" ] && [ ! -e $(POLICY_RC_D) ]; then \
+	  trap '$(SUDO) rm -f $(POLICY_RC_D)' EXIT; ourpolicy=1; \
+	  printf '%s\n' "$$NO_DAEMON_POLICY" | $(SUDO) tee $(POLICY_RC_D) >/dev/null; \
+	  $(SUDO) chmod 755 $(POLICY_RC_D); \
+	fi
+# Shell, after apt-get install: our policy-rc.d goes; each NO_DAEMON package installed is disabled, and stopped.
+NO_DAEMON_AFTER = if [ -n "$$ourpolicy" ]; then $(SUDO) rm -f $(POLICY_RC_D); trap - EXIT; fi; \
+	for pkg in $$nodaemon; do \
+	  if [ -d /run/systemd/system ]; then \
+	    $(SUDO) systemctl disable --now "$$pkg.service" >/dev/null 2>&1 || true; \
+	  else \
+	    $(SUDO) update-rc.d "$$pkg" disable >/dev/null 2>&1 || true; \
+	    $(SUDO) env DPKG_MAINTSCRIPT_PACKAGE="$$pkg" deb-systemd-helper disable "$$pkg.service" >/dev/null 2>&1 || true; \
+	    pid="$$(cat "/run/$$pkg/$$pkg.pid" 2>/dev/null || true)"; \
+	    if [ -n "$$pid" ] && [ "$$(cat "/proc/$$pid/comm" 2>/dev/null || true)" = "$$pkg" ]; then \
+	      $(SUDO) kill "$$pid"; \
+	    fi; \
+	  fi; \
+	  echo "system-deps: $$pkg installed for its commands; its daemon is not running, nor started at boot"; \
+	done
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Another apt-get/dpkg (unattended-upgrades, a colleague's install) may hold the package locks: wait for them up to
 # APT_LOCK_WAIT seconds instead of failing. apt-get waits for the dpkg lock itself (DPkg::Lock::Timeout); the
@@ -70,10 +107,12 @@ help:
 	@echo "make up|down|status  start / stop (only what devstack started) / show the dev stack"
 	@echo "make lint          ruff check $(LINT_PATHS)"
 	@echo "make typecheck     mypy --strict cachelayer service benchmarks harness"
+	@echo "make promtool-check  promtool check rules + promtool test rules on $(PROM_RULES)"
 	@echo "make bench-codecs  quick codec benchmark"
+	@echo "make docs          build the docs site into site/ (mkdocs, strict: a broken link or reference fails)"
 	@echo "make clean         remove the .venv install stamp and var/ data of stopped services"
 
-test: system-deps venv up lint typecheck pytest
+test: system-deps venv up lint typecheck promtool-check pytest
 
 # (a) Debian packages whose commands are missing; `apt-get update` once, only if needed.
 system-deps:
@@ -90,7 +129,9 @@ system-deps:
 	    $(PYTHON) -c "$$APT_LOCKS_FREE" $(APT_LOCK_FILES) && exit 1; \
 	    $(WAIT_FOR_APT_LOCKS); \
 	  done; \
+	  $(NO_DAEMON_BEFORE); \
 	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q --no-install-recommends $$missing; \
+	  $(NO_DAEMON_AFTER); \
 	else \
 	  echo "system-deps: all present"; \
 	fi
@@ -129,6 +170,16 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy --strict cachelayer service benchmarks harness
 
+# (e') Prometheus alert and recording rules (deploy/prometheus): their syntax, then their unit tests (each alert
+# fired by one test and kept quiet by another). promtool comes from Debian's prometheus package (system-deps).
+PROMTOOL    ?= promtool
+PROM_RULES  := deploy/prometheus
+.PHONY: promtool-check
+promtool-check:
+	@command -v $(PROMTOOL) >/dev/null || { echo "promtool-check: no $(PROMTOOL); run make system-deps" >&2; exit 1; }
+	$(PROMTOOL) check rules $(PROM_RULES)/rules.yml
+	$(PROMTOOL) test rules $(PROM_RULES)/rules_test.yml
+
 # (f) tests
 pytest: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -138,6 +189,13 @@ run: venv up
 
 bench-codecs: venv
 	$(PY) -m benchmarks.codecs --quick
+
+# The docs site (mkdocs.yml; the docs extra): README, docs/*.md, the API reference from the docstrings, the
+# metrics tables generated from the code, the benchmark plots. Strict: any warning fails. CI builds it in
+# tests/test_docs_site.py.
+.PHONY: docs
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -f $(STAMP)

@@ -82,8 +82,9 @@ async def _seed(settings: Settings, wallpapers: int, *, dev: bool) -> dict[str, 
         handle.stop()
 
 
-def _curl_examples(port: int, dictionaries: Sequence[str] = ()) -> str:
+def _curl_examples(port: int, admin_port: int, dictionaries: Sequence[str] = ()) -> str:
     base = f"http://127.0.0.1:{port}"
+    admin = f"http://127.0.0.1:{admin_port}"  # readiness and metrics: the admin port (docs/service.md)
     api = f"{base}/client/v3/wallpaper_4d"
     dcz: list[str] = []
     if dictionaries:  # what a browser does with the dictionary: fetch it once, then ask for dcz
@@ -108,8 +109,8 @@ def _curl_examples(port: int, dictionaries: Sequence[str] = ()) -> str:
             f"  curl -s -X POST '{api}/wallpaper/42/download'",
             *dcz,
             f"  curl -s '{base}/healthz'",
-            f"  curl -s '{base}/readyz'",
-            f"  curl -s '{base}/metrics' | head",
+            f"  curl -s '{admin}/readyz'",
+            f"  curl -s '{admin}/metrics' | head",
         ]
     )
 
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         done = asyncio.run(_seed(settings, args.wallpapers, dev=True))
         print("seeded: " + str(done) if done else "stores hold a complete seed: not seeding", flush=True)
-        print(_curl_examples(settings.server.port, settings.cache.dictionaries), flush=True)
+        print(_curl_examples(settings.server.port, settings.admin.port, settings.cache.dictionaries), flush=True)
     serve(settings)
     return 0
 

@@ -1,4 +1,5 @@
-"""Routes, the access log line and the Prometheus metrics of one process."""
+"""The public routes of one process and its request log line (the access line, the HTTP metrics: metrics.py).
+The admin port's routes are admin.py's."""
 
 from __future__ import annotations
 
@@ -8,20 +9,16 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import IO, Any
 
 import orjson
 import tornado.ioloop
 import tornado.routing
 import tornado.web
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from cachelayer import register_prometheus
 
 from .base_handler import BaseHandler
 from .logs import ACCESS_LOGGER, writes_text
+from .metrics import register_metrics
 from .negotiation import GzipWhenAccepted
 from .openapi import PREFIX
 from .routes import (
@@ -32,52 +29,14 @@ from .routes import (
     DownloadHandler,
     HealthHandler,
     ListHandler,
-    MetricsHandler,
     NotFoundHandler,
     OpenAPIHandler,
-    ReadyHandler,
 )
 from .services import Services
 
 __all__ = ["make_app"]
 
 access_log = logging.getLogger(ACCESS_LOGGER)
-
-
-_LOCAL_GAUGES = {
-    "local_entries": "Entries held by this process's local tier",
-    "local_bytes": "Bytes the local tier counts against its max_bytes",
-}
-
-
-class _PoolCollector:
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    def collect(self) -> Iterator[Any]:
-        family = GaugeMetricFamily(
-            "wallpaper_pool_connections", "Connections of each store's pool, by state", labels=["store", "state"]
-        )
-        for store, stats in self.services.pool_stats().items():
-            for state, value in stats.items():
-                family.add_metric([store, state], float(value))
-        yield family
-        in_flight = GaugeMetricFamily("wallpaper_http_in_flight", "Requests being served by this process")
-        in_flight.add_metric([], float(self.services.in_flight))
-        yield in_flight
-        # The local tier's figures (cache.stats() has them when cache.local is on); register_prometheus exports a
-        # fixed set that does not include them.
-        stats = self.services.cache.stats()
-        if "local_entries" in stats:
-            for name, help_text in _LOCAL_GAUGES.items():
-                gauge = GaugeMetricFamily(f"cachelayer_{name}", help_text, labels=["cache"])
-                gauge.add_metric(["wallpaper"], float(stats[name]))
-                yield gauge
-            evictions = CounterMetricFamily(
-                "cachelayer_local_evictions", "Entries the local tier evicted to stay in bounds", labels=["cache"]
-            )
-            evictions.add_metric(["wallpaper"], float(stats["local_evictions"]))
-            yield evictions
 
 
 class AccessLines:
@@ -101,7 +60,16 @@ class AccessLines:
         self._thread = threading.Thread(target=self._write, name="access-log", daemon=True)
         self._thread.start()
 
-    def line(self, request_id: Any, method: str, path: str, status: int, duration_ms: float, cache: Any) -> None:
+    def line(
+        self,
+        request_id: Any,
+        method: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        cache: Any,
+        trace_id: str | None = None,
+    ) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -110,26 +78,25 @@ class AccessLines:
         if self.text:
             self._pending.append(
                 f"{stamp} INFO    {ACCESS_LOGGER}: {method} {path} {status} {duration_ms} ms cache={cache} "
-                f"id={request_id}".encode()
+                f"id={request_id}{'' if trace_id is None else ' trace=' + trace_id}".encode()
             )
         else:
-            self._pending.append(
-                orjson.dumps(
-                    {
-                        "time": stamp,
-                        "level": "INFO",
-                        "event": "request",
-                        "logger": ACCESS_LOGGER,
-                        "pid": self.pid,
-                        "request_id": request_id,
-                        "method": method,
-                        "path": path,
-                        "status": status,
-                        "duration_ms": duration_ms,
-                        "cache": cache,
-                    }
-                )
-            )
+            fields = {
+                "time": stamp,
+                "level": "INFO",
+                "event": "request",
+                "logger": ACCESS_LOGGER,
+                "pid": self.pid,
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "cache": cache,
+            }
+            if trace_id is not None:
+                fields["trace_id"] = trace_id
+            self._pending.append(orjson.dumps(fields))
         if len(self._pending) >= self.batch:
             self.flush()
         elif not self._scheduled:
@@ -169,23 +136,10 @@ def _access_lines(services: Services) -> AccessLines | None:
 
 
 def make_app(services: Services) -> tornado.web.Application:
-    registry = CollectorRegistry()
-    requests = Counter(
-        "wallpaper_http_requests", "HTTP requests served", ["route", "method", "status"], registry=registry
-    )
-    latency = Histogram(
-        "wallpaper_http_request_duration_seconds",
-        "HTTP request duration",
-        ["route"],
-        registry=registry,
-        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-    )
-    register_prometheus("wallpaper", services.cache.stats, registry, cache=services.cache)
-    registry.register(_PoolCollector(services))
+    """The public app: the API, the dictionary, ``/healthz`` and ``/openapi.json``. Registers the process's metrics
+    (call once per ``services``); its ``log_function`` setting is the request log the admin app shares."""
+    http = register_metrics(services)
     pid = os.getpid()
-    # The labelled children, looked up once per (route, method, status) instead of .labels() on every request.
-    counters: dict[tuple[str, str, int], Any] = {}
-    histograms: dict[str, Any] = {}
     make_record = access_log.makeRecord
     lines = _access_lines(services)
 
@@ -197,19 +151,14 @@ def make_app(services: Services) -> tornado.web.Application:
         method = request.method or ""
         status = handler.get_status()
         seconds = request.request_time()
-        counter = counters.get((route, method, status))
-        if counter is None:
-            counter = counters[(route, method, status)] = requests.labels(route, method, str(status))
-        counter.inc()
-        histogram = histograms.get(route)
-        if histogram is None:
-            histogram = histograms[route] = latency.labels(route)
-        histogram.observe(seconds)
+        cache = getattr(handler, "cache_outcome", None)
+        http.observe(route, method, status, cache, seconds)
         request_id = getattr(handler, "request_id", None)
         duration_ms = round(seconds * 1000, 3)
-        cache = getattr(handler, "cache_outcome", None)
         if lines is not None:
-            lines.line(request_id, method, request.path, status, duration_ms, cache)
+            traced = services.tracing is not None and isinstance(handler, BaseHandler)
+            trace_id = handler.trace_id() if traced else None  # type: ignore[attr-defined]
+            lines.line(request_id, method, request.path, status, duration_ms, cache, trace_id)
         elif not access_log.disabled and access_log.isEnabledFor(logging.INFO):
             # Logger.info() minus its stack walk (findCaller): the record is built directly and handed to the
             # handlers (the queue); the JSON line is formatted off the event loop by the listener thread.
@@ -247,9 +196,7 @@ def make_app(services: Services) -> tornado.web.Application:
             route(rf"{PREFIX}/categories\.json", CategoriesHandler, "categories"),
             route(r"/dictionaries/([0-9]{1,10})\.zdict", DictionaryHandler, "dictionary"),
             route(rf"{PREFIX}/wallpaper/([^/]{{1,64}})/download", DownloadHandler, "download"),
-            route(r"/healthz", HealthHandler, "healthz"),
-            route(r"/readyz", ReadyHandler, "readyz"),
-            route(r"/metrics", MetricsHandler, "metrics"),
+            route(r"/healthz", HealthHandler, "healthz"),  # liveness; readiness and metrics: the admin port only
             route(r"/openapi\.json", OpenAPIHandler, "openapi"),
         ],
         default_handler_class=NotFoundHandler,
@@ -258,6 +205,5 @@ def make_app(services: Services) -> tornado.web.Application:
         transforms=[GzipWhenAccepted] if services.settings.server.gzip else [],
         gzip_transform=services.settings.server.gzip,
         log_function=log_request,
-        metrics_registry=registry,
         serve_traceback=False,
     )

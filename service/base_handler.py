@@ -58,6 +58,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.route = route
         self.cache_outcome: str | None = None
         self._counted = False
+        self._traced: tuple[Any, Any] | None = None  # the request's span and context token (tracing.py)
 
     def clear(self) -> None:
         """Tornado's ``clear()`` with the Date header formatted once per second and our defaults built in."""
@@ -83,13 +84,28 @@ class BaseHandler(tornado.web.RequestHandler):
             headers["Vary"] = "Accept-Encoding"
 
     def prepare(self) -> None:
-        self.services.request_started()
+        services = self.services
+        services.request_started()
         self._counted = True
+        if services.tracing is not None:  # the one test a request pays while tracing is off
+            request = self.request
+            self._traced = services.tracing.start(request.method or "", self.route, request.path, request.headers)
+
+    def trace_id(self) -> str | None:
+        """The request's trace id (32 hex digits) while it is traced, for its access line."""
+        traced = self._traced
+        return None if traced is None else f"{traced[0].get_span_context().trace_id:032x}"
 
     def on_finish(self) -> None:
         if self._counted:
             self.services.request_finished()
             self._counted = False
+        traced = self._traced
+        if traced is not None:
+            self._traced = None
+            tracing = self.services.tracing
+            assert tracing is not None
+            tracing.end(traced, self.get_status())
 
     def compute_etag(self) -> str | None:
         return None  # cached responses set their own (from the stored bytes); the rest have none

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "AdminSettings",
     "CacheSettings",
     "ConfigError",
     "DownloadSettings",
@@ -36,6 +37,7 @@ __all__ = [
     "RedisSettings",
     "ServerSettings",
     "Settings",
+    "TracingSettings",
     "load_settings",
 ]
 
@@ -161,6 +163,28 @@ class ServerSettings(_Section):
         return [str(ipaddress.ip_network(item.strip(), strict=False)) for item in value]
 
 
+class AdminSettings(_Section):
+    """The admin listener: /metrics, /readyz. Loopback by default: what it tells is for operators, not clients."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9888, ge=0, le=65535)
+    # Forked workers keep their figures here (prometheus_client's multiprocess files) so that any worker answers a
+    # scrape for all. Empty: a fresh directory under the system's temporary one, removed when the service exits.
+    metrics_dir: str = ""
+
+
+class TracingSettings(_Section):
+    """Traces through the service (service/tracing.py): off by default."""
+
+    enabled: bool = False
+    # An OTLP/HTTP collector's traces endpoint (an OpenTelemetry Collector, Jaeger, Tempo, ...).
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    # Of the requests that arrive without a sampling decision (no traceparent); a caller's decision always wins.
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    service_name: str = Field(default="wallpaper", min_length=1, max_length=100)
+    export_timeout: float = Field(default=5.0, gt=0, le=60)  # seconds for one batch to reach the collector
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     sink: Literal["stdout", "stderr", "logstash", "none"] = "stdout"
@@ -187,6 +211,8 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     downloads: DownloadSettings = DownloadSettings()
     server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
+    tracing: TracingSettings = TracingSettings()
     log: LogSettings = LogSettings()
 
     # The TOML file read by the next instantiation (set by load_settings; None: no file).
@@ -245,6 +271,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     if settings.mongo.min_pool_size > settings.mongo.max_pool_size:
         env = _env_name(("mongo", "min_pool_size"))
         raise ConfigError(f"setting 'mongo.min_pool_size' (env {env}) must not exceed mongo.max_pool_size")
+    if settings.admin.port != 0 and settings.admin.port == settings.server.port:
+        env = _env_name(("admin", "port"))
+        raise ConfigError(f"setting 'admin.port' (env {env}) must differ from server.port ({settings.server.port})")
     return _with_dictionaries(settings, path)
 
 

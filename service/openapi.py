@@ -166,15 +166,6 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "The process serves"}, "503": _ERROR},
                 }
             },
-            "/readyz": {
-                "get": {
-                    "operationId": "readiness",
-                    "responses": {
-                        "200": {"description": "Ready (status ok, or degraded: Redis or MySQL down)"},
-                        "503": _ERROR,
-                    },
-                }
-            },
             "/dictionaries/{id}.zdict": {
                 "get": {
                     "operationId": "dictionary",
@@ -187,12 +178,6 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "404": _ERROR,
                     },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
                 }
             },
             "/openapi.json": {

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import orjson
 import tornado.web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import httputil
 
 from cachelayer import time_budget
@@ -169,8 +169,8 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    """Readiness: 503 when MongoDB (every page needs it) is down or the process is stopping; Redis or MySQL down
-    is ``degraded`` but ready (pages are still answered: from MongoDB, or from the cache)."""
+    """Readiness (admin port): 503 when MongoDB (every page needs it) is down or the process is stopping; Redis or
+    MySQL down is ``degraded`` but ready (pages are still answered: from MongoDB, or from the cache)."""
 
     async def get(self) -> None:
         dependencies = await self.services.readiness()
@@ -190,9 +190,12 @@ class ReadyHandler(BaseHandler):
 
 
 class MetricsHandler(BaseHandler):
+    """Prometheus' scrape (admin port): this process's figures, or with forked workers every live worker's."""
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(self.application.settings["metrics_registry"]))
+        self.set_header("Cache-Control", "no-store")
+        self.finish(self.services.metrics.render())
 
     head = get
 

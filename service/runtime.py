@@ -1,11 +1,13 @@
 """Processes, event loop, signals and the start-up order: fork first, then clients.
 
-``serve()``: bind (or, with SO_REUSEPORT, bind in each child), ``tornado.process.fork_processes`` (a child that
-crashes is restarted, up to ``max_restarts``), then in each process: logging thread, event loop (uvloop when asked
-and installed), store clients and pools (``services.py``), HTTP server. SIGTERM/SIGINT: stop accepting, let
-in-flight requests finish (up to ``shutdown_timeout``), close connections and pools, exit 0 (so the parent does
-not restart it).
-The parent forwards SIGTERM/SIGINT to its children and exits once they all have.
+``serve()``: bind (or, with SO_REUSEPORT, bind in each child) the public port and the admin port
+(``listeners.py``), make the directory the workers share their metrics in (``worker_metrics.py``),
+``tornado.process.fork_processes`` (a child that crashes is restarted with its task id, up to ``max_restarts``),
+then in each process: its metrics' slot, logging thread, event loop (uvloop when asked and installed), store clients
+and pools (``services.py``), the two HTTP servers. SIGTERM/SIGINT: stop accepting on the public port, let in-flight
+requests finish (up to ``shutdown_timeout``; ``/readyz`` answers 503 meanwhile), close connections and pools, exit
+0 (so the parent does not restart it).
+The parent forwards SIGTERM/SIGINT to its children, exits once they all have, and removes the metrics directory.
 """
 
 from __future__ import annotations
@@ -16,25 +18,38 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import dataclass
 from typing import Any
 
-import tornado.netutil
 import tornado.process
 from tornado.httpserver import HTTPServer
 
+from .admin import make_admin_app
 from .app import make_app
 from .config import Settings
+from .exposition import Exposition, ProcessExposition
 from .http_edges import EdgeHTTPServer
+from .listeners import Sockets, addresses, bind, port_taken
 from .logs import setup_logging
 from .services import Services
+from .worker_metrics import SharedExposition, make_metrics_directory, remove_metrics_directory
 
-__all__ = ["port_taken", "serve", "start_server"]
+__all__ = ["Servers", "port_taken", "serve", "start_servers"]
 
 log = logging.getLogger("wallpaper")
 
 
-async def start_server(services: Services, sockets: list[socket.socket]) -> HTTPServer:
-    """The HTTP server of this process on ``sockets``, serving ``make_app(services)``; starts the reconciler."""
+@dataclass(frozen=True)
+class Servers:
+    public: HTTPServer
+    admin: HTTPServer
+
+
+async def start_servers(
+    services: Services, sockets: list[socket.socket], admin_sockets: list[socket.socket]
+) -> Servers:
+    """This process's HTTP servers: ``make_app(services)`` on ``sockets``, ``make_admin_app`` on
+    ``admin_sockets``; starts the reconciler and the metrics' publishing."""
     app = make_app(services)
     s = services.settings.server
     # xheaders=False: Tornado's X-Real-Ip handling validates an address with getaddrinfo() on every request;
@@ -49,25 +64,40 @@ async def start_server(services: Services, sockets: list[socket.socket]) -> HTTP
         max_header_bytes=s.max_header_bytes,
     )
     server.add_sockets(sockets)
+    admin = HTTPServer(
+        make_admin_app(services, app.settings["log_function"]),
+        xheaders=False,
+        max_body_size=4096,  # GET only: no body worth reading
+        idle_connection_timeout=s.header_timeout,
+        body_timeout=s.body_timeout,
+    )
+    admin.add_sockets(admin_sockets)
     services.reconciler.start()
-    return server
+    services.watch_readiness()
+    services.metrics.start()
+    return Servers(server, admin)
 
 
-async def _process_main(settings: Settings, sockets: list[socket.socket]) -> None:
+async def _process_main(settings: Settings, sockets: Sockets, metrics: Exposition) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    services = await Services.start(settings)
-    server = await start_server(services, sockets)
-    log.info("serving on port %s (pid %d, loop %s)", settings.server.port, os.getpid(), type(loop).__module__)
+    services = await Services.start(settings, metrics=metrics)
+    servers = await start_servers(services, sockets.public, sockets.admin)
+    worker = tornado.process.task_id()
+    admin = ", ".join("{}:{}".format(*sock.getsockname()[:2]) for sock in sockets.admin)
+    log.info("serving on port %s, admin on %s (pid %d, worker %s, loop %s)", settings.server.port, admin,
+             os.getpid(), "-" if worker is None else worker, type(loop).__module__)  # fmt: skip
     await stopping.wait()
     log.info("shutting down: %d request(s) in flight", services.in_flight)
     services.stopping = True
-    server.stop()
+    servers.public.stop()
     await services.drain(settings.server.shutdown_timeout)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(server.close_all_connections(), 2)
+    servers.admin.stop()  # after the drain: meanwhile /readyz answers 503 (stopping) and scrapes still work
+    for server in (servers.public, servers.admin):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.close_all_connections(), 2)
     await services.close()
     log.info("stopped")
 
@@ -95,33 +125,7 @@ def _forward_to_children(signum: int, _frame: Any) -> None:
             os.kill(child, signal.SIGTERM)
 
 
-def port_taken(settings: Settings) -> str | None:
-    """Why the service cannot have its port, or None. With ``reuse_port`` a second service would bind the same
-    port beside the first (SO_REUSEPORT) and the kernel would split the connections between them: a probe bound
-    without SO_REUSEPORT fails while any socket listens there."""
-    s = settings.server
-    if s.port == 0:
-        return None
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT are no owner
-        probe.bind((s.host, s.port))
-    except OSError as exc:
-        return (
-            f"port {s.port} on {s.host} is not free ({exc.strerror}): another server holds it; stop it or choose "
-            f"another port (server.port: --port or WALLPAPER_SERVER__PORT)"
-        )
-    finally:
-        probe.close()
-    return None
-
-
-def _bind(settings: Settings, *, reuse_port: bool) -> list[socket.socket]:
-    s = settings.server
-    return tornado.netutil.bind_sockets(s.port, s.host, family=socket.AF_INET, backlog=s.backlog, reuse_port=reuse_port)
-
-
-def _run_loop(settings: Settings, sockets: list[socket.socket]) -> None:
+def _run_loop(settings: Settings, sockets: Sockets, metrics: Exposition) -> None:
     handle = setup_logging(settings.log)
     try:
         if settings.server.loop == "uvloop":
@@ -130,9 +134,9 @@ def _run_loop(settings: Settings, sockets: list[socket.socket]) -> None:
             except ImportError:
                 log.warning("uvloop asked for but not installed: using asyncio")
             else:
-                uvloop.run(_process_main(settings, sockets))
+                uvloop.run(_process_main(settings, sockets, metrics))
                 return
-        asyncio.run(_process_main(settings, sockets))
+        asyncio.run(_process_main(settings, sockets, metrics))
     finally:
         handle.stop()
 
@@ -140,16 +144,33 @@ def _run_loop(settings: Settings, sockets: list[socket.socket]) -> None:
 def serve(settings: Settings) -> None:
     """Run the service until SIGTERM/SIGINT (blocks). With ``processes != 1``, fork first."""
     s = settings.server
+    public, admin = addresses(settings)
     if s.processes == 1:
-        _run_loop(settings, _bind(settings, reuse_port=False))
+        sockets = Sockets(bind(public, reuse_port=False), bind(admin, reuse_port=False))
+        _run_loop(settings, sockets, ProcessExposition())
         return
-    per_process = s.reuse_port and s.port != 0
-    shared = [] if per_process else _bind(settings, reuse_port=False)
+    # One SO_REUSEPORT socket per worker, bound after the fork, keeps keep-alive load even; a port 0 (or no
+    # reuse_port) is bound once here and shared, since each worker would get a port of its own.
+    early = {
+        address.section: [] if s.reuse_port and address.port != 0 else bind(address, reuse_port=False)
+        for address in (public, admin)
+    }
+    directory = make_metrics_directory()
     signal.signal(signal.SIGTERM, _forward_to_children)
     signal.signal(signal.SIGINT, _forward_to_children)
-    # Returns only in the children; the parent waits, restarts crashed children, and exits when they all have.
-    tornado.process.fork_processes(s.processes, max_restarts=s.max_restarts)
+    try:
+        # Returns only in the children; the parent waits, restarts crashed children, and exits (SystemExit) when
+        # they all have. (Past max_restarts it raises RuntimeError instead, leaving its workers running: their
+        # metrics directory stays, for them.)
+        worker = tornado.process.fork_processes(s.processes, max_restarts=s.max_restarts)
+    except SystemExit:
+        remove_metrics_directory(directory)  # the parent, once every worker has exited 0
+        raise
+    metrics = SharedExposition(directory, worker)  # before any metric object of this process is made
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    sockets = _bind(settings, reuse_port=True) if per_process else shared
-    _run_loop(settings, sockets)
+    sockets = Sockets(
+        early["server"] or bind(public, reuse_port=True),
+        early["admin"] or bind(admin, reuse_port=True),
+    )
+    _run_loop(settings, sockets, metrics)

@@ -1,7 +1,8 @@
 """What one process holds: the cache, the store clients and pools, the catalog, and its request count.
 
 ``Services.start()`` builds them (after the fork: ``runtime.py``), ``close()`` closes them in order. The handlers
-reach every dependency through it; ``pool_stats()`` and ``in_flight`` feed ``/metrics``.
+reach every dependency through it; ``pool_stats()`` and ``in_flight`` feed ``/metrics`` (on the admin port), whose
+figures ``metrics`` keeps (``exposition.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .addresses import TrustedProxies
 from .catalog import Catalog
 from .config import Settings
 from .downloads import Reconciler
+from .exposition import Exposition, ProcessExposition
 from .openapi import PREFIX
 from .repositories import (
     MongoWallpaperRepository,
@@ -30,6 +32,7 @@ from .repositories import (
     settle_late_calls,
 )
 from .representations import ServedDictionary
+from .tracing import RequestTracing, start_tracing
 
 __all__ = ["Services"]
 
@@ -63,8 +66,11 @@ class Services:
         mongo_client: Any,
         wallpapers: MongoWallpaperRepository,
         mysql: MySQLRepository,
+        metrics: Exposition | None = None,
     ) -> None:
         self.settings = settings
+        # A forked worker's figures go where every worker reads them (runtime.py); a lone process keeps its own.
+        self.metrics: Exposition = metrics if metrics is not None else ProcessExposition()
         self.cache = cache
         self.mongo_client = mongo_client
         self.wallpapers = wallpapers
@@ -77,6 +83,10 @@ class Services:
         self.reconciler = Reconciler(self.catalog.downloads, settings.downloads)
         self.proxies = TrustedProxies(settings.server.trusted_proxies)
         self.stopping = False  # set at SIGTERM: /healthz and /readyz answer 503 so the balancer drains us
+        # Each store's last readiness (wallpaper_store_ready): the watch's every few seconds, or a /readyz's.
+        self.store_ready: dict[str, bool] = {}
+        self._watch: asyncio.Task[None] | None = None
+        self.tracing: RequestTracing | None = start_tracing(settings.tracing, cache)  # None: tracing is off
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -87,9 +97,10 @@ class Services:
         self._closers.append(closer)
 
     @classmethod
-    async def start(cls, settings: Settings, *, prepare: bool = True) -> Services:
+    async def start(cls, settings: Settings, *, prepare: bool = True, metrics: Exposition | None = None) -> Services:
         """Build the clients (call after forking). ``prepare``: create indexes and migrate the schema; a store
-        that does not answer then is logged and the process starts degraded (its endpoints answer 503)."""
+        that does not answer then is logged and the process starts degraded (its endpoints answer 503).
+        ``metrics``: where the process's figures are kept (default: its own registry)."""
         r, m, q = settings.redis, settings.mongo, settings.mysql
         codec = _codec(settings)
         cache = Cache.disabled(namespace=r.namespace, codec=codec) if not settings.cache.enabled else Cache.from_url(
@@ -129,7 +140,7 @@ class Services:
             log.error("mysql unreachable at start-up; starting degraded: %r", exc)
             pool = await create_pool(minsize=0, ensure_database=False, **pool_args)
         mysql = MySQLRepository(pool, query_timeout=q.query_timeout, acquire_timeout=q.pool_acquire_timeout)
-        services = cls(settings, cache, mongo_client, wallpapers, mysql)
+        services = cls(settings, cache, mongo_client, wallpapers, mysql, metrics)
         if prepare:
             await services.prepare()
         return services
@@ -166,7 +177,20 @@ class Services:
         redis_state, mongo_state, mysql_state = await asyncio.gather(
             check(self.cache.ping), check(self.wallpapers.ping), check(self.mysql.ping)
         )
-        return {"redis": redis_state, "mongo": mongo_state, "mysql": mysql_state}
+        states = {"redis": redis_state, "mongo": mongo_state, "mysql": mysql_state}
+        self.store_ready = {store: state["status"] == "ok" for store, state in states.items()}
+        return states
+
+    def watch_readiness(self, interval: float = 5.0) -> None:
+        """Check the stores every ``interval`` seconds in the background, for ``wallpaper_store_ready``: a scrape
+        reads the last result and never waits on a store."""
+
+        async def watch() -> None:
+            while True:
+                await self.readiness()
+                await asyncio.sleep(interval)
+
+        self._watch = asyncio.create_task(watch(), name="wallpaper-readiness-watch")
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
         """Each store's connection figures for ``wallpaper_pool_connections``. MySQL: its pool's own. Redis: the
@@ -194,6 +218,10 @@ class Services:
             await asyncio.wait_for(self._idle.wait(), grace)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
         await self.reconciler.stop()
         for closer in self._closers:
             with contextlib.suppress(Exception):
@@ -203,3 +231,6 @@ class Services:
         await settle_late_calls(within_seconds=2.0)  # calls past their budget end by the drivers' own timeouts first
         await close_client(self.mongo_client)
         await self.mysql.close()
+        self.metrics.close()  # after the cache: its last counts are in what a worker publishes on its way out
+        if self.tracing is not None:
+            self.tracing.close()  # exports the spans still batched

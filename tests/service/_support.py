@@ -14,7 +14,7 @@ from tornado.httpserver import HTTPServer
 from harness import free_port
 from harness.services import MySQLSettings
 from service.config import DEFAULT_CONFIG, Settings, load_settings
-from service.runtime import start_server
+from service.runtime import Servers, start_servers
 from service.services import Services
 
 N_WALLPAPERS = 300
@@ -36,6 +36,8 @@ def make_settings(redis_url: str, mysql: MySQLSettings, mongo_uri: str, **sectio
             "pool_max": 5,
         },
         "log": {"sink": "none", "level": "WARNING"},
+        # Never the shipped 9888 (`make run` may hold it); a test that serves the admin port gives it a free one.
+        "admin": {"port": 0},
     }
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
@@ -45,17 +47,28 @@ def make_settings(redis_url: str, mysql: MySQLSettings, mongo_uri: str, **sectio
 @dataclass
 class Running:
     services: Services
-    server: HTTPServer
+    servers: Servers
     port: int
+    admin_port: int
+
+    @property
+    def server(self) -> HTTPServer:
+        """The public server."""
+        return self.servers.public
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def fetch(self, path: str, method: str = "GET", **kwargs: Any) -> HTTPResponse:
+    @property
+    def admin_base(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    async def fetch(self, path: str, method: str = "GET", *, admin: bool = False, **kwargs: Any) -> HTTPResponse:
+        """``path`` on the public port, or with ``admin`` on the admin port (/metrics, /readyz)."""
         body = kwargs.pop("body", b"" if method in ("POST", "PUT", "PATCH") else None)
         return await AsyncHTTPClient().fetch(
-            self.base + path,
+            (self.admin_base if admin else self.base) + path,
             method=method,
             body=body,
             raise_error=False,
@@ -69,24 +82,36 @@ class Running:
         response = await self.fetch(path, method, **kwargs)
         return response, orjson.loads(response.body) if response.body else None
 
+    async def metrics(self) -> str:
+        """A scrape of the admin port."""
+        response = await self.fetch("/metrics", admin=True)
+        assert response.code == 200, response.code
+        return response.body.decode()
 
-async def run_service(settings: Settings, port: int | None = None) -> Running:
-    """The service in this event loop on ``port`` (a free one when None: a browser test restarts it on its
-    port, so that the browser sees one origin)."""
-    services = await Services.start(settings)
-    port = free_port() if port is None else port
+
+def _listening(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(128)
     sock.setblocking(False)
-    server = await start_server(services, [sock])
-    return Running(services, server, port)
+    return sock
+
+
+async def run_service(settings: Settings, port: int | None = None) -> Running:
+    """The service in this event loop on ``port`` (a free one when None: a browser test restarts it on its
+    port, so that the browser sees one origin), its admin port on a free one."""
+    services = await Services.start(settings)
+    port = free_port() if port is None else port
+    admin = _listening(0)
+    servers = await start_servers(services, [_listening(port)], [admin])
+    return Running(services, servers, port, admin.getsockname()[1])
 
 
 async def stop_service(running: Running) -> None:
-    running.server.stop()
-    await running.server.close_all_connections()
+    for server in (running.servers.public, running.servers.admin):
+        server.stop()
+        await server.close_all_connections()
     await running.services.close()
 
 

@@ -279,22 +279,33 @@ async def test_health_metrics_openapi(service: Running) -> None:
     assert response.code == 200
     assert body["data"]["status"] == "alive"
     assert body["data"]["pid"] == int(response.headers["X-Worker-Pid"])
-    response, body = await service.json("/readyz")
+    response, body = await service.json("/readyz", admin=True)
     assert response.code == 200
     assert body["data"]["status"] == "ok"
     assert set(body["data"]["dependencies"]) == {"redis", "mongo", "mysql"}
     assert all(d["status"] == "ok" and d["latency_ms"] >= 0 for d in body["data"]["dependencies"].values())
     await service.fetch(LIST)
-    metrics = await service.fetch("/metrics")
-    text = metrics.body.decode()
-    assert metrics.code == 200
-    assert 'wallpaper_http_requests_total{method="GET",route="list",status="200"}' in text
+    text = await service.metrics()
+    assert 'wallpaper_http_requests_total{method="GET",route="list",status="200",x_cache="miss"}' in text
     assert 'cachelayer_misses_total{cache="wallpaper"}' in text
     assert 'wallpaper_pool_connections{state="max",store="mysql"}' in text
     assert 'wallpaper_pool_connections{state="idle",store="redis"}' in text  # the cache backend's stats()
     response, spec = await service.json("/openapi.json")
     assert spec == openapi_document()
     assert spec["openapi"].startswith("3.1")
+
+
+async def test_the_public_port_has_no_metrics_nor_readiness(service: Running) -> None:
+    """What a client may not read (the service's figures, its dependencies' state) is on the admin port only."""
+    for path in ("/metrics", "/readyz"):
+        response, body = await service.json(path)
+        assert response.code == 404, path
+        assert body["code"] == 40403
+        assert response.headers["Content-Type"].startswith("application/json")
+    for path in ("/healthz", f"{API}/categories.json", "/openapi.json"):  # and the admin port has no API
+        response, body = await service.json(path, admin=True)
+        assert response.code == 404, path
+        assert body["code"] == 40403
 
 
 async def test_openapi_matches_routes(service: Running) -> None:

@@ -31,6 +31,7 @@ from harness import REPO_ROOT, LatencyProxy, free_port
 from service.config import Settings
 from service.runtime import _children_of
 from tests._doubles import eventually
+from tests.service._served import Scrape
 from tests.service._support import API, settings_env
 
 pytestmark = pytest.mark.slow
@@ -72,10 +73,11 @@ async def blackholed(
         await proxy.aclose()
 
 
-def _start(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _start(settings: Settings, port: int, admin_port: int, log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WALLPAPER_")}
     env.update(settings_env(settings.model_dump()))
     env.update({"WALLPAPER_SERVER__HOST": "127.0.0.1", "WALLPAPER_LOG__SINK": "stderr", "PYTHONPATH": str(REPO_ROOT)})
+    env["WALLPAPER_ADMIN__PORT"] = str(admin_port)
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port), "--processes", str(WORKERS)],
@@ -105,19 +107,23 @@ async def test_forty_requests_for_one_uncached_answer_hold_the_budget_when_its_s
     store, settings, proxy = blackholed
     path, message = CASES[store]
     assert settings.server.request_budget == BUDGET
-    port = free_port()
-    proc = _start(settings, port, tmp_path / "serve.log")
+    port, admin_port = free_port(), free_port()
+    proc = _start(settings, port, admin_port, tmp_path / "serve.log")
     client = AsyncHTTPClient(force_instance=True, max_clients=REQUESTS * 2)
     base = f"http://127.0.0.1:{port}"
     try:
 
         async def workers_up() -> bool:
+            """Every worker serving: each publishes its figures once its servers run (a worker still starting
+            would hold the requests routed to its socket: its migration waits behind the others' lock)."""
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
             try:
-                await client.fetch(f"{base}/readyz", request_timeout=2)
+                ready = await client.fetch(f"http://127.0.0.1:{admin_port}/readyz", request_timeout=2)
+                scrape = await client.fetch(f"http://127.0.0.1:{admin_port}/metrics", request_timeout=2)
             except (HTTPClientError, OSError):
                 return False
-            return len(_children_of(proc.pid)) == WORKERS
+            serving = Scrape.parse(scrape.body.decode()).by_worker("process_start_time_seconds")
+            return ready.code == 200 and len(serving) == WORKERS
 
         await eventually(workers_up, within=60, what=f"4 workers ready ({store} reachable through the proxy)")
         if store == "mongo":  # the highest id is cached: what is asked for next is the detail's own load

@@ -68,13 +68,17 @@ async def _cache_status_beside_x_cache(service: Running) -> None:
 
 
 async def test_metrics_export_the_local_tier(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
+    """Once each: the service exported the local tier's families beside cachelayer's own, two ``# TYPE`` lines
+    for each (and ``cachelayer_local_evictions`` as a gauge and a counter), which the exposition format forbids."""
     running = await run_service(with_sections(seeded, cache={"local": True}))
     try:
         await running.fetch(LIST)
         await running.fetch(LIST)
-        text = (await running.fetch("/metrics")).body.decode()
-        for name in ("cachelayer_local_entries", "cachelayer_local_bytes", "cachelayer_local_evictions_total"):
+        text = await running.metrics()
+        for name in ("cachelayer_local_entries", "cachelayer_local_bytes", "cachelayer_local_evictions"):
             assert f'{name}{{cache="wallpaper"}}' in text, name
+        declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert sorted(declared) == sorted(set(declared)), [name for name in set(declared) if declared.count(name) > 1]
     finally:
         await stop_service(running)
 

@@ -146,7 +146,7 @@ def revoked_fills(running: Running) -> int:
 
 
 async def metric(running: Running, name: str) -> float:
-    text = (await running.fetch("/metrics")).body.decode()
+    text = await running.metrics()
     line = next(line for line in text.splitlines() if line.startswith(f'{name}{{cache="wallpaper"}}'))
     return float(line.rsplit(" ", 1)[1])
 

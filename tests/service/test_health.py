@@ -21,7 +21,7 @@ async def test_liveness_is_200_until_shutdown(service: Running) -> None:
     try:
         response, body = await service.json("/healthz")
         assert response.code == 503
-        ready, ready_body = await service.json("/readyz")
+        ready, ready_body = await service.json("/readyz", admin=True)
         assert ready.code == 503
         assert ready_body["data"]["status"] == "stopping"
     finally:
@@ -31,7 +31,7 @@ async def test_liveness_is_200_until_shutdown(service: Running) -> None:
 async def test_redis_down_is_degraded_but_ready(seeded: Settings, redis_client: redis.asyncio.Redis) -> None:
     running = await run_service(with_sections(seeded, redis={"url": f"redis://127.0.0.1:{free_port()}/11"}))
     try:
-        response, body = await running.json("/readyz")
+        response, body = await running.json("/readyz", admin=True)
         assert response.code == 200
         assert body["data"]["status"] == "degraded"
         deps = body["data"]["dependencies"]
@@ -54,7 +54,7 @@ async def test_mysql_down_is_degraded_but_ready(
                                                                  "query_timeout": 0.3, "connect_timeout": 0.3}))
         try:
             await proxy.aclose()
-            response, body = await running.json("/readyz")
+            response, body = await running.json("/readyz", admin=True)
             assert response.code == 200
             assert body["data"]["status"] == "degraded"
             assert body["data"]["dependencies"]["mysql"]["status"] == "down"

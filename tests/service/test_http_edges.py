@@ -188,10 +188,11 @@ async def test_request_id_on_400_and_404(service: Running) -> None:
 
 
 async def test_head_on_get_routes(service: Running) -> None:
-    for path in (f"{API}/wallpaperList.json", f"{API}/wallpaper/5.json", f"{API}/categories.json", "/healthz",
-                 "/readyz", "/openapi.json"):  # fmt: skip
-        get = await service.fetch(path, headers={"Accept-Encoding": "identity"})
-        head = await service.fetch(path, "HEAD", headers={"Accept-Encoding": "identity"})
+    for path, admin in ((f"{API}/wallpaperList.json", False), (f"{API}/wallpaper/5.json", False),
+                        (f"{API}/categories.json", False), ("/healthz", False), ("/openapi.json", False),
+                        ("/readyz", True), ("/metrics", True)):  # fmt: skip
+        get = await service.fetch(path, headers={"Accept-Encoding": "identity"}, admin=admin)
+        head = await service.fetch(path, "HEAD", headers={"Accept-Encoding": "identity"}, admin=admin)
         assert head.code == 200, path
         assert head.body == b""
         assert head.headers["Content-Type"] == get.headers["Content-Type"]

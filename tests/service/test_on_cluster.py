@@ -24,7 +24,7 @@ async def test_the_service_caches_on_a_cluster(seeded: Settings, redis_cluster: 
         download = await running.fetch(f"{API}/wallpaper/3/download", "POST")
         assert download.code in (200, 202)
         assert (await running.fetch(f"{API}/wallpaper/3.json")).headers["X-Cache"] == "miss"  # marked stale, reloaded
-        response = await running.fetch("/readyz")
+        response = await running.fetch("/readyz", admin=True)
         assert response.code == 200
         stats = running.services.cache.stats()
         assert stats["store_errors"] == 0

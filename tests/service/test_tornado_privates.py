@@ -195,7 +195,7 @@ async def test_tornado_sends_the_header_map_and_buffer_that_clear_builds() -> No
             seen["cleared"] = (list(self._write_buffer), self.get_status(), "X-Probe" in self._headers)
             self.write(b"kept")
 
-    stub = SimpleNamespace(request_started=lambda: None, request_finished=lambda: None, dictionary=None)
+    stub = SimpleNamespace(request_started=lambda: None, request_finished=lambda: None, dictionary=None, tracing=None)
     sock, port = _listening_socket()
     server = HTTPServer(tornado.web.Application([("/", Probe, {"services": stub})]))
     server.add_sockets([sock])
