@@ -17,7 +17,7 @@ EXTRAS      ?= dev,service,bench,msgpack,prometheus,otel
 STAMP       := $(VENV)/.cachelayer-installed
 PYTEST_ARGS ?=
 # Only the directories that exist (git does not keep empty ones).
-LINT_PATHS  := $(wildcard cachelayer service tests benchmarks harness)
+LINT_PATHS  := $(wildcard cachelayer service tests benchmarks harness docs/_hooks.py docs/_metrics_table.py)
 DEVSTACK    := scripts/devstack
 # What `make run` runs: the wallpaper service on :8888 with demo data (examples/demo.py is the library demo).
 RUN_CMD     ?= $(PY) -m service dev
@@ -106,7 +106,7 @@ help:
 	@echo "make run           .venv + dev stack, then: $(RUN_CMD)"
 	@echo "make up|down|status  start / stop (only what devstack started) / show the dev stack"
 	@echo "make lint          ruff check $(LINT_PATHS)"
-	@echo "make typecheck     mypy --strict cachelayer service benchmarks harness"
+	@echo "make typecheck     mypy --strict cachelayer service benchmarks harness docs/_hooks.py docs/_metrics_table.py"
 	@echo "make promtool-check  promtool check rules + promtool test rules on $(PROM_RULES)"
 	@echo "make bench-codecs  quick codec benchmark"
 	@echo "make docs          build the docs site into site/ (mkdocs, strict: a broken link or reference fails)"
@@ -168,7 +168,7 @@ lint: venv
 
 # (e) types
 typecheck: venv
-	$(VENV)/bin/mypy --strict cachelayer service benchmarks harness
+	$(VENV)/bin/mypy --strict cachelayer service benchmarks harness docs/_hooks.py docs/_metrics_table.py
 
 # (e') Prometheus alert and recording rules (deploy/prometheus): their syntax, then their unit tests (each alert
 # fired by one test and kept quiet by another). promtool comes from Debian's prometheus package (system-deps).
