@@ -6,23 +6,26 @@ The run starts its own stores on free loopback ports: ``redis-server``, Secantus
 and a private ``mariadbd`` (own datadir; when that cannot start, the machine's MariaDB on 3306 with a private
 database ``chaos_<pid>``, dropped at the end). A fault proxy (``harness.faults``, each in its own process) sits
 in front of each of them; the service (``python -m service serve`` with ``config/wallpaper.toml``, 2 workers, uvloop,
-its own port) reaches every store through its proxy by ``WALLPAPER_...`` environment overrides. The stores are
-seeded (``python -m service seed``, ``WALLPAPERS`` documents) and every page the load uses is fetched once (warm).
+its own free public and admin ports) reaches every store through its proxy by ``WALLPAPER_...`` environment
+overrides. The stores are seeded (``python -m service seed``, ``WALLPAPERS`` documents) and every page the load uses
+is fetched once (warm).
 
 Load, for the whole run: ``wrk`` on the warm list and detail pages in back-to-back 1 s runs (one timeline point
 each: requests, non-2xx, socket errors, p99), and ``DOWNLOADS_PER_S`` download POSTs from an asyncio client, each
 with a unique ``Idempotency-Key``, a 503 / timeout / broken connection retried with the same key (at most
 ``ATTEMPTS`` tries), the final answer kept per key. Every phase sends its downloads to its own block of wallpaper
-ids, so MySQL rows and Mongo counters can be told apart by phase even without a key column. Each worker's
-``cachelayer_loads`` counter is read once a second from ``/metrics`` on a keep-alive connection pinned to that worker
-(identified by ``/healthz``'s ``pid``).
+ids, so MySQL rows and Mongo counters can be told apart by phase even without a key column. The service's
+``cachelayer_loads`` counter is read once a second from one scrape of its admin port (``/metrics`` on
+``WALLPAPER_ADMIN__PORT``): whichever worker answers reports every live worker, counters summed over them (a pod
+total, which a worker's restart does not set back; the other worker's copy of its counters is up to 1 s old:
+``benchmarks/_scrape.py``).
 
 Phases, in turn, each after a baseline gap: none (baseline), Redis SIGKILL + restart on the same port, Redis SIGSTOP
 5 s, Redis +200 ms (proxy), SecantusDB SIGKILL + restart, MySQL refuse, blackhole and dropped replies (proxy).
 Then the download storm (``download_storm``, issue 16): healthy stores, 300 cached list pages, 12 clients posting
 downloads back to back while readers reload the pages; every answer is checked against the downloads answered before
-its read was sent, and the cache's counters (breaker openings, store errors, revoked fills, ...) are summed over the
-workers. ``--faults download_storm`` runs it alone (no wrk needed).
+its read was sent, and the cache's counters (breaker openings, store errors, revoked fills, ...) are scraped from the
+admin port (the workers' sums) before and after it. ``--faults download_storm`` runs it alone (no wrk needed).
 After the load stops and a settling period, the MySQL events and the Mongo counters are read directly.
 
 Writes ``chaos.{md,json,png}`` (``--quick``) or ``chaos-full.{md,json,png}`` to ``--results`` (default
@@ -39,7 +42,6 @@ import collections
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -57,6 +59,7 @@ from typing import Any, Final
 
 import harness
 from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+from benchmarks._scrape import PUBLISH_S, cache_counters, live_workers, parse
 from benchmarks.http_load import parse_wrk
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -176,65 +179,59 @@ async def post_download(port: int, item: Download, clock: Callable[[], float]) -
 
 
 def parse_counters(text: str) -> dict[str, float]:
-    """The cache's own counters in a ``/metrics`` text: ``cachelayer_<name>_total{cache="wallpaper"}`` -> name."""
-    found = re.findall(r'^cachelayer_(\w+)_total\{cache="wallpaper"\}\s+(\S+)$', text, re.M)
-    return {name: float(value) for name, value in found}
+    """The cache's own counters in a ``/metrics`` text: ``cachelayer_<name>_total{cache="wallpaper"}`` -> name (with
+    forked workers, the workers' sum)."""
+    return cache_counters(parse(text))
 
 
-class WorkerMetrics:
-    """``cachelayer_loads`` of every worker: one keep-alive connection per worker (identified by ``/healthz``'s
-    ``pid``), read once a second. ``samples``: (time, {pid: loads})."""
+class PodMetrics:
+    """The cache's counters from the service's admin port: one scrape per sample, on a connection of its own (the
+    kernel hands it to any worker, and that worker answers for every live one: counters are the workers' sums).
+    ``samples``: (time, ``cachelayer_loads``)."""
 
-    def __init__(self, port: int, workers: int) -> None:
-        self.port, self.workers = port, workers
-        self.connections: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
-        self.last: dict[int, float] = {}
-        self.samples: list[tuple[float, dict[int, float]]] = []
-        self.counters: dict[int, dict[str, float]] = {}  # pid -> the cache's counters at the last sample
-        self.note = ""
+    def __init__(self, admin_port: int, workers: int) -> None:
+        self.port, self.workers = admin_port, workers
+        self.samples: list[tuple[float, float]] = []
+        self.counters: dict[str, float] = {}  # the cache's counters at the last scrape that answered
+        self.live: int | None = None  # wallpaper_workers at the last scrape that answered
+        self.failures = 0
+        self.fewer: tuple[float, int] | None = None  # the first scrape with fewer live workers: (time, how many)
 
-    async def _get(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str) -> bytes:
-        reader, writer = conn
-        writer.write(_request("GET", path, self.port, {}))
-        status, _headers, body = await asyncio.wait_for(read_response(reader), 3.0)
-        if path == "/metrics" and status != 200:
-            raise ConnectionError(f"/metrics answered {status}")
-        return body
-
-    async def identify(self, tries: int = 40) -> None:
-        """Open connections until each worker has one (SO_REUSEPORT spreads them by the client port)."""
-        for _ in range(tries):
-            if len(self.connections) >= self.workers:
-                return
-            conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 3.0)
-            try:
-                pid = int(json.loads(await self._get(conn, "/healthz"))["data"]["pid"])
-            except (ValueError, KeyError, TypeError, OSError, TimeoutError, asyncio.IncompleteReadError):
-                pid = 0
-            if pid and pid not in self.connections:
-                self.connections[pid] = conn
-            else:
-                conn[1].transport.abort()
-        self.note = f"only {len(self.connections)} of {self.workers} workers identified for /metrics"
-
-    async def sample(self, now: float) -> None:
-        for pid, conn in list(self.connections.items()):
-            try:
-                text = (await self._get(conn, "/metrics")).decode()
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                conn[1].transport.abort()
-                del self.connections[pid]  # counted from its last value on: a gap, not a reset
-                self.note = f"lost the /metrics connection to worker {pid}"
-                continue
-            match = re.search(r"^cachelayer_loads_total\{[^}]*\}\s+([0-9.e+]+)", text, re.M)
-            if match:
-                self.last[pid] = float(match.group(1))
-            self.counters[pid] = parse_counters(text)
-        self.samples.append((now, dict(self.last)))
-
-    def close(self) -> None:
-        for _reader, writer in self.connections.values():
+    async def scrape(self) -> str:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 3.0)
+        try:
+            writer.write(_request("GET", "/metrics", self.port, {"Connection": "close"}))
+            status, _headers, body = await asyncio.wait_for(read_response(reader), 3.0)
+        finally:
             writer.transport.abort()
+        if status != 200:
+            raise ConnectionError(f"/metrics answered {status}")
+        return body.decode()
+
+    async def sample(self, now: float) -> bool:
+        """One scrape; False when it failed (the sample is skipped: a gap, not a reset)."""
+        try:
+            text = await self.scrape()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            self.failures += 1
+            return False
+        samples = parse(text)
+        self.counters = cache_counters(samples)
+        self.live = live_workers(samples)
+        if self.live < self.workers and self.fewer is None:
+            self.fewer = (round(now, 1), self.live)
+        if "loads" in self.counters:
+            self.samples.append((now, self.counters["loads"]))
+        return True
+
+    @property
+    def note(self) -> str:
+        notes = []
+        if self.failures:
+            notes.append(f"{self.failures} scrape(s) of the admin port failed (those samples skipped)")
+        if self.fewer is not None:
+            notes.append(f"a scrape at {self.fewer[0]:g} s held {self.fewer[1]} of {self.workers} live workers")
+        return "; ".join(notes)
 
 
 # -- result building (pure functions; tests/test_chaos_benchmark.py feeds them synthetic data) -----------------
@@ -268,17 +265,17 @@ class PhaseWindow:
     end: float  # the watch after the fault ends
 
 
-def loads_at(samples: Sequence[tuple[float, dict[int, float]]], t: float) -> float | None:
-    """Total loads (every worker) at time ``t``: the last sample taken at or before it."""
-    best: dict[int, float] | None = None
-    for when, values in samples:
+def loads_at(samples: Sequence[tuple[float, float]], t: float) -> float | None:
+    """The service's loads (the workers' sum) at time ``t``: the last sample taken at or before it."""
+    best: float | None = None
+    for when, loads in samples:
         if when > t:
             break
-        best = values
-    return None if best is None else sum(best.values())
+        best = loads
+    return best
 
 
-def add_loads(seconds: Sequence[Second], samples: Sequence[tuple[float, dict[int, float]]]) -> None:
+def add_loads(seconds: Sequence[Second], samples: Sequence[tuple[float, float]]) -> None:
     for s in seconds:
         a, b = loads_at(samples, s.t), loads_at(samples, s.t + s.duration)
         s.db_loads = None if a is None or b is None else b - a
@@ -354,7 +351,7 @@ def count_downloads(
 def build_row(
     window: PhaseWindow,
     seconds: Sequence[Second],
-    samples: Sequence[tuple[float, dict[int, float]]],
+    samples: Sequence[tuple[float, float]],
     counts: dict[str, int],
 ) -> dict[str, Any]:
     """One fault's row. The fault's span is from its start to the end of the watch after it (what a fault leaves
@@ -418,6 +415,9 @@ class Stack:
         self.proxies: dict[str, harness.ProxyProcess] = {}
         self.service: subprocess.Popen[bytes] | None = None
         self.service_port = harness.free_port()
+        self.admin_port = harness.free_port()  # /metrics and /readyz: never the shipped 9888, which may be taken
+        while self.admin_port == self.service_port:
+            self.admin_port = harness.free_port()
         self.service_log = workdir / "service.log"
 
     def start_stores(self) -> None:
@@ -452,6 +452,8 @@ class Stack:
             WALLPAPER_MYSQL__PORT=str(mysql_port),
             WALLPAPER_MYSQL__DATABASE=self.database,
             WALLPAPER_SERVER__HOST="127.0.0.1",
+            WALLPAPER_ADMIN__HOST="127.0.0.1",
+            WALLPAPER_ADMIN__PORT=str(self.admin_port),
             WALLPAPER_LOG__SINK="stdout",
         )
         return env
@@ -491,14 +493,23 @@ class Stack:
         while time.monotonic() < deadline:
             if self.service.poll() is not None:
                 raise RuntimeError(f"service exited with {self.service.returncode}:\n{self.log_tail()}")
-            if http_get(f"{self.base}/healthz", timeout=2) == 200:
+            # Ready: the public port's liveness, and the admin port's readiness (200: MongoDB answers).
+            if (
+                http_get(f"{self.base}/healthz", timeout=2) == 200
+                and http_get(f"{self.admin}/readyz", timeout=2) == 200
+            ):
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"service not healthy after 60 s:\n{self.log_tail()}")
+        raise RuntimeError(f"service not healthy and ready after 60 s:\n{self.log_tail()}")
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.service_port}"
+
+    @property
+    def admin(self) -> str:
+        """The admin port: ``/metrics`` (every live worker's figures) and ``/readyz``."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -582,7 +593,7 @@ class Run:
         self.downloads: list[Download] = []
         self.windows: list[PhaseWindow] = []
         self.phase = "none"
-        self.metrics = WorkerMetrics(stack.service_port, workers=2)
+        self.metrics = PodMetrics(stack.admin_port, workers=2)
         self.stop = asyncio.Event()
 
     def clock(self) -> float:
@@ -643,7 +654,6 @@ class Run:
                 task.cancel()
 
     async def metrics_loop(self) -> None:
-        await self.metrics.identify()
         for _ in range(3600):
             await self.metrics.sample(self.clock())
             with contextlib.suppress(TimeoutError):
@@ -714,7 +724,6 @@ class Run:
             await asyncio.wait(loops, timeout=ATTEMPTS * (ATTEMPT_TIMEOUT_S + 2) + 20)
             for task in loops:
                 task.cancel()
-            self.metrics.close()
         for task in loops:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise RuntimeError(f"a load loop failed: {task.exception()!r}")
@@ -934,16 +943,22 @@ class Storm:
             conn[1].transport.abort()
 
     async def run(self) -> dict[str, Any]:
-        metrics = WorkerMetrics(self.stack.service_port, workers=2)
-        await metrics.identify()
-        await metrics.sample(0.0)
-        before = {pid: dict(values) for pid, values in metrics.counters.items()}
+        metrics = PodMetrics(self.stack.admin_port, workers=2)
+        # The answering worker's counters are current, the other's copy up to PUBLISH_S old: with no load on, a
+        # scrape after that holds both workers' as of now (here, and at the end).
+        await asyncio.sleep(PUBLISH_S + 0.5)
+        for _ in range(5):
+            if await metrics.sample(0.0):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise RuntimeError(f"the admin port ({self.stack.admin}/metrics) answered no scrape")
+        before = dict(metrics.counters)
         redis_before = await asyncio.to_thread(redis_commandstats, self.stack.redis.port)
         self.t0 = time.monotonic()
         clients = [asyncio.create_task(self.download_client(i)) for i in range(STORM_CLIENTS)]
         readers = [asyncio.create_task(self.reader(i)) for i in range(STORM_READERS)]
-        # Sampled once a second, not only at the end: a keep-alive connection idle past the service's
-        # header_timeout is closed, and a worker's counters would then be missing from the sums.
+        # Sampled once a second, not only at the end: should the last scrape fail, the one before stands in.
         for _ in range(int(self.seconds) + 1):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), min(1.0, max(0.0, self.seconds - self.clock())))
@@ -957,13 +972,10 @@ class Storm:
             task.cancel()
         seconds = self.clock()
         redis_after = await asyncio.to_thread(redis_commandstats, self.stack.redis.port)
+        await asyncio.sleep(PUBLISH_S + 0.5)
         await metrics.sample(seconds)
-        measured = len(metrics.connections)  # workers whose counters were read at the end too
-        metrics.close()
-        counters = {name: 0.0 for name in STORM_COUNTERS}
-        for pid, values in metrics.counters.items():
-            for name in STORM_COUNTERS:
-                counters[name] += values.get(name, 0.0) - before.get(pid, {}).get(name, 0.0)
+        measured = metrics.live  # live workers whose figures the last scrape held (wallpaper_workers)
+        counters = {name: metrics.counters.get(name, 0.0) - before.get(name, 0.0) for name in STORM_COUNTERS}
         row = storm_row(self.downloads, self.answers, counters, self.failed_reads, len(storm_list_paths()))
         row["seconds"] = round(seconds, 1)
         row["workers_measured"] = measured
@@ -1127,7 +1139,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "* `recovery_s`: from the fault's end to the start of the first 1 s run with no error, a p99 within 2x the "
         "median p99 of the baseline gap before it. Empty: not within the watch. `rate_recovery_s` (not a target): "
         "to the first second with no error and at least half the baseline's requests per second.",
-        "* `db_loads_during`: the growth of `cachelayer_loads` (every worker's `/metrics`) over the same span.",
+        "* `db_loads_during`: the growth of `cachelayer_loads` over the same span (one scrape of the service's admin "
+        "port a second: `/metrics`, the workers' sum).",
         f"* Downloads: each phase posts to its own {BLOCK} wallpaper ids. {data['download_method']} "
         "`mongo_counted`: the phase's Mongo counters minus their seeded values after settling "
         f"({data['settle_s']} s; agreement with MySQL: {data['stores_agree']}).",
@@ -1176,8 +1189,9 @@ def render_storm(row: dict[str, Any], data: dict[str, Any]) -> list[str]:
         "GET written). A download answers the counter as of its own event, after raising the Mongo counter and "
         "invalidating, so any read sent later must show at least that.",
         "* `breaker_opened`, `store_errors`, `store_queue_timeouts`, `invalidations_deferred`, `revoked_fills`: the "
-        "growth of `cachelayer_<name>_total` over the storm, summed over both workers' `/metrics`. `revoked_fills`: "
-        "reloads that began before a download's invalidation and were refused their write (the race the cache won).",
+        "growth of `cachelayer_<name>_total` over the storm (the admin port's `/metrics`: both workers' sum). "
+        "`revoked_fills`: reloads that began before a download's invalidation and were refused their write (the "
+        "race the cache won).",
         "* `download_p99_ms`: from the first try to the final answer; `read_p99_ms`: per GET.",
         *(
             [f"* Stale answers, the first ones: `{json.dumps(row['stale_examples'][:5])}`"]

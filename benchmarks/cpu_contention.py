@@ -1,6 +1,6 @@
 """No false failures: the service's cache under a CPU hog, with Redis healthy (issue 9, item 5).
 
-``python -m benchmarks.cpu_contention [--seconds 20] [--json PATH]``
+``python -m benchmarks.cpu_contention [--seconds 20] [--json PATH] [--results DIR]``
 
 A Redis call that overruns its 0.1 s budget because the *process* was starved of CPU says nothing about Redis.
 Counted as a Redis failure it opens the breaker on a healthy Redis and turns hits into database loads exactly when
@@ -8,12 +8,14 @@ the machine is busiest (measured on 2cc2838: 13-120 "failures" per 10-20 s quiet
 
 The run: the wallpaper service (2 workers, uvloop, the cache on Redis DB 13, the dev stack's MongoDB and MariaDB
 on the http_load data set), warm; wrk -c64 on a rotation of list and detail pages for ``--seconds``; then the same
-with ``stress-ng --cpu 4`` beside it (two busy processes per core). From each worker's ``/metrics`` (one
-keep-alive connection per worker, told apart by ``/healthz``'s pid): breaker openings, store errors, calls that
-overran while the loop was late (``store_late_timeouts``, not held against Redis), and hits / (hits + misses).
+with ``stress-ng --cpu 4`` beside it (two busy processes per core). From one scrape of the service's admin port
+before and after each run (``/metrics`` on a free port of its own, ``WALLPAPER_ADMIN__PORT``; the counters are the
+two workers' sums, ``benchmarks/_scrape.py``): breaker openings, store errors, calls that overran while the loop was
+late (``store_late_timeouts``, not held against Redis), hits / (hits + misses), and the answers by ``X-Cache``
+(``wallpaper_http_requests_total``'s ``x_cache`` label). ``/readyz`` on the admin port must say ``ok`` first.
 
 Targets: 0 breaker openings under the hog, and a hit ratio within 2 points of the run without it.
-Writes ``benchmarks/results/cpu_contention.{md,json}``.
+Writes ``cpu_contention.{md,json}`` to ``--results`` (default ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+from benchmarks._scrape import PUBLISH_S, cache_counters, live_workers, readiness, requests_by_x_cache, scrape
 from benchmarks.http_load import (
     DEFAULT_WALLPAPERS,
     LIST_PATH,
@@ -48,6 +50,7 @@ from benchmarks.http_load import (
 WORKERS = 2
 CONNECTIONS = 64
 METRICS = ("hits", "misses", "breaker_opened", "store_errors", "store_late_timeouts", "loads")
+ROUTES = ("list", "detail")  # wallpaper_http_requests_total's routes of the rotation's pages
 HEADERS = [
     "run", "req/s", "p99 ms", "errors", "hit ratio", "breaker openings", "store errors", "late timeouts", "loads",
 ]  # fmt: skip
@@ -69,37 +72,24 @@ def paths(wallpapers: int) -> list[str]:
     return lists + details
 
 
-class Workers:
-    """One keep-alive connection per worker, so each worker's own counters can be read."""
+class PodCounters:
+    """The cache's counters of the whole service: one scrape of its admin port, which any worker answers for every
+    live one (counters are the workers' sums)."""
 
-    def __init__(self, port: int, workers: int) -> None:
-        self.connections: dict[int, http.client.HTTPConnection] = {}
-        for _ in range(80):
-            if len(self.connections) >= workers:
-                return
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            body = conn.getresponse().read()
-            pid = int(json.loads(body).get("data", {}).get("pid", 0))
-            if pid and pid not in self.connections:
-                self.connections[pid] = conn
-            else:
-                conn.close()
-        raise RuntimeError(f"only {len(self.connections)} of {workers} workers answered on distinct connections")
+    def __init__(self, admin: str, workers: int) -> None:
+        self.admin, self.workers = admin, workers
 
-    def counters(self) -> dict[str, float]:
-        total = dict.fromkeys(METRICS, 0.0)
-        for conn in self.connections.values():
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-            for name in METRICS:
-                match = re.search(rf"^cachelayer_{name}_total\{{[^}}]*\}}\s+([0-9.e+]+)", text, re.M)
-                total[name] += float(match.group(1)) if match else 0.0
-        return total
-
-    def close(self) -> None:
-        for conn in self.connections.values():
-            conn.close()
+    def counters(self) -> dict[str, Any]:
+        """Read with the load off: after ``PUBLISH_S`` every worker's copy of its cache counters is current."""
+        time.sleep(PUBLISH_S + 0.5)
+        samples = scrape(self.admin)
+        live = live_workers(samples)
+        if live != self.workers:
+            raise RuntimeError(f"the scrape of {self.admin} holds {live} live workers, not {self.workers}")
+        found = cache_counters(samples)
+        totals: dict[str, Any] = {name: found.get(name, 0.0) for name in METRICS}
+        totals["x_cache"] = requests_by_x_cache(samples, *ROUTES)
+        return totals
 
 
 @contextlib.contextmanager
@@ -121,14 +111,15 @@ def cpu_hog(enabled: bool) -> Iterator[None]:
         hog.wait(10)
 
 
-def measure_run(name: str, base: str, workers: Workers, script: Path, seconds: int, hog: bool) -> dict[str, Any]:
-    before = workers.counters()
+def measure_run(name: str, base: str, pod: PodCounters, script: Path, seconds: int, hog: bool) -> dict[str, Any]:
+    before = pod.counters()
     with cpu_hog(hog):
         cmd = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), "--latency"]
         out = subprocess.run([*cmd, base], capture_output=True, text=True, timeout=seconds + 60, check=False)
-    after = workers.counters()
+    after = pod.counters()
     wrk = parse_wrk(out.stdout)
     delta = {name: after[name] - before[name] for name in METRICS}
+    answers = {k: int(v - before["x_cache"].get(k, 0.0)) for k, v in sorted(after["x_cache"].items())}
     lookups = delta["hits"] + delta["misses"]
     return {
         "run": name,
@@ -137,6 +128,7 @@ def measure_run(name: str, base: str, workers: Workers, script: Path, seconds: i
         "errors": int(wrk["non_2xx"]) + int(wrk["socket_errors"]),
         "hit_ratio": round(delta["hits"] / lookups, 4) if lookups else None,
         **{name: int(value) for name, value in delta.items()},
+        "x_cache": {k: v for k, v in answers.items() if v},  # the service's answers by X-Cache over the run
     }
 
 
@@ -163,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_contention", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=20, help="wrk seconds per run (default 20)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where cpu_contention.{md,json} go")
     args = parser.parse_args(argv)
     for tool in ("wrk", "stress-ng"):
         if shutil.which(tool) is None:
@@ -178,23 +171,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         script.write_text(_ROTATION % ", ".join(f'"{p}"' for p in paths(DEFAULT_WALLPAPERS)))
         _flush_redis()
         with running(config, workdir / "service.log", "uvloop", WORKERS) as server:
+            status, ready = readiness(server.admin)
+            if status != 200 or ready.get("status") != "ok":
+                raise RuntimeError(f"{server.admin}/readyz: {status} {ready}: not every store answers")
             for path in paths(DEFAULT_WALLPAPERS):  # warm: every page the rotation reads is in Redis
                 conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
                 conn.request("GET", path)
                 conn.getresponse().read()
                 conn.close()
-            workers = Workers(server.port, WORKERS)
-            try:
-                quiet = measure_run("quiet", server.base, workers, script, args.seconds, hog=False)
-                loaded = measure_run("stress-ng --cpu 4", server.base, workers, script, args.seconds, hog=True)
-            finally:
-                workers.close()
+            pod = PodCounters(server.admin, WORKERS)
+            quiet = measure_run("quiet", server.base, pod, script, args.seconds, hog=False)
+            loaded = measure_run("stress-ng --cpu 4", server.base, pod, script, args.seconds, hog=True)
         _flush_redis()
     rows = [quiet, loaded]
     checks = verdicts(quiet, loaded)
     print(format_table(HEADERS, table(rows)))
     for check in checks:
         print(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['value']}")
+    for row in rows:
+        print(f"  X-Cache of the answers ({row['run']}): {row['x_cache']}")
     data = {
         "rows": rows,
         "targets": checks,
@@ -205,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": environment(["redis", "tornado", "uvloop"]),
     }
-    write_json(RESULTS_DIR / "cpu_contention.json", data)
+    write_json(args.results / "cpu_contention.json", data)
     if args.json is not None:
         write_json(args.json, data)
     lines = [
@@ -213,18 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"`python -m benchmarks.cpu_contention --seconds {args.seconds}` on {data['date']}: the service "
         f"({WORKERS} workers, uvloop, Redis healthy), wrk -c{CONNECTIONS} over warm list and detail pages, "
-        "then the same beside `stress-ng --cpu 4`. Counters are the workers' own (`/metrics`), over each run.",
+        "then the same beside `stress-ng --cpu 4`. Counters: the growth over each run of the service's own "
+        "(`/metrics` on its admin port: both workers' sum).",
         "",
         markdown_table(HEADERS, table(rows)),
         "",
         *[f"- {'PASS' if c['pass'] else 'FAIL'}: {c['target']} ({c['value']})" for c in checks],
+        "",
+        *[f"Answers by `X-Cache` ({r['run']}): `{json.dumps(r['x_cache'])}`." for r in rows],
         "",
         "`late timeouts`: calls whose budget ran out while the event loop itself was late (the timer fired past its "
         "deadline): they fail open for that call and are not held against Redis (cachelayer/_budget.py).",
         f"Load average before the run: {', '.join(f'{x:.2f}' for x in load_before)}.",
         "",
     ]
-    write_text(RESULTS_DIR / "cpu_contention.md", "\n".join(lines))
+    write_text(args.results / "cpu_contention.md", "\n".join(lines))
     return 0 if all(c["pass"] for c in checks) else 1
 
 

@@ -7,7 +7,9 @@ The harness starts the service itself (``python -m service serve --config <gener
 stack (``scripts/devstack up`` when Mongo does not answer), on databases ``wallpaper_bench_<N>`` seeded with
 ``--wallpapers`` N documents (default 40: see ``DEFAULT_WALLPAPERS``). It drives it from 127.0.0.1 only, every run
 bounded in time (wrk ``-d``) or in count (ab/h2load ``-n``, plus a subprocess timeout), and stops every server it
-started (SIGTERM to the PID it spawned, then SIGKILL to that process group), also on errors and Ctrl-C.
+started (SIGTERM to the PID it spawned, then SIGKILL to that process group), also on errors and Ctrl-C. Each server
+has a free admin port of its own (``WALLPAPER_ADMIN__PORT``; ``Server.admin``: its ``/metrics`` and ``/readyz``), so
+servers side by side never share one, nor take the shipped 9888.
 
 Variants (one list page, ``pageSize=20``, ~7.4 KB of JSON):
 
@@ -539,12 +541,16 @@ class Server:
 
     def __init__(self, config: Path, log: Path, loop: str, processes: int) -> None:
         self.port = free_port()
+        self.admin_port = free_port()  # /metrics, /readyz: one of its own, so that servers side by side never share
+        while self.admin_port == self.port:
+            self.admin_port = free_port()
         self.loop, self.processes = loop, processes
         cmd = [sys.executable, "-m", "service", "serve", "--config", str(config), "--port", str(self.port)]
         cmd += ["--processes", str(processes), "--loop", loop]
         if processes == 1 and shutil.which("taskset"):
             cmd = ["taskset", "-c", "0", *cmd]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WALLPAPER_")}
+        env.update(WALLPAPER_ADMIN__HOST="127.0.0.1", WALLPAPER_ADMIN__PORT=str(self.admin_port))
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
@@ -554,16 +560,22 @@ class Server:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin(self) -> str:
+        """The admin port's address: ``/metrics`` (every live worker's figures in one scrape) and ``/readyz``."""
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def wait_ready(self, timeout: float = 45.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited with {self.proc.returncode} before answering")
             answer = _get(self.base + "/healthz", timeout=2)
-            if answer is not None and answer[0] == 200:
+            # ... and the admin port answers a scrape (the benchmarks that read /metrics read it there)
+            if answer is not None and answer[0] == 200 and _get(self.admin + "/metrics", timeout=2) is not None:
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"service on port {self.port} not healthy after {timeout:.0f} s")
+        raise RuntimeError(f"service on port {self.port} (admin {self.admin_port}) not healthy after {timeout:.0f} s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

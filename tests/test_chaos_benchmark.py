@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import chaos
+from benchmarks import _scrape, chaos
 from harness import FaultProxy, ProxyProcess
 
 SILENCE_S = 0.3  # how long "nothing arrives" is watched for: an absence has no event to wait on
@@ -202,8 +202,8 @@ def test_recovery_ends_with_the_watch_and_throughput_is_reported_apart() -> None
     assert chaos.rate_recovery_seconds(seconds, WINDOW) == 4.0
 
 
-def test_loads_are_summed_over_workers_between_samples() -> None:
-    samples = [(0.0, {1: 0.0, 2: 0.0}), (5.0, {1: 10.0, 2: 5.0}), (25.0, {1: 40.0, 2: 5.0})]
+def test_loads_between_samples_of_the_pod_total() -> None:
+    samples = [(0.0, 0.0), (5.0, 15.0), (25.0, 45.0)]  # cachelayer_loads of one scrape: the workers' sum already
     assert chaos.loads_at(samples, -1.0) is None
     assert chaos.loads_at(samples, 6.0) == 15.0
     row = chaos.build_row(WINDOW, _seconds({7: 3}), samples, {"downloads_2xx": 0})
@@ -298,13 +298,82 @@ def test_counts_shown_reads_list_and_detail_bodies() -> None:
     assert chaos.counts_shown(b'{"data": {"id": 60, "counts": {"downloads": 2}}}') == {60: 2}
 
 
+# One scrape of a 2-worker service's admin port, in its shape: counters summed over the workers, gauges per worker.
+SCRAPE = """# HELP cachelayer_loads_total Loader calls
+# TYPE cachelayer_loads_total counter
+cachelayer_loads_total{cache="wallpaper"} 30.0
+cachelayer_revoked_fills_total{cache="wallpaper"} 12.0
+cachelayer_breaker_open{cache="wallpaper",worker="0"} 0.0
+cachelayer_breaker_open{cache="wallpaper",worker="1"} 1.0
+cachelayer_breaker_opened_total{cache="wallpaper"} 0.0
+cachelayer_function_loads_total{cache="wallpaper",function="wp.list",result="success"} 5.0
+wallpaper_http_requests_total{method="GET",route="detail",status="200",x_cache="miss"} 29.0
+wallpaper_http_requests_total{method="GET",route="detail",status="200",x_cache="hit"} 70.0
+wallpaper_http_requests_total{method="GET",route="metrics",status="200",x_cache=""} 3.0
+wallpaper_workers 2.0
+"""
+
+
 def test_the_cache_counters_come_from_metrics_text() -> None:
-    text = (
-        'cachelayer_revoked_fills_total{cache="wallpaper"} 12.0\n'
-        'cachelayer_function_loads_total{cache="wallpaper",function="wp.list",result="success"} 5.0\n'
-        'cachelayer_breaker_opened_total{cache="wallpaper"} 0.0\n'
+    # The pod's counters only: not the per-function series, not the per-worker gauges.
+    assert chaos.parse_counters(SCRAPE) == {"loads": 30.0, "revoked_fills": 12.0, "breaker_opened": 0.0}
+
+
+def test_the_scrape_parser_reads_the_admin_ports_shape() -> None:
+    samples = _scrape.parse(SCRAPE + 'odd{a="x\\"y,z",b="2"} 1e3 1700000000000\n')
+    assert _scrape.live_workers(samples) == 2
+    assert _scrape.by_worker(samples, "cachelayer_breaker_open", cache="wallpaper") == {"0": 0.0, "1": 1.0}
+    assert _scrape.total(samples, "wallpaper_http_requests_total", route="detail") == 99.0
+    assert _scrape.requests_by_x_cache(samples, "detail") == {"miss": 29.0, "hit": 70.0}
+    assert _scrape.requests_by_x_cache(samples) == {"miss": 29.0, "hit": 70.0, "": 3.0}
+    assert [s for s in samples if s.name == "odd"] == [_scrape.Sample("odd", {"a": 'x"y,z', "b": "2"}, 1000.0)]
+
+
+class AdminPort:
+    """A stand-in admin port: answers every connection with ``answers`` in turn (status, body), then closes it."""
+
+    def __init__(self, answers: list[tuple[int, str]]) -> None:
+        self.answers, self.paths = answers, list[str]()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.paths.append((await reader.readline()).decode().split()[1])
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        status, body = self.answers.pop(0)
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> AdminPort:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+async def test_pod_metrics_scrape_the_admin_port_once_per_sample() -> None:
+    one_worker = SCRAPE.replace(
+        'cachelayer_loads_total{cache="wallpaper"} 30.0', 'cachelayer_loads_total{cache="wallpaper"} 41.0'
     )
-    assert chaos.parse_counters(text) == {"revoked_fills": 12.0, "breaker_opened": 0.0}
+    one_worker = one_worker.replace("wallpaper_workers 2.0", "wallpaper_workers 1.0")
+    async with AdminPort([(200, SCRAPE), (404, "{}"), (200, one_worker)]) as admin:
+        metrics = chaos.PodMetrics(admin.port, workers=2)
+        assert await metrics.sample(1.0)
+        assert not await metrics.sample(2.0)  # a failed scrape: a gap in the samples, not a zero
+        assert await metrics.sample(3.0)
+    assert admin.paths == ["/metrics"] * 3
+    assert metrics.samples == [(1.0, 30.0), (3.0, 41.0)]
+    assert metrics.counters["loads"] == 41.0
+    assert metrics.live == 1
+    assert (
+        metrics.note
+        == "1 scrape(s) of the admin port failed (those samples skipped); a scrape at 3 s held 1 of 2 live workers"
+    )
 
 
 def _storm_download(key: str, wallpaper_id: int, answered_at: float, downloads: int) -> chaos.Download:
@@ -353,7 +422,7 @@ def test_the_download_storm_row_in_its_quick_form(tmp_path: Path) -> None:
     assert row["download_clients"] == 12
     assert row["downloads"] > 0
     assert row["reads"] > 0
-    assert row["workers_measured"] == 2
+    assert row["workers_measured"] == 2  # live workers in the last scrape of the admin port
     assert row["revoked_fills"] > 0  # reloads raced the downloads' invalidations, and lost
     assert row["counters_agree"]
     # The guarantee covers every process while invalidations land; one a store timeout deferred is retried in the

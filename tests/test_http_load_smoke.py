@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from benchmarks._scrape import live_workers, readiness, scrape
 from benchmarks.http_load import (
     BROWSER_ENCODINGS,
     DCZ_MAGIC,
@@ -23,6 +24,7 @@ from benchmarks.http_load import (
     LIST_PATH,
     Plan,
     Row,
+    _get,
     answered_2xx,
     check_encoding,
     config_text,
@@ -315,6 +317,15 @@ def test_the_dcz_check_fails_loudly_where_the_service_answers_otherwise(bench_da
         running(plain, log, "asyncio", 1) as without,
         running(with_dictionary, log, "asyncio", 1) as server,
     ):
+        # Side by side, each server on an admin port of its own (not the shipped 9888): /metrics and /readyz there,
+        # 404 on the public port.
+        assert len({without.port, without.admin_port, server.port, server.admin_port, 9888}) == 5
+        for each in (without, server):
+            public = _get(each.base + "/metrics")
+            assert public is not None
+            assert public[0] == 404
+            assert readiness(each.admin)[0] == 200
+            assert live_workers(scrape(each.admin)) == 1
         url = server.base + LIST_PATH
         dictionary_url, served = served_dictionary(url)
         assert served == dictionary
