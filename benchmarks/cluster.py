@@ -1,293 +1,319 @@
-"""Redis Cluster failover benchmark (issue 10, item 6): what callers see while one shard fails.
+"""Redis Cluster faults benchmark (issue 10, item 6; issue 19, parts 3 and 4): what callers see while one shard fails.
 
-    python -m benchmarks.cluster [--quick] [--json PATH]
+    python -m benchmarks.cluster [--quick] [--runs N] [--stress-ng N] [--json PATH] [--results DIR] [--strict]
 
-Starts its own 3-master + 3-replica cluster on free loopback ports (harness/cluster.py), then two worker processes
-run a steady mixed load of ``@cached`` reads (and ``refresh`` writes) through the public cachelayer API, while
-the parent goes through three phases: steady, failover (SIGKILL one master), reshard (move 1,000 slots from one
-master to another). Each row:
+Starts its own 3-master + 3-replica cluster on free loopback ports (harness/cluster.py; node timeout 2 s,
+``cluster-require-full-coverage no``) with a proxy (harness ProxyProcess) in front of one master, reached through
+the cluster client's address remapping (``RedisBackend.cluster_from_url(address_remap=...)``). Two worker processes
+run the same mixed load in every phase, through the public cachelayer API: 16 callers each, a call every 5 ms per
+caller, of which 80 % single-key fetches of ``@cached`` items (each tagged: its value and its tag's stamp live on
+two shards, read together), 15 % ``get_many`` of 8 plain values spread over every shard, 5 % tagged writes
+(``refresh``: the value and its tag's stamp). The parent goes through the phases:
 
-* ``ops``, ``caller_errors`` (exceptions out of the cache), ``wrong_values``, ``over_budget_calls`` (> 2x the
-  0.1 s budget), ``extra_loads`` (loader calls above the steady phase's rate), ``loop_lag_p99_ms``;
-* ``healthy_shard_hit_ratio``: hits over reads of keys whose master the fault did not touch;
-* ``recovery_s``: from the fault to the last miss / error / over-budget read of the touched shard's keys;
-  ``promotion_s`` (failover): from the kill until the cluster itself reports the replica promoted (Redis's own
-  share: node timeout, agreement on the failure, election), so ``recovery_s - promotion_s`` is the client's;
+* ``steady``: nothing happens;
+* ``failover`` (``--runs`` times): SIGKILL shard 0's master, wait for its replica's promotion, then start the dead
+  node again (it comes back as the new master's replica) and wait until the cluster is settled;
+* ``freeze`` (``--runs`` times): SIGSTOP shard 1's master until its replica is promoted, then SIGCONT (it wakes up a
+  replica), and wait until settled;
+* ``latency``: +300 ms each way to shard 2's master (through its proxy), then back to none;
+* ``reshard``: 1,000 slots moved from shard 0's master to shard 1's.
+
+Each phase's row (every run of it together):
+
+* ``ops`` (calls), ``caller_errors`` (exceptions out of the cache), ``wrong_values``, ``over_budget_calls`` (> 2x
+  the 0.1 s budget; a miss is several store calls in a row, so not a target), ``extra_loads`` (fetch misses above
+  the steady phase's rate), ``loop_lag_p99_ms`` (the workers' own loops; their start-up heap is frozen out of the
+  garbage collector after warm-up, as a service does after start-up: else each full collection walks ~50k objects
+  of imported modules, 40-90 ms on a loaded 2-core machine);
+* ``healthy_shard_hit_ratio``, ``healthy_get_many_item_hit_ratio``: from the fault on, hits over reads (single-key
+  fetches; get_many items) of keys that depend on no touched shard (a tagged item depends on its value's shard
+  and its stamp's: a stamp that cannot be read is a miss, by design);
+* ``healthy_breaker_openings``: breaker openings of the masters the fault does not touch (and of the key-less one);
+* ``recovery_s``: from the fault (the latency: its end) to the last miss, error or call over 2x budget on a
+  touched key (p99 over the runs);
+* ``promotion_s``: from the fault to the replica's promotion (its "Failover election won" log line: Redis's own
+  share: node timeout, agreement on the failure, election), median over the runs;
+* ``client_recovery_s``: from that promotion to the first hit on the failed shard's keys, in the slower worker
+  (the client's share), p99 over the runs (``client_recovery_p50_s``: median); each run's figures are in a table
+  of their own;
 * ``cluster_slots_calls``, ``command_calls``: topology discoveries the clients made in the phase (served by the
   running nodes): refreshes are throttled, and ``COMMAND`` is loaded once per client, before the phases, so a
   ``command_calls`` above 0 means a client threw its topology away and rediscovered on the request path.
 
-Writes are tagged (``SET`` plus the tag's ``SADD``/``EXPIRE``: a pipeline across shards), so the failover phase also
-exercises pipelines that meet the dead master.
+Targets (issue 19), printed as PASS/FAIL lines and kept in the JSON: 0 caller errors, 0 wrong values, 0 healthy
+breaker openings, healthy hit ratios >= 0.99, loop lag p99 <= 50 ms in every phase; client recovery <= 0.5 s (p99)
+after a failover and after a freeze. ``--strict``: exit 1 when one is missed. ``--stress-ng N`` runs the whole
+benchmark beside ``stress-ng --cpu N`` (stopped by its PID), written as ``cluster-stress-ng``.
 
-Results: benchmarks/results/cluster.{md,json,png} (the plot: hit ratio and loads over time around the faults).
+Results: benchmarks/results/cluster.{md,json,png} (the plot: hit ratio and loads over time, the faults marked).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-import redis
-from redis.crc import key_slot
-
+from benchmarks import _cluster_phases as phases
+from benchmarks._cluster_phases import BUDGET, KEYS, LATENCY_S, MANY_KEYS, MANY_SIZE, TASKS, THINK, Op
 from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_text
-from harness import RedisClusterServer
+from harness import CACHE_CLUSTER_ARGS, ProxyProcess, RedisClusterServer
 
-BUDGET = 0.1
-KEYS = 400
-TASKS = 16  # callers per worker process
-THINK = 0.005  # seconds between one caller's calls: a steady load, not a CPU saturation test
-COLUMNS = ["phase", "ops", "caller_errors", "wrong_values", "over_budget_calls", "healthy_shard_hit_ratio",
-           "extra_loads", "loop_lag_p99_ms", "recovery_s", "promotion_s", "cluster_slots_calls", "command_calls"]
+COLUMNS: Final = ["phase", "runs", "ops", "caller_errors", "wrong_values", "over_budget_calls",
+                  "healthy_shard_hit_ratio", "healthy_get_many_item_hit_ratio", "healthy_breaker_openings",
+                  "extra_loads", "loop_lag_p99_ms", "recovery_s", "promotion_s", "client_recovery_s",
+                  "client_recovery_p50_s", "cluster_slots_calls", "command_calls"]
+RUN_COLUMNS: Final = ["phase", "run", "promotion_s", "client_recovery_s", "recovery_s", "loop_lag_p99_ms",
+                      "healthy_shard_hit_ratio", "healthy_get_many_item_hit_ratio"]
+PHASES: Final = ("steady", "failover", "freeze", "latency", "reshard")
+NODE_TIMEOUT_MS: Final = 2000
+WORKERS: Final = 2
+MAX_LOOP_LAG_MS: Final = 50.0
+MIN_HIT_RATIO: Final = 0.99
+MAX_CLIENT_RECOVERY_S: Final = 0.5
 
 
-def make_cache(cluster_url: str, redis_url: str, namespace: str) -> Any:
-    """The new ``redis+cluster://`` form, or today's ``cluster=True`` with a ``redis://`` URL."""
-    from cachelayer import Cache
+def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the figure it was judged on and whether it holds."""
 
+    def worst(column: str, *, lowest: bool = False, among: Sequence[str] = PHASES) -> Any:
+        values = [row[column] for row in rows if row["phase"] in among]
+        if any(value is None for value in values):
+            return None
+        return (min if lowest else max)(values) if values else None
+
+    checks: list[tuple[str, str, Any, Callable[[Any], bool]]] = [
+        ("caller_errors", "== 0 in every phase", worst("caller_errors"), lambda v: v == 0),
+        ("wrong_values", "== 0 in every phase", worst("wrong_values"), lambda v: v == 0),
+        ("healthy_breaker_openings", "== 0 in every phase", worst("healthy_breaker_openings"), lambda v: v == 0),
+        ("healthy_shard_hit_ratio", f">= {MIN_HIT_RATIO} in every phase",
+         worst("healthy_shard_hit_ratio", lowest=True), lambda v: v >= MIN_HIT_RATIO),
+        ("healthy_get_many_item_hit_ratio", f">= {MIN_HIT_RATIO} in every phase",
+         worst("healthy_get_many_item_hit_ratio", lowest=True), lambda v: v >= MIN_HIT_RATIO),
+        ("loop_lag_p99_ms", f"<= {MAX_LOOP_LAG_MS:g} in every phase", worst("loop_lag_p99_ms"),
+         lambda v: v <= MAX_LOOP_LAG_MS),
+        ("client_recovery_s", f"<= {MAX_CLIENT_RECOVERY_S} (p99 over the runs) after a failover and a freeze",
+         worst("client_recovery_s", among=("failover", "freeze")), lambda v: v <= MAX_CLIENT_RECOVERY_S),
+    ]
+    return [{"name": name, "target": target, "value": value, "pass": value is not None and bool(holds(value))}
+            for name, target, value, holds in checks]
+
+
+@contextlib.contextmanager
+def cpu_hog(workers: int) -> Iterator[None]:
+    """``stress-ng --cpu N`` beside the benchmark, stopped by its PID (its process group: it forks its workers)."""
+    if workers <= 0:
+        yield
+        return
+    if shutil.which("stress-ng") is None:
+        raise SystemExit("stress-ng is not installed (apt-get install -y stress-ng)")
+    hog = subprocess.Popen(["stress-ng", "--cpu", str(workers), "--timeout", "3600"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        return Cache.from_url(cluster_url, namespace=namespace, timeout=BUDGET)
-    except (ValueError, TypeError):
-        return Cache.from_url(redis_url, cluster=True, namespace=namespace, timeout=BUDGET)
+        time.sleep(1.0)  # let the scheduler feel it before anything is measured
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(hog.pid, signal.SIGTERM)
+        hog.wait(10)
 
 
-def slot_owners(port: int) -> dict[int, int]:
-    """slot -> master port, from CLUSTER SLOTS."""
-    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as conn:
-        ranges = conn.execute_command("CLUSTER SLOTS")
-    owners: dict[int, int] = {}
-    for entry in ranges:  # redis-py parses it to {(low, high): {"primary": (host, port), ...}}
-        if isinstance(ranges, dict):
-            (low, high), info = entry, ranges[entry]
-            master = int(info["primary"][1])
-        else:
-            low, high, master = int(entry[0]), int(entry[1]), int(entry[2][1])
-        for slot in range(low, high + 1):
-            owners[slot] = master
-    return owners
-
-
-async def worker_main(cluster_url: str, redis_url: str, start_port: int, ready: Any, go: Any) -> dict[str, Any]:
-    from cachelayer import cached
-
-    cache = make_cache(cluster_url, redis_url, "bench-cluster")
-    if hasattr(cache, "connect"):
-        await cache.connect()
-    loads = 0
-
-    @cached(ttl=600, cache=cache, tags=("item:{i}",), exclude=["loads"])  # a counter, not part of the result
-    async def item(i: int) -> int:
-        nonlocal loads
-        loads += 1
-        return i * 7
-
-    owners = slot_owners(start_port)
-    owner_of = [owners.get(key_slot(item.key(i).encode()), 0) for i in range(KEYS)]
-    # Warm-up: every key stored (or found) once, so the steady phase measures a warm cache.
-    for i in range(KEYS):
-        await item(i)
-    ready.put("warm")
-    end_at: float = await asyncio.to_thread(go.get, True, 300)
-    ops: list[tuple[float, int, int, float, int, int]] = []  # t, owner, hit, elapsed, error, wrong
-    lags: list[tuple[float, float]] = []
-
-    async def lag() -> None:
-        while time.time() < end_at:
-            began = time.perf_counter()
-            await asyncio.sleep(0.01)
-            lags.append((time.time(), (time.perf_counter() - began - 0.01) * 1000))
-
-    async def load(seed: int) -> None:
-        n = seed
-        while time.time() < end_at:
-            n = (n * 1103515245 + 12345) % 2**31
-            i = n % KEYS
-            write = n % 20 == 0
-            began = time.perf_counter()
-            error = wrong = hit = 0
-            try:
-                if write:
-                    value = await item.refresh(i)
-                else:
-                    entry = await item.entry(i)
-                    value, hit = entry.value(), int(entry.outcome == "hit")
-                wrong = int(value != i * 7)
-            except Exception:  # a caller error: what the cache promises never happens
-                error = 1
-            elapsed = time.perf_counter() - began
-            if not write:
-                ops.append((time.time(), owner_of[i], hit, elapsed, error, wrong))
-            await asyncio.sleep(THINK)
-
-    await asyncio.gather(lag(), *(load(seed) for seed in range(1, TASKS + 1)))
-    await cache.aclose()
-    return {"ops": ops, "lags": lags, "loads": loads}
-
-
-async def idle_loop_lag(end_at: float) -> list[tuple[float, float]]:
-    """The lateness of a 10 ms timer on an otherwise idle loop: what the machine alone costs a loop."""
-    lags: list[tuple[float, float]] = []
-    while time.time() < end_at:
-        began = time.perf_counter()
-        await asyncio.sleep(0.01)
-        lags.append((time.time(), (time.perf_counter() - began - 0.01) * 1000))
-    return lags
-
-
-def run_idle(ready: Any, go: Any, out: str) -> None:
-    ready.put("idle")
-    end_at = go.get(True, 300)
-    Path(out).write_text(json.dumps({"lags": asyncio.run(idle_loop_lag(end_at))}))
-
-
-def run_worker(cluster_url: str, redis_url: str, start_port: int, ready: Any, go: Any, out: str) -> None:
-    result = asyncio.run(worker_main(cluster_url, redis_url, start_port, ready, go))
-    Path(out).write_text(json.dumps(result))
-
-
-def summarize(phase: str, ops: list[list[float]], lags: list[list[float]], start: float, end: float,
-              fault_at: float | None, touched: set[int], steady_load_rate: float) -> dict[str, Any]:
-    window = [op for op in ops if start <= op[0] < end]
-    after_fault = [op for op in window if fault_at is None or op[0] >= fault_at]
-    healthy = [op for op in after_fault if int(op[1]) not in touched]
-    misses = len([op for op in window if not op[2]])
-    lag_values = sorted(value for t, value in lags if start <= t < end) or [0.0]
-    bad_touched = [op[0] for op in after_fault if int(op[1]) in touched and (not op[2] or op[4] or op[3] > 2 * BUDGET)]
-    return {
-        "phase": phase,
-        "ops": len(window),
-        "caller_errors": int(sum(op[4] for op in window)),
-        "wrong_values": int(sum(op[5] for op in window)),
-        "over_budget_calls": len([op for op in window if op[3] > 2 * BUDGET]),
-        "healthy_shard_hit_ratio": round(sum(op[2] for op in healthy) / len(healthy), 4) if healthy else None,
-        "extra_loads": max(0, round(misses - steady_load_rate * (end - start))),
-        "loop_lag_p99_ms": round(lag_values[int(len(lag_values) * 0.99) - 1 if len(lag_values) > 1 else 0], 1),
-        "recovery_s": round(max(bad_touched) - fault_at, 2) if fault_at is not None and bad_touched else 0.0,
-    }
-
-
-def plot(path: Path, ops: list[list[float]], t0: float, marks: list[tuple[str, float]]) -> None:
+def plot(path: Path, ops: Sequence[Op], t0: float, windows: Sequence[phases.Window]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bucket = 0.5
-    times: dict[int, list[list[float]]] = {}
+    reads: dict[int, list[int]] = {}  # bucket -> [hits, reads, fetch misses]
     for op in ops:
-        times.setdefault(int((op[0] - t0) / bucket), []).append(op)
-    xs = sorted(times)
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 5))
-    top.plot([x * bucket for x in xs], [sum(o[2] for o in times[x]) / len(times[x]) for x in xs])
-    top.set_ylabel("hit ratio")
+        if op[1] == phases.WRITE:
+            continue
+        tally = reads.setdefault(int((op[0] - t0) / bucket), [0, 0, 0])
+        if op[1] == phases.FETCH:
+            tally[0] += op[3]
+            tally[1] += 1
+            tally[2] += 1 - op[3]
+        else:
+            tally[0] += bin(op[3]).count("1")
+            tally[1] += MANY_SIZE
+    xs = sorted(reads)
+    at = [(x + 0.5) * bucket for x in xs]  # a bucket's middle
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(12, 5))
+    top.plot(at, [reads[x][0] / reads[x][1] for x in xs], linewidth=0.8)
+    top.set_ylabel("read hit ratio")
     top.set_ylim(0, 1.05)
-    bottom.plot([x * bucket for x in xs], [len([o for o in times[x] if not o[2]]) / bucket for x in xs])
-    bottom.set_ylabel("loads / s")
+    bottom.plot(at, [reads[x][2] / bucket for x in xs], linewidth=0.8)
+    bottom.set_ylabel("fetch misses / s")
     bottom.set_xlabel("s since start")
-    for label, at in marks:
+    colors = {"failover": "red", "freeze": "blue", "latency": "orange", "reshard": "green"}
+    labelled: set[str] = set()
+    for window in windows:
+        if window.fault_at is None:
+            continue
         for axis in (top, bottom):
-            axis.axvline(at - t0, color="red", linestyle="--")
-        top.annotate(label, (at - t0, 0.05))
+            axis.axvline(window.fault_at - t0, color=colors[window.phase], linestyle="--", linewidth=0.6)
+        if window.phase not in labelled:
+            labelled.add(window.phase)
+            top.annotate(window.phase, (window.fault_at - t0, 0.05), color=colors[window.phase])
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def p99(values: list[float]) -> float:
-    ordered = sorted(values) or [0.0]
-    return round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1)
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Op], float, list[phases.Window]]:
+    """Start the cluster, the proxy and the workers, go through the phases: the figures, and what the plot needs
+    (every call, the start, the phases' windows)."""
+    steady, settle, latency, reshard = (3.0, 2.0, 4.0, 6.0) if args.quick else (10.0, 4.0, 10.0, 15.0)
+    with RedisClusterServer(node_timeout_ms=NODE_TIMEOUT_MS, extra_args=CACHE_CLUSTER_ARGS) as cluster:
+        tmp = cluster.workdir / "ops"
+        tmp.mkdir()
+        owners = phases.slot_owners(cluster.ports[0])
+        proxy = ProxyProcess("slow-master", cluster.masters()[2], log=cluster.workdir / "proxy.log")
+        try:
+            faults = phases.Faults(cluster, proxy, settle)
+            shard_of_port = faults.shard_of_port()
+            context = multiprocessing.get_context("spawn")
+            ready, start, stop = context.Queue(), context.Event(), context.Event()
+            remap = {proxy.target_port: proxy.port}
+            workers = [context.Process(target=phases.run_worker,
+                                       args=(cluster.url, remap, ready, start, stop, str(tmp / f"w{n}.json")))
+                       for n in range(WORKERS)]
+            workers.append(context.Process(target=phases.run_idle, args=(ready, start, stop, str(tmp / "idle.json"))))
+            for proc in workers:
+                proc.start()
+            try:
+                for _ in workers:  # the workers warm (every key stored once), the idle loop started
+                    ready.get(True, 300)
+                start.set()
+                t0 = time.time()
+                time.sleep(1.0)  # every caller started (not measured)
+                topology: dict[str, dict[str, int]] = {}
+                cluster.topology_calls(reset=True)  # from zero
+                faults.steady(steady)
+                topology["steady"] = cluster.topology_calls(reset=True)
+                for n in range(args.runs):
+                    faults.failover(n)
+                topology["failover"] = cluster.topology_calls(reset=True)
+                for n in range(args.runs):
+                    faults.freeze(n)
+                topology["freeze"] = cluster.topology_calls(reset=True)
+                faults.latency(latency)
+                topology["latency"] = cluster.topology_calls(reset=True)
+                faults.reshard(1000, reshard)
+                topology["reshard"] = cluster.topology_calls(reset=True)
+            finally:
+                stop.set()
+                for proc in workers:
+                    proc.join(timeout=120)
+                    if proc.is_alive():
+                        proc.kill()
+        finally:
+            proxy.stop()
+        results = [json.loads((tmp / f"w{n}.json").read_text()) for n in range(WORKERS)]
+        idle = json.loads((tmp / "idle.json").read_text())["lags"]
+    per_worker: list[list[Op]] = [sorted(tuple(op) for op in result["ops"]) for result in results]
+    ops = sorted(op for worker_ops in per_worker for op in worker_ops)
+    lags = sorted((t, lag) for result in results for t, lag in result["lags"])
+    events = sorted((t, store, state) for result in results for t, store, state in result["events"])
+    failures = sorted((t, store, error) for result in results for t, store, error in result["failures"])
+    shard_of_slot = {slot: shard_of_port[port] for slot, port in owners.items()}
+    keys = phases.Keyspace.of(results[0]["slots"], shard_of_slot)
+
+    def shard_of_store(store: str) -> int | None:
+        if not store.startswith("Redis Cluster node "):
+            return None
+        return shard_of_port.get(int(store.rsplit(":", 1)[1]))
+
+    windows = faults.windows
+    steady_window = windows[0]
+    steady_misses = len([op for op in phases.ops_between(ops, steady_window.start, steady_window.end)
+                         if op[1] == phases.FETCH and not op[3]])
+    steady_rate = steady_misses / (steady_window.end - steady_window.start)
+    rows = []
+    for phase in PHASES:
+        row = phases.summarize(phase, windows, ops, per_worker, lags, events, shard_of_store, keys, steady_rate)
+        row["cluster_slots_calls"] = topology[phase]["cluster|slots"]
+        row["command_calls"] = topology[phase]["command"]
+        rows.append({column: row[column] for column in COLUMNS})
+    pauses = [pause for result in results for _, pause in result["gc"]]
+    idle_p99 = {}
+    for phase in PHASES:
+        values = [lag for w in windows if w.phase == phase for t, lag in idle if w.start <= t < w.end]
+        idle_p99[phase] = round(phases.percentile(values, 0.99) or 0.0, 1)
+    result = {
+        "rows": rows,
+        "runs": phases.run_rows(windows, ops, per_worker, keys, lags),
+        "targets": targets(rows),
+        "healthy_breaker_openings": phases.healthy_openings(windows, events, shard_of_store),
+        # every failed call on a master the fault did not touch (the first 200): what the hit ratios lost
+        "healthy_failures": phases.healthy_failures(windows, failures, shard_of_store)[:200],
+        "idle_loop_lag_p99_ms": idle_p99,
+        # the workers' full garbage collections (their start-up heap frozen after warm-up): how many, the longest
+        "full_gc": {"count": len(pauses), "longest_ms": round(max(pauses, default=0.0), 1)},
+        "clients": [result["client"] for result in results],
+        "settings": {"quick": args.quick, "runs": args.runs, "stress_ng_cpu": args.stress_ng, "budget_s": BUDGET,
+                     "node_timeout_ms": NODE_TIMEOUT_MS, "latency_each_way_s": LATENCY_S, "settle_s": settle},
+    }
+    return result, ops, t0, windows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short phases (a smoke run)")
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "cluster.json")
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where cluster.md / cluster.png go")
+    parser.add_argument("--runs", type=int, default=10, help="failovers and freezes, each (default 10)")
+    parser.add_argument("--stress-ng", type=int, default=0, metavar="N",
+                        help="run beside stress-ng --cpu N; results named cluster-stress-ng")
+    parser.add_argument("--json", type=Path, default=None, help="default: RESULTS/<name>.json")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where <name>.md / <name>.png go")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    steady, fault_phase = (3.0, 8.0) if args.quick else (10.0, 15.0)
-    node_timeout_ms = 2000
-    with RedisClusterServer(node_timeout_ms=node_timeout_ms,
-                            extra_args=("--cluster-require-full-coverage", "no")) as cluster:
-        tmp = cluster.workdir / "ops"
-        tmp.mkdir()
-        context = multiprocessing.get_context("spawn")
-        ready = context.Queue()
-        gos = [context.Queue() for _ in range(3)]
-        workers = [context.Process(target=run_worker, args=(cluster.url, cluster.redis_url, cluster.ports[0],
-                                                              ready, gos[n], str(tmp / f"w{n}.json")))
-                   for n in range(2)]
-        workers.append(context.Process(target=run_idle, args=(ready, gos[2], str(tmp / "idle.json"))))
-        for proc in workers:
-            proc.start()
-        for _ in workers:  # both workers warm (every key stored once), the idle loop started
-            ready.get(True, 300)
-        t0 = time.time()
-        phases = {"steady": t0 + 1.0, "failover": t0 + 1.0 + steady, "reshard": t0 + 1.0 + steady + fault_phase}
-        end_at = phases["reshard"] + fault_phase
-        for go in gos:
-            go.put(end_at)
-        victim, source, target = cluster.masters()[0], cluster.masters()[1], cluster.masters()[2]
-        time.sleep(max(0.0, phases["steady"] - time.time()))
-        cluster.topology_calls(reset=True)  # from zero
-        time.sleep(max(0.0, phases["failover"] - time.time()))
-        topology = {"steady": cluster.topology_calls(reset=True)}
-        killed_at = time.time()
-        cluster.kill(victim)
-        promoted = cluster.wait_until(lambda: victim not in cluster.masters() and len(cluster.masters()) == 3,
-                                      max(0.0, phases["reshard"] - time.time()))
-        promotion_s = round(time.time() - killed_at, 2) if promoted else None
-        time.sleep(max(0.0, phases["reshard"] - time.time()))
-        cluster.wait_until_ok(10)
-        topology["failover"] = cluster.topology_calls(reset=True)
-        reshard_at = time.time()
-        cluster.reshard(source, target, 1000)
-        for proc in workers:
-            proc.join(timeout=end_at - time.time() + 60)
-            if proc.is_alive():
-                proc.kill()
-        topology["reshard"] = cluster.topology_calls(reset=True)
-        ops: list[list[float]] = []
-        lags: list[list[float]] = []
-        for part in tmp.glob("w*.json"):
-            data = json.loads(part.read_text())
-            ops += data["ops"]
-            lags += data["lags"]
-        idle = json.loads((tmp / "idle.json").read_text())["lags"]
-    ops.sort()
-    steady_ops = [op for op in ops if phases["steady"] <= op[0] < phases["failover"]]
-    steady_rate = len([op for op in steady_ops if not op[2]]) / steady
-    rows = [
-        summarize("steady", ops, lags, phases["steady"], phases["failover"], None, set(), steady_rate),
-        summarize("failover", ops, lags, phases["failover"], phases["reshard"], killed_at, {victim}, steady_rate),
-        summarize("reshard", ops, lags, phases["reshard"], end_at, reshard_at, {source, target}, steady_rate),
-    ]
-    for row in rows:
-        row["promotion_s"] = promotion_s if row["phase"] == "failover" else None
-        row["cluster_slots_calls"] = topology[row["phase"]]["cluster|slots"]
-        row["command_calls"] = topology[row["phase"]]["command"]
-    bounds = [(phases["steady"], phases["failover"]), (phases["failover"], phases["reshard"]),
-              (phases["reshard"], end_at)]
-    idle_p99 = {row["phase"]: p99([lag for t, lag in idle if start <= t < end])
-                for row, (start, end) in zip(rows, bounds, strict=True)}
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    name = "cluster-stress-ng" if args.stress_ng else "cluster"
+    with cpu_hog(args.stress_ng):
+        result, ops, t0, windows = run(args)
+    rows, runs, checks = result["rows"], result["runs"], result["targets"]
     table = markdown_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows])
-    context_line = (f"{TASKS} callers x 2 processes, {THINK * 1000:.0f} ms think time, {KEYS} keys, budget "
-                    f"{BUDGET * 1000:.0f} ms, node timeout {node_timeout_ms} ms, cluster-require-full-coverage no. "
-                    "Loop lag of an idle asyncio loop in a third process, same run (p99 ms): "
-                    + ", ".join(f"{phase} {value}" for phase, value in idle_p99.items()) + ".")
+    run_table = markdown_table(RUN_COLUMNS, [[row[c] for c in RUN_COLUMNS] for row in runs])
+    verdicts = [f"{'PASS' if check['pass'] else 'FAIL'} {check['name']} {check['target']}: {check['value']}"
+                for check in checks]
+    context_line = (
+        f"{TASKS} callers x {WORKERS} processes, {THINK * 1000:.0f} ms think time; 80 % fetches of {KEYS} tagged "
+        f"items, 15 % get_many of {MANY_SIZE} of {MANY_KEYS} names, 5 % tagged writes; budget {BUDGET * 1000:.0f} "
+        f"ms, node timeout {NODE_TIMEOUT_MS} ms, cluster-require-full-coverage no; {args.runs} failover and "
+        f"{args.runs} freeze runs; latency +{LATENCY_S * 1000:.0f} ms each way"
+        + (f"; beside stress-ng --cpu {args.stress_ng}" if args.stress_ng else "")
+        + ". Loop lag of an idle asyncio loop in a third process, same run (p99 ms): "
+        + ", ".join(f"{phase} {value}" for phase, value in result["idle_loop_lag_p99_ms"].items())
+        + f". The workers' start-up heap is frozen out of the garbage collector after warm-up (gc.freeze()); their "
+        f"full collections: {result['full_gc']['count']}, the longest {result['full_gc']['longest_ms']} ms."
+    )
     print(table)
+    print()
+    print(run_table)
+    print()
     print(context_line)
-    write_json(args.json, {"rows": rows, "idle_loop_lag_p99_ms": idle_p99})
-    write_text(args.results / "cluster.md", "# Redis Cluster failover (python -m benchmarks.cluster"
-               + (" --quick" if args.quick else "") + ")\n\n" + table + "\n\n" + context_line + "\n")
-    plot(args.results / "cluster.png", ops, t0, [("kill", killed_at), ("reshard", reshard_at)])
-    return 0
+    print("\n".join(verdicts))
+    write_json(args.json or args.results / f"{name}.json", result)
+    command = " ".join(["python -m benchmarks.cluster", *(["--quick"] if args.quick else []),
+                        *([f"--runs {args.runs}"] if args.runs != 10 else []),
+                        *([f"--stress-ng {args.stress_ng}"] if args.stress_ng else [])])
+    write_text(args.results / f"{name}.md",
+               f"# Redis Cluster faults ({command})\n\n{table}\n\nPer run:\n\n{run_table}\n\n{context_line}\n\n"
+               + "\n".join(f"- {line}" for line in verdicts) + "\n")
+    plot(args.results / f"{name}.png", ops, t0, windows)
+    return 1 if args.strict and not all(check["pass"] for check in checks) else 0
 
 
 if __name__ == "__main__":

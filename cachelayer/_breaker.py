@@ -30,6 +30,12 @@ class CircuitBreaker:
     """Closed: calls pass. After ``failure_threshold`` consecutive failures it opens and every call is refused
     at once for ``cooldown`` seconds. Then it lets one probe through (half-open): a success closes it, a failure
     opens it for another cool-down.
+
+    Timeouts that ran side by side count as one failure: a timed-out call that began before the last failure was
+    recorded (``record_failure(..., began=...)``) was in flight with it, and saw the same stall. One hiccup of the
+    store or of this machine (100-200 ms without an answer: a CPU hog beside Redis) times out every call in flight
+    at once, which used to open the breaker by itself on a healthy store; a store that stays silent times out
+    call after call, each begun after the last failure, and opens it after ``failure_threshold`` budgets.
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class CircuitBreaker:
         self.cooldown = cooldown
         self.clock = clock
         self._failures = 0
+        self._failed_at = float("-inf")  # when the last failure was recorded
         self._opened_at: float | None = None
         self._probing = False
         self.opened_count = 0
@@ -105,11 +112,16 @@ class CircuitBreaker:
         self._opened_at = None
         self._probing = False
 
-    def record_failure(self, reason: BaseException | str | None = None) -> None:
+    def record_failure(self, reason: BaseException | str | None = None, *, began: float | None = None) -> None:
+        """A call failed. ``began`` (this breaker's clock), for a timeout: when the call began; one that began
+        before the last failure was recorded counts with it (see the class docstring)."""
+        now = self.clock()
+        if began is not None and began < self._failed_at and not self._probing:
+            return
+        self._failed_at = now
         self._failures += 1
         if self._probing or (self._opened_at is None and self._failures >= self.failure_threshold):
             reopening = self._probing
-            now = self.clock()
             self._opened_at = now
             self._probing = False
             self.opened_count += 1

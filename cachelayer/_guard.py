@@ -97,7 +97,8 @@ class Guard:
     ``timeout``: the budget of a call, in seconds. ``breaker``: the main target's breaker and the template of the
     others'. ``outage_errors``: the inner code's exceptions that mean "the store is not usable now" (redis-py's
     connection and response errors for Redis). ``on_failure``: called after an outage or a refused call (a
-    cluster asks for a fresh topology then). ``store``: how the main target is named in log lines."""
+    cluster asks for a fresh topology then); ``on_target_failure``: the same, told which target (a cluster watches
+    that master for a failover). ``store``: how the main target is named in log lines."""
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class Guard:
         breaker: CircuitBreaker | None = None,
         outage_errors: tuple[type[BaseException], ...] = (),
         on_failure: Callable[[], None] | None = None,
+        on_target_failure: Callable[[Target], None] | None = None,
         store: str = "store",
     ) -> None:
         if not timeout > 0:
@@ -114,6 +116,7 @@ class Guard:
         self.breaker = breaker if breaker is not None else CircuitBreaker(name="store")
         self.outage_errors: tuple[type[BaseException], ...] = (StoreUnavailable, TimeoutError, *outage_errors)
         self.on_failure = on_failure
+        self.on_target_failure = on_target_failure
         self.store = store
         self.listeners: list[StateListener] = []
         if self.breaker.on_change is not None:
@@ -179,10 +182,10 @@ class Guard:
         permit = breaker.permit()
         if permit is None:
             self.breaker_rejections += 1
-            if self.on_failure is not None:
-                self.on_failure()
+            self._suspect(target)
             raise StoreUnavailable(f"{target.label}: circuit breaker is open")
         budget = self.timeout if budget is None else budget
+        began = breaker.clock()
         try:
             result = await within_budget(budget, make)
         except (LateLoopTimeout, QueueTimeout) as exc:
@@ -204,7 +207,9 @@ class Guard:
                 breaker.record_abandoned()
             raise
         except self.outage_errors as exc:
-            raise self._failed(target, operation, exc, budget) from exc
+            # A timeout: when the call began tells the breaker which other timeouts it ran beside.
+            timed_out = began if isinstance(exc, TimeoutError) else None
+            raise self._failed(target, operation, exc, budget, timed_out) from exc
         except BaseException:
             if permit == "probe":  # only the probe's fate decides the half-open state
                 breaker.record_abandoned()
@@ -213,14 +218,21 @@ class Guard:
         target.answered()
         return result
 
-    def _failed(self, target: Target, operation: str, exc: BaseException, budget: float) -> StoreUnavailable:
+    def _failed(
+        self, target: Target, operation: str, exc: BaseException, budget: float, began: float | None = None
+    ) -> StoreUnavailable:
         reason = outage_reason(exc, budget)
-        if self.on_failure is not None:
-            self.on_failure()
+        self._suspect(target)
         self.store_errors += 1
         target.failed(operation, reason)
-        target.breaker.record_failure(reason)
+        target.breaker.record_failure(reason, began=began)
         return StoreUnavailable(f"{target.label} {operation} failed: {reason}")
+
+    def _suspect(self, target: Target) -> None:
+        if self.on_failure is not None:
+            self.on_failure()
+        if self.on_target_failure is not None:
+            self.on_target_failure(target)
 
     def stats(self) -> dict[str, Any]:
         """The guard's counters and the worst state of its breakers."""

@@ -149,6 +149,8 @@ return 1
 # RuntimeError: redis-py raises it for a connection of a closed loop or an unset pub/sub connection; never a
 # caller's problem.
 _STORE_ERRORS: Final = (*CLIENT_ERRORS, TimeoutError, RuntimeError)
+# How a cluster master's target (its breaker) is named: this, then the node's "host:port".
+_NODE_TARGET: Final = "Redis Cluster node "
 # The longest one cluster node may take to take a subscription (connect, SUBSCRIBE, confirmation) before the next
 # node is tried; the backend's budget when that is longer.
 _SUBSCRIBE_ATTEMPT: Final = 0.5
@@ -171,8 +173,8 @@ class _LoopClient:
     """A client and its scripts, for one event loop."""
 
     __slots__ = (
-        "begin", "bounded", "client", "cluster", "discovery", "end", "fill", "fill_stamped", "loop", "renew", "set",
-        "stamp",
+        "begin", "bounded", "client", "cluster", "discovery", "end", "fill", "fill_stamped", "loop", "map_seen",
+        "renew", "set", "stamp",
     )
 
     def __init__(self, client: RedisClient, loop: asyncio.AbstractEventLoop) -> None:
@@ -189,6 +191,7 @@ class _LoopClient:
         self.fill_stamped = _script(client, _FILL_STAMPED)
         self.stamp = _script(client, _TAG_STAMP)
         self.discovery: asyncio.Task[None] | None = None  # a cluster's first topology discovery, shared
+        self.map_seen = -1  # the cluster map's change count when the breakers were last matched to it
 
 
 class RedisBackend:
@@ -233,7 +236,7 @@ class RedisBackend:
             timeout=timeout,
             breaker=breaker if breaker is not None else CircuitBreaker(name="redis"),
             outage_errors=_STORE_ERRORS,
-            on_failure=self._topology_suspect,
+            on_target_failure=self._topology_suspect,
         )
         self._store = store
         self._labelled = False
@@ -284,13 +287,25 @@ class RedisBackend:
         )
 
     @classmethod
-    def cluster_from_url(cls, url: str, *, options: StoreOptions | None = None, **overrides: Any) -> RedisBackend:
+    def cluster_from_url(
+        cls,
+        url: str,
+        *,
+        options: StoreOptions | None = None,
+        address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
+        **overrides: Any,
+    ) -> RedisBackend:
         """A backend over a Redis Cluster found from the node in ``url`` (``redis+cluster://host:port``, or
         ``redis://``): per node at most ``max_connections`` commands in flight, more wait up to ``pool_timeout``;
         topology refreshes bounded and off the request path. Call :meth:`connect` at start-up to learn the
-        topology (else the first call does, bounded by ``connect_timeout``)."""
+        topology (else the first call does, bounded by ``connect_timeout``).
+
+        ``address_remap``: ``(host, port) -> (host, port)``, applied to every node address the cluster announces
+        (in its slot map and in MOVED redirections) before the client connects to it: nodes behind NAT or a port
+        forward, or a proxy in front of one node (``benchmarks/cluster.py`` slows one master that way)."""
         settings = dataclasses.replace(options or StoreOptions(), **overrides)
         store = check_redis_url(url, cluster=True)
+        remap: dict[str, Any] = {} if address_remap is None else {"address_remap": address_remap}
 
         def make() -> RedisClient:
             return build_cluster_client(
@@ -298,6 +313,7 @@ class RedisBackend:
                 max_connections=settings.max_connections,
                 pool_timeout=settings.pool_timeout,
                 socket_timeout=settings.socket_timeout,
+                **remap,
             )
 
         return cls(
@@ -475,16 +491,22 @@ class RedisBackend:
                 raise CacheClosedError(CLOSED_MESSAGE) from None
             raise
 
-    def _topology_suspect(self) -> None:
+    def _topology_suspect(self, target: Target) -> None:
         """A call failed or a breaker refused one: on a cluster, the map may be out of date (a replica promoted,
         slots moved) and nothing else would refresh it: a timeout by our budget (a frozen node) or a refused
         call never reaches redis-py's own "refresh on connection error". The client throttles the requests
         (one refresh at a time, at most every ``min_refresh_interval``), so asking on every failure is cheap;
         without it, a failed-over shard's keys would fail open until some call happened to get a
-        connection error."""
+        connection error. A master's failure also has the client watch that master's replicas for a promotion
+        (``BoundedRedisCluster.suspect``): the map follows within ``failover_poll_interval`` of Redis's
+        failover rather than at the next throttled refresh."""
         current = self._current
-        if current is not None and isinstance(current.client, BoundedRedisCluster):
-            current.client.request_refresh()
+        if current is None or current.bounded is None:
+            return
+        if target.label.startswith(_NODE_TARGET):
+            current.bounded.suspect(target.label[len(_NODE_TARGET):])
+        else:
+            current.bounded.request_refresh()
 
     # -- values ----------------------------------------------------------------------------------------------
 
@@ -748,7 +770,14 @@ class RedisBackend:
         )
 
     def _node_target(self, node_name: str) -> Target:
-        return self.guard.target(f"Redis Cluster node {node_name}")
+        current = self._current
+        if current is not None and current.bounded is not None and current.bounded.map_changes != current.map_seen:
+            # The map changed (a promotion, a refresh): the breakers of nodes that serve no slot any more go now,
+            # not at the next stats(). A node that failed once and is promoted later (its old master failing in
+            # turn) must not meet its old breaker, still open for a cool-down or waiting for a probe.
+            current.map_seen = current.bounded.map_changes
+            self._retire_nodes_without_slots()
+        return self.guard.target(_NODE_TARGET + node_name)
 
     def subscription(self, *, sharded: bool = False) -> Subscription:
         client = self._loop_client().client
@@ -816,7 +845,7 @@ class RedisBackend:
         bounded = current.bounded
         if bounded is not None and not bounded.topology_known:
             return
-        serving = {f"Redis Cluster node {node.name}" for node in current.cluster.get_primaries()}
+        serving = {_NODE_TARGET + node.name for node in current.cluster.get_primaries()}
         if serving:
             self.guard.retire(serving, "the node serves no slot in the current cluster map")
 

@@ -9,7 +9,14 @@ call awaits ``initialize()``), and parsing ``COMMAND`` blocks the event loop for
 
 * loads the ``COMMAND`` table once (the first ``initialize``), never again;
 * after the first discovery, never makes a request wait for a topology refresh: a refresh runs in a background
-  task, at most one at a time, at most every ``min_refresh_interval`` seconds, bounded by ``refresh_timeout``;
+  task, at most one at a time, at most every ``min_refresh_interval`` seconds, bounded by ``refresh_timeout``, each
+  node it asks by ``refresh_attempt_timeout`` (a frozen node costs that much, then the next node is asked), the
+  node that failed last asked last;
+* follows a failover within ``failover_poll_interval`` of Redis's promotion: while a master fails calls
+  (:meth:`BoundedRedisCluster.suspect`, which the backend calls on every failure of a master), its replicas are asked
+  ``ROLE`` at that interval, and the one that says it is a master is put in its master's place in the map at once
+  (as a failover's MOVED would), a throttled refresh confirming the whole map later;
+* applies ``address_remap`` to MOVED redirections too (stock: to the slot map only);
 * never drops every node's connections because one shard answered CLUSTERDOWN or a pipeline met a dead node
   (stock ``aclose()`` on the request path), and patches MOVED slots one by one (``reinitialize_steps=0``) plus
   one throttled refresh;
@@ -34,7 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -44,6 +53,7 @@ from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager
 from redis.backoff import NoBackoff
+from redis.cluster import PRIMARY, REPLICA
 from redis.crc import key_slot
 from redis.event import AsyncAfterSlotsCacheRefreshEvent, AsyncEventListenerInterface, EventDispatcher
 from redis.exceptions import AskError, MaxConnectionsError, MovedError, RedisClusterException, RedisError
@@ -80,6 +90,10 @@ PUBSUB_HEADROOM = 4
 
 #: how long after a node failed a subscription the subscriptions keep asking for a fresh map while it is a master
 _FOLLOW_FAILOVER_FOR: Final = 30.0
+
+#: how long after a promotion a refresh that does not show it is taken for one from a node that has not heard of
+#: it yet (on loopback every node had after 5-50 ms; a partitioned node can take the node timeout)
+_PROMOTION_NEWS: Final = 2.0
 
 
 class Internal(NamedTuple):
@@ -124,7 +138,8 @@ OVERRIDDEN: Final = (
     Internal("redis.asyncio.cluster:NodesManager", "set_nodes",
              "every node that enters nodes_cache or startup_nodes passes through it"),
     Internal("redis.asyncio.cluster:NodesManager", "move_slot",
-             "after a MOVED, puts the node it built itself (not the one in nodes_cache) in the slot's list"),
+             "after a MOVED, puts the node it built itself (not the one in nodes_cache) in the slot's list; "
+             "takes the redirection's address as announced (we remap it first)"),
     Internal("redis.asyncio.cluster:ClusterNode", "execute_command", "one command on one of the node's connections"),
     Internal("redis.asyncio.cluster:ClusterNode", "execute_pipeline", "a pipeline on one of the node's connections"),
 )
@@ -132,6 +147,9 @@ OVERRIDDEN: Final = (
 #: the client whose command or pipeline is running in this context: redis-py's own aclose() calls from there are
 #: the request path's, not its owner's
 _REQUEST_OF: ContextVar[RedisCluster | None] = ContextVar("cachelayer_cluster_request_of", default=None)
+#: set in a background refresh's own task: how long one node may take to answer (stock discovery waits for each
+#: node in turn, without a bound: one frozen node would hold the whole refresh until ``refresh_timeout``)
+_ATTEMPT_LIMIT: ContextVar[float | None] = ContextVar("cachelayer_cluster_attempt_limit", default=None)
 
 
 def cluster_url_to_redis_url(url: str) -> str:
@@ -177,6 +195,13 @@ class GatedClusterNode(ClusterNode):
         self.gate = gate
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        limit = _ATTEMPT_LIMIT.get()
+        if limit is None:
+            return await self._gated_command(args, kwargs)
+        async with asyncio.timeout(limit):  # a background refresh's attempt: the next node is asked after it
+            return await self._gated_command(args, kwargs)
+
+    async def _gated_command(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         await self.gate.acquire(self.name)
         try:
             return await super().execute_command(*args, **kwargs)
@@ -233,6 +258,10 @@ class _GatedNodesManager(NodesManager):
         super().set_nodes(old, changed)
 
     async def move_slot(self, e: AskError | MovedError) -> None:
+        # A MOVED names the node as the cluster announces it: stock applies ``address_remap`` to the slot map only,
+        # so a redirection would reach a remapped node (behind NAT, a port forward, a proxy) at the wrong address.
+        if self.address_remap is not None:
+            e.host, e.port = self.remap_host_port(e.host, e.port)
         await super().move_slot(e)
         # A node new to the map: stock puts the node it built in the slot, while set_nodes kept our gated one.
         nodes = self.slots_cache.get(e.slot_id, [])
@@ -240,13 +269,34 @@ class _GatedNodesManager(NodesManager):
         if any(ours is not theirs for ours, theirs in zip(kept, nodes, strict=True)):
             self.slots_cache[e.slot_id] = kept
 
+    def promote(self, master_name: str, replica: ClusterNode) -> bool:
+        """``replica`` says it is a master: it took over every slot of ``master_name``, its master in this map (a
+        replica is promoted only in its master's place). Patch the map as stock ``move_slot`` does for the MOVED
+        of a failover, for all those slots at once: ``replica`` first, the old master last, as a replica.
+        Whether anything changed. (Were the map wrong, the node would answer MOVED, which stock code follows.)"""
+        patched: set[int] = set()
+        for nodes in self.slots_cache.values():
+            if id(nodes) in patched or not nodes or nodes[0].name != master_name or replica not in nodes:
+                continue
+            old = nodes[0]  # the lists are shared by the slots of one range: each is patched once
+            nodes.remove(replica)
+            nodes[0] = replica
+            nodes.append(old)
+            patched.add(id(nodes))
+            old.server_type, replica.server_type = REPLICA, PRIMARY
+            if self.default_node is old:
+                self.default_node = replica
+        return bool(patched)
+
 
 class BoundedRedisCluster(RedisCluster):
     """RedisCluster with bounded, background topology refreshes and blocking per-node pools (see module doc)."""
 
     def __init__(self, host: str | None = None, port: str | int = 6379, *, pool_timeout: float = 1.0,
                  connection_limit: int | None = None, min_refresh_interval: float = 0.5,
-                 refresh_timeout: float = 1.0, require_full_coverage: bool = True, dynamic_startup_nodes: bool = True,
+                 refresh_timeout: float = 1.0, refresh_attempt_timeout: float = 0.25,
+                 failover_poll_interval: float = 0.1, failover_watch_for: float = 10.0,
+                 require_full_coverage: bool = True, dynamic_startup_nodes: bool = True,
                  address_remap: Callable[[tuple[str, int]], tuple[str, int]] | None = None,
                  event_dispatcher: EventDispatcher | None = None, **kwargs: Any) -> None:
         dispatcher = event_dispatcher if event_dispatcher is not None else EventDispatcher()
@@ -257,11 +307,21 @@ class BoundedRedisCluster(RedisCluster):
         self.connection_limit = connection_limit or max(1, int(kwargs.get("max_connections", 100)) - PUBSUB_HEADROOM)
         self.min_refresh_interval = min_refresh_interval
         self.refresh_timeout = refresh_timeout
-        #: counters, for tests and stats: full discoveries, background refreshes (done / failed), COMMAND loads
+        self.refresh_attempt_timeout = refresh_attempt_timeout
+        self.failover_poll_interval = failover_poll_interval
+        self.failover_watch_for = failover_watch_for
+        #: counters, for tests and stats: full discoveries, background refreshes (done / failed), COMMAND loads,
+        #: promotions seen by a failover watch (each patched the map at once)
         self.discoveries = 0
         self.refreshes = 0
         self.refresh_failures = 0
         self.command_table_loads = 0
+        self.promotions_seen = 0
+        self._promoted: dict[str, tuple[str, float]] = {}  # old master -> (the replica promoted, when seen)
+        self._suspected: dict[str, float] = {}  # master -> when it last failed a call (time.monotonic())
+        self._watches: dict[str, asyncio.Task[None]] = {}  # master -> its failover watch
+        #: changes of the map so far (refreshes, MOVED patches, promotions): the backend retires breakers on one
+        self.map_changes = 0
         self._topology_known = False
         self._refreshing = False
         self._last_refresh = float("-inf")
@@ -318,11 +378,15 @@ class BoundedRedisCluster(RedisCluster):
             return self
         # Topology known: serve requests from it; a refresh happens beside them.
         self._initialize = False
-        self.request_refresh(last_failed_node_name)
+        if last_failed_node_name is not None:  # stock code saw a connection error or a timeout of that node
+            self.suspect(last_failed_node_name)
+        else:
+            self.request_refresh()
         return self
 
     def request_refresh(self, last_failed_node_name: str | None = None) -> None:
-        """Schedule one background ``CLUSTER SLOTS`` refresh, unless one is running or ran too recently."""
+        """Schedule one background ``CLUSTER SLOTS`` refresh, unless one is running or ran too recently;
+        ``last_failed_node_name`` is asked last."""
         if not self._topology_known or self._refreshing:
             return
         if self._refresh_task is not None and not self._refresh_task.done():
@@ -330,14 +394,99 @@ class BoundedRedisCluster(RedisCluster):
         delay = max(0.0, self._last_refresh + self.min_refresh_interval - time.monotonic())
         self._refresh_task = asyncio.get_running_loop().create_task(self._refresh(delay, last_failed_node_name))
 
+    def suspect(self, node_name: str) -> None:
+        """A call to the master ``node_name`` failed (or a breaker refused one): ask for a refresh (throttled, that
+        node asked last), and watch the master's replicas for a promotion (:meth:`_watch_failover`), so that the
+        map follows a failover within ``failover_poll_interval`` of it instead of at the next throttled refresh."""
+        if not self._topology_known:
+            return
+        self._suspected[node_name] = time.monotonic()
+        self.request_refresh(node_name)
+        if node_name not in self._watches and self._serves_slots(node_name):
+            watch = asyncio.get_running_loop().create_task(self._watch_failover(node_name))
+            self._watches[node_name] = watch
+            watch.add_done_callback(functools.partial(self._watch_ended, node_name))
+
+    def _watch_ended(self, node_name: str, watch: asyncio.Task[None]) -> None:
+        if self._watches.get(node_name) is watch:
+            del self._watches[node_name]
+
+    def _serves_slots(self, node_name: str) -> bool:
+        """``node_name`` is a master in the current map."""
+        node = self.nodes_manager.nodes_cache.get(node_name)
+        return node is not None and node.server_type == PRIMARY
+
+    def _replicas_of(self, node_name: str) -> list[ClusterNode]:
+        for nodes in self.nodes_manager.slots_cache.values():
+            if nodes and nodes[0].name == node_name:
+                return list(nodes[1:])
+        return []
+
+    async def _watch_failover(self, node_name: str) -> None:
+        """While ``node_name`` is a master in the map and failed a call within ``failover_watch_for`` seconds:
+        every ``failover_poll_interval``, ask its replicas ``ROLE``; once one says it is a master (it won the
+        election: Redis's own failover is done), put it in its master's place in the map at once
+        (:meth:`_GatedNodesManager.promote`), and ask for a refresh to confirm the whole map. (A refresh at once
+        would not do: the other nodes hear of the promotion 5-50 ms after it, so the node asked may not know yet.)
+        A ``ROLE`` costs the replica next to nothing; a ``CLUSTER SLOTS`` refresh at that pace would cost every
+        client the map's parsing (16,384 slots) ten times a second."""
+        _REQUEST_OF.set(None)  # a task of its own, though maybe started from a request's context
+        replicas: list[ClusterNode] = []
+        seen = -1
+        while True:
+            await asyncio.sleep(self.failover_poll_interval)
+            quiet = time.monotonic() - self._suspected.get(node_name, -math.inf)
+            if not self._serves_slots(node_name) or quiet > self.failover_watch_for:
+                return  # the map moved on (a promotion learned, the node gone), or the master answers again
+            if seen != self.map_changes:
+                seen = self.map_changes
+                replicas = self._replicas_of(node_name)
+            for replica in replicas:
+                if await self._says_master(replica) and self._promote(node_name, replica):
+                    log.info("cachelayer: cluster node %s took over from %s", replica.name, node_name)
+                    return
+
+    def _promote(self, master_name: str, replica: ClusterNode) -> bool:
+        manager = self.nodes_manager
+        if not isinstance(manager, _GatedNodesManager) or not manager.promote(master_name, replica):
+            return False
+        self.promotions_seen += 1
+        self.map_changes += 1
+        self._promoted[master_name] = (replica.name, time.monotonic())
+        self.request_refresh(master_name)  # the whole map, confirmed
+        return True
+
+    def _keep_promotions(self) -> None:
+        """After a refresh: a promotion seen less than ``_PROMOTION_NEWS`` ago that the map does not show is put
+        back (the node asked had not heard of it yet, or the refresh began before it)."""
+        manager = self.nodes_manager
+        now = time.monotonic()
+        for master_name, (replica_name, at) in list(self._promoted.items()):
+            replica = manager.nodes_cache.get(replica_name)
+            if now - at > _PROMOTION_NEWS or replica is None:
+                del self._promoted[master_name]
+            elif isinstance(manager, _GatedNodesManager) and manager.promote(master_name, replica):
+                self.map_changes += 1
+
+    async def _says_master(self, node: ClusterNode) -> bool:
+        try:
+            async with asyncio.timeout(self.refresh_attempt_timeout):
+                role = await node.execute_command("ROLE")
+        except (*CLIENT_ERRORS, TimeoutError):
+            return False
+        first = role[0] if isinstance(role, list | tuple) and role else None
+        return first in (b"master", "master")
+
     async def _refresh(self, delay: float, last_failed_node_name: str | None) -> None:
         _REQUEST_OF.set(None)  # a task of its own, though maybe started from a request's context
         if delay:
             await asyncio.sleep(delay)
         self._refreshing = True
+        _ATTEMPT_LIMIT.set(self.refresh_attempt_timeout)  # this task's context only: its CLUSTER SLOTS
         try:
             async with asyncio.timeout(self.refresh_timeout):
                 await self.nodes_manager.initialize(last_failed_node_name=last_failed_node_name)
+            self._keep_promotions()
             self.refreshes += 1
         except (*CLIENT_ERRORS, TimeoutError) as exc:
             self.refresh_failures += 1
@@ -354,6 +503,10 @@ class BoundedRedisCluster(RedisCluster):
         if _REQUEST_OF.get() is self:
             self.request_refresh()
             return
+        watches = list(self._watches.values())
+        for watch in watches:
+            watch.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -387,12 +540,14 @@ class _TopologyListener(AsyncEventListenerInterface):
         self._client = client
 
     async def listen(self, event: object) -> None:
+        self._client.map_changes += 1
         self._client.request_refresh()
 
 
 def build_cluster_client(url: str, *, max_connections: int, pool_timeout: float,
                          socket_timeout: float | None = None, min_refresh_interval: float = 0.5,
-                         refresh_timeout: float = 1.0, **kwargs: Any) -> BoundedRedisCluster:
+                         refresh_timeout: float = 1.0, refresh_attempt_timeout: float = 0.25,
+                         failover_poll_interval: float = 0.1, **kwargs: Any) -> BoundedRedisCluster:
     """A cluster client with blocking per-node pools (``max_connections`` commands in flight per node; more
     wait up to ``pool_timeout``) and bounded topology refreshes. ``url``: ``redis+cluster://``, ``redis://``
     (``rediss`` forms too). Nothing is connected until ``await client.initialize()`` (do it in ``connect()``).
@@ -411,7 +566,8 @@ def build_cluster_client(url: str, *, max_connections: int, pool_timeout: float,
     return BoundedRedisCluster.from_url(
         cluster_url_to_redis_url(url), max_connections=max_connections + PUBSUB_HEADROOM,
         connection_limit=max_connections, pool_timeout=pool_timeout, socket_timeout=socket_timeout,
-        min_refresh_interval=min_refresh_interval, refresh_timeout=refresh_timeout, **options,
+        min_refresh_interval=min_refresh_interval, refresh_timeout=refresh_timeout,
+        refresh_attempt_timeout=refresh_attempt_timeout, failover_poll_interval=failover_poll_interval, **options,
     )  # type: ignore[return-value]
 
 

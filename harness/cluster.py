@@ -14,15 +14,17 @@ and by :func:`harness.servers.stop_all` at exit if a crashed run left it behind.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import redis
 
@@ -236,23 +238,7 @@ class RedisClusterServer:
     def nodes_view(self, port: int | None = None) -> list[ClusterNodeInfo]:
         """CLUSTER NODES as seen by ``port`` (default: the first running node)."""
         asked = port if port is not None else self.running_ports()[0]
-        infos = []
-        for line in self._ask(asked, "CLUSTER", "NODES").splitlines():
-            fields = line.split()
-            if len(fields) < 8:
-                continue
-            address = fields[1].split("@", 1)[0]
-            slots = 0
-            for part in fields[8:]:
-                if part.startswith("["):
-                    continue  # a slot being migrated, counted at its owner
-                low, _, high = part.partition("-")
-                slots += int(high or low) - int(low) + 1
-            infos.append(ClusterNodeInfo(
-                node_id=fields[0], port=int(address.rsplit(":", 1)[1]), flags=frozenset(fields[2].split(",")),
-                master_id=None if fields[3] == "-" else fields[3], slot_count=slots,
-            ))
-        return infos
+        return _parse_nodes(self._ask(asked, "CLUSTER", "NODES"))
 
     def masters(self) -> list[int]:
         """Ports of the masters that own slots and are not failed, by port."""
@@ -276,6 +262,62 @@ class RedisClusterServer:
 
     def node_id(self, port: int) -> str:
         return self._ask(port, "CLUSTER", "MYID")
+
+    def replica_of(self, master_port: int) -> int | None:
+        """The port of a replica of the master on ``master_port``, as that master sees it (None: it has none)."""
+        view = self.nodes_view(master_port)
+        master_id = next((n.node_id for n in view if n.port == master_port), None)
+        replicas = sorted(n.port for n in view if n.master_id == master_id and not n.failed)
+        return replicas[0] if replicas else None
+
+    def says_master(self, port: int, conn: Any = None) -> bool:
+        """The node on ``port`` says, in its own CLUSTER NODES line, that it is a master serving slots (asked on
+        ``conn`` if given, else on a connection of its own)."""
+        try:
+            if conn is None:
+                text = self._ask(port, "CLUSTER", "NODES")
+            else:
+                text = str(conn.execute_command("CLUSTER", "NODES"))
+            myself = next(n for n in _parse_nodes(text) if "myself" in n.flags)
+        except (redis.RedisError, OSError, StopIteration):
+            return False
+        return myself.is_master and myself.slot_count > 0
+
+    def wait_for_promotion(self, replica_port: int, timeout: float, *, since: float = 0.0,
+                           interval: float = 0.01) -> float | None:
+        """Wait until the replica on ``replica_port`` says it is a master (it won a failover election); return
+        when that happened (:func:`time.time`), or None if it did not within ``timeout`` seconds.
+
+        The time is the replica's own log line "Failover election won" (written just before it takes over the
+        slots, in milliseconds) when one after ``since`` is found, so that the figure does not depend on how
+        promptly this process polled; else the time the poll saw it."""
+        deadline = time.monotonic() + timeout
+        with self.client(replica_port) as conn:
+            while not self.says_master(replica_port, conn):
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(interval)
+        seen = time.time()
+        logged = self.election_won_at(replica_port, since)
+        return logged if logged is not None and logged <= seen else seen
+
+    def election_won_at(self, port: int, since: float = 0.0) -> float | None:
+        """When the node on ``port`` last logged "Failover election won" after ``since`` (:func:`time.time`)."""
+        try:
+            lines = self.nodes[port].logfile.read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            if "Failover election won" not in line:
+                continue
+            # "1234:S 05 Dec 2026 20:03:30.123 * Failover election won for epoch 7."
+            fields = line.split()
+            try:
+                stamp = datetime.datetime.strptime(" ".join(fields[1:5]), "%d %b %Y %H:%M:%S.%f").timestamp()
+            except (ValueError, IndexError):
+                return None
+            return stamp if stamp >= since else None
+        return None
 
     def is_ok(self) -> bool:
         """Every running node says cluster_state:ok with every slot served, and agrees on the masters."""
@@ -343,6 +385,27 @@ class RedisClusterServer:
 
     def __repr__(self) -> str:
         return f"<RedisClusterServer ports={self.ports}>"
+
+
+def _parse_nodes(text: str) -> list[ClusterNodeInfo]:
+    """The lines of a CLUSTER NODES answer."""
+    infos = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        address = fields[1].split("@", 1)[0]
+        slots = 0
+        for part in fields[8:]:
+            if part.startswith("["):
+                continue  # a slot being migrated, counted at its owner
+            low, _, high = part.partition("-")
+            slots += int(high or low) - int(low) + 1
+        infos.append(ClusterNodeInfo(
+            node_id=fields[0], port=int(address.rsplit(":", 1)[1]), flags=frozenset(fields[2].split(",")),
+            master_id=None if fields[3] == "-" else fields[3], slot_count=slots,
+        ))
+    return infos
 
 
 def _port_taken(port: int) -> bool:

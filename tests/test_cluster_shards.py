@@ -8,19 +8,34 @@ its own master's breaker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from redis.asyncio.cluster import ClusterNode
+from redis.cluster import PRIMARY, REPLICA
+from redis.crc import key_slot
+from redis.exceptions import MovedError
 
-from cachelayer import Cache, CircuitBreaker, RedisBackend, StoreUnavailable
-from cachelayer._redis_cluster import node_name_for_key
-from harness import CACHE_CLUSTER_ARGS, RedisClusterServer
+from cachelayer import Cache, CircuitBreaker, Guard, RedisBackend, StoreUnavailable
+from cachelayer._redis_clients import RedisClient
+from cachelayer._redis_cluster import (
+    BoundedRedisCluster,
+    GatedClusterNode,
+    _GatedNodesManager,
+    build_cluster_client,
+    node_name_for_key,
+)
+from harness import CACHE_CLUSTER_ARGS, LatencyProxy, RedisClusterServer
 from harness.services import cluster_or_skip
-from tests._doubles import eventually
+from tests._doubles import FakeClock, eventually
 
 BUDGET = 0.25
 KEYS_PER_MASTER = 4
@@ -206,3 +221,331 @@ async def test_a_ping_answers_while_one_master_is_frozen_and_opens_only_its_brea
     for node in by_node:
         if node != frozen:
             assert _opened(backend, node) == 0
+
+
+# -- issue 19, part 3: the client follows a failover within a second of Redis's promotion ----------------------------
+
+
+def _replica_of(cluster: RedisClusterServer, node: str) -> int:
+    replica = cluster.replica_of(_port(node))
+    assert replica is not None, cluster.describe()
+    return replica
+
+
+async def _replicated(backend: RedisBackend, nodes: Iterable[str]) -> None:
+    """Every master's writes reached its replica (replication is asynchronous): the replica that takes over
+    holds the keys."""
+    client: Any = backend.client
+    for node in nodes:
+        assert await client.execute_command("WAIT", 1, 10_000, target_nodes=client.get_node(node_name=node)) == 1
+
+
+def _all_closed_or_retired(backend: RedisBackend) -> bool:
+    stats = backend.stats()  # retires the breakers of nodes that serve no slot any more
+    return bool(stats["breaker_state"] == "closed" and stats["breakers_open"] == 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+async def test_after_a_failover_every_breaker_is_closed_or_retired_within_a_second_of_the_promotion(
+    own_cluster: RedisClusterServer, fault: str
+) -> None:
+    cluster = own_cluster
+    # A cool-down longer than the test: the failed master's breaker never probes, so what closes or retires the
+    # breakers and brings the keys back is the client following the promotion.
+    backend = RedisBackend.cluster_from_url(
+        cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=60.0)
+    )
+    told: list[tuple[str, str]] = []
+    backend.guard.listeners.append(lambda store, state, reason: told.append((store, state)))
+    stop = asyncio.Event()
+
+    async def load() -> None:  # callers keep asking, as in production: their failures are what the client hears
+        while not stop.is_set():
+            with contextlib.suppress(StoreUnavailable):
+                await backend.get_many(everything)
+            await asyncio.sleep(0.01)
+
+    try:
+        by_node, everything = await _stored_on_every_master(backend, f"promotion-{fault}")
+        await _replicated(backend, by_node)
+        failed = sorted(by_node)[0]
+        replica = _replica_of(cluster, failed)
+        caller = asyncio.create_task(load())
+        fault_at = time.time()
+        if fault == "kill":
+            cluster.kill(_port(failed))
+        else:
+            cluster.nodes[_port(failed)].suspend()
+        try:
+            promoted_at = await asyncio.to_thread(cluster.wait_for_promotion, replica, 30.0, since=fault_at)
+            assert promoted_at is not None, cluster.describe()
+
+            async def recovered() -> bool:
+                if not _all_closed_or_retired(backend):
+                    return False
+                try:
+                    found = await backend.get_many(everything)
+                except StoreUnavailable:
+                    return False
+                return found == [key.encode() for key in everything]
+
+            await eventually(recovered, 10.0, "every key answered, every breaker closed or retired")
+            followed = time.time() - promoted_at
+        finally:
+            cluster.nodes[_port(failed)].resume()  # a no-op for a dead node
+            stop.set()
+            await caller
+        # the failed master's breaker did open, and was retired (told closed), not probed
+        mine = [state for store, state in told if store == f"Redis Cluster node {failed}"]
+        assert mine[0] == "open", told
+        assert mine[-1] == "closed", told
+        assert "half_open" not in mine, told
+        assert followed <= 1.0, f"the client followed the promotion {followed:.2f} s after it"
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.slow
+async def test_a_master_promoted_again_is_not_held_back_by_its_old_breaker(own_cluster: RedisClusterServer) -> None:
+    """Master A dies (its breaker opens, for a minute here), B takes over, A comes back as B's replica; then B dies
+    and A is promoted: A's keys answer within a second, though nothing reads the backend's stats() meanwhile (which
+    retires the breakers of nodes that serve no slot): the breakers follow every change of the map."""
+    cluster = own_cluster
+    backend = RedisBackend.cluster_from_url(
+        cluster.url, timeout=BUDGET, breaker=CircuitBreaker(failure_threshold=2, cooldown=60.0)
+    )
+    try:
+        by_node, _ = await _stored_on_every_master(backend, "again")
+        await _replicated(backend, by_node)
+        first = sorted(by_node)[0]
+        keys = by_node[first]
+
+        async def answered() -> bool:
+            with contextlib.suppress(StoreUnavailable):
+                return await backend.get_many(keys) == [key.encode() for key in keys]
+            return False
+
+        for failed in (_port(first), _replica_of(cluster, first)):  # A, then B (A's replica, promoted)
+            heir = cluster.replica_of(failed)
+            assert heir is not None, cluster.describe()
+            failed_at = time.time()
+            cluster.kill(failed)
+
+            async def breaker_opened(node: str = f"127.0.0.1:{failed}") -> bool:
+                await answered()
+                return _opened(backend, node) >= 1
+
+            await eventually(breaker_opened, 10.0, "the dead master's breaker to open")
+            promoted_at = await asyncio.to_thread(cluster.wait_for_promotion, heir, 30.0, since=failed_at)
+            assert promoted_at is not None, cluster.describe()
+            await eventually(answered, 10.0, f"the keys answered by {heir}")
+            assert time.time() - promoted_at <= 1.0, f"{heir} answered {time.time() - promoted_at:.2f} s late"
+            cluster.restart(failed)  # back as a replica of the promoted one
+            assert await asyncio.to_thread(
+                cluster.wait_until, lambda: cluster.is_ok() and cluster.replicas_in_sync(), 30.0
+            ), cluster.describe()
+            await _replicated(backend, [f"127.0.0.1:{heir}"])
+        assert _all_closed_or_retired(backend)
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.slow
+async def test_the_failover_watch_alone_follows_a_promotion(own_cluster: RedisClusterServer) -> None:
+    """Throttled refreshes out of the way (one a minute): the map follows the promotion because the client asks
+    the failing master's replica ``ROLE`` every ``failover_poll_interval`` and puts it in its master's place."""
+    cluster = own_cluster
+
+    def client() -> RedisClient:
+        return build_cluster_client(cluster.url, max_connections=8, pool_timeout=1.0, min_refresh_interval=0.0)
+
+    backend = RedisBackend(client, timeout=BUDGET)
+    try:
+        by_node, everything = await _stored_on_every_master(backend, "watch")
+        await _replicated(backend, by_node)
+        bounded: Any = backend.client
+        # A new cluster lists a replica in CLUSTER SLOTS once the node asked heard (by gossip) that it replicated
+        # something: the map learns the replicas from a refresh after the writes. Then the throttle goes up to a
+        # minute.
+        def replicas_known() -> bool:
+            if all(len(nodes) == 2 for nodes in bounded.nodes_manager.slots_cache.values()):
+                return True
+            bounded.request_refresh()
+            return False
+
+        await eventually(replicas_known, 20.0, "a map with every master's replica")
+        bounded.min_refresh_interval = 60.0
+        dead = sorted(by_node)[0]
+        replica = _replica_of(cluster, dead)
+        cluster.kill(_port(dead))
+        killed_at = time.time()
+        with contextlib.suppress(StoreUnavailable):  # a failure: the client starts watching the dead master
+            await backend.get_many(everything)
+        promoted_at = await asyncio.to_thread(cluster.wait_for_promotion, replica, 30.0, since=killed_at)
+        assert promoted_at is not None, cluster.describe()
+
+        async def answered() -> bool:
+            with contextlib.suppress(StoreUnavailable):
+                return await backend.get_many(by_node[dead]) == [key.encode() for key in by_node[dead]]
+            return False
+
+        await eventually(answered, 10.0, "the dead master's keys answered by the promoted replica")
+        assert time.time() - promoted_at <= 1.0
+        assert bounded.promotions_seen == 1
+        assert node_name_for_key(bounded, by_node[dead][0]) == f"127.0.0.1:{replica}"
+        assert _all_closed_or_retired(backend)
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.slow
+async def test_a_refresh_asks_the_next_node_when_one_is_frozen(
+    slow_failover_cluster: RedisClusterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stock discovery asks the nodes one after the other and waits for each: a frozen node asked first held a
+    refresh until ``refresh_timeout`` (1 s), which then failed. Each node now has ``refresh_attempt_timeout``."""
+    cluster = slow_failover_cluster
+    client = build_cluster_client(cluster.url, max_connections=8, pool_timeout=1.0, min_refresh_interval=0.0)
+    try:
+        await client.initialize()
+        frozen = f"127.0.0.1:{cluster.masters()[0]}"
+        manager = client.nodes_manager
+        # the frozen node first, and kept first: stock shuffles the startup nodes before asking them
+        manager.startup_nodes = {name: manager.startup_nodes[name]
+                                 for name in sorted(manager.startup_nodes, key=lambda name: name != frozen)}
+        monkeypatch.setattr(random, "shuffle", lambda nodes: None)
+        with cluster.nodes[_port(frozen)].suspended():
+            began = time.monotonic()
+            client.request_refresh()
+            await eventually(lambda: client.refreshes + client.refresh_failures == 1, 5.0, "the refresh to end")
+            took = time.monotonic() - began
+        assert client.refreshes == 1, f"the refresh failed after {took:.2f} s"
+        assert took < client.refresh_timeout
+    finally:
+        await client.aclose()
+
+
+# -- without a cluster: the map patch of a promotion ---------------------------------------------------------------
+
+
+def _mapped_client() -> tuple[BoundedRedisCluster, _GatedNodesManager, ClusterNode, ClusterNode, ClusterNode]:
+    """A client (never connected) whose map says: slots 0-99 on master A (replica R), 100-199 on master B."""
+    client = BoundedRedisCluster(host="127.0.0.1", port=1)
+    manager = client.nodes_manager
+    assert isinstance(manager, _GatedNodesManager)
+    a, r, b = (GatedClusterNode("127.0.0.1", port, kind, gate=client._new_gate())
+               for port, kind in ((1, PRIMARY), (2, REPLICA), (3, PRIMARY)))
+    manager.nodes_cache = {node.name: node for node in (a, r, b)}
+    first: list[ClusterNode] = [a, r]  # shared by the slots of a range, as stock builds them
+    second: list[ClusterNode] = [b]
+    manager.slots_cache = {slot: first if slot < 100 else second for slot in range(200)}
+    manager.default_node = a
+    client._topology_known = True
+    return client, manager, a, r, b
+
+
+async def test_a_promotion_puts_the_replica_in_its_masters_place_for_all_its_slots() -> None:
+    client, manager, a, r, b = _mapped_client()
+    assert manager.promote(a.name, r)
+    assert all(manager.slots_cache[slot] == [r, a] for slot in range(100))
+    assert all(manager.slots_cache[slot] == [b] for slot in range(100, 200))
+    assert (r.server_type, a.server_type) == (PRIMARY, REPLICA)
+    assert client.get_default_node() is r
+    assert {node.name for node in client.get_primaries()} == {r.name, b.name}
+    assert not manager.promote(a.name, r)  # nothing left to move
+    await client.aclose()
+
+
+async def test_a_refresh_that_has_not_heard_of_a_promotion_does_not_undo_it() -> None:
+    client, manager, a, r, _ = _mapped_client()
+    assert client._promote(a.name, r)
+    assert client.promotions_seen == 1
+    asked = client._refresh_task  # the refresh it asked for: nothing listens on these ports, so not run here
+    assert asked is not None
+    asked.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asked
+    # A refresh from a node the promotion has not reached yet: the old map again.
+    manager.slots_cache = {slot: [a, r] for slot in range(100)}
+    a.server_type, r.server_type = PRIMARY, REPLICA
+    client._keep_promotions()
+    assert manager.slots_cache[0][0] is r
+    assert r.server_type == PRIMARY
+    await client.aclose()
+
+
+# -- address remapping: one master through a proxy (what benchmarks/cluster.py slows) -------------------------------
+
+
+async def test_a_remapped_master_is_reached_through_its_proxy_also_after_a_moved(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    master = redis_cluster.masters()[0]
+    async with LatencyProxy(redis_cluster.host, master) as proxy:
+        backend = RedisBackend.cluster_from_url(
+            redis_cluster.url, timeout=1.0,
+            address_remap=lambda address: (address[0], proxy.port) if address[1] == master else address,
+        )
+        try:
+            await backend.connect()
+            client: Any = backend.client
+            proxied = f"127.0.0.1:{proxy.port}"
+            names = [f"remap-{uuid.uuid4().hex[:8]}-{i}" for i in range(60)]
+            through = next(name for name in names if node_name_for_key(client, name) == proxied)
+            direct = next(name for name in names if node_name_for_key(client, name) != proxied)
+            sent = proxy.bytes_up
+            await backend.set(through, b"v", 60_000)
+            assert await backend.get(through) == b"v"
+            assert proxy.bytes_up > sent
+            # A MOVED names the master as the cluster announces it (its own port): followed through the proxy too
+            # (stock redis-py remaps only the slot map).
+            slot = key_slot(direct.encode())
+            await client.nodes_manager.move_slot(MovedError(f"{slot} 127.0.0.1:{master}"))
+            assert client.nodes_manager.slots_cache[slot][0].name == proxied
+            assert f"127.0.0.1:{master}" not in client.nodes_manager.nodes_cache
+        finally:
+            await backend.aclose()
+
+
+# -- a healthy master's breaker and one stall: the calls in flight together time out together --------------------
+
+
+def test_timeouts_that_ran_side_by_side_count_as_one_failure() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=2.0, clock=clock)
+    for _ in range(10):  # one stall: every call in flight (begun 0.1 s ago) times out at once
+        breaker.record_failure("TimeoutError", began=clock() - 0.1)
+    assert breaker.state == "closed"
+    for _ in range(2):  # a store that stays silent: each timeout is of a call begun after the last failure
+        clock.advance(0.1)
+        breaker.record_failure("TimeoutError", began=clock() - 0.1 + 1e-6)
+    assert breaker.state == "open"
+    assert breaker.opened_count == 1
+
+
+def test_errors_that_are_not_timeouts_count_one_by_one() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, cooldown=2.0, clock=clock)
+    for _ in range(3):  # connection refused: certain, however many calls learn it at once
+        breaker.record_failure("ConnectionError")
+    assert breaker.state == "open"
+
+
+async def test_a_stall_that_times_out_every_call_in_flight_does_not_open_the_breaker() -> None:
+    guard = Guard(timeout=0.05, breaker=CircuitBreaker(failure_threshold=3, cooldown=60.0))
+    target = guard.target("a healthy master")
+
+    async def stalled() -> None:
+        await asyncio.sleep(1.0)
+
+    async def one_call() -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await guard.call(target, "GET", stalled)
+
+    await asyncio.gather(*(one_call() for _ in range(20)))
+    assert guard.store_errors == 20
+    assert target.breaker.state == "closed"
+    for _ in range(3):  # a master that stays silent: call after call
+        await one_call()
+    assert target.breaker.state == "open"
