@@ -146,8 +146,10 @@ class ServerSettings(_Section):
     bench_routes: bool = False
     shutdown_timeout: float = Field(default=10, ge=0, le=300)
     # Seconds a cached read may wait for a load another request or worker runs (cachelayer.time_budget): then its
-    # stale copy, else 503. Its own load is bounded by the stores' budgets (mongo.timeout_ms, mysql.query_timeout).
-    request_budget: float = Field(default=2.5, gt=0, le=120)
+    # stale copy, else 503. Its own load is bounded by the stores' budgets (mongo.timeout_ms; MySQL's
+    # pool_acquire_timeout + query_timeout, 3 s): above the longest of them, so that a load that fails reaches its
+    # waiters before their budget ends.
+    request_budget: float = Field(default=3.5, gt=0, le=120)
     # Peers (CIDR) whose X-Forwarded-For / X-Real-IP name the client; empty: the peer is the client.
     trusted_proxies: list[str] = Field(default_factory=list)
     # Seconds to receive a request's head, counting the idle wait between keep-alive requests (Tornado's

@@ -6,12 +6,7 @@ seen to swallow one) keeps the caller waiting until the network answers. :func:`
 of its own and stops waiting at the deadline: the caller gets ``on_timeout()`` on time; the task is cancelled and
 left to finish its own cleanup (a MySQL call discards its connection there), or, with ``cancel=False``, left to end
 by the driver's own timeout: PyMongo closes a socket it is still connecting on its own timeout, but drops it
-unclosed when cancelled (``pool_shared._async_create_connection``).
-
-A call made while a request's budget runs (``cachelayer.time_budget``, set by the route; a cache load runs in the
-context of the request that started it) gets no more than what is left of it: :func:`capped`. Otherwise a load
-through two stores (MySQL's acquire + query is 3 s) would outlive the request waiting for it, and every request
-that waited for that load with it."""
+unclosed when cancelled (``pool_shared._async_create_connection``)."""
 
 from __future__ import annotations
 
@@ -19,9 +14,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from cachelayer import current_deadline
-
-__all__ = ["capped", "settle_late_calls", "within"]
+__all__ = ["settle_late_calls", "within"]
 
 T = TypeVar("T")
 
@@ -39,14 +32,6 @@ def _consume(task: asyncio.Future[Any]) -> None:
 def _left_running(task: asyncio.Future[Any]) -> None:
     _LATE.add(task)
     task.add_done_callback(_consume)
-
-
-def capped(seconds: float) -> float:
-    """``seconds``, or what is left of the request's budget when that ends sooner (0 once it has passed)."""
-    deadline = current_deadline()
-    if deadline is None:
-        return seconds
-    return max(0.0, min(seconds, deadline - asyncio.get_running_loop().time()))
 
 
 async def settle_late_calls(within_seconds: float) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, TypeVar
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.errors import NetworkTimeout
 
-from ._budget import capped, within
+from ._budget import within
 
 __all__ = ["INDEXES", "LIST_PROJECTION", "MongoWallpaperRepository", "close_client", "create_client"]
 
@@ -118,14 +118,14 @@ class MongoWallpaperRepository:
         # ours is raised as a PyMongo error too, so callers see one kind of failure.
         if self.timeout is None:
             return await call
-        budget = self.timeout + _MARGIN
-        if (left := capped(budget)) < budget:  # the request's budget ends first: the call ends with it
-            budget, why = left, f"mongo call exceeded the request's budget ({left:.3f}s left)"
-        else:
-            why = f"mongo call exceeded its {self.timeout}s budget"
         # Not cancelled when late: the driver's timeoutMS ends it soon after, and closes what it opened (a
         # cancelled PyMongo connect leaves its socket unclosed).
-        return await within(budget, _awaited(call), lambda: NetworkTimeout(why), cancel=False)
+        return await within(
+            self.timeout + _MARGIN,
+            _awaited(call),
+            lambda: NetworkTimeout(f"mongo call exceeded its {self.timeout}s budget"),
+            cancel=False,
+        )
 
     async def ensure_indexes(self) -> None:
         for name, keys in INDEXES.items():

@@ -22,7 +22,7 @@ from typing import Any, Final
 import aiomysql  # type: ignore[import-untyped]
 import pymysql.err  # type: ignore[import-untyped]
 
-from ._budget import capped, within
+from ._budget import within
 
 __all__ = ["MIGRATIONS", "DuplicateKey", "MySQLRepository", "create_pool", "ensure_database"]
 
@@ -163,11 +163,6 @@ class MySQLRepository:
     async def _run(self, sql: str, args: Sequence[Any] = (), *, fetch: bool = False) -> Any:
         """One statement: rows (``fetch``) or ``(lastrowid, rowcount)``; never longer than the two budgets."""
         budget = self.acquire_timeout + self.query_timeout
-        left = capped(budget)
-        if left < budget:  # the request's budget ends first: the call ends with it
-            return await within(
-                left, self._statement(sql, args, fetch), lambda: _budget_error("no answer in the request's", left)
-            )
         return await within(
             budget + _GRACE, self._statement(sql, args, fetch), lambda: _budget_error("no answer", budget)
         )
