@@ -542,7 +542,35 @@ def flush_pending() -> None:
         hooks.flush()
 
 
-class _DeferredFetch(FetchHooks):
+class _UntilNeeded(FetchHooks):
+    """A fetch with no span of its own until one is needed: every event but ``joined`` and ``ended`` makes (in
+    ``_full``) the :class:`_FetchSpan` that then hears the rest."""
+
+    __slots__ = ()
+
+    def _full(self) -> _FetchSpan:
+        raise NotImplementedError
+
+    def lease_waited(self, seconds: float) -> None:
+        self._full().lease_waited(seconds)
+
+    def load_started(self) -> None:
+        self._full().load_started()
+
+    def load_ended(self, seconds: float, error: BaseException | None) -> None:
+        self._full().load_ended(seconds, error)
+
+    def stored(self, size: int) -> None:
+        self._full().stored(size)
+
+    def fill_revoked(self) -> None:
+        self._full().fill_revoked()
+
+    def failed_open(self, operation: str, reason: str) -> None:
+        self._full().failed_open(operation, reason)
+
+
+class _DeferredFetch(_UntilNeeded):
     """A fetch whose span is made after it ended (a hit: :meth:`OpenTelemetryHooks.flush`), or, the moment it
     needs one (it loads, waits, joins, fails open, writes), a :class:`_FetchSpan` started at the fetch's start."""
 
@@ -574,24 +602,6 @@ class _DeferredFetch(FetchHooks):
     def joined(self, leader: FetchHooks | None) -> None:
         self._full().joined(leader)
 
-    def lease_waited(self, seconds: float) -> None:
-        self._full().lease_waited(seconds)
-
-    def load_started(self) -> None:
-        self._full().load_started()
-
-    def load_ended(self, seconds: float, error: BaseException | None) -> None:
-        self._full().load_ended(seconds, error)
-
-    def stored(self, size: int) -> None:
-        self._full().stored(size)
-
-    def fill_revoked(self) -> None:
-        self._full().fill_revoked()
-
-    def failed_open(self, operation: str, reason: str) -> None:
-        self._full().failed_open(operation, reason)
-
     def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
         full = self.full
         if full is not None:
@@ -611,7 +621,7 @@ def _redis_commands_traced() -> bool:
     return bool(getattr(module.RedisInstrumentor(), "is_instrumented_by_opentelemetry", False))
 
 
-class _DroppedFetch(FetchHooks):
+class _DroppedFetch(_UntilNeeded):
     """A fetch whose tracer drops every span: a hit is counted and costs nothing else; a load gets a
     :class:`_FetchSpan` (without a span of its own until ``load_started``) for its metrics and its context."""
 
@@ -630,24 +640,6 @@ class _DroppedFetch(FetchHooks):
 
     def joined(self, leader: FetchHooks | None) -> None:
         pass  # a link is recorded only on a recording span
-
-    def lease_waited(self, seconds: float) -> None:
-        self._full().lease_waited(seconds)
-
-    def load_started(self) -> None:
-        self._full().load_started()
-
-    def load_ended(self, seconds: float, error: BaseException | None) -> None:
-        self._full().load_ended(seconds, error)
-
-    def stored(self, size: int) -> None:
-        self._full().stored(size)
-
-    def fill_revoked(self) -> None:
-        self._full().fill_revoked()
-
-    def failed_open(self, operation: str, reason: str) -> None:
-        self._full().failed_open(operation, reason)
 
     def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
         full = self.full
