@@ -26,7 +26,7 @@ import pytest_asyncio
 import redis.asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from cachelayer import Cache, CircuitBreaker, StampedePolicy
+from cachelayer import Cache, CircuitBreaker, LoadFailedError, StampedePolicy
 from cachelayer._redis_clients import QueueAwarePool
 from harness import LatencyProxy
 from tests._doubles import LoaderFailed
@@ -150,6 +150,10 @@ async def storm(
                     raise
                 outcome = "cancelled"
             except LoaderFailed:
+                outcome = "loader_failed"
+            except LoadFailedError as exc:  # another cache's load of the key failed: its LoaderFailed, told to us
+                if not exc.error_type.endswith(".LoaderFailed"):
+                    unexpected.append(exc)
                 outcome = "loader_failed"
             except BaseException as exc:  # a Redis error reaching a caller: the cache did not fail open
                 unexpected.append(exc)
