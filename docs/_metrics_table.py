@@ -160,34 +160,18 @@ async def _service_registry(*, local: bool) -> list[Family]:
     with no MongoDB client (the metrics read neither)."""
     if str(ROOT) not in sys.path:  # service/ runs from the repository (it is not installed)
         sys.path.insert(0, str(ROOT))
-    from cachelayer import Cache
     from service.app import make_app
     from service.config import DEFAULT_CONFIG, load_settings
     from service.repositories import MySQLRepository
-    from service.services import Services, _codec, _local_tier
+    from service.services import Services, build_cache
 
     settings = load_settings(DEFAULT_CONFIG, cache={"local": local}, log={"sink": "none", "access_log": False})
-    r = settings.redis
-    cache = Cache.from_url(
-        r.url,
-        namespace=r.namespace,
-        max_connections=r.max_connections,
-        pool_timeout=r.pool_timeout,
-        default_ttl=settings.cache.detail.ttl,
-        stale_ttl=settings.cache.detail.stale_ttl,
-        timeout=r.timeout,
-        local=_local_tier(settings),
-        codec=_codec(settings),
-    )
+    cache = build_cache(settings)
     try:
         pool: Any = types.SimpleNamespace(size=0, freesize=0, maxsize=settings.mysql.pool_max)
         services = Services(settings, cache, None, None, MySQLRepository(pool))  # type: ignore[arg-type]
-        app = make_app(services)  # registers the process's metrics, as runtime.py's server does
-        # The registry a lone process's scrape renders: ``services.metrics`` (exposition.py); before the admin port,
-        # the app's ``metrics_registry`` setting.
-        registry = getattr(getattr(services, "metrics", None), "registry", None) or app.settings.get("metrics_registry")
-        if registry is None:
-            raise MetricsTableError("cannot find the service's registry: tell docs/_metrics_table.py where it is now")
+        make_app(services)  # registers the process's metrics, as runtime.py's server does
+        registry = services.metrics.registry  # what a lone process's scrape renders (exposition.py)
         return families_of(registry)
     finally:
         await cache.aclose()

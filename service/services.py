@@ -34,7 +34,7 @@ from .repositories import (
 from .representations import ServedDictionary
 from .tracing import RequestTracing, start_tracing
 
-__all__ = ["Services"]
+__all__ = ["Services", "build_cache"]
 
 log = logging.getLogger("wallpaper")
 
@@ -54,6 +54,25 @@ def _codec(settings: Settings) -> Codec:
         return Codec()
     registry = DictionaryRegistry.from_files(files)
     return Codec(dictionaries=registry, dictionary_id=DictionaryRegistry.id_of(Path(files[0]).read_bytes()))
+
+
+def build_cache(settings: Settings) -> Cache:
+    """The cache the settings describe (not connected yet): ``Cache.disabled`` when ``cache.enabled`` is off."""
+    r = settings.redis
+    codec = _codec(settings)
+    if not settings.cache.enabled:
+        return Cache.disabled(namespace=r.namespace, codec=codec)
+    return Cache.from_url(
+        r.url,
+        namespace=r.namespace,
+        max_connections=r.max_connections,
+        pool_timeout=r.pool_timeout,
+        default_ttl=settings.cache.detail.ttl,
+        stale_ttl=settings.cache.detail.stale_ttl,
+        timeout=r.timeout,
+        local=_local_tier(settings),
+        codec=codec,
+    )
 
 
 class Services:
@@ -101,19 +120,8 @@ class Services:
         """Build the clients (call after forking). ``prepare``: create indexes and migrate the schema; a store
         that does not answer then is logged and the process starts degraded (its endpoints answer 503).
         ``metrics``: where the process's figures are kept (default: its own registry)."""
-        r, m, q = settings.redis, settings.mongo, settings.mysql
-        codec = _codec(settings)
-        cache = Cache.disabled(namespace=r.namespace, codec=codec) if not settings.cache.enabled else Cache.from_url(
-            r.url,
-            namespace=r.namespace,
-            max_connections=r.max_connections,
-            pool_timeout=r.pool_timeout,
-            default_ttl=settings.cache.detail.ttl,
-            stale_ttl=settings.cache.detail.stale_ttl,
-            timeout=r.timeout,
-            local=_local_tier(settings),
-            codec=codec,
-        )
+        m, q = settings.mongo, settings.mysql
+        cache = build_cache(settings)
         try:
             await cache.connect()  # open the pool now, so the first request pays nothing for it
         except StoreConnectError as exc:

@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import cachelayer
+from tests._imports import import_cycles
 
 PACKAGE = Path(cachelayer.__file__).parent
 REDIS_MODULES = {"_redis_backend", "_redis_clients", "_redis_cluster", "_redis_inspect", "_redis_pubsub", "_redis_urls"}
@@ -35,22 +36,7 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_no_import_cycle_inside_the_library() -> None:
-    graph = _graph()
-    state: dict[str, str] = {}
-    cycles: list[list[str]] = []
-
-    def visit(module: str, path: list[str]) -> None:
-        state[module] = "visiting"
-        for imported in sorted(graph.get(module, ())):
-            if state.get(imported) == "visiting":
-                cycles.append([*path[path.index(imported) :], imported])
-            elif imported not in state:
-                visit(imported, [*path, imported])
-        state[module] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
+    cycles = import_cycles(_graph())
     assert cycles == [], f"import cycles: {cycles}"
 
 

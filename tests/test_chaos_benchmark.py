@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -19,14 +20,31 @@ from harness import FaultProxy, ProxyProcess
 SILENCE_S = 0.3  # how long "nothing arrives" is watched for: an absence has no event to wait on
 
 
-class EchoServer:
+class LoopbackServer:
+    """A TCP server on a free loopback port for the ``async with`` block; subclasses answer in ``_handle``."""
+
+    port = 0
+    _server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+class EchoServer(LoopbackServer):
     """Echoes every chunk; ``received`` is set once it got any byte."""
 
     def __init__(self) -> None:
         self.received = asyncio.Event()
         self.bytes_in = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -37,14 +55,6 @@ class EchoServer:
                 await writer.drain()
         writer.close()
 
-    async def __aenter__(self) -> EchoServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
 
 
 @pytest.fixture
@@ -329,13 +339,11 @@ def test_the_scrape_parser_reads_the_admin_ports_shape() -> None:
     assert [s for s in samples if s.name == "odd"] == [_scrape.Sample("odd", {"a": 'x"y,z', "b": "2"}, 1000.0)]
 
 
-class AdminPort:
+class AdminPort(LoopbackServer):
     """A stand-in admin port: answers every connection with ``answers`` in turn (status, body), then closes it."""
 
     def __init__(self, answers: list[tuple[int, str]]) -> None:
         self.answers, self.paths = answers, list[str]()
-        self.port = 0
-        self._server: asyncio.Server | None = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.paths.append((await reader.readline()).decode().split()[1])
@@ -346,14 +354,6 @@ class AdminPort:
         await writer.drain()
         writer.close()
 
-    async def __aenter__(self) -> AdminPort:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
 
 
 async def test_pod_metrics_scrape_the_admin_port_once_per_sample() -> None:

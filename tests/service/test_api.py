@@ -325,21 +325,22 @@ async def test_openapi_matches_routes(service: Running) -> None:
     assert len(routes) == len(spec["paths"])
 
 
+async def redis_keys(client: redis.asyncio.Redis) -> int:
+    return len([key async for key in client.scan_iter(match="*", count=1000)])
+
+
 async def test_unknown_categories_cost_the_store_nothing(service: Running, redis_client: redis.asyncio.Redis) -> None:
     """Category names are client input: each unknown one is answered from the known set, without an entry of its
     own (a negative entry per name let any client fill Redis)."""
     _, known = await service.json(f"{LIST}?category=anime")  # the list of categories is cached by now
     assert known["code"] == 0
 
-    async def keys() -> int:
-        return len([key async for key in redis_client.scan_iter(match="*", count=1000)])
-
-    before = await keys()
+    before = await redis_keys(redis_client)
     for i in range(200):
         response, body = await service.json(f"{LIST}?category=made-up-{i}")
         assert response.code == 404
         assert body["code"] == 40402
-    assert await keys() == before
+    assert await redis_keys(redis_client) == before
     response, body = await service.json(f"{LIST}?category=anime&pageSize=5")
     assert response.code == 200
     assert body["data"]["items"]
@@ -353,16 +354,13 @@ async def test_unknown_ids_above_the_highest_cost_the_store_nothing(
     response, body = await service.json(f"{API}/wallpaper/7.json")  # the highest id is cached by now
     assert response.code == 200
 
-    async def keys() -> int:
-        return len([key async for key in redis_client.scan_iter(match="*", count=1000)])
-
-    before = await keys()
+    before = await redis_keys(redis_client)
     for i in range(200):
         response, body = await service.json(f"{API}/wallpaper/{10_000 + i * 7919}.json")
         assert response.code == 404
         assert body["code"] == 40401
         assert body["msg"].startswith("no wallpaper with id")
-    assert await keys() == before
+    assert await redis_keys(redis_client) == before
 
 
 async def test_real_answers_hold_to_the_openapi_document(service: Running) -> None:

@@ -11,6 +11,7 @@ import ast
 from pathlib import Path
 
 import service
+from tests._imports import import_cycles
 
 PACKAGE = Path(service.__file__).parent
 ROOT = PACKAGE.parent
@@ -51,25 +52,6 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imported(name, path, set(modules)) for name, path in modules.items()}
 
 
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    state: dict[str, str] = {}
-    cycles: list[list[str]] = []
-
-    def visit(module: str, path: list[str]) -> None:
-        state[module] = "visiting"
-        for imported in sorted(graph.get(module, ())):
-            if state.get(imported) == "visiting":
-                cycles.append([*path[path.index(imported) :], imported])
-            elif imported not in state:
-                visit(imported, [*path, imported])
-        state[module] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
-    return cycles
-
-
 def test_the_graph_sees_the_imports() -> None:
     # A resolver that found nothing would make the acyclic test below pass vacuously.
     graph = _graph()
@@ -82,11 +64,11 @@ def test_the_graph_sees_the_imports() -> None:
 
 
 def test_no_import_cycle_inside_the_service() -> None:
-    assert _cycles(_graph()) == [], "import cycles in service/"
+    assert import_cycles(_graph()) == [], "import cycles in service/"
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
-    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
 def test_requests_do_not_reach_the_process_code() -> None:
