@@ -539,7 +539,7 @@ def check_encoding(url: str, headers: Sequence[str], expected: str, dictionary: 
 class Server:
     """One ``python -m service serve`` subprocess (its own session), stopped by PID."""
 
-    def __init__(self, config: Path, log: Path, loop: str, processes: int) -> None:
+    def __init__(self, config: Path, log: Path, loop: str, processes: int, source: Path = REPO) -> None:
         self.port = free_port()
         self.admin_port = free_port()  # /metrics, /readyz: one of its own, so that servers side by side never share
         while self.admin_port == self.port:
@@ -551,9 +551,11 @@ class Server:
             cmd = ["taskset", "-c", "0", *cmd]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WALLPAPER_")}
         env.update(WALLPAPER_ADMIN__HOST="127.0.0.1", WALLPAPER_ADMIN__PORT=str(self.admin_port))
+        if source != REPO:
+            env["PYTHONPATH"] = str(source)  # that tree's service/ and cachelayer/, this environment's packages
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=source, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     @property
@@ -594,8 +596,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(config: Path, log: Path, loop: str, processes: int) -> Iterator[Server]:
-    server = Server(config, log, loop, processes)
+def running(config: Path, log: Path, loop: str, processes: int, source: Path = REPO) -> Iterator[Server]:
+    server = Server(config, log, loop, processes, source)
     try:
         server.wait_ready()
         yield server
@@ -714,13 +716,16 @@ def dcz_target(server: Server, path: str = LIST_PATH) -> Target:
     return Target("cached-dcz", server, path, headers, "dcz", dictionary)
 
 
-def measure(plan: Plan, workdir: Path, database: str, cluster_url: str | None = None) -> list[Row]:
+def measure(
+    plan: Plan, workdir: Path, database: str, cluster_url: str | None = None, baseline: Path | None = None
+) -> list[Row]:
     configs = {
         "cache": workdir / "cache.toml",
         "local": workdir / "local.toml",
         "cluster": workdir / "cluster.toml",
         "dcz": workdir / "dcz.toml",
         "off": workdir / "uncached.toml",
+        "baseline": workdir / "baseline.toml",
     }
     configs["cache"].write_text(config_text(database))
     configs["local"].write_text(config_text(database, local=True))
@@ -730,6 +735,7 @@ def measure(plan: Plan, workdir: Path, database: str, cluster_url: str | None = 
         dictionaries = shipped_dictionaries()
         configs["dcz"].write_text(config_text(database, namespace=f"{NAMESPACE}-dcz", dictionaries=dictionaries))
     configs["off"].write_text(config_text(database, enabled=False))
+    configs["baseline"].write_text(config_text(database, namespace=f"{NAMESPACE}-baseline"))
     log = workdir / "service.log"
     rows: list[Row] = []
 
@@ -842,6 +848,11 @@ def measure(plan: Plan, workdir: Path, database: str, cluster_url: str | None = 
             if "cached-l1" in variants:
                 l1_server = stack.enter_context(running(configs["local"], log, loop, processes))
                 targets.append(Target("cached-l1", l1_server, LIST_PATH))
+            if baseline is not None and (loop, processes) == ("asyncio", 1):
+                # The same configuration served by another tree's code, in turn with this one's: a paired figure
+                # for what a change to the request path costs (issue 18: the tracing hooks, off).
+                baseline_server = stack.enter_context(running(configs["baseline"], log, loop, processes, baseline))
+                targets.append(Target("cached-baseline", baseline_server, LIST_PATH))
             if "cached-cluster" in variants and cluster_url is not None:
                 cluster_server = stack.enter_context(running(configs["cluster"], log, loop, processes))
                 targets.append(Target("cached-cluster", cluster_server, LIST_PATH))
@@ -900,6 +911,7 @@ CHECKS = (
     Check("cached", "ceiling", 0.80, processes=1, issue=17),
     Check("cached-l1", "ceiling", 0.92, processes=1, issue=17),
     Check("cached-dcz", "cached-zstd", 0.95, paired=True, issue=17),
+    Check("cached", "cached-baseline", 0.98, processes=1, paired=True, issue=18),  # only with --baseline
 )
 
 
@@ -1062,6 +1074,16 @@ def render_markdown(rows: Sequence[Row], verdicts: Sequence[dict[str, Any]], pla
         "with two workers and wrk on two cores any pinning leaves one worker sharing a core with wrk; these figures "
         "therefore include wrk's own CPU, and Redis/Mongo/MariaDB run on the same two cores in every case.",
         "",
+        *(
+            [
+                f"`cached-baseline` (`--baseline {meta['baseline']}`): the `cached` configuration served by that "
+                "tree's code (its own Redis namespace), its rounds in turn with this tree's; `cached >= 0.98 x "
+                "cached-baseline` is the median of the per-round ratios.",
+                "",
+            ]
+            if meta.get("baseline")
+            else []
+        ),
         markdown_table(HEADERS, table_rows(rows)),
         "",
         f"`ab` rows: the issue's original command shape, `ab -c {BURST} -n {BURST} -s {AB_SOCKET_TIMEOUT_S} '<url>'` "
@@ -1145,7 +1167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_WALLPAPERS,
         help=f"demo collection size, seeded into wallpaper_bench_<N> (default {DEFAULT_WALLPAPERS})",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also serve the cached variant from this source tree (its service/ and cachelayer/, this environment's "
+        "packages) at asyncio, 1 process, in turn with this tree's: the row cached-baseline, and the paired target "
+        "cached >= 0.98 x cached-baseline (docs/performance.md: the tracing hooks, off)",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "service" / "__main__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no service/__main__.py there")
     plan = Plan(
         quick=args.quick or args.smoke,
         duration=args.duration or (1 if args.smoke else 2 if args.quick else 10),
@@ -1172,7 +1203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             own_cluster(workdir) if "cached-cluster" in plan.planned() else contextlib.nullcontext()
         )
         with cluster as cluster_url:
-            rows = measure(plan, workdir, database, cluster_url)
+            rows = measure(plan, workdir, database, cluster_url, args.baseline.resolve() if args.baseline else None)
     elapsed = time.monotonic() - started
     verdicts = targets(rows)
     # The quick run is the one the README quotes; a full run keeps its own files beside it.
@@ -1187,6 +1218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": environment(PACKAGES),
         "elapsed_s": round(elapsed, 1),
     }
+    if args.baseline is not None:
+        meta["baseline"] = str(args.baseline.resolve())
     print()
     print(format_table(HEADERS, table_rows(rows)))
     print()

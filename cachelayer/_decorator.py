@@ -164,11 +164,10 @@ class CachedFunction(IdentifiedCallable, Generic[P, R]):
     async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R]:
         """The entry for these arguments with its stored bytes checked but not parsed (``entry.body()``)."""
         name, policy = self._plan(args, kwargs)
-        cache = self.cache
+        cache = self._cache if type(self._cache) is Cache else self.cache
+        value_type = self._last_value_type if cache.codec is self._last_codec else self._value_type(cache)
         loader = lambda: self._func(*args, **kwargs)  # noqa: E731
-        return await cache.fetch(
-            name, loader, policy, value_type=self._value_type(cache), parse=False, function=self._label
-        )
+        return await cache._start_fetch(name, loader, policy, value_type, False, self._label)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.cache.key(self._keyer.name_and_tags(args, kwargs)[0])

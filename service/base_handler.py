@@ -28,7 +28,7 @@ from tornado import httputil
 
 from .errors import error_answer, log_failure, reason_phrase
 from .freshness import cache_status, max_age
-from .negotiation import ETAGS, Entry, representation
+from .negotiation import ETAGS, Entry, header, representation
 from .request_ids import Process, new_request_id
 from .services import Services
 from .validation import ApiError
@@ -76,7 +76,7 @@ class BaseHandler(tornado.web.RequestHandler):
         # error page (send_error clears the headers and comes back here; the id is kept).
         request_id = self.__dict__.get("request_id")
         if request_id is None:
-            given = self.request.headers.get("X-Request-Id")
+            given = header(self.request.headers, "X-Request-Id")
             request_id = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else new_request_id()
             self.request_id = request_id
         headers["X-Request-Id"] = request_id
@@ -133,12 +133,14 @@ class BaseHandler(tornado.web.RequestHandler):
         dictionary = self.services.dictionary
         if dictionary is not None:
             headers["Link"] = dictionary.link
-            headers.add("Vary", "Available-Dictionary")
+            # Tornado's gzip transform appends ", Accept-Encoding" to this itself; without it, we name it here.
+            gzip = self.application.settings.get("gzip_transform")
+            headers["Vary"] = "Available-Dictionary" if gzip else "Accept-Encoding, Available-Dictionary"
         coding, payload = representation(entry, body, request_headers, dictionary)
         if coding is not None:
             headers["Content-Encoding"] = coding
         etag = headers["ETag"] = ETAGS.get(key, entry, body, coding)
-        inm = request_headers.get("If-None-Match")
+        inm = header(request_headers, "If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
             self.set_status(304)
             self.clear_header("Content-Encoding")

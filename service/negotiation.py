@@ -23,6 +23,7 @@ __all__ = [
     "GzipWhenAccepted",
     "accepts",
     "accepts_cached",
+    "header",
     "representation",
     "weak_etag",
 ]
@@ -42,10 +43,16 @@ class Entry(Protocol):
     def dictionary_frame(self) -> tuple[bytes, bytes] | None: ...
 
 
-def accepts(header: str, coding: str) -> bool:
+def header(headers: httputil.HTTPHeaders, name: str) -> str | None:
+    """``headers.get(name)``, without the KeyError that ``HTTPHeaders.get`` raises and catches inside for an absent
+    name: most requests carry none of the headers a cached answer looks for (0.2 us against 0.6 us each)."""
+    return headers[name] if name in headers else None  # noqa: SIM401 (get() is what this avoids)
+
+
+def accepts(value: str, coding: str) -> bool:
     """Whether an ``Accept-Encoding`` value accepts ``coding``: listed (or ``*`` is) with a q above 0."""
     star: bool | None = None
-    for part in header.split(","):
+    for part in value.split(","):
         name, *params = part.split(";")
         name = name.strip().lower()
         if name not in (coding, "*"):
@@ -67,13 +74,13 @@ def accepts(header: str, coding: str) -> bool:
 _ACCEPTED: dict[tuple[str, str], bool] = {}
 
 
-def accepts_cached(header: str, coding: str) -> bool:
+def accepts_cached(value: str, coding: str) -> bool:
     """:func:`accepts`, memoized per header value (clients send a handful of distinct values)."""
-    ok = _ACCEPTED.get((header, coding))
+    ok = _ACCEPTED.get((value, coding))
     if ok is None:
         if len(_ACCEPTED) >= 1024:
             _ACCEPTED.clear()
-        ok = _ACCEPTED[(header, coding)] = accepts(header, coding)
+        ok = _ACCEPTED[(value, coding)] = accepts(value, coding)
     return ok
 
 
@@ -87,8 +94,10 @@ class GzipWhenAccepted(tornado.web.GZipContentEncoding):
     installed Tornado."""
 
     def __init__(self, request: httputil.HTTPServerRequest) -> None:
-        super().__init__(request)
-        self._gzipping = accepts_cached(request.headers.get("Accept-Encoding", ""), "gzip")
+        # Not super().__init__: all Tornado's does is this decision, by its own rule (pinned in
+        # tests/service/test_tornado_privates.py), and its header lookup would be the second per request.
+        encoding = header(request.headers, "Accept-Encoding")
+        self._gzipping = encoding is not None and accepts_cached(encoding, "gzip")
 
 
 def representation(
@@ -97,12 +106,12 @@ def representation(
     """The coding and bytes ``entry`` (whose JSON is ``body``) goes out as: ``dcz`` for a client that accepts it
     and holds the dictionary the entry was compressed with, ``zstd`` for one that accepts zstd when the frame
     needs no dictionary, else ``(None, body)``."""
-    encoding = request_headers.get("Accept-Encoding")
+    encoding = header(request_headers, "Accept-Encoding")
     if encoding is None:
         return None, body
     lowered = encoding.lower()  # a cheap look first: most clients name neither coding
     if dictionary is not None and "dcz" in lowered and accepts_cached(encoding, "dcz"):
-        held = available_dictionary(request_headers.get("Available-Dictionary"))
+        held = available_dictionary(header(request_headers, "Available-Dictionary"))
         framed = entry.dictionary_frame() if held is not None else None
         if framed is not None and framed[0] == held:
             return "dcz", dcz_body(framed[0], framed[1])

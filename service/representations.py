@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cachelayer import DictionaryRegistry
@@ -34,14 +34,14 @@ class ServedDictionary:
     sha256: bytes
     path: str  # /dictionaries/<id>.zdict
     match: str  # the URL pattern (RFC 9842 ``match``) of the answers it applies to
+    link: str = field(init=False)  # the Link header value every cached answer carries: formatted once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "link", f'<{self.path}>; rel="compression-dictionary"')
 
     @classmethod
     def of(cls, registry: DictionaryRegistry, dict_id: int, match: str) -> ServedDictionary:
         return cls(dict_id, registry.data(dict_id), registry.sha256(dict_id), f"/dictionaries/{dict_id}.zdict", match)
-
-    @property
-    def link(self) -> str:
-        return f'<{self.path}>; rel="compression-dictionary"'
 
     @property
     def use_as_dictionary(self) -> str:
@@ -52,11 +52,23 @@ class ServedDictionary:
         return f'"{self.sha256.hex()}"'
 
 
+_AVAILABLE: dict[str, bytes | None] = {}
+
+
 def available_dictionary(header: str | None) -> bytes | None:
     """The SHA-256 an ``Available-Dictionary`` header names (a structured-field byte sequence: ``:base64:``), or
-    None when absent or malformed."""
+    None when absent or malformed. Memoized per value (bounded): clients hold one or two dictionaries."""
     if header is None:
         return None
+    digest = _AVAILABLE.get(header, b"")
+    if digest == b"":  # not seen yet (b"" is no digest: those are 32 bytes)
+        if len(_AVAILABLE) >= 256:
+            _AVAILABLE.clear()
+        digest = _AVAILABLE[header] = _parse_available(header)
+    return digest
+
+
+def _parse_available(header: str) -> bytes | None:
     text = header.strip()
     if len(text) < 3 or text[0] != ":" or text[-1] != ":":
         return None

@@ -12,6 +12,10 @@ gauge read 300 instead of 200) and pile up with restarts (0.3 ms of scrape and 1
 - **Liveness = a lock**: each worker holds ``worker-<id>.lock`` (flock) until it exits; the kernel drops it when
   the process dies, SIGKILL included. A scrape reads gauges only from slots whose lock is held, so a dead worker's
   gauges vanish at once, and a restarted one deletes its predecessor's gauge files before taking the lock.
+  "When the process dies" is late, though: a killed worker's threads exit one by one, and its open files (the lock
+  among them) are closed by the last, often after the main one, so that for some milliseconds (its address space
+  being torn down) the worker is a zombie and its lock still held. The worker writes its pid in the lock file, and
+  a held lock counts only while that process's main thread has not exited.
 - **Gauges per worker** (``multiprocess_mode="liveall"``, the ``worker`` label = the task id); counters and
   histograms summed over the slots, as prometheus_client does.
 - **Figures computed when read** (cachelayer's ``stats()`` collector, pool sizes, ``process_*``) are not metric
@@ -63,7 +67,8 @@ def _lock_path(directory: Path, worker: str) -> Path:
 
 
 def _alive(lock: Path) -> bool:
-    """Whether a process holds ``lock``: a shared lock cannot be had while the worker holds its exclusive one."""
+    """Whether a live process holds ``lock``: a shared lock cannot be had while the worker holds its exclusive one,
+    and the worker's main thread has not exited."""
     try:
         fd = os.open(lock, os.O_RDONLY)
     except FileNotFoundError:
@@ -71,10 +76,25 @@ def _alive(lock: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        return not _holder_exited(fd)
     finally:
         os.close(fd)  # also drops the shared lock, when it was had
     return False
+
+
+def _holder_exited(fd: int) -> bool:
+    """Whether the process that holds the lock (its pid is in the file) is past exiting: a zombie, or being reaped.
+
+    Its pid cannot have gone to another process meanwhile: a process's id stays its own, zombie included, until the
+    last of its threads has exited, and that closes its files, the lock among them."""
+    try:
+        pid = int(os.pread(fd, 32, 0))
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # pid (comm) state ...: comm may hold spaces and parentheses, so split after the last ')'.
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (ValueError, IndexError, OSError):
+        return False  # no pid to check (a file being written, no /proc): the lock alone says
+    return state in (b"Z", b"X")
 
 
 def live_workers(directory: Path) -> set[str]:
@@ -163,6 +183,10 @@ class SharedExposition:
         for stale in directory.glob(f"gauge_*_{self.worker}.db"):
             stale.unlink(missing_ok=True)
         self._lock = os.open(_lock_path(directory, self.worker), os.O_RDWR | os.O_CREAT, 0o600)
+        # The pid before the lock: a scrape that finds the lock held reads whose it is (the predecessor's pid, left
+        # in the file, may be another process's by now).
+        os.ftruncate(self._lock, 0)
+        os.pwrite(self._lock, f"{os.getpid()}\n".encode(), 0)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # blocks only while a scrape is checking the lock
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # where prometheus_client opens the files
         # The slot's files are named by the task id instead of the pid; MultiProcessValue documents the argument.

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from benchmarks.http_load import (
     DCZ_MAGIC,
     DEFAULT_WALLPAPERS,
     LIST_PATH,
+    REPO,
     Plan,
     Row,
     _get,
@@ -213,6 +215,24 @@ def test_cached_dcz_against_cached_zstd_is_the_median_of_paired_rounds() -> None
     (verdict,) = targets(rows)
     assert verdict["pass"] is False
     assert "gzip" in verdict["note"]
+
+
+def test_a_baseline_tree_is_a_paired_target_of_issue_18() -> None:
+    rows = [
+        _row("cached", 980, rounds=[1000.0, 990.0, 980.0]),
+        _row("cached-baseline", 1000, rounds=[1010.0, 1000.0, 1000.0]),
+    ]
+    (verdict,) = targets(rows)
+    assert verdict["target"] == "cached >= 0.98 x cached-baseline"
+    assert verdict["issue"] == 18
+    assert verdict["round_ratios"] == [0.99, 0.99, 0.98]
+    assert verdict["pass"] is True
+
+
+def test_the_no_tracing_baseline_patch_applies_to_this_tree() -> None:
+    # docs/performance.md measures the tracing hooks (off) against this tree without them: the patch must keep up.
+    patch = REPO / "benchmarks" / "baselines" / "no-tracing-hooks.patch"
+    subprocess.run(["git", "apply", "--check", str(patch)], cwd=REPO, check=True, capture_output=True, timeout=30)
 
 
 def test_quick_and_smoke_plans_measure_cached_dcz_beside_cached_zstd() -> None:
