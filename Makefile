@@ -24,7 +24,8 @@ RUN_CMD     ?= $(PY) -m service dev
 
 # Debian packages, as "command:package"; a package is installed only if its command is missing.
 SYSTEM_DEPS := redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server h2load:nghttp2-client \
-               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd chromium:chromium promtool:prometheus
+               mariadb:mariadb-client wrk:wrk ab:apache2-utils zstd:zstd chromium:chromium promtool:prometheus \
+               valgrind:valgrind
 # Packages installed for their commands only, whose daemon must not run: Debian's prometheus starts a Prometheus
 # server (:9090) at install and at every boot; we want its promtool (`make promtool-check`). While apt-get installs
 # one of them, a policy-rc.d of ours refuses to start it (it alone; written only when the machine has no
