@@ -1,6 +1,6 @@
 """What a cache hit costs: microseconds per hit of a 20-item page (~7 KB of JSON).
 
-``python -m benchmarks.hit_path [--quick] [--json PATH] [--before TREE]``
+``python -m benchmarks.hit_path [--quick] [--json PATH] [--before TREE] [--rounds N] [--otel-rounds N] [--only-otel]``
 
 The floor is a raw ``GET`` of the same page stored as plain orjson bytes plus ``orjson.loads``, on the same Redis
 and the same kind of client (redis.asyncio over a bounded pool). Contenders: ``@cached`` of cachelayer, aiocache
@@ -13,6 +13,11 @@ With opentelemetry installed (the ``otel`` extra), three more Redis ``@cached`` 
 the plain one: ``otel_off`` (opentelemetry imported, nothing configured), ``otel_unsampled`` (instrumented, a
 tracer whose sampler is ALWAYS_OFF) and ``otel_sampled`` (ALWAYS_ON, a batch processor feeding an exporter that
 drops the spans); both instrumented rows also have an SDK meter provider with a reader, as a service would.
+Their ``_vs_cachelayer`` figures come from pairs of their own, after the rounds: the plain row and the OpenTelemetry
+row timed back to back, in alternating order (``--otel-rounds`` pairs per row, 3x the rounds by default), and the
+median of those direct ratios (with its quartiles): a difference of a few percent needs more samples than the floor
+rounds give, and two rows timed at the same moment share its load. ``--only-otel`` builds only those rows and the
+plain one (a quick check; it writes only ``--json``, not the results files).
 
 Every round times each contender right after a fresh floor measurement, in an order that rotates from round to
 round, so every ratio is taken under the load of its own moment (the machine is shared); figures are medians over
@@ -73,7 +78,9 @@ async def _per_call_us(fn: Callable[[], Awaitable[Any]], number: int) -> float:
     return (time.perf_counter() - started) / number * 1e6
 
 
-async def _build(before: Path | None) -> tuple[list[Contender], list[Callable[[], Awaitable[None]]]]:
+async def _build(
+    before: Path | None, only_otel: bool = False
+) -> tuple[list[Contender], list[Callable[[], Awaitable[None]]]]:
     page = medium_page(0)
     typed_values = {"dataclass": _items.page_items("dataclass")}
     if _items.PItem is not None:
@@ -96,6 +103,9 @@ async def _build(before: Path | None) -> tuple[list[Contender], list[Callable[[]
         contenders.append(Contender(field, label, lambda: fetch(1), scale))
 
     names = {"cachelayer": "cachelayer", "aiocache.cached": "aiocache", "cashews.cache": "cashews"}
+    if only_otel:
+        names = {"cachelayer": "cachelayer"}
+        typed_values = {}
     for name in _contenders.available():
         if name in names:
             await add(
@@ -104,7 +114,7 @@ async def _build(before: Path | None) -> tuple[list[Contender], list[Callable[[]
                 _contenders.build(name, REDIS_URL, f"hit-{name}", 3600, loader),
                 page,
             )
-    for name in _contenders.available("memory"):
+    for name in [] if only_otel else _contenders.available("memory"):
         field = name.replace(".", "_")
         built = _contenders.build(name, _contenders.MEMORY_URL, f"hit-{name}", 3600, loader)
         # cachelayer's memory hit hands every caller a value of its own (parsed per hit); the peers return the
@@ -128,6 +138,8 @@ async def _build(before: Path | None) -> tuple[list[Contender], list[Callable[[]
         fetch, close = _contenders.build("cachelayer", REDIS_URL, f"hit-otel-{mode}", 3600, loader)
         closers.append(setup(fetch.cache))  # type: ignore[attr-defined]  # a CachedFunction
         await add(f"cachelayer_otel_{mode}", f"cachelayer @cached, OpenTelemetry {mode} (Redis)", (fetch, close), page)
+    if only_otel:
+        return contenders, closers
 
     # The floor's GET through the pool the cache builds (QueueAwarePool: an idle connection without redis-py's
     # condition and lock, docs/operations.md "Pool settings"): what that pool alone is worth.
@@ -195,7 +207,32 @@ def _median(values: list[float], digits: int = 1) -> float:
     return round(statistics.median(values), digits)
 
 
-async def measure(rounds: int, number: int, before: Path | None = None) -> dict[str, Any]:
+async def _otel_pairs(contenders: list[Contender], pairs: int, number: int) -> dict[str, list[float]]:
+    """Per OpenTelemetry row, ``pairs`` direct ratios to the plain Redis ``@cached`` hit: the two timed back to back,
+    the plain one first in even pairs and second in odd ones (what runs first pays for a colder cache), the rows
+    taking turns within each round."""
+    by_field = {c.field: c for c in contenders}
+    plain = by_field.get("cachelayer")
+    rows = [by_field[f"cachelayer_otel_{mode}"] for mode in OTEL_LIMITS if f"cachelayer_otel_{mode}" in by_field]
+    ratios: dict[str, list[float]] = {row.field: [] for row in rows}
+    if plain is None:
+        return {}
+    for pair_no in range(pairs):
+        shift = pair_no % len(rows) if rows else 0
+        for row in rows[shift:] + rows[:shift]:
+            if pair_no % 2 == 0:
+                base = await _per_call_us(plain.call, number)
+                cost = await _per_call_us(row.call, number)
+            else:
+                cost = await _per_call_us(row.call, number)
+                base = await _per_call_us(plain.call, number)
+            ratios[row.field].append(cost / base)
+    return ratios
+
+
+async def measure(
+    rounds: int, number: int, before: Path | None = None, otel_rounds: int | None = None, only_otel: bool = False
+) -> dict[str, Any]:
     raw_client = redis.asyncio.Redis(
         connection_pool=redis.asyncio.BlockingConnectionPool.from_url(REDIS_URL, max_connections=64)
     )
@@ -205,7 +242,7 @@ async def measure(rounds: int, number: int, before: Path | None = None) -> dict[
     async def raw() -> Any:
         return orjson.loads(await raw_client.get("raw:page"))  # type: ignore[arg-type]
 
-    contenders, closers = await _build(before)
+    contenders, closers = await _build(before, only_otel)
     samples: dict[str, list[float]] = {c.field: [] for c in contenders}
     raw_samples: list[float] = []
     ratios: dict[str, list[float]] = {c.field: [] for c in contenders}
@@ -217,6 +254,8 @@ async def measure(rounds: int, number: int, before: Path | None = None) -> dict[
             raw_samples.append(base)
             samples[contender.field].append(cost)
             ratios[contender.field].append(cost / base)
+    otel_pairs = 3 * rounds if otel_rounds is None else otel_rounds
+    paired = await _otel_pairs(contenders, otel_pairs, number)
     for close in closers:
         await close()
     await raw_client.flushdb()
@@ -238,7 +277,18 @@ async def measure(rounds: int, number: int, before: Path | None = None) -> dict[
     result["cachelayer_vs_before"] = relative("cachelayer", "cachelayer_before")
     result["cachelayer_vs_aiocache"] = relative("cachelayer", "aiocache")
     for mode in OTEL_LIMITS:
-        result[f"cachelayer_otel_{mode}_vs_cachelayer"] = relative(f"cachelayer_otel_{mode}", "cachelayer")
+        field = f"cachelayer_otel_{mode}"
+        if paired.get(field):
+            direct = sorted(paired[field])
+            result[f"{field}_vs_cachelayer"] = round(statistics.median(direct), 3)
+            quartiles = statistics.quantiles(direct, n=4) if len(direct) > 1 else [direct[0]] * 3
+            result[f"{field}_vs_cachelayer_quartiles"] = [round(quartiles[0], 3), round(quartiles[2], 3)]
+            # The rounds' own figure (each row against its floor), as this row was reported before the pairs.
+            result[f"{field}_vs_cachelayer_rounds"] = relative(field, "cachelayer")
+        else:
+            result[f"{field}_vs_cachelayer"] = relative(field, "cachelayer")
+    if paired:
+        result["otel_pairs"] = otel_pairs
     for peer in ("aiocache_memory", "cashews_memory"):
         result[f"cachelayer_memory_vs_{peer}"] = relative("cachelayer_memory", peer)
     result["labels"] = {c.field: c.label for c in contenders}
@@ -294,13 +344,16 @@ def report(result: dict[str, Any], command: str, load: tuple[list[float], list[f
             f"{len(orjson.dumps(medium_page(0)))} bytes of JSON; the typed rows return its `items` as `list[Item]`), "
             f"sequential hits on one asyncio loop, Redis on loopback; {result['rounds']} rounds, each timing every "
             "contender (rotating order) right after its own floor sample; figures are medians over rounds, "
-            "`x raw` the median of per-round ratios. Memory rows run 5x the calls per sample.",
+            "`x raw` the median of per-round ratios. Memory rows run 5x the calls per sample. "
+            f"The OpenTelemetry rows' `_vs_cachelayer` ratios: the median of {result.get('otel_pairs', 0)} direct "
+            "ratios per row, each row timed back to back with the plain `@cached` row (alternating which goes "
+            "first), with their quartiles; `_rounds`: the same ratio from the rounds above.",
             f"Measured {time.strftime('%Y-%m-%d %H:%M')}; load average (1/5/15 min) {load[0]} at start, {load[1]} "
             f"at end: `{orjson.dumps(environment(PACKAGES)).decode()}`",
             "",
             markdown_table(headers, rows),
             "",
-            "Paired ratios (per-round ratio of the two rows' `x raw`, median): "
+            "Paired ratios (per-round ratio of the two rows' `x raw`, median; the OpenTelemetry rows': see above): "
             + ", ".join(f"`{k}` {v}" for k, v in result.items() if "_vs_" in k),
             "",
             "## Targets",
@@ -316,16 +369,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH")
     parser.add_argument("--before", type=Path, metavar="TREE", help="an extracted older checkout to compare with")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument(
+        "--otel-rounds", type=int, metavar="N", help="paired samples per OpenTelemetry row (default: 3x the rounds)"
+    )
+    parser.add_argument(
+        "--only-otel",
+        action="store_true",
+        help="only the plain and OpenTelemetry Redis rows; writes only --json, not the results files",
+    )
     args = parser.parse_args(argv)
     rounds, number = (5, 300) if args.quick else (15, 1000)
     rounds = args.rounds or rounds
     load_start = [round(x, 2) for x in os.getloadavg()]
-    result = asyncio.run(measure(rounds, number, args.before))
+    result = asyncio.run(measure(rounds, number, args.before, args.otel_rounds, args.only_otel))
     load_end = [round(x, 2) for x in os.getloadavg()]
     result["loadavg_start"], result["loadavg_end"] = load_start, load_end
     command = "python -m benchmarks.hit_path " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_text(RESULTS_DIR / "hit_path.md", report(result, command.strip(), (load_start, load_end)))
-    write_json(RESULTS_DIR / "hit_path.json", result)
+    markdown = report(result, command.strip(), (load_start, load_end))
+    if not args.only_otel:
+        write_text(RESULTS_DIR / "hit_path.md", markdown)
+        write_json(RESULTS_DIR / "hit_path.json", result)
     if args.json:
         write_json(args.json, result)
     return 0

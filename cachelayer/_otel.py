@@ -215,7 +215,7 @@ class OpenTelemetryHooks(CacheHooks):
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         self._drops_all = _drops_every_span(self.tracer)
         self._defer = defer_hit_spans
-        self._pending: list[_EndedHit] = []  # hits whose spans are still to be made (flush)
+        self._pending: list[_DeferredFetch] = []  # ended hits whose spans are still to be made (flush)
         self._flush_timer: asyncio.TimerHandle | None = None
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
         self.record_keys = record_keys
@@ -309,7 +309,7 @@ class OpenTelemetryHooks(CacheHooks):
                 self._end_attributes[(outcome, tier)] = found
         return found
 
-    def hit_ended(self, hit: _EndedHit) -> None:
+    def hit_ended(self, hit: _DeferredFetch) -> None:
         """Queue a deferred fetch's span; made by :meth:`flush`, within 50 ms or 256 fetches."""
         pending = self._pending
         pending.append(hit)
@@ -327,18 +327,19 @@ class OpenTelemetryHooks(CacheHooks):
         pending, self._pending = self._pending, []
         tracer = self.tracer
         record_keys = self.record_keys
-        for function, key, parent, started, ended, outcome, tier, error in pending:
-            attributes = self.end_attributes(outcome, tier)
+        for hit in pending:
+            outcome, error = hit.outcome, hit.error
+            attributes = self.end_attributes(outcome, hit.tier)
             if record_keys:
-                attributes = {**attributes, "cache.key": key}
+                attributes = {**attributes, "cache.key": hit.key}
             span = tracer.start_span(
-                function, context=parent, kind=SpanKind.INTERNAL, attributes=attributes, start_time=started
+                hit.function, context=hit.parent, kind=SpanKind.INTERNAL, attributes=attributes, start_time=hit.started
             )
             if error is not None and span.is_recording():
                 span.set_attribute("error.type", _qualified_name(error))
                 if outcome == "error":
                     span.set_status(StatusCode.ERROR, _qualified_name(error))
-            span.end(end_time=ended)
+            span.end(end_time=hit.ended_at)
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
         self._state_changes.add(1, self.attributes(("store", store), ("state", state)))
@@ -527,9 +528,6 @@ class _FetchSpan(FetchHooks):
         load_span.end()
 
 
-# (function, key, parent context, start ns, end ns, outcome, tier, error): a deferred fetch that ended.
-_EndedHit = tuple[str, str, Context, int, int, FetchOutcome, "Tier | None", "BaseException | None"]
-
 _FLUSH_DELAY: Final = 0.05
 _FLUSH_BATCH: Final = 256
 # Subscribers with spans still queued, flushed at exit (a loop closed before its timer fired).
@@ -575,7 +573,13 @@ class _DeferredFetch(_UntilNeeded):
     """A fetch whose span is made after it ended (a hit: :meth:`OpenTelemetryHooks.flush`), or, the moment it
     needs one (it loads, waits, joins, fails open, writes), a :class:`_FetchSpan` started at the fetch's start."""
 
-    __slots__ = ("full", "function", "key", "owner", "parent", "started")
+    # Once ended, the record its span is made from (the queue holds these objects: no tuple per hit).
+    __slots__ = ("ended_at", "error", "full", "function", "key", "outcome", "owner", "parent", "started", "tier")
+
+    ended_at: int
+    outcome: FetchOutcome
+    tier: Tier | None
+    error: BaseException | None
 
     def __init__(self, owner: OpenTelemetryHooks, function: str, key: str) -> None:
         self.owner = owner
@@ -608,9 +612,13 @@ class _DeferredFetch(_UntilNeeded):
         if full is not None:
             full.ended(outcome, tier, error)
             return
+        self.ended_at = time.time_ns()
+        self.outcome = outcome
+        self.tier = tier
+        self.error = error
         owner = self.owner
         owner.count_get(self.function, outcome, tier)
-        owner.hit_ended((self.function, self.key, self.parent, self.started, time.time_ns(), outcome, tier, error))
+        owner.hit_ended(self)
 
 
 def _redis_commands_traced() -> bool:
