@@ -87,8 +87,8 @@ async def _process_main(settings: Settings, sockets: Sockets, metrics: Expositio
     services = await Services.start(settings, metrics=metrics)
     servers = await start_servers(services, sockets.public, sockets.admin)
     # What start-up made (modules, settings, clients, the app) lives as long as the process: frozen, it is out of
-    # every collection's scan. A full collection under load went from ~40 ms to under 1 ms, ~20 us of CPU per
-    # cached request (docs/performance.md, 'Garbage collection').
+    # every collection's scan. A full collection under load went from ~42 ms to under 1 ms, ~17 us of CPU per
+    # cached request (docs/performance.md, 2026-12-05, "Garbage collection").
     gc.freeze()
     worker = tornado.process.task_id()
     admin = ", ".join("{}:{}".format(*sock.getsockname()[:2]) for sock in sockets.admin)
