@@ -7,15 +7,19 @@ is the median of the per-call times across repeats, which is less sensitive to a
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ __all__ = [
     "Comparison",
     "Timing",
     "compare",
+    "cpu_hog",
     "environment",
     "format_table",
     "markdown_table",
@@ -210,3 +215,25 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON (non-ASCII kept), creating parent directories."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+@contextlib.contextmanager
+def cpu_hog(workers: int) -> Iterator[None]:
+    """``stress-ng --cpu N`` beside a benchmark (nothing for N <= 0), stopped by its PID (its process group: it
+    forks its workers)."""
+    if workers <= 0:
+        yield
+        return
+    if shutil.which("stress-ng") is None:
+        raise SystemExit("stress-ng is not installed (apt-get install -y stress-ng)")
+    hog = subprocess.Popen(
+        ["stress-ng", "--cpu", str(workers), "--timeout", "3600"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # let the scheduler feel it before anything is measured
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(hog.pid, signal.SIGTERM)
+        hog.wait(10)

@@ -51,22 +51,17 @@ Results: benchmarks/results/cluster.{md,json,png} (the plot: hit ratio and loads
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from benchmarks import _cluster_phases as phases
 from benchmarks._cluster_phases import BUDGET, KEYS, LATENCY_S, MANY_KEYS, MANY_SIZE, TASKS, THINK, Op
-from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_text
+from benchmarks._common import RESULTS_DIR, cpu_hog, markdown_table, write_json, write_text
 from harness import CACHE_CLUSTER_ARGS, ProxyProcess, RedisClusterServer
 
 COLUMNS: Final = ["phase", "runs", "ops", "caller_errors", "wrong_values", "over_budget_calls",
@@ -107,25 +102,6 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
     return [{"name": name, "target": target, "value": value, "pass": value is not None and bool(holds(value))}
             for name, target, value, holds in checks]
-
-
-@contextlib.contextmanager
-def cpu_hog(workers: int) -> Iterator[None]:
-    """``stress-ng --cpu N`` beside the benchmark, stopped by its PID (its process group: it forks its workers)."""
-    if workers <= 0:
-        yield
-        return
-    if shutil.which("stress-ng") is None:
-        raise SystemExit("stress-ng is not installed (apt-get install -y stress-ng)")
-    hog = subprocess.Popen(["stress-ng", "--cpu", str(workers), "--timeout", "3600"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        time.sleep(1.0)  # let the scheduler feel it before anything is measured
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(hog.pid, signal.SIGTERM)
-        hog.wait(10)
 
 
 def plot(path: Path, ops: Sequence[Op], t0: float, windows: Sequence[phases.Window]) -> None:

@@ -21,21 +21,19 @@ Writes ``cpu_contention.{md,json}`` to ``--results`` (default ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, environment, format_table, markdown_table, write_json, write_text
+from benchmarks._common import RESULTS_DIR, cpu_hog, environment, format_table, markdown_table, write_json, write_text
 from benchmarks._scrape import PUBLISH_S, cache_counters, live_workers, readiness, requests_by_x_cache, scrape
 from benchmarks.http_load import (
     DEFAULT_WALLPAPERS,
@@ -92,28 +90,9 @@ class PodCounters:
         return totals
 
 
-@contextlib.contextmanager
-def cpu_hog(enabled: bool) -> Iterator[None]:
-    """``stress-ng --cpu 4`` (two busy processes per core of this 2-core machine), stopped by its PID."""
-    if not enabled:
-        yield
-        return
-    hog = subprocess.Popen(
-        ["stress-ng", "--cpu", "4", "--timeout", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        time.sleep(1.0)  # let the scheduler feel it before the measurement starts
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(hog.pid, signal.SIGTERM)
-        hog.wait(10)
-
-
 def measure_run(name: str, base: str, pod: PodCounters, script: Path, seconds: int, hog: bool) -> dict[str, Any]:
     before = pod.counters()
-    with cpu_hog(hog):
+    with cpu_hog(4 if hog else 0):  # two busy processes per core of this 2-core machine
         cmd = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), "--latency"]
         out = subprocess.run([*cmd, base], capture_output=True, text=True, timeout=seconds + 60, check=False)
     after = pod.counters()

@@ -264,7 +264,7 @@ async def test_after_a_failover_every_breaker_is_closed_or_retired_within_a_seco
         while not stop.is_set():
             with contextlib.suppress(StoreUnavailable):
                 await backend.get_many(everything)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # paces the callers (their load), not a wait for an event
 
     try:
         by_node, everything = await _stored_on_every_master(backend, f"promotion-{fault}")
