@@ -13,11 +13,13 @@ With opentelemetry installed (the ``otel`` extra), three more Redis ``@cached`` 
 the plain one: ``otel_off`` (opentelemetry imported, nothing configured), ``otel_unsampled`` (instrumented, a
 tracer whose sampler is ALWAYS_OFF) and ``otel_sampled`` (ALWAYS_ON, a batch processor feeding an exporter that
 drops the spans); both instrumented rows also have an SDK meter provider with a reader, as a service would.
-Their ``_vs_cachelayer`` figures come from pairs of their own, after the rounds: the plain row and the OpenTelemetry
-row timed back to back, in alternating order (``--otel-rounds`` pairs per row, 3x the rounds by default), and the
-median of those direct ratios (with its quartiles): a difference of a few percent needs more samples than the floor
-rounds give, and two rows timed at the same moment share its load. ``--only-otel`` builds only those rows and the
-plain one (a quick check; it writes only ``--json``, not the results files).
+Their ``_vs_cachelayer`` figures come from pairs of their own, after the rounds (``--otel-rounds`` pairs per row, 3x
+the rounds by default), the median of those direct ratios with its quartiles: a difference of a few percent needs
+more samples than the floor rounds give. Off and unsampled are timed call by call in turn with the plain hit (a
+slow spell lands on both); sampled, which makes its hits' spans after the fact in batches, in blocks back to back
+with the plain hit, its spans made inside its own block (:func:`_otel_pairs`), beside a batch of spans made with the
+SDK alone (``otel_sdk_span_vs_cachelayer``: the SDK's share of that row). ``--only-otel`` builds only those rows
+and the plain one (a quick check; it writes only ``--json``, not the results files).
 
 Every round times each contender right after a fresh floor measurement, in an order that rotates from round to
 round, so every ratio is taken under the load of its own moment (the machine is shared); figures are medians over
@@ -61,6 +63,7 @@ BEFORE_LIMIT = 1.05
 RAW_LIMIT = 1.10
 PEER_LIMIT = 0.85  # a Redis hit at most this fraction of aiocache's (paired per-round ratios)
 OTEL_LIMITS = {"off": 1.01, "unsampled": 1.03, "sampled": 1.15}
+SDK_SPANS = 256  # spans per sample of the SDK's span alone: one batch of the sampled subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +72,20 @@ class Contender:
     label: str
     call: Callable[[], Awaitable[Any]]
     number_scale: int = 1  # in-memory hits are ~10x cheaper: more calls per sample for the same sample length
+    # Work a call leaves for later (the sampled row's spans, made in batches after the fetch): done inside the
+    # sample that caused it, so that no other row's sample pays for it.
+    settle: Callable[[], None] | None = None
+    sdk_span_us: Callable[[int], float] | None = None  # the sampled row: the SDK's span alone (Instrumented)
 
 
-async def _per_call_us(fn: Callable[[], Awaitable[Any]], number: int) -> float:
+async def _per_call_us(
+    fn: Callable[[], Awaitable[Any]], number: int, settle: Callable[[], None] | None = None
+) -> float:
     started = time.perf_counter()
     for _ in range(number):
         await fn()
+    if settle is not None:
+        settle()
     return (time.perf_counter() - started) / number * 1e6
 
 
@@ -92,7 +103,14 @@ async def _build(
     contenders: list[Contender] = []
     closers: list[Callable[[], Awaitable[None]]] = []
 
-    async def add(field: str, label: str, built: tuple[Any, Any], expected: Any, scale: int = 1) -> None:
+    async def add(
+        field: str,
+        label: str,
+        built: tuple[Any, Any],
+        expected: Any,
+        scale: int = 1,
+        instrumented: Instrumented | None = None,
+    ) -> None:
         fetch, close = built
         closers.append(close)
         await fetch(1)  # the miss that stores the value
@@ -100,7 +118,8 @@ async def _build(
         first = got[0] if isinstance(got, list) else got
         assert got == expected, f"{label} returned another value on a hit"
         assert type(first) is type(expected[0] if isinstance(expected, list) else expected), f"{label}: wrong type"
-        contenders.append(Contender(field, label, lambda: fetch(1), scale))
+        settle, sdk_span_us = (None, None) if instrumented is None else (instrumented.flush, instrumented.sdk_span_us)
+        contenders.append(Contender(field, label, lambda: fetch(1), scale, settle, sdk_span_us))
 
     names = {"cachelayer": "cachelayer", "aiocache.cached": "aiocache", "cashews.cache": "cashews"}
     if only_otel:
@@ -136,8 +155,10 @@ async def _build(
 
     for mode, setup in _otel_setups().items():
         fetch, close = _contenders.build("cachelayer", REDIS_URL, f"hit-otel-{mode}", 3600, loader)
-        closers.append(setup(fetch.cache))  # type: ignore[attr-defined]  # a CachedFunction
-        await add(f"cachelayer_otel_{mode}", f"cachelayer @cached, OpenTelemetry {mode} (Redis)", (fetch, close), page)
+        instrumented = setup(fetch.cache)  # type: ignore[attr-defined]  # a CachedFunction
+        closers.append(instrumented.close)
+        label = f"cachelayer @cached, OpenTelemetry {mode} (Redis)"
+        await add(f"cachelayer_otel_{mode}", label, (fetch, close), page, instrumented=instrumented)
     if only_otel:
         return contenders, closers
 
@@ -161,16 +182,29 @@ async def _build(
     return contenders, closers
 
 
-def _otel_setups() -> dict[str, Callable[[Cache], Callable[[], Awaitable[None]]]]:
-    """How each OpenTelemetry row sets up its cache (returning what closes it); none without opentelemetry."""
+@dataclass(frozen=True)
+class Instrumented:
+    """One OpenTelemetry row's set-up: what closes it, what makes the spans it still owes (None: it owes none),
+    and, for a recording tracer, ``sdk_span_us(n)``: ``n`` spans made as its subscriber makes a hit's (the SDK's
+    ``start_span`` with the same parent, attributes and times, then ``end``), in microseconds per span."""
+
+    close: Callable[[], Awaitable[None]]
+    flush: Callable[[], None] | None = None
+    sdk_span_us: Callable[[int], float] | None = None
+
+
+def _otel_setups() -> dict[str, Callable[[Cache], Instrumented]]:
+    """How each OpenTelemetry row sets up its cache; none without opentelemetry."""
     try:
+        from opentelemetry import context as otel_context
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
         from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+        from opentelemetry.trace import SpanKind
 
-        from cachelayer._otel import instrument_opentelemetry
+        from cachelayer._otel import OpenTelemetryHooks, instrument_opentelemetry
     except ImportError:
         return {}
 
@@ -178,8 +212,23 @@ def _otel_setups() -> dict[str, Callable[[Cache], Callable[[], Awaitable[None]]]
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    def instrumented(sampler: Sampler) -> Callable[[Cache], Callable[[], Awaitable[None]]]:
-        def setup(cache: Cache) -> Callable[[], Awaitable[None]]:
+    def sdk_spans(hooks: OpenTelemetryHooks) -> Callable[[int], float]:
+        def make(n: int) -> float:
+            tracer, parent = hooks.tracer, otel_context.get_current()
+            attributes = hooks.end_attributes("hit", "store")
+            started = time.perf_counter()
+            for _ in range(n):
+                at = time.time_ns()
+                span = tracer.start_span(
+                    "f", context=parent, kind=SpanKind.INTERNAL, attributes=attributes, start_time=at
+                )
+                span.end(end_time=at + 100_000)
+            return (time.perf_counter() - started) / n * 1e6
+
+        return make
+
+    def instrumented(sampler: Sampler) -> Callable[[Cache], Instrumented]:
+        def setup(cache: Cache) -> Instrumented:
             tracer_provider = TracerProvider(sampler=sampler)
             tracer_provider.add_span_processor(BatchSpanProcessor(Dropped()))
             meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
@@ -190,15 +239,17 @@ def _otel_setups() -> dict[str, Callable[[Cache], Callable[[], Awaitable[None]]]
                 tracer_provider.shutdown()
                 meter_provider.shutdown()
 
-            return close
+            if sampler is ALWAYS_OFF:  # nothing recorded, nothing owed
+                return Instrumented(close)
+            return Instrumented(close, hooks.flush, sdk_spans(hooks))
 
         return setup
 
-    def off(cache: Cache) -> Callable[[], Awaitable[None]]:
+    def off(cache: Cache) -> Instrumented:
         async def close() -> None:
             return None
 
-        return close
+        return Instrumented(close)
 
     return {"off": off, "unsampled": instrumented(ALWAYS_OFF), "sampled": instrumented(ALWAYS_ON)}
 
@@ -207,10 +258,38 @@ def _median(values: list[float], digits: int = 1) -> float:
     return round(statistics.median(values), digits)
 
 
+async def _interleaved_ratio(plain: Contender, row: Contender, number: int, row_first: bool) -> float:
+    """``row``'s cost over ``plain``'s from ``number`` calls of each, one of each in turn: both see the same moments
+    of the machine, to within a call. Only for a row that leaves no work for later (see :func:`_otel_pairs`)."""
+    clock = time.perf_counter
+    spent_plain = spent_row = 0.0
+    first, second = (row.call, plain.call) if row_first else (plain.call, row.call)
+    for _ in range(number):
+        t0 = clock()
+        await first()
+        t1 = clock()
+        await second()
+        t2 = clock()
+        if row_first:
+            spent_row += t1 - t0
+            spent_plain += t2 - t1
+        else:
+            spent_plain += t1 - t0
+            spent_row += t2 - t1
+    return spent_row / spent_plain
+
+
 async def _otel_pairs(contenders: list[Contender], pairs: int, number: int) -> dict[str, list[float]]:
-    """Per OpenTelemetry row, ``pairs`` direct ratios to the plain Redis ``@cached`` hit: the two timed back to back,
-    the plain one first in even pairs and second in odd ones (what runs first pays for a colder cache), the rows
-    taking turns within each round."""
+    """Per OpenTelemetry row, ``pairs`` direct ratios to the plain Redis ``@cached`` hit, the rows taking turns
+    within each round and the order within a pair alternating (what runs first pays for a colder cache).
+
+    A row that leaves no work for later (off, unsampled) is timed call by call against the plain hit
+    (:func:`_interleaved_ratio`): a slow spell of the shared machine lands on both. The sampled row makes its hits'
+    spans in batches after the fact (up to 50 ms later, from a timer), work that call-by-call timing would charge
+    to whichever call runs then: it is timed in blocks of ``number`` calls, its spans made inside its own block
+    (``Contender.settle``), back to back with a block of the plain hit. Beside each sampled pair, ``_FLUSH_BATCH``
+    spans made with the SDK alone as the subscriber makes a hit's give ``otel_sdk_span``: that part of the
+    sampled row's cost is the SDK's."""
     by_field = {c.field: c for c in contenders}
     plain = by_field.get("cachelayer")
     rows = [by_field[f"cachelayer_otel_{mode}"] for mode in OTEL_LIMITS if f"cachelayer_otel_{mode}" in by_field]
@@ -219,14 +298,20 @@ async def _otel_pairs(contenders: list[Contender], pairs: int, number: int) -> d
         return {}
     for pair_no in range(pairs):
         shift = pair_no % len(rows) if rows else 0
+        row_first = pair_no % 2 == 1
         for row in rows[shift:] + rows[:shift]:
-            if pair_no % 2 == 0:
+            if row.settle is None:
+                ratios[row.field].append(await _interleaved_ratio(plain, row, number, row_first))
+                continue
+            if row_first:
+                cost = await _per_call_us(row.call, number, row.settle)
                 base = await _per_call_us(plain.call, number)
-                cost = await _per_call_us(row.call, number)
             else:
-                cost = await _per_call_us(row.call, number)
                 base = await _per_call_us(plain.call, number)
+                cost = await _per_call_us(row.call, number, row.settle)
             ratios[row.field].append(cost / base)
+            if row.sdk_span_us is not None:
+                ratios.setdefault("otel_sdk_span", []).append(row.sdk_span_us(SDK_SPANS) / base)
     return ratios
 
 
@@ -250,7 +335,7 @@ async def measure(
         shift = round_no % len(contenders)
         for contender in contenders[shift:] + contenders[:shift]:
             base = await _per_call_us(raw, number)
-            cost = await _per_call_us(contender.call, number * contender.number_scale)
+            cost = await _per_call_us(contender.call, number * contender.number_scale, contender.settle)
             raw_samples.append(base)
             samples[contender.field].append(cost)
             ratios[contender.field].append(cost / base)
@@ -287,6 +372,10 @@ async def measure(
             result[f"{field}_vs_cachelayer_rounds"] = relative(field, "cachelayer")
         else:
             result[f"{field}_vs_cachelayer"] = relative(field, "cachelayer")
+    if paired.get("otel_sdk_span"):
+        # The SDK's own span (start_span + end, as the sampled subscriber makes a hit's) over the plain hit: the part
+        # of the sampled row's overhead that is not cachelayer's.
+        result["otel_sdk_span_vs_cachelayer"] = round(statistics.median(paired["otel_sdk_span"]), 3)
     if paired:
         result["otel_pairs"] = otel_pairs
     for peer in ("aiocache_memory", "cashews_memory"):
@@ -320,6 +409,9 @@ def targets(result: dict[str, Any]) -> list[tuple[str, bool]]:
         rel = result.get(f"cachelayer_otel_{mode}_vs_cachelayer")
         if rel is not None:
             text = f"Redis hit with OpenTelemetry {mode} <= {limit} x without ({rel:.3f}, paired)"
+            sdk = result.get("otel_sdk_span_vs_cachelayer")
+            if mode == "sampled" and sdk is not None:
+                text += f"; of which the SDK's own span {sdk:.3f} x the hit, cachelayer's part {rel - 1 - sdk:+.3f}"
             checks.append((text, rel <= limit))
     rel = result.get("cachelayer_vs_before")
     if rel is not None:
@@ -346,8 +438,11 @@ def report(result: dict[str, Any], command: str, load: tuple[list[float], list[f
             "contender (rotating order) right after its own floor sample; figures are medians over rounds, "
             "`x raw` the median of per-round ratios. Memory rows run 5x the calls per sample. "
             f"The OpenTelemetry rows' `_vs_cachelayer` ratios: the median of {result.get('otel_pairs', 0)} direct "
-            "ratios per row, each row timed back to back with the plain `@cached` row (alternating which goes "
-            "first), with their quartiles; `_rounds`: the same ratio from the rounds above.",
+            "ratios per row, with their quartiles: off and unsampled timed call by call in turn with the plain "
+            "`@cached` hit, sampled in blocks back to back with it, its deferred spans made inside its own block "
+            "(alternating which goes first); `otel_sdk_span_vs_cachelayer`: a batch of spans made with the SDK "
+            "alone as the sampled subscriber makes a hit's, per span, over the plain hit; `_rounds`: the rows' "
+            "ratio from the rounds above.",
             f"Measured {time.strftime('%Y-%m-%d %H:%M')}; load average (1/5/15 min) {load[0]} at start, {load[1]} "
             f"at end: `{orjson.dumps(environment(PACKAGES)).decode()}`",
             "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -147,6 +148,7 @@ class Cache:
         self._pipeline: Pipeline | None = None
         self._hooks: tuple[CacheHooks, ...] = ()
         self._subscribers: tuple[CacheHooks, ...] = ()
+        self._fetch_started: Callable[[str, str], FetchHooks | None] | None = None
         self._hooks_generation = -1
         guard = getattr(self.backend, "guard", None)
         if isinstance(guard, Guard):
@@ -284,11 +286,21 @@ class Cache:
 
     def _start_hooks(self, function: str, key: str) -> FetchHooks | None:
         if self._hooks_generation != GLOBAL_HOOKS.generation:
-            self._subscribers = (*GLOBAL_HOOKS.subscribers, *self._hooks)
-            self._hooks_generation = GLOBAL_HOOKS.generation
-        if not self._subscribers:
-            return None
-        return start_fetch(self._subscribers, function, key)
+            self._subscribe()
+        started = self._fetch_started
+        return None if started is None else started(function, key)
+
+    def _subscribe(self) -> None:
+        """Who hears this cache's fetches now: the global subscribers and its own, and the one call that starts
+        a fetch's hooks (a lone subscriber's own ``fetch_started``: no fan-out on the hit path)."""
+        subscribers = self._subscribers = (*GLOBAL_HOOKS.subscribers, *self._hooks)
+        self._hooks_generation = GLOBAL_HOOKS.generation
+        if not subscribers:
+            self._fetch_started = None
+        elif len(subscribers) == 1:
+            self._fetch_started = subscribers[0].fetch_started
+        else:
+            self._fetch_started = functools.partial(start_fetch, subscribers)
 
     # -- the entry point --------------------------------------------------------------------------------------
 
@@ -349,8 +361,12 @@ class Cache:
         fetch = Fetch(key, loader, self.resolve(policy), value_type, parse, function or _UNNAMED_FETCH)
         if deadline is not None:
             fetch.deadline = deadline
-        if self._hooks or GLOBAL_HOOKS.subscribers:
-            fetch.hooks = self._start_hooks(fetch.function, key)
+        if self._hooks or GLOBAL_HOOKS.subscribers:  # inline: every hit of an instrumented cache comes here
+            if self._hooks_generation != GLOBAL_HOOKS.generation:
+                self._subscribe()
+            started = self._fetch_started
+            if started is not None:
+                fetch.hooks = started(fetch.function, key)
         if not self.enabled:
             return pipeline.bypass(fetch)
         if self._pending.active and self._pending.covers(key, fetch.policy.tags):

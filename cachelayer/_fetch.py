@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from ._entry import Outcome
-from ._hooks import FetchHooks, FetchOutcome, Tier
+from ._hooks import FetchHooks, FetchOutcome, Tier, UntilEnded
 from ._policy import ResolvedPolicy
 from ._typed import ValueType
 
@@ -20,13 +20,15 @@ T = TypeVar("T")
 class Fetch(Generic[T]):
     """What to fetch and how: the store key, the loader, the resolved policy, the value type (None: plain JSON or
     msgpack), whether the caller wants the value parsed (False: the stored bytes, checked), and the function's name
-(for hooks, traces and the consistency monitor). ``hooks`` are this
-    fetch's subscribers (None when nobody listens). ``tier`` and ``joined`` are filled in on the way, for the
-    hooks' account of how it ended; ``retried`` when this caller loads again because the load it joined was
-    refused its fill. ``settled``: called by the flight that runs this fetch once its value is decided (loaded, or
-    found in the store), so no caller arriving later joins it. ``deadline``: the caller's own
-    (``Cache.fetch(deadline=)``, the running loop's time), combined with an enclosing ``time_budget`` where it
-    waits (``_deadline.py``)."""
+    (for hooks, traces and the consistency monitor).
+
+    ``hooks`` are this fetch's subscribers (None when nobody listens, and once they were told it ended);
+    ``carried``: the same hooks as the flight this caller started carries them, silenced when the fetch ends (the
+    flight may outlive it). ``tier`` and ``joined`` are filled in on the way, for the hooks' account of how it
+    ended; ``retried`` when this caller loads again because the load it joined was refused its fill. ``settled``:
+    called by the flight that runs this fetch once its value is decided (loaded, or found in the store), so no
+    caller arriving later joins it. ``deadline``: the caller's own (``Cache.fetch(deadline=)``, the running loop's
+    time), combined with an enclosing ``time_budget`` where it waits (``_deadline.py``)."""
 
     key: str
     loader: Callable[[], Awaitable[T]]
@@ -40,6 +42,7 @@ class Fetch(Generic[T]):
     retried: bool = False
     settled: Callable[[], None] | None = None
     deadline: float | None = None
+    carried: UntilEnded | None = None
 
     def background(self) -> Fetch[T]:
         """The same fetch for a background refresh: nobody waits for it, so nobody hears of it."""

@@ -27,7 +27,7 @@ from ._errors import DeadlineExceededError
 from ._fetch import Fetch
 from ._filling import Filler, UnconfirmedEntry
 from ._flights import Flights
-from ._hooks import FetchHooks, UntilEnded
+from ._hooks import FetchHooks, FetchOutcome, UntilEnded
 from ._keys import KeyLayout
 from ._local import LocalCache
 from ._metrics import CacheMetrics
@@ -88,33 +88,21 @@ class Pipeline:
 
     # -- the fetch -------------------------------------------------------------------------------------------
 
-    def fetch(self, fetch: Fetch[Any]) -> Coroutine[Any, Any, CacheEntry[Any]]:
-        # Not a coroutine itself when nobody listens: every resumption of a waiting caller passes through each
-        # coroutine frame of its chain, so the hook-free path has one frame less.
-        if fetch.hooks is None:
-            return self._fetch(fetch)
-        return self._with_hooks(fetch, fetch.hooks, self._fetch)
-
     async def _with_hooks(
         self,
         fetch: Fetch[Any],
         hooks: FetchHooks,
         run: Callable[[Fetch[Any]], Coroutine[Any, Any, CacheEntry[Any]]],
     ) -> CacheEntry[Any]:
-        # The flight this caller starts may outlive it (other callers wait for it, or this caller was cancelled):
-        # it carries hooks that go silent once this fetch has ended, so `ended` is always the last event.
-        fetch.hooks = until_ended = UntilEnded(hooks)
+        """``run(fetch)`` told to ``hooks``, for the ways in other than :meth:`fetch` (refresh, unstored, bypass)."""
         try:
             entry = await run(fetch)
         except asyncio.CancelledError as exc:
-            until_ended.close()
             hooks.ended("cancelled", None, exc)
             raise
         except BaseException as exc:
-            until_ended.close()
             hooks.ended("error", None, exc)
             raise
-        until_ended.close()
         hooks.ended(fetch.outcome(entry.outcome), fetch.tier, None)
         return entry
 
@@ -129,58 +117,95 @@ class Pipeline:
         if tags:
             self.loads.detach_labelled(set(tags))
 
-    async def _fetch(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
-        policy = fetch.policy
-        epoch = 0
-        if policy.local and self.local is not None:
-            now = self._clock()
-            held = self.reader.local_hit(fetch, now)
-            if held is not None:
-                fetch.tier = "local"
-                return self._hit(fetch, held[0], held[1], now)
-            epoch = self.local.epoch
-        key = fetch.key
-        if self.loads.running(key):
-            # This process is loading the key right now: its value is the freshest there will be. Joining it
-            # skips the read (10,000 callers of a cold key pay for one GET, not one wait per caller for it).
-            self.metrics.misses += 1
-            return await self._join(fetch)
+    async def fetch(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
+        # With hooks, this frame is also the one that tells them how the fetch ended (``_heard``, at every return;
+        # the except clauses below): a wrapper coroutine would be one frame more, and every resumption of a
+        # waiting caller (each Redis reply) passes through each frame of its chain.
         try:
-            data, found = await self.reader.read(fetch)
-        except StoreUnavailable as exc:
-            data, found = None, None
-            if fetch.hooks is not None:
-                fetch.hooks.failed_open("read", str(exc))
-        stale: CacheEntry[Any] | None = None
-        if found is not None:
-            frame, decoded = found
-            now = self._clock()
-            if now < frame.expires_at:
-                # Not into L1 when an invalidation reached this process since the read began: the reply may
-                # predate it.
-                if policy.local and self.local is not None and self.local.epoch == epoch:
-                    assert data is not None
-                    self.local.put(key, data, frame, None if fetch.parse else decoded)
-                fetch.tier = "store"
-                return self._hit(fetch, frame, decoded, now)
-            if policy.stampede.stale_while_revalidate and frame.expires_at != INVALIDATED_AT:
-                self.metrics.stale_served += 1
-                self.refresher.start(fetch, frame, early=False)
-                return self.reader.entry(frame, Outcome.STALE, decoded, fetch)
-            stale = self.reader.entry(frame, Outcome.STALE, decoded, fetch)
-        self.metrics.misses += 1
-        if not policy.stampede.single_flight:
-            return await self.flights.load(fetch, stale)
-        if self.loads.running(key):  # another caller's flight started while we read
-            return await self._join(fetch)
-        leader = fetch.hooks.inner if isinstance(fetch.hooks, UntilEnded) else fetch.hooks
-        self.loads.start(key, lambda: self.flights.load(self._closing_when_loaded(fetch), stale), leader, policy.tags)
-        return await self.loads.wait(key)
+            policy = fetch.policy
+            epoch = 0
+            if policy.local and self.local is not None:
+                now = self._clock()
+                held = self.reader.local_hit(fetch, now)
+                if held is not None:
+                    fetch.tier = "local"
+                    return self._hit(fetch, held[0], held[1], now)
+                epoch = self.local.epoch
+            key = fetch.key
+            if self.loads.running(key):
+                # This process is loading the key right now: its value is the freshest there will be. Joining it
+                # skips the read (10,000 callers of a cold key pay for one GET, not one wait per caller for it).
+                self.metrics.misses += 1
+                return self._heard(fetch, await self._join(fetch))
+            try:
+                data, found = await self.reader.read(fetch)
+            except StoreUnavailable as exc:
+                data, found = None, None
+                if fetch.hooks is not None:
+                    fetch.hooks.failed_open("read", str(exc))
+            stale: CacheEntry[Any] | None = None
+            if found is not None:
+                frame, decoded = found
+                now = self._clock()
+                if now < frame.expires_at:
+                    # Not into L1 when an invalidation reached this process since the read began: the reply may
+                    # predate it.
+                    if policy.local and self.local is not None and self.local.epoch == epoch:
+                        assert data is not None
+                        self.local.put(key, data, frame, None if fetch.parse else decoded)
+                    fetch.tier = "store"
+                    return self._hit(fetch, frame, decoded, now)
+                if policy.stampede.stale_while_revalidate and frame.expires_at != INVALIDATED_AT:
+                    self.metrics.stale_served += 1
+                    self.refresher.start(fetch, frame, early=False)
+                    return self._heard(fetch, self.reader.entry(frame, Outcome.STALE, decoded, fetch))
+                stale = self.reader.entry(frame, Outcome.STALE, decoded, fetch)
+            self.metrics.misses += 1
+            if not policy.stampede.single_flight:
+                return self._heard(fetch, await self.flights.load(fetch, stale))
+            if self.loads.running(key):  # another caller's flight started while we read
+                return self._heard(fetch, await self._join(fetch))
+            hooks = fetch.hooks
+            # The flight may outlive this caller (others wait for it, or this caller is cancelled): it carries
+            # hooks that go silent once this fetch has ended, so ``ended`` is always its last event.
+            carried = fetch.carried = None if hooks is None else UntilEnded(hooks)
+            self.loads.start(
+                key, lambda: self.flights.load(self._closing_when_loaded(fetch, carried), stale), hooks, policy.tags
+            )
+            return self._heard(fetch, await self.loads.wait(key))
+        except asyncio.CancelledError as exc:
+            self._heard_failure(fetch, "cancelled", exc)
+            raise
+        except BaseException as exc:
+            self._heard_failure(fetch, "error", exc)
+            raise
 
-    def _closing_when_loaded(self, fetch: Fetch[Any]) -> Fetch[Any]:
+    @staticmethod
+    def _heard(fetch: Fetch[Any], entry: CacheEntry[Any]) -> CacheEntry[Any]:
+        """``entry``, once the fetch's hooks (if any) were told it ended. Once: a caller that fetches again
+        (``_join``'s retry) goes through :meth:`fetch` twice."""
+        hooks = fetch.hooks
+        if hooks is not None:
+            fetch.hooks = None
+            if fetch.carried is not None:
+                fetch.carried.close()
+            hooks.ended(fetch.outcome(entry.outcome), fetch.tier, None)
+        return entry
+
+    @staticmethod
+    def _heard_failure(fetch: Fetch[Any], outcome: FetchOutcome, exc: BaseException) -> None:
+        hooks = fetch.hooks
+        if hooks is not None:
+            fetch.hooks = None
+            if fetch.carried is not None:
+                fetch.carried.close()
+            hooks.ended(outcome, None, exc)
+
+    def _closing_when_loaded(self, fetch: Fetch[Any], hooks: UntilEnded | None) -> Fetch[Any]:
         """``fetch`` whose flight stops taking callers once its value is decided (its loader returned, or the
         value was found in the store under the lease): a caller arriving after that reads the store itself (a value
-        decided before an invalidation could otherwise reach a caller that started after it)."""
+        decided before an invalidation could otherwise reach a caller that started after it). The flight hears
+        ``hooks``."""
         loader, loads, key = fetch.loader, self.loads, fetch.key
 
         def settled() -> None:
@@ -192,7 +217,7 @@ class Pipeline:
             finally:
                 settled()
 
-        return dataclasses.replace(fetch, loader=load, settled=settled)
+        return dataclasses.replace(fetch, loader=load, settled=settled, hooks=hooks, carried=None)
 
     async def _join(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         fetch.joined = True
@@ -210,7 +235,7 @@ class Pipeline:
             # again, in a flight that begins after us (once: what that one loads was read after we started).
             fetch.retried = True
             fetch.joined = False
-            return await self._fetch(fetch)
+            return await self.fetch(fetch)
         return entry
 
     async def _wait_for_flight(self, fetch: Fetch[Any], deadline: float) -> CacheEntry[Any]:
@@ -239,8 +264,12 @@ class Pipeline:
         ):
             self.refresher.start(fetch, frame, early=True)
         if fetch.parse:  # Reader.entry's first case, without the call
-            return CacheEntry(self._codec, frame, Outcome.HIT, value=decoded)
-        return self.reader.entry(frame, Outcome.HIT, decoded, fetch)
+            entry: CacheEntry[Any] = CacheEntry(self._codec, frame, Outcome.HIT, value=decoded)
+        else:
+            entry = self.reader.entry(frame, Outcome.HIT, decoded, fetch)
+        if fetch.hooks is not None:
+            return self._heard(fetch, entry)
+        return entry
 
     # -- the other ways in -----------------------------------------------------------------------------------
 
