@@ -287,7 +287,7 @@ async def _otel_pairs(contenders: list[Contender], pairs: int, number: int) -> d
     (:func:`_interleaved_ratio`): a slow spell of the shared machine lands on both. The sampled row makes its hits'
     spans in batches after the fact (up to 50 ms later, from a timer), work that call-by-call timing would charge
     to whichever call runs then: it is timed in blocks of ``number`` calls, its spans made inside its own block
-    (``Contender.settle``), back to back with a block of the plain hit. Beside each sampled pair, ``_FLUSH_BATCH``
+    (``Contender.settle``), back to back with a block of the plain hit. Beside each sampled pair, ``SDK_SPANS``
     spans made with the SDK alone as the subscriber makes a hit's give ``otel_sdk_span``: that part of the
     sampled row's cost is the SDK's."""
     by_field = {c.field: c for c in contenders}
