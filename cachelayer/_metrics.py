@@ -211,6 +211,8 @@ class PrometheusHooks(CacheHooks):
         self.families = families
         # Labelled children, looked up once per label set: .labels() on every hit would cost more than the hit.
         self._children: dict[tuple[str, ...], Any] = {}
+        # A function's fetch hooks hold no state of the fetch: one object a function, not one a fetch (bounded).
+        self._fetches: dict[str, _PrometheusFetch] = {}
 
     def child(self, family: str, *labels: str) -> Any:
         key = (family, *labels)
@@ -226,18 +228,27 @@ class PrometheusHooks(CacheHooks):
         return found
 
     def fetch_started(self, function: str, key: str) -> FetchHooks | None:
-        return _PrometheusFetch(self, function)
+        found = self._fetches.get(function)
+        if found is None:
+            found = _PrometheusFetch(self, function)
+            if len(self._fetches) < _MAX_CHILDREN:
+                self._fetches[function] = found
+        return found
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
         self.child("state_changes", store, state).inc()
 
 
 class _PrometheusFetch(FetchHooks):
-    __slots__ = ("function", "metrics")
+    """The hooks of every fetch of one function: the function's labels and its ``gets`` children, nothing of a
+    fetch (fetches of a function share it)."""
+
+    __slots__ = ("_gets", "function", "metrics")
 
     def __init__(self, metrics: PrometheusHooks, function: str) -> None:
         self.metrics = metrics
         self.function = function
+        self._gets: dict[tuple[str, str | None], Any] = {}
 
     def load_ended(self, seconds: float, error: BaseException | None) -> None:
         metrics = self.metrics
@@ -251,4 +262,7 @@ class _PrometheusFetch(FetchHooks):
         self.metrics.child("lease_wait_seconds", self.function).observe(seconds)
 
     def ended(self, outcome: FetchOutcome, tier: Tier | None, error: BaseException | None) -> None:
-        self.metrics.child("gets", self.function, outcome, tier or "").inc()
+        counter = self._gets.get((outcome, tier))
+        if counter is None:
+            counter = self._gets[(outcome, tier)] = self.metrics.child("gets", self.function, outcome, tier or "")
+        counter.inc()

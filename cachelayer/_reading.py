@@ -80,6 +80,8 @@ class Reader:
         held = local.get(fetch.key)
         if held is None or now >= held.frame.expires_at:
             return None
+        if not fetch.parse and held.body is not None:
+            return held.frame, held.body  # checked before it was kept (``put`` and ``keep_body`` take checked bodies)
         try:
             known = self._checked.get(fetch.key, held.data, self.codec)
             if fetch.parse:

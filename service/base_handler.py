@@ -27,7 +27,7 @@ import tornado.web
 from tornado import httputil
 
 from .errors import error_answer, log_failure, reason_phrase
-from .freshness import cache_status, max_age
+from .freshness import cache_status, freshness_headers
 from .negotiation import ETAGS, Entry, header, representation
 from .request_ids import Process, new_request_id
 from .services import Services
@@ -126,9 +126,10 @@ class BaseHandler(tornado.web.RequestHandler):
             self._cache_headers = (outcome, cache_status(outcome, expires_at, now, entry.invalidated))
             raise not_found()
         headers = self._headers  # values built here, all header-safe: no set_header validation per call
-        headers["Cache-Control"] = f"public, max-age={max_age(outcome, expires_at, now)}"
+        cache_control, status = freshness_headers(outcome, expires_at, now, entry.invalidated)
+        headers["Cache-Control"] = cache_control
         headers["X-Cache"] = outcome
-        headers["Cache-Status"] = cache_status(outcome, expires_at, now, entry.invalidated)
+        headers["Cache-Status"] = status
         request_headers = self.request.headers
         dictionary = self.services.dictionary
         if dictionary is not None:

@@ -3,7 +3,7 @@ and ``Cache-Status`` (RFC 9211), beside ``X-Cache`` (the outcome: hit, stale, mi
 
 from __future__ import annotations
 
-__all__ = ["cache_status", "max_age"]
+__all__ = ["cache_status", "freshness_headers", "max_age"]
 
 
 def max_age(outcome: str, expires_at: float, now: float) -> int:
@@ -27,3 +27,23 @@ def cache_status(outcome: str, expires_at: float, now: float, invalidated: bool 
     if outcome == "fail_open":
         return "wallpaper; fwd=miss; detail=store-unavailable"
     return "wallpaper; fwd=bypass"
+
+
+_HEADERS: dict[tuple[str, int, bool, bool], tuple[str, str]] = {}
+
+
+def freshness_headers(outcome: str, expires_at: float, now: float, invalidated: bool) -> tuple[str, str]:
+    """The ``Cache-Control`` and ``Cache-Status`` values of an answer, memoized by what they depend on (outcome,
+    whole seconds left, stored or not, invalidated): every hit of a second shares them, instead of two f-strings
+    and two calls per request. Bounded."""
+    ttl = int(expires_at - now) if expires_at else 0
+    memo_key = (outcome, ttl, not expires_at, invalidated)
+    found = _HEADERS.get(memo_key)
+    if found is None:
+        if len(_HEADERS) >= 4096:
+            _HEADERS.clear()
+        found = _HEADERS[memo_key] = (
+            f"public, max-age={max_age(outcome, expires_at, now)}",
+            cache_status(outcome, expires_at, now, invalidated),
+        )
+    return found

@@ -17,7 +17,7 @@ from harness import LatencyProxy, free_port
 from harness.services import MySQLSettings
 from service.config import Settings
 from service.errors import StoreTrouble
-from service.freshness import cache_status
+from service.freshness import cache_status, freshness_headers, max_age
 from tests.service._support import API, Running, run_service, stop_service, with_sections
 
 LIST = f"{API}/wallpaperList.json?pageSize=20"
@@ -31,6 +31,22 @@ def test_cache_status_values() -> None:
     assert cache_status("miss", 1030.0, 1000.0) == "wallpaper; fwd=miss; stored; ttl=30"
     assert cache_status("fail_open", 0.0, 1000.0) == "wallpaper; fwd=miss; detail=store-unavailable"
     assert cache_status("bypass", 0.0, 1000.0) == "wallpaper; fwd=bypass"
+
+
+@pytest.mark.parametrize("outcome", ["hit", "stale", "miss", "fail_open", "bypass"])
+@pytest.mark.parametrize("invalidated", [False, True])
+def test_memoized_freshness_headers_equal_the_functions(outcome: str, invalidated: bool) -> None:
+    """The per-answer memo gives what max_age and cache_status give, whatever came before it (each case asked twice:
+    the second answer comes from the memo)."""
+    cases = [(0.0, 1000.0), (0.001, 1_796_455_741.0)]
+    cases += [(1000.0 + delta, 1000.0) for delta in (-30.7, -1.2, -0.5, 0.0, 0.3, 0.999, 1.0, 41.9, 42.0, 42.4)]
+    for _ in range(2):
+        for expires_at, now in cases:
+            expected = (
+                f"public, max-age={max_age(outcome, expires_at, now)}",
+                cache_status(outcome, expires_at, now, invalidated),
+            )
+            assert freshness_headers(outcome, expires_at, now, invalidated) == expected, (expires_at, now)
 
 
 async def test_cache_status_beside_x_cache_on_every_cached_route(service: Running) -> None:
@@ -120,8 +136,12 @@ async def test_a_download_marks_pages_stale_and_stale_beats_503(
     """After a download the category page must be rebuilt, which needs MySQL (category_exists): with MySQL gone
     the previous copy is served, marked stale, instead of a 503."""
     async with LatencyProxy(mysql_settings.host, mysql_settings.port) as proxy:
-        running = await run_service(with_sections(seeded, mysql={"port": proxy.port, "pool_acquire_timeout": 0.3,
-                                                                 "query_timeout": 0.3, "connect_timeout": 0.3}))
+        running = await run_service(
+            with_sections(
+                seeded,
+                mysql={"port": proxy.port, "pool_acquire_timeout": 0.3, "query_timeout": 0.3, "connect_timeout": 0.3},
+            )
+        )
         try:
             page = f"{API}/wallpaperList.json?category=anime&pageSize=100"
             first = await running.fetch(page)
