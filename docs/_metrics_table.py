@@ -66,7 +66,9 @@ def families_of(registry: Any) -> list[Family]:
         for sample in metric.samples:
             labels.update(dict.fromkeys(name for name in sample.labels if name not in _TYPE_LABELS))
         if not metric.samples:
-            labels = dict.fromkeys(_declared_labels(registry, metric.name))
+            # A family a collector yields declares its labels itself (service.metrics.HttpMetrics before a request).
+            declared = getattr(metric, "_labelnames", None) or _declared_labels(registry, metric.name)
+            labels = dict.fromkeys(declared)
         found.append(Family(metric.name, metric.type, tuple(labels), metric.documentation))
     return found
 

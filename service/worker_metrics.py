@@ -18,9 +18,10 @@ gauge read 300 instead of 200) and pile up with restarts (0.3 ms of scrape and 1
   a held lock counts only while that process's main thread has not exited.
 - **Gauges per worker** (``multiprocess_mode="liveall"``, the ``worker`` label = the task id); counters and
   histograms summed over the slots, as prometheus_client does.
-- **Figures computed when read** (cachelayer's ``stats()`` collector, pool sizes, ``process_*``) are not metric
-  objects, so prometheus_client cannot share them: each worker copies them into metric objects every second (and
-  the answering worker just before it answers), counters as increments so that they too go on across restarts.
+- **Figures computed when read** (cachelayer's ``stats()`` collector, pool sizes, ``process_*``, the HTTP request
+  counts and durations, which are counted in plain dicts: ``metrics.HttpMetrics``) are not metric objects, so
+  prometheus_client cannot share them: each worker copies them into its files every second (and the answering
+  worker just before it answers), counters and histograms as increments so that they too go on across restarts.
   A worker killed with SIGKILL loses at most that last second of them.
 - **The parent makes no metric**: it only makes the directory, so no series of its own appears.
 """
@@ -131,16 +132,20 @@ class _WorkersCollector:
 
 
 class _Copies:
-    """What collectors compute when read, kept in metric objects of this worker's files: a gauge as its value, a
-    counter as the increments since the last copy (so it goes on from the file's value after a restart)."""
+    """What collectors compute when read, kept in this worker's files: a gauge as its value, a counter and a
+    histogram as the increments since the last copy (so they go on from the files' values after a restart)."""
 
     def __init__(self) -> None:
         self._metrics: dict[tuple[str, str], Any] = {}
         self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}  # a histogram's, by sample and labels
         self._skipped: set[str] = set()
 
     def copy(self, collector: Collector) -> None:
         for family in collector.collect():
+            if family.type == "histogram":
+                self._copy_histogram(family)
+                continue
             if family.type not in ("counter", "gauge"):
                 if family.name not in self._skipped:  # no collector here makes one; say so once if one ever does
                     self._skipped.add(family.name)
@@ -159,6 +164,38 @@ class _Copies:
                 self._last[key] = sample.value
                 if increase > 0:  # a source that went back (a new cache) counts on from its new value
                     child.inc(increase)
+
+    def _copy_histogram(self, family: Metric) -> None:
+        """A histogram as the increments of its buckets (each its own count, not the cumulative one: the files hold
+        them so, and the merge accumulates them) and of its sum, written where prometheus_client's own histogram
+        writes them (a value of type ``histogram`` per bucket and for the sum)."""
+        below: dict[tuple[tuple[str, str], ...], float] = {}  # per label set: the cumulative count of the bucket before
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+                count = sample.value - below.get(labels, 0.0)
+                below[labels] = sample.value
+                self._add(family, "_bucket", (*labels, ("le", sample.labels["le"])), count)
+            elif sample.name.endswith("_sum"):
+                self._add(family, "_sum", tuple(sorted(sample.labels.items())), sample.value)
+
+    def _add(self, family: Metric, suffix: str, labels: tuple[tuple[str, str], ...], total: float) -> None:
+        key = (family.name + suffix, labels)
+        increase = total - self._last.get(key, 0.0)
+        self._last[key] = total
+        if increase <= 0:
+            return
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = values.ValueClass(
+                family.type,
+                family.name,
+                family.name + suffix,
+                tuple(name for name, _ in labels),
+                tuple(label for _, label in labels),
+                family.documentation,
+            )
+        value.inc(increase)
 
     def _child(self, family: Metric, names: tuple[str, ...], labels: dict[str, str]) -> Any:
         metric = self._metrics.get((family.name, family.type))

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import Counter, values
+from prometheus_client import CollectorRegistry, Counter, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from service.metrics import HttpMetrics
 from service.worker_metrics import SharedExposition, live_workers
 from tests.service._served import Scrape
 
@@ -128,3 +129,65 @@ def test_a_scrape_declares_each_family_once(directory: Path) -> None:
     assert "pid=" not in text  # prometheus_client's process label is the worker's task id here
     for worker in workers:
         worker.close()
+
+
+def _http_requests(http: HttpMetrics, *durations: float, route: str = "list", x_cache: str | None = "hit") -> None:
+    for seconds in durations:
+        http.observe(route, "GET", 200, x_cache, seconds)
+
+
+def test_http_metrics_read_alone_are_the_counts() -> None:
+    """A lone process renders the request counts and durations as they are when scraped."""
+    registry = CollectorRegistry()
+    http = HttpMetrics()
+    registry.register(http)
+    _http_requests(http, 0.0004, 0.001, 0.003, 7.0)
+    http.observe("list", "BREW", 405, None, 0.0001)  # a method of the client's own: not a series of its own
+    scrape = Scrape.parse(generate_latest(registry).decode())
+    hit = {"route": "list", "x_cache": "hit"}
+    assert scrape.value("wallpaper_http_requests_total", route="list", method="GET", status="200", x_cache="hit") == 4
+    assert scrape.value("wallpaper_http_requests_total", route="list", method="other", status="405", x_cache="") == 1
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.001", **hit) == 2  # le: <= bound
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.005", **hit) == 3
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="2.5", **hit) == 3
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="+Inf", **hit) == 4
+    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == 4
+    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(7.0044)
+
+
+def test_http_metrics_of_workers_sum_in_a_scrape_and_go_on_across_a_restart(directory: Path) -> None:
+    """Forked workers publish their HTTP counts and durations (a histogram) as increments: a scrape any worker
+    answers sums them, bucket by bucket, and a restarted worker's counts go on from the files'."""
+    first, second = Worker(directory, 0), Worker(directory, 1)
+    http_first, http_second = HttpMetrics(), HttpMetrics()
+    first.exposition.share(http_first)
+    second.exposition.share(http_second)
+    _http_requests(http_first, 0.0004, 0.02)
+    first.publish()
+    _http_requests(http_first, 0.3)  # after its publish: counted with the next one
+    _http_requests(http_second, 0.002, 3.0)
+    hit = {"route": "list", "x_cache": "hit"}
+    scrape = second.scrape()  # the answering worker publishes its own first
+    assert scrape.value("wallpaper_http_requests_total", route="list", method="GET", status="200", x_cache="hit") == 4
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.001", **hit) == 1
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.0025", **hit) == 2
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.025", **hit) == 3
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="+Inf", **hit) == 4
+    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == 4
+    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(3.0224)
+
+    first.publish()
+    first.close()
+    replacement = Worker(directory, 0)
+    http_replacement = HttpMetrics()  # a new process counts from 0
+    replacement.exposition.share(http_replacement)
+    _http_requests(http_replacement, 0.0001)
+    replacement.publish()
+    scrape = second.scrape()
+    assert scrape.value("wallpaper_http_requests_total", route="list", method="GET", status="200", x_cache="hit") == 6
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.001", **hit) == 2
+    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.5", **hit) == 5
+    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == 6
+    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(3.3225)
+    replacement.close()
+    second.close()
