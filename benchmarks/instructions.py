@@ -17,6 +17,9 @@ Instructions are not time: a request that touches more code and data also misses
 figures of ``benchmarks.http_load`` put ``cached-l1`` further from ``ceiling`` than this count does). Use it to
 find and check a change on the request path, and ``http_load`` on a quiet machine for the req/s targets.
 
+The servers run with ``PYTHONHASHSEED=0`` unless the environment sets it: dict layouts move a request by a few
+thousand instructions from one hash seed to another, more than some changes worth counting (docs/performance.md).
+
 Results: ``benchmarks/results/instructions.{md,json}``.
 """
 
@@ -110,7 +113,9 @@ def count_run(config: Path, path: str, headers: Sequence[str], requests: int, so
 
 
 def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("WALLPAPER_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLPAPER_")}
+    env.setdefault("PYTHONHASHSEED", "0")  # one seed for every run: see the module docstring
+    return env
 
 
 def count_variant(
@@ -178,11 +183,14 @@ def report(counts: Sequence[Count], args: argparse.Namespace, elapsed: float) ->
     for c in counts:
         ratio = f"{c.per_request / ceiling[c.tree]:.3f}" if c.tree in ceiling else ""
         rows.append([c.variant, c.tree, round(c.per_request / 1000, 1), ratio])
+    variants = getattr(args, "variants", None)
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": "python -m benchmarks.instructions"
         + (f" --baseline {args.baseline}" if args.baseline else "")
-        + (f" --requests {args.requests}" if args.requests != 4000 else ""),
+        + (f" --requests {args.requests}" if args.requests != 4000 else "")
+        + (f" --variants {variants}" if variants not in (None, ",".join(VARIANTS)) else ""),
+        "hash_seed": _base_env()["PYTHONHASHSEED"],
         "requests": args.requests,
         "warmup": args.warmup,
         "baseline": str(args.baseline.resolve()) if args.baseline else None,
@@ -204,7 +212,8 @@ def render(data: dict[str, Any]) -> str:
             "",
             f"`{data['command']}` ({data['date']}, {data['elapsed_s']:.0f} s): each variant's server run twice under "
             f"`valgrind --tool=cachegrind --cache-sim=no`, answering {data['warmup']} and {data['warmup']} + "
-            f"{data['requests']} requests (`ab -k -c 16`); the difference over {data['requests']} is one request. "
+            f"{data['requests']} requests (`ab -k -c 16`); the difference over {data['requests']} is one request "
+            f"(`PYTHONHASHSEED={data.get('hash_seed', '?')}`). "
             f"`this`: this tree.{baseline} Instructions are not time: see the module docstring and "
             "docs/performance.md.",
             "",
