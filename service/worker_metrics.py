@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, values
+from prometheus_client import CollectorRegistry, Gauge, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -136,39 +136,29 @@ class _Copies:
     histogram as the increments since the last copy (so they go on from the files' values after a restart)."""
 
     def __init__(self) -> None:
-        self._metrics: dict[tuple[str, str], Any] = {}
-        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}  # a histogram's, by sample and labels
+        self._gauges: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # by sample name and labels
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}  # the file values increments go to
         self._skipped: set[str] = set()
 
     def copy(self, collector: Collector) -> None:
         for family in collector.collect():
-            if family.type == "histogram":
+            if family.type == "gauge":
+                for sample in family.samples:
+                    self._gauge(family, tuple(sorted(sample.labels.items()))).set(sample.value)
+            elif family.type == "counter":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):  # not _created: this process's start, meaningless summed
+                        self._add(family, "_total", tuple(sorted(sample.labels.items())), sample.value)
+            elif family.type == "histogram":
                 self._copy_histogram(family)
-                continue
-            if family.type not in ("counter", "gauge"):
-                if family.name not in self._skipped:  # no collector here makes one; say so once if one ever does
-                    self._skipped.add(family.name)
-                    log.warning("metric family %s (%s) is not shared between workers", family.name, family.type)
-                continue
-            for sample in family.samples:
-                if family.type == "counter" and not sample.name.endswith("_total"):
-                    continue  # _created: a start time of this process, meaningless summed over workers
-                labels = tuple(sorted(sample.labels.items()))
-                child = self._child(family, tuple(name for name, _ in labels), dict(labels))
-                if family.type == "gauge":
-                    child.set(sample.value)
-                    continue
-                key = (family.name, labels)
-                increase = sample.value - self._last.get(key, 0.0)
-                self._last[key] = sample.value
-                if increase > 0:  # a source that went back (a new cache) counts on from its new value
-                    child.inc(increase)
+            elif family.name not in self._skipped:  # no collector here makes one; say so once if one ever does
+                self._skipped.add(family.name)
+                log.warning("metric family %s (%s) is not shared between workers", family.name, family.type)
 
     def _copy_histogram(self, family: Metric) -> None:
         """A histogram as the increments of its buckets (each its own count, not the cumulative one: the files hold
-        them so, and the merge accumulates them) and of its sum, written where prometheus_client's own histogram
-        writes them (a value of type ``histogram`` per bucket and for the sum)."""
+        them so, and the merge accumulates them) and of its sum."""
         below: dict[tuple[tuple[str, str], ...], float] = {}  # per label set: the cumulative count of the bucket before
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
@@ -180,6 +170,9 @@ class _Copies:
                 self._add(family, "_sum", tuple(sorted(sample.labels.items())), sample.value)
 
     def _add(self, family: Metric, suffix: str, labels: tuple[tuple[str, str], ...], total: float) -> None:
+        """Add what ``total`` (the sample ``family.name + suffix``) grew by since the last copy to the file value
+        prometheus_client's own counter or histogram writes that sample to. A source that went back (a new cache)
+        counts on from its new value."""
         key = (family.name + suffix, labels)
         increase = total - self._last.get(key, 0.0)
         self._last[key] = total
@@ -197,15 +190,13 @@ class _Copies:
             )
         value.inc(increase)
 
-    def _child(self, family: Metric, names: tuple[str, ...], labels: dict[str, str]) -> Any:
-        metric = self._metrics.get((family.name, family.type))
-        if metric is None:
-            if family.type == "counter":
-                metric = Counter(family.name, family.documentation, names, registry=None)
-            else:
-                metric = Gauge(family.name, family.documentation, names, registry=None, multiprocess_mode="liveall")
-            self._metrics[(family.name, family.type)] = metric
-        return metric.labels(**labels) if names else metric
+    def _gauge(self, family: Metric, labels: tuple[tuple[str, str], ...]) -> Any:
+        gauge = self._gauges.get(family.name)
+        if gauge is None:
+            names = [name for name, _ in labels]
+            gauge = Gauge(family.name, family.documentation, names, registry=None, multiprocess_mode="liveall")
+            self._gauges[family.name] = gauge
+        return gauge.labels(**dict(labels)) if labels else gauge
 
 
 class SharedExposition:

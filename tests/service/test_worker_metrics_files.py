@@ -136,6 +136,16 @@ def _http_requests(http: HttpMetrics, *durations: float, route: str = "list", x_
         http.observe(route, "GET", 200, x_cache, seconds)
 
 
+def _assert_hits(scrape: Scrape, count: int, seconds: float, buckets: dict[str, int]) -> None:
+    """The list route's hits in ``scrape``: ``count`` requests taking ``seconds`` in all, ``buckets`` (le -> count)."""
+    hit = {"route": "list", "x_cache": "hit"}
+    assert scrape.value("wallpaper_http_requests_total", method="GET", status="200", **hit) == count
+    for le, in_bucket in buckets.items():
+        assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le=le, **hit) == in_bucket, le
+    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == count
+    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(seconds)
+
+
 def test_http_metrics_read_alone_are_the_counts() -> None:
     """A lone process renders the request counts and durations as they are when scraped."""
     registry = CollectorRegistry()
@@ -144,15 +154,8 @@ def test_http_metrics_read_alone_are_the_counts() -> None:
     _http_requests(http, 0.0004, 0.001, 0.003, 7.0)
     http.observe("list", "BREW", 405, None, 0.0001)  # a method of the client's own: not a series of its own
     scrape = Scrape.parse(generate_latest(registry).decode())
-    hit = {"route": "list", "x_cache": "hit"}
-    assert scrape.value("wallpaper_http_requests_total", route="list", method="GET", status="200", x_cache="hit") == 4
     assert scrape.value("wallpaper_http_requests_total", route="list", method="other", status="405", x_cache="") == 1
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.001", **hit) == 2  # le: <= bound
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.005", **hit) == 3
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="2.5", **hit) == 3
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="+Inf", **hit) == 4
-    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == 4
-    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(7.0044)
+    _assert_hits(scrape, 4, 7.0044, {"0.001": 2, "0.005": 3, "2.5": 3, "+Inf": 4})  # le: <= bound
 
 
 def test_http_metrics_of_workers_sum_in_a_scrape_and_go_on_across_a_restart(directory: Path) -> None:
@@ -166,15 +169,8 @@ def test_http_metrics_of_workers_sum_in_a_scrape_and_go_on_across_a_restart(dire
     first.publish()
     _http_requests(http_first, 0.3)  # after its publish: counted with the next one
     _http_requests(http_second, 0.002, 3.0)
-    hit = {"route": "list", "x_cache": "hit"}
     scrape = second.scrape()  # the answering worker publishes its own first
-    assert scrape.value("wallpaper_http_requests_total", route="list", method="GET", status="200", x_cache="hit") == 4
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.001", **hit) == 1
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.0025", **hit) == 2
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.025", **hit) == 3
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="+Inf", **hit) == 4
-    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == 4
-    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(3.0224)
+    _assert_hits(scrape, 4, 3.0224, {"0.001": 1, "0.0025": 2, "0.025": 3, "+Inf": 4})
 
     first.publish()
     first.close()
@@ -183,11 +179,6 @@ def test_http_metrics_of_workers_sum_in_a_scrape_and_go_on_across_a_restart(dire
     replacement.exposition.share(http_replacement)
     _http_requests(http_replacement, 0.0001)
     replacement.publish()
-    scrape = second.scrape()
-    assert scrape.value("wallpaper_http_requests_total", route="list", method="GET", status="200", x_cache="hit") == 6
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.001", **hit) == 2
-    assert scrape.value("wallpaper_http_request_duration_seconds_bucket", le="0.5", **hit) == 5
-    assert scrape.value("wallpaper_http_request_duration_seconds_count", **hit) == 6
-    assert scrape.value("wallpaper_http_request_duration_seconds_sum", **hit) == pytest.approx(3.3225)
+    _assert_hits(second.scrape(), 6, 3.3225, {"0.001": 2, "0.5": 5})
     replacement.close()
     second.close()
