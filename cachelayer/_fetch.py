@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
@@ -11,7 +12,7 @@ from ._hooks import FetchHooks, FetchOutcome, Tier, UntilEnded
 from ._policy import ResolvedPolicy
 from ._typed import ValueType
 
-__all__ = ["Fetch"]
+__all__ = ["Fetch", "moment"]
 
 T = TypeVar("T")
 
@@ -51,6 +52,15 @@ class Fetch(Generic[T]):
     def outcome(self, outcome: Outcome) -> FetchOutcome:
         """How this fetch ended for its caller, from its entry's outcome."""
         return "joined" if self.joined else _OUTCOMES[outcome]
+
+
+_MOMENTS: Final = itertools.count()
+
+
+def moment() -> int:
+    """A number above every one handed out before in this process: orders a caller joining a flight against the
+    flight's store reads (a read sent before the caller joined may answer from before the caller began)."""
+    return next(_MOMENTS)
 
 
 _OUTCOMES: Final[dict[Outcome, FetchOutcome]] = {

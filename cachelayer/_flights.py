@@ -6,6 +6,10 @@ finds the lease held waits (woken by pub/sub, polling as a safety net) for the v
 goes silent. Every load holds a ticket, the lease or a shared one (``lease=False``, a lease wait that ran out), so
 an invalidation revokes it; a load that could not get one (the store is unavailable) stores nothing.
 
+A value a flight finds in the store (re-read under its lease, or polled while it waits) is a
+:class:`FoundEntry` that says when its read was sent: a caller that joined the flight after that reads again (the
+store may have answered before an invalidation that ended before the caller began, while the reply travelled).
+
 A waiter's wait ends at ``lease_wait`` or at the caller's deadline (``_deadline.py``), whichever comes first; a
 deadline that runs out gives the stale value or :class:`DeadlineExceededError`, never a load of its own (no time
 is left for one). A holder whose load failed tells its waiters (``share_failures``): they answer the stale value
@@ -18,13 +22,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ._backend import Backend, StoreUnavailable
 from ._deadline import effective_deadline
 from ._entry import CacheEntry, Outcome
 from ._errors import DeadlineExceededError, LeaseTimeoutError, LoadFailedError
-from ._fetch import Fetch
+from ._fetch import Fetch, moment
 from ._filling import Filler, stamp_ttl_ms
 from ._keys import KeyLayout
 from ._lease import Lease, LeaseCoordinator
@@ -32,7 +36,19 @@ from ._metrics import CacheMetrics
 from ._notify import LoadFailure, ReadyNotifier
 from ._reading import Reader
 
-__all__ = ["Flights"]
+__all__ = ["Flights", "FoundEntry"]
+
+T = TypeVar("T")
+
+
+class FoundEntry(CacheEntry[T]):
+    """A value a flight found in the store rather than loaded, read by a command sent at ``read_sent`` (a
+    :func:`moment`). Its flight's callers that joined after that cannot tell it from a value older than their own
+    start: they read again (``Pipeline._join``)."""
+
+    __slots__ = ("read_sent",)
+
+    read_sent: int
 
 
 class Flights:
@@ -77,11 +93,14 @@ class Flights:
         waited_since: float | None = None
         hooks = fetch.hooks
 
-        async def fresh(data: bytes) -> CacheEntry[Any] | None:
+        async def fresh(data: bytes, sent: int) -> CacheEntry[Any] | None:
             found = await self.reader.decode(fetch.key, data, fetch.parse, fetch.value_type)
             if found is None or self._clock() >= found[0].expires_at:
                 return None
-            return self.reader.entry(found[0], Outcome.MISS, found[1], fetch)
+            entry = self.reader.entry(found[0], Outcome.MISS, found[1], fetch, FoundEntry)
+            assert isinstance(entry, FoundEntry)
+            entry.read_sent = sent
+            return entry
 
         try:
             while True:
@@ -182,15 +201,16 @@ class Flights:
         lease: Lease,
         fetch: Fetch[Any],
         stale: CacheEntry[Any] | None,
-        fresh: Callable[[bytes], Awaitable[CacheEntry[Any] | None]] | None,
+        fresh: Callable[[bytes, int], Awaitable[CacheEntry[Any] | None]] | None,
     ) -> CacheEntry[Any]:
         self.metrics.lease_acquired += 1
         try:
             if fresh is not None:
                 # The value may have landed between our miss and our lease (another process just released it).
                 with contextlib.suppress(StoreUnavailable):
+                    sent = moment()
                     data = await self.backend.get(fetch.key)
-                    if data is not None and (entry := await fresh(data)) is not None:
+                    if data is not None and (entry := await fresh(data, sent)) is not None:
                         if fetch.settled is not None:
                             fetch.settled()  # decided: no new joiner while the lease is released
                         return entry

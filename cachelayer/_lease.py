@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 from ._backend import Backend, StoreUnavailable
+from ._fetch import moment
 from ._notify import LoadFailure, ReadyNotifier, failure_message, parse_failure
 from ._stampede import StampedePolicy
 
@@ -91,8 +92,8 @@ class Lease:
 
 
 class LeaseCoordinator(Generic[T]):
-    """Acquires leases and waits for other processes' loads. ``fresh(data)`` turns what a poll read into the
-    waiter's result (a decoded fresh value) or None."""
+    """Acquires leases and waits for other processes' loads. ``fresh(data, sent)`` turns what a poll read into
+    the waiter's result (a decoded fresh value) or None; ``sent``: the :func:`moment` the poll was sent at."""
 
     def __init__(self, backend: Backend, notifier: ReadyNotifier) -> None:
         self.backend = backend
@@ -138,7 +139,7 @@ class LeaseCoordinator(Generic[T]):
         return None
 
     async def wait(
-        self, key: str, policy: StampedePolicy, deadline: float, fresh: Callable[[bytes], Awaitable[T | None]]
+        self, key: str, policy: StampedePolicy, deadline: float, fresh: Callable[[bytes, int], Awaitable[T | None]]
     ) -> T | WaitEnd | LoadFailure:
         """Wait (woken early by pub/sub) until the value is fresh, the lease is gone, the holder says its load
         failed (with ``policy.share_failures``), or ``deadline`` (the running loop's ``time()``) passes."""
@@ -157,6 +158,7 @@ class LeaseCoordinator(Generic[T]):
                         await asyncio.wait_for(asyncio.shield(wake), delay)
                     if wake.done() and policy.share_failures and (failure := parse_failure(wake.result())):
                         return failure
+                sent = moment()
                 try:
                     data, held = await self.backend.poll(key)
                 except StoreUnavailable:
@@ -167,7 +169,7 @@ class LeaseCoordinator(Generic[T]):
                         return "unavailable"
                     continue
                 failures = 0
-                found = await fresh(data) if data is not None else None
+                found = await fresh(data, sent) if data is not None else None
                 if found is not None:
                     return found
                 # A failure heard while this poll ran: the holder says so before it releases the lease.
@@ -196,4 +198,3 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 
 def _ready_channel(key: str) -> str:
     return key + ":lease:ready"
-

@@ -24,9 +24,9 @@ from ._codec import INVALIDATED_AT, Codec, Frame
 from ._deadline import effective_deadline
 from ._entry import CacheEntry, Outcome
 from ._errors import DeadlineExceededError
-from ._fetch import Fetch
+from ._fetch import Fetch, moment
 from ._filling import Filler, UnconfirmedEntry
-from ._flights import Flights
+from ._flights import Flights, FoundEntry
 from ._hooks import FetchHooks, FetchOutcome, UntilEnded
 from ._keys import KeyLayout
 from ._local import LocalCache
@@ -221,6 +221,7 @@ class Pipeline:
 
     async def _join(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         fetch.joined = True
+        joined_at = moment()
         if fetch.hooks is not None:
             leader = self.loads.leader(fetch.key)
             fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
@@ -229,10 +230,14 @@ class Pipeline:
             entry = await self.loads.wait(fetch.key)
         else:
             entry = await self._wait_for_flight(fetch, deadline)
-        if isinstance(entry, UnconfirmedEntry) and not fetch.retried:
+        if not fetch.retried and (
+            isinstance(entry, UnconfirmedEntry) or (isinstance(entry, FoundEntry) and entry.read_sent < joined_at)
+        ):
             # The load we joined may have begun before an invalidation that reached the store while it ran (its
-            # fill was refused, or its fate is unknown), and we cannot tell whether we came before that: load
-            # again, in a flight that begins after us (once: what that one loads was read after we started).
+            # fill was refused, or its fate is unknown), or its value was read from the store by a command sent
+            # before we joined (answered, perhaps, before an invalidation that ended before we began), and we
+            # cannot tell whether we came before that: fetch again, in a flight that begins after us (once: what
+            # that one reads or loads comes after we started).
             fetch.retried = True
             fetch.joined = False
             return await self.fetch(fetch)

@@ -1,7 +1,7 @@
 """Read and decode: the first part of the fetch pipeline.
 
-Reads a key from the local tier or the store (concurrent reads of one key share one round trip), checks and
-decodes the frame, and builds the :class:`CacheEntry` a caller gets. A value that does not decode is deleted,
+Reads a key from the local tier or the store (concurrent reads of one key share round trips: ``_coalescing.py``),
+checks and decodes the frame, and builds the :class:`CacheEntry` a caller gets. A value that does not decode is deleted,
 counted and logged, and is a miss: the cache never crashes on, nor serves, bytes it cannot vouch for. A tagged
 frame is judged against its tags' stamps now (``_tags.py``), read beside it: gone is a miss, stale is stale.
 """
@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from ._backend import Backend, StoreUnavailable
+from ._coalescing import ReadCoalescer
 from ._codec import Codec, Frame
 from ._entry import CacheEntry, Outcome
 from ._errors import CodecError
@@ -23,7 +24,6 @@ from ._keys import KeyLayout
 from ._local import LocalCache
 from ._metrics import CacheMetrics
 from ._serializers import OrjsonSerializer
-from ._stampede import ReadCoalescer
 from ._tags import judged_frame
 from ._typed import ValueType
 
@@ -132,12 +132,19 @@ class Reader:
         stamps = dict(zip(tags, found[1:], strict=True))
         return data, await self.decode(key, data, fetch.parse, fetch.value_type, stamps)
 
-    def entry(self, frame: Frame, outcome: Outcome, decoded: Any, fetch: Fetch[Any]) -> CacheEntry[Any]:
+    def entry(
+        self,
+        frame: Frame,
+        outcome: Outcome,
+        decoded: Any,
+        fetch: Fetch[Any],
+        kind: type[CacheEntry[Any]] = CacheEntry,
+    ) -> CacheEntry[Any]:
         if fetch.parse:
-            return CacheEntry(self.codec, frame, outcome, value=decoded)
+            return kind(self.codec, frame, outcome, value=decoded)
         value_type = fetch.value_type
         loads = None if value_type is None else value_type.loads
-        return CacheEntry(self.codec, frame, outcome, body=decoded, loads=loads)
+        return kind(self.codec, frame, outcome, body=decoded, loads=loads)
 
     def body(self, frame: Frame, serialized: bytes | memoryview) -> bytes | memoryview:
         """The stored bytes to hand out unparsed: with the JSON serializer, checked to be JSON text."""

@@ -17,7 +17,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 
 from ._backoff import Backoff, ExponentialBackoff
 
-__all__ = ["XFETCH_HORIZON", "ReadCoalescer", "SingleFlight", "StampedePolicy", "jittered", "xfetch_due"]
+__all__ = ["XFETCH_HORIZON", "SingleFlight", "StampedePolicy", "jittered", "xfetch_due"]
 
 T = TypeVar("T")
 
@@ -199,51 +199,3 @@ class SingleFlight(Generic[T]):
                 waiter.set_exception(error)
             else:
                 waiter.set_result(task.result())
-
-
-class _LeaderGone(Exception):
-    """The caller doing a coalesced read was cancelled before it finished: followers read for themselves."""
-
-
-class ReadCoalescer:
-    """Concurrent reads of one key share one Redis round trip.
-
-    Under a burst (10,000 clients asking for one hot page) this turns thousands of GETs queued on the connection
-    pool into one, so the reads neither exhaust the pool nor run out of their time budget. The first caller does
-    the read itself (no extra task on the hot path, no future unless someone joins) and hands the bytes to whoever
-    asked meanwhile, each of them waiting on a future of its own (a follower's cancellation ends only its wait).
-    """
-
-    def __init__(self) -> None:
-        # key -> the followers of its read in progress (None until the first one arrives)
-        self._pending: dict[str, list[asyncio.Future[Any]] | None] = {}
-
-    async def read(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
-        pending = self._pending
-        if key in pending:
-            followers = pending[key]
-            if followers is None:
-                followers = pending[key] = []
-            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-            followers.append(future)
-            try:
-                return await future
-            except _LeaderGone:
-                return await read()
-        pending[key] = None
-        try:
-            value = await read()
-        except BaseException as exc:
-            followers = pending.pop(key)
-            if followers:
-                error = exc if isinstance(exc, Exception) else _LeaderGone()
-                for follower in followers:
-                    if not follower.done():
-                        follower.set_exception(error)
-            raise
-        followers = pending.pop(key)
-        if followers:
-            for follower in followers:
-                if not follower.done():
-                    follower.set_result(value)
-        return value

@@ -219,6 +219,63 @@ async def test_a_caller_never_joins_a_flight_that_found_its_value_before_an_inva
         await other.aclose()
 
 
+class HeldReread(MemoryBackend):
+    """A memory store whose first GET fails (so the reader goes for the lease) and whose next GET (the flight's
+    re-read under the lease) answers at once but hands its reply over only after ``release``: a reply on its
+    way while other things happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: int | None = None  # counted from arm()
+        self.answered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def arm(self) -> None:
+        self.gets = 0
+
+    async def get(self, key: str) -> bytes | None:
+        if self.gets is None:
+            return await super().get(key)
+        self.gets += 1
+        if self.gets == 1:
+            raise StoreUnavailable("scripted: this read fails")
+        data = await super().get(key)
+        if self.gets == 2:
+            self.answered.set()
+            await self.release.wait()
+        return data
+
+
+async def test_a_caller_never_takes_a_value_its_flight_read_before_the_caller_joined() -> None:
+    """A flight re-reads the store under its lease and finds the value; while that reply is on its way, another
+    process invalidates, and a caller starts and joins the flight. The value was read before the caller began (and
+    before the invalidation): the caller reads again (found by the consistency harness with reply steps, seed
+    44267 of the quick run)."""
+    backend = HeldReread()
+    namespace = unique_namespace()
+    cache = Cache(backend, namespace=namespace)
+    other = Cache(backend, namespace=namespace)
+    try:
+        db = {"v": 0}
+
+        async def load() -> int:
+            return db["v"]
+
+        assert await other.get_or_set("row", load) == 0
+        backend.arm()
+        first = asyncio.create_task(cache.get_or_set("row", load))
+        await backend.answered.wait()  # its flight's re-read found 0; the reply is held
+        db["v"] = 1
+        await other.delete("row")  # another process commits and invalidates
+        later = asyncio.create_task(cache.get_or_set("row", load))  # starts after the invalidation returned
+        await asyncio.sleep(0)  # lets it find the flight and join it (a yield, not a wait for time)
+        backend.release.set()
+        assert (await first, await later) == (0, 1)
+    finally:
+        await cache.aclose()
+        await other.aclose()
+
+
 async def test_the_decorators_invalidate_beats_a_slow_reader(cache: Cache) -> None:
     db = {"v": 1}
     loader = HeldLoader(db)

@@ -1,6 +1,6 @@
 """The hit path's shortcuts keep every guarantee: a value is checked and decompressed once per stored value, never
-served after its stored bytes changed; a coalesced read's follower or a flight's waiter that is cancelled ends
-only its own wait."""
+served after its stored bytes changed; a coalesced read never answers a caller with a reply to a read sent before
+the caller began; a coalesced read's caller or a flight's waiter that is cancelled ends only its own wait."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 import redis.asyncio
 
 from cachelayer import Cache
+from cachelayer._coalescing import ReadCoalescer
 from cachelayer._codec import HEADER_SIZE, Codec
-from cachelayer._stampede import ReadCoalescer, SingleFlight
+from cachelayer._stampede import SingleFlight
 from cachelayer._typed import resolve_value_type
 from tests._doubles import CountingLoader
 
@@ -77,46 +78,126 @@ async def test_an_expiry_rewritten_in_place_is_seen_at_once(cache: Cache) -> Non
     assert loader.calls == 2
 
 
-async def test_a_cancelled_follower_of_a_coalesced_read_ends_only_its_own_wait() -> None:
-    reads = ReadCoalescer()
-    gate = asyncio.Event()
-    performed = 0
+def _idle(reads: ReadCoalescer) -> bool:
+    """Nothing left behind: no read in flight, none waiting to go out."""
+    return not reads._pending and not reads._tasks
 
-    async def read() -> bytes:
-        nonlocal performed
-        performed += 1
-        await gate.wait()
-        return b"value"
 
-    leader = asyncio.create_task(reads.read("k", read))
+class _Store:
+    """A read whose answer is the store's version when the read is performed, released by ``gate``."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.performed = 0
+        self.gate = asyncio.Event()
+
+    async def read(self) -> int:
+        self.performed += 1
+        answer = self.version  # what the store answers: its state when the command runs
+        await self.gate.wait()  # the reply on its way back
+        return answer
+
+
+async def test_a_caller_never_gets_the_answer_of_a_read_sent_before_it_began() -> None:
+    # The free-running consistency check's finding: a read joined one in flight, whose answer predated an
+    # invalidation that had ended before the joining read began.
+    reads, store = ReadCoalescer(), _Store()
+    first = asyncio.create_task(reads.read("k", store.read))
     await asyncio.sleep(0)
-    followers = [asyncio.create_task(reads.read("k", read)) for _ in range(3)]
+    store.version = 1  # an invalidation lands (and ends) while the first read's reply is on its way
+    second = asyncio.create_task(reads.read("k", store.read))
     await asyncio.sleep(0)
-    followers[0].cancel()
-    gate.set()
-    assert await leader == b"value"
-    assert await asyncio.gather(*followers[1:]) == [b"value", b"value"]
+    store.gate.set()
+    assert await first == 0
+    assert await second == 1  # not the first read's answer
+    assert store.performed == 2
+    assert _idle(reads)
+
+
+async def test_callers_that_arrive_during_one_read_share_the_next() -> None:
+    reads, store = ReadCoalescer(), _Store()
+    first = asyncio.create_task(reads.read("k", store.read))
+    await asyncio.sleep(0)
+    store.version = 1
+    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(5)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await first == 0
+    assert await asyncio.gather(*waiting) == [1] * 5
+    assert store.performed == 2  # one read in flight at a time: the first, then one for the five
+    assert _idle(reads)
+
+
+async def test_a_cancelled_caller_of_a_coalesced_read_ends_only_its_own_wait() -> None:
+    reads, store = ReadCoalescer(), _Store()
+    first = asyncio.create_task(reads.read("k", store.read))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()
+    store.gate.set()
+    assert await first == 0
+    assert await asyncio.gather(*waiting[1:]) == [0, 0]
     with pytest.raises(asyncio.CancelledError):
-        await followers[0]
-    assert performed == 1
+        await waiting[0]
+    assert store.performed == 2
 
 
-async def test_followers_read_for_themselves_when_the_leader_is_cancelled() -> None:
-    reads = ReadCoalescer()
-    gate = asyncio.Event()
+async def test_waiting_callers_are_answered_when_the_read_in_flight_is_cancelled() -> None:
+    reads, store = ReadCoalescer(), _Store()
+    first = asyncio.create_task(reads.read("k", store.read))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(reads.read("k", store.read))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await waiting == 0
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert _idle(reads)
+
+
+async def test_no_read_goes_out_for_callers_that_all_went_away() -> None:
+    reads, store = ReadCoalescer(), _Store()
+    first = asyncio.create_task(reads.read("k", store.read))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(2)]
+    await asyncio.sleep(0)
+    for task in waiting:
+        task.cancel()
+    store.gate.set()
+    assert await first == 0
+    await asyncio.gather(*waiting, return_exceptions=True)
+    for _ in range(3):  # the next read's task sees that nobody waits
+        await asyncio.sleep(0)
+    assert store.performed == 1
+    assert _idle(reads)
+
+
+async def test_the_next_reads_failure_reaches_each_of_its_callers() -> None:
+    reads, gate = ReadCoalescer(), asyncio.Event()
+    calls = 0
 
     async def read() -> bytes:
+        nonlocal calls
+        calls += 1
+        mine = calls
         await gate.wait()
+        if mine > 1:
+            raise ConnectionError("store down")
         return b"value"
 
-    leader = asyncio.create_task(reads.read("k", read))
+    first = asyncio.create_task(reads.read("k", read))
     await asyncio.sleep(0)
-    follower = asyncio.create_task(reads.read("k", read))
-    await asyncio.sleep(0)
-    leader.cancel()
+    waiting = [asyncio.create_task(reads.read("k", read)) for _ in range(2)]
     await asyncio.sleep(0)
     gate.set()
-    assert await follower == b"value"
+    assert await first == b"value"
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert [type(r) for r in results] == [ConnectionError, ConnectionError]
+    assert calls == 2
+    assert _idle(reads)
 
 
 async def test_a_flight_error_reaches_every_waiter_and_is_retrieved() -> None:

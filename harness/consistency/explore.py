@@ -36,7 +36,8 @@ def _small(name: str, spec: Spec, bound: int | None = None) -> tuple[str, Spec, 
     return name, spec, bound
 
 
-PLAIN, TAGGED, WARM_TAGGED, DECORATED = Row("plain"), Row("tagged"), Row("tagged", warm=True), Row("decorated")
+PLAIN, TAGGED, DECORATED = Row("plain"), Row("tagged"), Row("decorated")
+WARM_PLAIN, WARM_TAGGED = Row("plain", warm=True), Row("tagged", warm=True)
 
 #: Small configurations explored exhaustively: (name, spec, preemption bound or None for every schedule).
 SMALL_CONFIGS: tuple[tuple[str, Spec, int | None], ...] = (
@@ -53,6 +54,10 @@ SMALL_CONFIGS: tuple[tuple[str, Spec, int | None], ...] = (
                                          (Chaos("evict_value"),))),
     _small("1r1w tags + stamp eviction", Spec(1, (WARM_TAGGED,), (Reader(0),), (Writer(0, via="tags"),),
                                               (Chaos("evict_tag"),))),
+    # Two readers of a cached row in one process, an invalidation between the first one's read and its reply:
+    # the second reader starts after the invalidation and must not be handed the first one's answer.
+    _small("2r1w warm, one process", Spec(1, (WARM_PLAIN,), (Reader(0), Reader(0)), (Writer(0),)), 2),
+    _small("2r1w warm mark_stale", Spec(2, (WARM_TAGGED,), (Reader(0), Reader(0)), (Writer(1, via="mark_stale"),)), 2),
     _small("2r1w one process", Spec(1, (PLAIN,), (Reader(0), Reader(0)), (Writer(0),)), 2),
     _small("2r1w two processes", Spec(2, (PLAIN,), (Reader(0), Reader(1)), (Writer(0),)), 2),
     _small("2r1w tags", Spec(2, (TAGGED,), (Reader(0), Reader(1)), (Writer(1, via="tags"),)), 2),

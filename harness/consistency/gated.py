@@ -5,6 +5,11 @@ It delegates to the store the universe shares (possibly through a mutant, ``muta
 :class:`cachelayer.Backend` protocol are spelled out; any other coroutine method of the store (an older protocol's)
 is gated the same way through ``__getattr__``, so the harness drives whichever Cache is on the path.
 
+A read's reply is a step of its own (``get-reply``, ``get_many-reply``): the store answered at the command's step,
+and the reader sees the answer only when the schedule says so. Other actors run in between, as they do while a
+real reply crosses the network: a caller that starts then must not be handed that answer (it was read before the
+caller began).
+
 A written value that carries tags (``cachelayer._tags``) is reported as written only when it is live by its tags'
 stamps right after the write; one already outdated is reported as dead (see :meth:`GatedBackend._report`).
 """
@@ -149,6 +154,7 @@ class GatedBackend:
 
     async def get(self, *args: Any, **kwargs: Any) -> bytes | None:
         result: bytes | None = await self._call("get", self.inner.get, args, kwargs)
+        await self.scheduler.gate("get-reply")
         return result
 
     async def get_many(self, *args: Any, **kwargs: Any) -> list[bytes | None]:
@@ -156,6 +162,8 @@ class GatedBackend:
         op = "poll-stamps" if _JUDGING_POLL.get() else "get_many"
         _JUDGING_POLL.set(False)
         result: list[bytes | None] = await self._call(op, self.inner.get_many, args, kwargs)
+        if op == "get_many":
+            await self.scheduler.gate("get_many-reply")
         return result
 
     async def set(self, *args: Any, **kwargs: Any) -> None:

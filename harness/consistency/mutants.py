@@ -17,20 +17,27 @@ universe's processes.
    (evicted, expired) with the stamp this process saw last for it: a store that takes a missing stamp for the
    last-known one. Chaos (``evict_tag``) evicts a stamp after an invalidation changed it, and an entry stamped
    before the invalidation reads as live again.
+6. ``read-joins-in-flight``: in the cache, not the store. The read coalescing that shipped until 2026-12-06: a
+   caller that arrives while a read of its key is in flight takes that read's answer, which the store may have
+   given before an invalidation that ended before the caller began (the gated store's reply steps let the
+   schedule put the invalidation there). Caught by the exhaustive ``2r1w warm`` configurations.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cachelayer import Backend
 
-__all__ = ["MUTANTS", "MutantState", "mutant_backend"]
+__all__ = ["MUTANTS", "MutantState", "mutant_backend", "mutant_read_coalescer"]
 
-MUTANTS = ("naive", "no-revoke", "token-per-process", "generation", "stamp-missing-is-live")
+MUTANTS = ("naive", "no-revoke", "token-per-process", "generation", "stamp-missing-is-live", "read-joins-in-flight")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -213,12 +220,47 @@ class LastKnownStampBackend(_Mutant):
         return answered
 
 
+class JoiningReadCoalescer:
+    """Mutant 6: concurrent reads of a key share the one in flight, whenever the joining caller began."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
+
+    async def read(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
+        followers = self._pending.get(key)
+        if followers is not None:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            followers.append(future)
+            try:
+                return await future  # the mistake: an answer the store may have given before this caller began
+            except _LeaderGone:
+                return await read()
+        followers = self._pending[key] = []
+        try:
+            value = await read()
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else _LeaderGone()
+            for follower in self._pending.pop(key):
+                if not follower.done():
+                    follower.set_exception(error)
+            raise
+        for follower in self._pending.pop(key):
+            if not follower.done():
+                follower.set_result(value)
+        return value
+
+
+class _LeaderGone(Exception):
+    """The caller doing a mutant's coalesced read was cancelled: its followers read for themselves."""
+
+
 _KINDS: dict[str, Callable[[Backend, MutantState], Any]] = {
     "naive": NaiveBackend,
     "no-revoke": TicketTableBackend,
     "token-per-process": TokenPerProcessBackend,
     "generation": GenerationBackend,
     "stamp-missing-is-live": LastKnownStampBackend,
+    "read-joins-in-flight": lambda inner, state: inner,  # the store is the real one: the mistake is the cache's
 }
 
 
@@ -226,3 +268,8 @@ def mutant_backend(kind: str, inner: Backend, state: MutantState) -> Backend:
     """One process's view of the shared store under mutant ``kind``."""
     backend: Backend = _KINDS[kind](inner, state)
     return backend
+
+
+def mutant_read_coalescer(kind: str | None) -> JoiningReadCoalescer | None:
+    """The read coalescer a process's cache uses under mutant ``kind`` (None: the cache's own)."""
+    return JoiningReadCoalescer() if kind == "read-joins-in-flight" else None

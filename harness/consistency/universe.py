@@ -21,7 +21,7 @@ from typing import Any, Final
 from cachelayer import Backend, Cache, CacheEntry, EntryPolicy, Outcome, StampedePolicy, cached
 from cachelayer._tags import Verdict, judge
 from harness.consistency.gated import GatedBackend
-from harness.consistency.mutants import MutantState, mutant_backend
+from harness.consistency.mutants import MutantState, mutant_backend, mutant_read_coalescer
 from harness.consistency.oracle import Counters, Database, Oracle
 from harness.consistency.scheduler import ACTOR, Chooser, Scheduler
 from harness.consistency.specs import Chaos, Reader, Spec, Writer
@@ -139,6 +139,9 @@ async def run_universe(
             Cache(backend, namespace=namespace, default_ttl=ttl, stale_ttl=_TTL, jitter=0.0, rand=lambda: 0.5,
                   clock=clock, stampede=STAMPEDE)
         )
+        coalescer = mutant_read_coalescer(mutant)
+        if coalescer is not None:
+            caches[-1]._state().reader.reads = coalescer  # type: ignore[assignment]  # a cache-side mutant
     policies = [
         EntryPolicy(ttl=ttl, stale_ttl=_TTL, stampede=STAMPEDE, tags=(f"t{row}", "all") if r.style == "tagged" else ())
         for row, r in enumerate(spec.rows)
