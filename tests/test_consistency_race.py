@@ -5,6 +5,7 @@ invalidates, the reader then stores the old row. An invalidation must beat every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -30,6 +31,7 @@ def unique_namespace() -> str:
 
 
 Invalidate = Callable[[Cache], Awaitable[object]]
+Loader = Callable[[], Awaitable[int]]
 
 
 @pytest.fixture
@@ -190,20 +192,30 @@ class HeldRelease(MemoryBackend):
         await self.release.wait()
 
 
+@contextlib.asynccontextmanager
+async def two_processes(backend: MemoryBackend) -> AsyncIterator[tuple[Cache, Cache, dict[str, int], Loader]]:
+    """Two processes' caches of one namespace over ``backend``, a database row and its loader."""
+    namespace = unique_namespace()
+    cache = Cache(backend, namespace=namespace)
+    other = Cache(backend, namespace=namespace)
+    db = {"v": 0}
+
+    async def load() -> int:
+        return db["v"]
+
+    try:
+        yield cache, other, db, load
+    finally:
+        await cache.aclose()
+        await other.aclose()
+
+
 async def test_a_caller_never_joins_a_flight_that_found_its_value_before_an_invalidation() -> None:
     """Under the lease, a flight found the value in the store (re-checked after taking the lease); while it finishes,
     another process invalidates. A caller that starts after that must load, not get the flight's old value (found
     by the consistency harness over 10^6 universes, seed 323267)."""
     backend = HeldRelease()
-    namespace = unique_namespace()
-    cache = Cache(backend, namespace=namespace)
-    other = Cache(backend, namespace=namespace)
-    try:
-        db = {"v": 0}
-
-        async def load() -> int:
-            return db["v"]
-
+    async with two_processes(backend) as (cache, other, db, load):
         assert await cache.get_or_set("row", load) == 0
         backend.gets_to_fail = 1  # the next read fails: a miss, so the reader takes the lease and re-checks
         first = asyncio.create_task(cache.get_or_set("row", load))
@@ -214,9 +226,6 @@ async def test_a_caller_never_joins_a_flight_that_found_its_value_before_an_inva
         await asyncio.sleep(0)  # lets it read the store and decide whether to join (a yield, not a wait for time)
         backend.release.set()
         assert (await first, await later) == (0, 1)
-    finally:
-        await cache.aclose()
-        await other.aclose()
 
 
 class HeldReread(MemoryBackend):
@@ -252,15 +261,7 @@ async def test_a_caller_never_takes_a_value_its_flight_read_before_the_caller_jo
     before the invalidation): the caller reads again (found by the consistency harness with reply steps, seed
     44267 of the quick run)."""
     backend = HeldReread()
-    namespace = unique_namespace()
-    cache = Cache(backend, namespace=namespace)
-    other = Cache(backend, namespace=namespace)
-    try:
-        db = {"v": 0}
-
-        async def load() -> int:
-            return db["v"]
-
+    async with two_processes(backend) as (cache, other, db, load):
         assert await other.get_or_set("row", load) == 0
         backend.arm()
         first = asyncio.create_task(cache.get_or_set("row", load))
@@ -271,9 +272,6 @@ async def test_a_caller_never_takes_a_value_its_flight_read_before_the_caller_jo
         await asyncio.sleep(0)  # lets it find the flight and join it (a yield, not a wait for time)
         backend.release.set()
         assert (await first, await later) == (0, 1)
-    finally:
-        await cache.aclose()
-        await other.aclose()
 
 
 async def test_the_decorators_invalidate_beats_a_slow_reader(cache: Cache) -> None:

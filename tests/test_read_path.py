@@ -98,6 +98,15 @@ class _Store:
         return answer
 
 
+async def _in_flight_then(reads: ReadCoalescer, store: _Store, callers: int) -> tuple[Any, list[Any]]:
+    """A read of "k" in flight, then ``callers`` more that arrive while it is."""
+    first = asyncio.create_task(reads.read("k", store.read))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(callers)]
+    await asyncio.sleep(0)
+    return first, waiting
+
+
 async def test_a_caller_never_gets_the_answer_of_a_read_sent_before_it_began() -> None:
     # The free-running consistency check's finding: a read joined one in flight, whose answer predated an
     # invalidation that had ended before the joining read began.
@@ -130,10 +139,7 @@ async def test_callers_that_arrive_during_one_read_share_the_next() -> None:
 
 async def test_a_cancelled_caller_of_a_coalesced_read_ends_only_its_own_wait() -> None:
     reads, store = ReadCoalescer(), _Store()
-    first = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(3)]
-    await asyncio.sleep(0)
+    first, waiting = await _in_flight_then(reads, store, 3)
     waiting[0].cancel()
     store.gate.set()
     assert await first == 0
@@ -145,10 +151,7 @@ async def test_a_cancelled_caller_of_a_coalesced_read_ends_only_its_own_wait() -
 
 async def test_waiting_callers_are_answered_when_the_read_in_flight_is_cancelled() -> None:
     reads, store = ReadCoalescer(), _Store()
-    first = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
-    waiting = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
+    first, (waiting,) = await _in_flight_then(reads, store, 1)
     first.cancel()
     await asyncio.sleep(0)
     store.gate.set()
@@ -160,10 +163,7 @@ async def test_waiting_callers_are_answered_when_the_read_in_flight_is_cancelled
 
 async def test_no_read_goes_out_for_callers_that_all_went_away() -> None:
     reads, store = ReadCoalescer(), _Store()
-    first = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(2)]
-    await asyncio.sleep(0)
+    first, waiting = await _in_flight_then(reads, store, 2)
     for task in waiting:
         task.cancel()
     store.gate.set()
