@@ -67,10 +67,7 @@ class ReadCoalescer:
         """The read of ``key`` in flight returned (or failed): the one waiting behind it, if any, goes out now
         (until its task runs, callers that arrive still join it: it has not been sent)."""
         behind = self._pending[key]
-        if behind is None:
-            del self._pending[key]
-            return
-        if behind.loop.is_closed():  # a coroutine closed after its loop: nobody is left to answer
+        if behind is None or behind.loop.is_closed():  # closed: a coroutine closed after its loop, nobody to answer
             del self._pending[key]
             return
         task = behind.loop.create_task(self._send(key, behind))

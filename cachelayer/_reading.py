@@ -1,8 +1,8 @@
 """Read and decode: the first part of the fetch pipeline.
 
 Reads a key from the local tier or the store (concurrent reads of one key share round trips: ``_coalescing.py``),
-checks and decodes the frame, and builds the :class:`CacheEntry` a caller gets. A value that does not decode is deleted,
-counted and logged, and is a miss: the cache never crashes on, nor serves, bytes it cannot vouch for. A tagged
+checks and decodes the frame, and builds the :class:`CacheEntry` a caller gets. A value that does not decode is
+deleted, counted and logged, and is a miss: the cache never crashes on, nor serves, bytes it cannot vouch for. A tagged
 frame is judged against its tags' stamps now (``_tags.py``), read beside it: gone is a miss, stale is stale.
 """
 
