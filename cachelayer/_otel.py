@@ -30,6 +30,8 @@ open or writes gets its span at that moment (its start time kept), so its load s
 before. Two things differ for a hit: the span is not current while the hit runs, and it reaches the exporter up to
 50 ms later. Spans are made live from the start when opentelemetry-instrumentation-redis traces Redis commands
 (they must nest under the fetch span) or with ``defer_hit_spans=False``.
+With the SDK's tracer and only its batch or simple processor, a queued hit's span reaches the processors without a
+live ``Span`` in between (``_otel_direct.DirectHitSpans``: the same exported span for a quarter of the cost).
 
 Metrics carry the function, never the key (keys can hold user data); spans carry the key only with
 ``record_keys=True``. Span attributes are computed only for a span that records. A tracer that drops every span is
@@ -58,6 +60,7 @@ from opentelemetry.util.types import AttributeValue
 
 from . import __version__
 from ._hooks import CacheHooks, FetchHooks, FetchOutcome, Tier, add_global_hooks, remove_global_hooks
+from ._otel_direct import DirectHitSpans
 
 if TYPE_CHECKING:
     from ._cache import Cache
@@ -185,6 +188,7 @@ class OpenTelemetryHooks(CacheHooks):
         "__weakref__",
         "_attributes",
         "_defer",
+        "_direct",
         "_drops_all",
         "_end_attributes",
         "_fail_open",
@@ -215,6 +219,7 @@ class OpenTelemetryHooks(CacheHooks):
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         self._drops_all = _drops_every_span(self.tracer)
         self._defer = defer_hit_spans
+        self._direct = DirectHitSpans.of(self.tracer) if defer_hit_spans else None
         self._pending: list[_DeferredFetch] = []  # ended hits whose spans are still to be made (flush)
         self._flush_timer: asyncio.TimerHandle | None = None
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
@@ -327,9 +332,13 @@ class OpenTelemetryHooks(CacheHooks):
         pending, self._pending = self._pending, []
         tracer = self.tracer
         record_keys = self.record_keys
+        direct = self._direct if self._direct is not None and self._direct.ready() else None
         for hit in pending:
             outcome, error = hit.outcome, hit.error
             attributes = self.end_attributes(outcome, hit.tier)
+            if direct is not None and error is None and not record_keys:
+                direct.end_hit(hit.function, hit.parent, attributes, hit.started, hit.ended_at)
+                continue
             if record_keys:
                 attributes = {**attributes, "cache.key": hit.key}
             span = tracer.start_span(
