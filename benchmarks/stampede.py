@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -101,6 +102,11 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
             first_done.set()
 
     hit_latencies: list[float] = []
+    # Every contender's burst starts from a collected heap: otherwise whether a full collection (10-90 ms on these
+    # heaps, the whole difference between contenders) falls inside the burst depends on what the process did before
+    # it (imports, connecting), not on the contender. Collections during the burst are counted and charged.
+    gc.collect()
+    gc_before = [generation["collections"] for generation in gc.get_stats()]
     await asyncio.sleep(max(0.0, args.start_at - time.time()))
     pool_samples: list[tuple[float, int, int]] = []
     sampler_cpu = [0.0]  # the pool sampler's own CPU, not charged to the contender
@@ -137,6 +143,8 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         await steady(never, args.duration / 2, hit_latencies)
         await close_never()
     burst_cpu_ms = (time.process_time() - cpu_started - sampler_cpu[0]) * 1000
+    gc_after = [generation["collections"] for generation in gc.get_stats()]
+    gc_collections = [after - before for after, before in zip(gc_after, gc_before, strict=True)]
     stats = getattr(getattr(fetch, "cache", None), "stats", None)  # cachelayer's counters; peers have none
     revoked_fills = stats()["revoked_fills"] if stats is not None else None
     await close()
@@ -151,6 +159,7 @@ async def _worker(args: argparse.Namespace) -> dict[str, Any]:
         "first_done_at": first_done_at[0] if first_done_at else None,
         "pool_samples": pool_samples,
         "burst_cpu_ms": burst_cpu_ms,
+        "gc_collections": gc_collections,
         "revoked_fills": revoked_fills,
     }
 
@@ -239,6 +248,7 @@ def _run_scenario(contender: str, scenario: str, processes: int, per_process: di
         "waiting_pool_samples": [w for w in waiting if w],
         "wake_ms": wakes,
         "burst_cpu_ms": [r["burst_cpu_ms"] for r in results],
+        "gc_collections": [sum(r["gc_collections"][g] for r in results) for g in range(3)],
         "load_starts": sorted(x for r in results for x in r["load_starts"]),
         "revoked_fills": None
         if any(r.get("revoked_fills") is None for r in results)
@@ -285,6 +295,8 @@ def cold(contenders: list[str], requests: int, processes: int, max_connections: 
             # From the load's end to each waiting process's first caller having the value: the library's wake-up.
             "wake_max_ms": round(max(run["wake_ms"]), 1) if run["wake_ms"] else None,
             "cpu_per_request_us": round(sum(run["burst_cpu_ms"]) * 1000 / requests, 1),
+            # Garbage collections during the burst, by generation, summed over the processes (the cold scenario).
+            "gc_collections": run["gc_collections"],
             **_pool_while_waiting(run["waiting_pool_samples"]),
         }
         print(f"  cold {contender}: {table[contender]}", file=sys.stderr)
@@ -331,6 +343,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             r["p99_ms"],
             r["errors"],
             r["cpu_per_request_us"],
+            "/".join(str(n) for n in r["gc_collections"]) if "gc_collections" in r else "n/a",
             r.get("wait_pool_in_use_max"),
             r.get("wait_pool_in_use_max_besides_pubsub"),
         ]
@@ -357,6 +370,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "p99 ms",
         "errors",
         "CPU us per request",
+        "GC gen 0/1/2",
         "pool in use while waiting (max)",
         "same, besides pub/sub",
     ]
@@ -414,8 +428,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{result['loadavg_end']} at end: {json.dumps(environment(['redis', 'aiocache', 'cashews']))}",
         "",
         "CPU us per request: the CPU time of every process during the burst (`time.process_time()`), summed, over "
-        "the requests. Pool columns (cachelayer only): connections of a waiting process's pool in use, sampled "
-        "every ms until its first caller had the value; the shared pub/sub connection is one of them.",
+        "the requests; each process runs `gc.collect()` before the burst, so that every contender starts from a "
+        "collected heap, and `GC gen 0/1/2` counts the collections during the burst (summed over the processes: a "
+        "full collection, gen 2, costs 10-90 ms of CPU on these heaps). Pool columns (cachelayer only): "
+        "connections of a waiting process's pool in use, sampled every ms until its first caller had the value; the "
+        "shared pub/sub connection is one of them.",
         "",
         f"## Cold key ({args.requests} concurrent requests, {args.processes} processes)",
         "",
