@@ -197,6 +197,7 @@ class OpenTelemetryHooks(CacheHooks):
         "_load_duration",
         "_loads",
         "_pending",
+        "_proxied",
         "_puts",
         "_remove",
         "_shared",
@@ -220,6 +221,9 @@ class OpenTelemetryHooks(CacheHooks):
         self._drops_all = _drops_every_span(self.tracer)
         self._defer = defer_hit_spans
         self._direct = DirectHitSpans.of(self.tracer) if defer_hit_spans else None
+        # Instrumented before the program set its tracer provider: the direct path is looked for again at each
+        # flush until one is set (the proxy tracer then hands every span to that provider's tracer).
+        self._proxied = defer_hit_spans and isinstance(self.tracer, trace.ProxyTracer)
         self._pending: list[_DeferredFetch] = []  # ended hits whose spans are still to be made (flush)
         self._flush_timer: asyncio.TimerHandle | None = None
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
@@ -332,6 +336,8 @@ class OpenTelemetryHooks(CacheHooks):
         pending, self._pending = self._pending, []
         tracer = self.tracer
         record_keys = self.record_keys
+        if self._proxied:
+            self._unproxy()
         direct = self._direct if self._direct is not None and self._direct.ready() else None
         for hit in pending:
             outcome, error = hit.outcome, hit.error
@@ -349,6 +355,14 @@ class OpenTelemetryHooks(CacheHooks):
                 if outcome == "error":
                     span.set_status(StatusCode.ERROR, _qualified_name(error))
             span.end(end_time=hit.ended_at)
+
+    def _unproxy(self) -> None:
+        """Once the global tracer provider is set, the direct path of its tracer (the one our proxy now uses)."""
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return
+        self._proxied = False
+        self._direct = DirectHitSpans.of(provider.get_tracer(SCOPE, __version__))
 
     def store_state_changed(self, store: str, state: str, reason: str | None) -> None:
         self._state_changes.add(1, self.attributes(("store", store), ("state", state)))

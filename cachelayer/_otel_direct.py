@@ -20,6 +20,7 @@ processor (a user's own ``on_start``, say) gets ``start_span`` as before. The SD
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -72,8 +73,11 @@ class DirectHitSpans:
 
         self._tracer = tracer
         self._quiet: tuple[type, ...] = (BatchSpanProcessor, SimpleSpanProcessor)
-        # id(attributes) -> (the attributes, kept alive so the id stays theirs; them bounded and frozen)
-        self._bounded: dict[int, tuple[dict[str, AttributeValue], BoundedAttributes]] = {}
+        # id(attributes) -> (the attributes, kept alive so the id stays theirs; their items when bounded; those
+        # items bounded and frozen)
+        self._bounded: dict[
+            int, tuple[dict[str, AttributeValue], tuple[tuple[str, AttributeValue], ...], BoundedAttributes]
+        ] = {}
 
     @classmethod
     def of(cls, tracer: Tracer) -> DirectHitSpans | None:
@@ -125,7 +129,7 @@ class DirectHitSpans:
             parent_context = None
         result = tracer.sampler.should_sample(parent, trace_id, name, SpanKind.INTERNAL, attributes, ())
         decision = result.decision
-        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT  # type: ignore[no-untyped-call]
+        flags = TraceFlags.SAMPLED if decision.is_sampled() else TraceFlags.DEFAULT  # type: ignore[no-untyped-call, unused-ignore]
         if parent_context is None:
             random_trace_id = ids.is_trace_id_random()
         if random_trace_id:
@@ -134,7 +138,7 @@ class DirectHitSpans:
             trace_id, ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(flags),
             trace_state=result.trace_state,
         )  # fmt: skip
-        if not decision.is_recording():  # type: ignore[no-untyped-call]
+        if not decision.is_recording():  # type: ignore[no-untyped-call, unused-ignore]
             return
         span = ReadableSpan(
             name=name,
@@ -153,21 +157,31 @@ class DirectHitSpans:
     def _bounded_attributes(
         self, given: dict[str, AttributeValue], sampled: MappingProxyType[str, AttributeValue]
     ) -> BoundedAttributes:
-        """The span's attributes as ``Span`` keeps them: the sampler's (its own, or ours passed through), bounded
-        by the tracer's limits and frozen; ours built once."""
+        """The span's attributes as ``Span`` keeps them: what the sampler returned, bounded by the tracer's limits
+        and frozen. Built once per attribute set while the sampler hands back exactly the items it was given (the
+        same keys and values, the same objects, in the same order: what every built-in sampler does); otherwise,
+        and after a sampler changed ``given`` in place, built for this span alone, as ``Span`` builds them."""
+        found = self._bounded.get(id(given))
+        if found is not None and found[0] is given and _same_items(found[1], sampled):
+            return found[2]
         from opentelemetry.attributes import BoundedAttributes
 
         limits = self._tracer._span_limits
-        if sampled != given:  # a sampler that adds or changes attributes: bounded for this span alone
-            return BoundedAttributes(
-                limits.max_span_attributes, sampled, immutable=True, max_value_len=limits.max_span_attribute_length
-            )
-        found = self._bounded.get(id(given))
-        if found is not None and found[0] is given:
-            return found[1]
         bounded = BoundedAttributes(
-            limits.max_span_attributes, given, immutable=True, max_value_len=limits.max_span_attribute_length
+            limits.max_span_attributes, sampled, immutable=True, max_value_len=limits.max_span_attribute_length
         )
-        if len(self._bounded) < _MEMO_SIZE:
-            self._bounded[id(given)] = (given, bounded)
+        items = tuple(given.items())
+        if _same_items(items, sampled) and len(self._bounded) < _MEMO_SIZE:
+            self._bounded[id(given)] = (given, items, bounded)
         return bounded
+
+
+def _same_items(items: tuple[tuple[str, AttributeValue], ...], mapping: Mapping[str, AttributeValue]) -> bool:
+    """Whether ``mapping`` holds exactly ``items``, in order, the same objects (equal is not enough: ``0 == False``,
+    and the order decides which attributes a limit drops)."""
+    if len(items) != len(mapping):
+        return False
+    for (key, value), (other_key, other_value) in zip(items, mapping.items(), strict=True):
+        if key is not other_key or value is not other_value:
+            return False
+    return True

@@ -10,6 +10,9 @@ anything it does not know (a processor of the user's own, a proxy tracer) takes 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +53,43 @@ class Replayed(IdGenerator):
         return self._random.getrandbits(128) or 1
 
 
+class ReplayedRandom(Replayed):
+    """Replayed ids that claim W3C randomness: root spans then carry the random-trace-id flag."""
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+class Reshaping(Sampler):
+    """A sampler of a user's own that hands back its attributes changed in ways equality does not see: reversed
+    (a limit then keeps others), ``False`` as ``0``, and the caller's dict changed in place at every call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Any] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.calls += 1
+        given = dict(attributes or {})
+        if self.calls % 3 == 0:
+            attributes["sampler.seen"] = self.calls  # in place: the next span sees it
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        if self.calls % 3 == 1:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, dict(reversed(given.items())))
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {k: 0 if v is False else v for k, v in given.items()})
+
+    def get_description(self) -> str:
+        return "Reshaping"
+
+
 class Labelling(Sampler):
     """A sampler of a user's own that samples every other trace and adds an attribute of its own."""
 
@@ -80,6 +120,7 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 LIMITS = {"default": None, "tight": SpanLimits(max_span_attributes=2, max_span_attribute_length=3)}
+ID_GENERATORS: dict[str, type[Replayed]] = {"plain": Replayed, "random": ReplayedRandom}
 
 
 def _parents() -> dict[str, Context]:
@@ -96,9 +137,11 @@ def _parents() -> dict[str, Context]:
     }
 
 
-def _provider(sampler: Sampler, limits: SpanLimits | None, seed: int) -> tuple[TracerProvider, InMemorySpanExporter]:
+def _provider(
+    sampler: Sampler, limits: SpanLimits | None, seed: int, ids: type[Replayed] = Replayed
+) -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=sampler, id_generator=Replayed(seed), span_limits=limits)
+    provider = TracerProvider(sampler=sampler, id_generator=ids(seed), span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
 
@@ -116,28 +159,35 @@ def _seen(span: ReadableSpan) -> tuple[object, ...]:
     )
 
 
+@pytest.mark.parametrize("ids", ID_GENERATORS)
 @pytest.mark.parametrize("limits", LIMITS)
 @pytest.mark.parametrize("parent", list(_parents()))
-@pytest.mark.parametrize("sampler", SAMPLERS)
-def test_a_direct_hit_span_is_the_span_the_sdk_would_export(sampler: str, parent: str, limits: str) -> None:
-    attribute_sets: list[dict[str, Any]] = [
-        {"cache.outcome": "hit", "cache.lease_waited": False, "cache.tier": "store"},
-        {"cache.outcome": "stale", "cache.lease_waited": False, "cache.namespace": "wallpapers"},
-    ]
+@pytest.mark.parametrize("sampler", [*SAMPLERS, "reshaping"])
+def test_a_direct_hit_span_is_the_span_the_sdk_would_export(sampler: str, parent: str, limits: str, ids: str) -> None:
+    # Each path gets its own attribute dicts (a sampler may change them in place) and its own sampler object.
+    def attribute_sets() -> list[dict[str, Any]]:
+        return [
+            {"cache.outcome": "hit", "cache.lease_waited": False, "cache.tier": "store"},
+            {"cache.outcome": "stale", "cache.lease_waited": False, "cache.namespace": "wallpapers"},
+        ]
+
+    def sampler_of() -> Sampler:
+        return Reshaping() if sampler == "reshaping" else SAMPLERS[sampler]
+
     context = _parents()[parent]
-    sdk_provider, sdk_exported = _provider(SAMPLERS[sampler], LIMITS[limits], seed=7)
-    direct_provider, direct_exported = _provider(SAMPLERS[sampler], LIMITS[limits], seed=7)
+    sdk_provider, sdk_exported = _provider(sampler_of(), LIMITS[limits], 7, ID_GENERATORS[ids])
+    direct_provider, direct_exported = _provider(sampler_of(), LIMITS[limits], 7, ID_GENERATORS[ids])
+    sdk_sets, direct_sets = attribute_sets(), attribute_sets()
     sdk_tracer = sdk_provider.get_tracer("cachelayer", "1.0")
     direct = DirectHitSpans.of(direct_provider.get_tracer("cachelayer", "1.0"))
     assert direct is not None
     assert direct.ready()
     for n in range(40):  # enough for the ratio samplers to take and drop some
-        attributes = attribute_sets[n % 2]
         start = 1_700_000_000_000_000_000 + n * 1000
-        span = sdk_tracer.start_span(f"f{n % 3}", context=context, kind=SpanKind.INTERNAL, attributes=attributes,
-                                     start_time=start)  # fmt: skip
+        span = sdk_tracer.start_span(f"f{n % 3}", context=context, kind=SpanKind.INTERNAL,
+                                     attributes=sdk_sets[n % 2], start_time=start)  # fmt: skip
         span.end(end_time=start + 500)
-        direct.end_hit(f"f{n % 3}", context, attributes, start, start + 500)
+        direct.end_hit(f"f{n % 3}", context, direct_sets[n % 2], start, start + 500)
     sdk_spans = sdk_exported.get_finished_spans()
     direct_spans = direct_exported.get_finished_spans()
     assert [_seen(s) for s in direct_spans] == [_seen(s) for s in sdk_spans]
@@ -229,3 +279,51 @@ async def test_hits_take_the_sdks_path_when_a_processor_of_ones_own_listens() ->
 def test_a_tracer_that_is_not_the_sdks_has_no_direct_path() -> None:
     assert DirectHitSpans.of(trace.NoOpTracer()) is None
     assert DirectHitSpans.of(trace.ProxyTracer("cachelayer", None)) is None
+
+
+def test_hits_instrumented_before_the_tracer_provider_was_set_take_the_direct_path_once_it_is() -> None:
+    """In a process of its own: the global tracer provider can be set once per process."""
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from cachelayer import Cache, MemoryBackend, cached
+        from cachelayer._otel import flush_pending, instrument_opentelemetry
+        from cachelayer._otel_direct import DirectHitSpans
+
+        made = []
+        original = DirectHitSpans.end_hit
+        def counted(self, *args):
+            made.append(args[0])
+            original(self, *args)
+        DirectHitSpans.end_hit = counted
+
+        async def main():
+            cache = Cache(MemoryBackend())
+            hooks = instrument_opentelemetry(cache)  # no provider yet: a proxy tracer
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)
+
+            @cached(ttl=60, cache=cache)
+            async def square(x: int) -> int:
+                return x * x
+
+            for _ in range(4):
+                await square(3)
+            flush_pending()
+            hits = [s for s in exporter.get_finished_spans() if s.name.endswith("square")]
+            print(len(hits), len(made))
+            hooks.uninstrument()
+            await cache.aclose()
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["4", "3"]  # four fetch spans, the three hits' made directly
