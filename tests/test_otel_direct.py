@@ -60,12 +60,8 @@ class ReplayedRandom(Replayed):
         return True
 
 
-class Reshaping(Sampler):
-    """A sampler of a user's own that hands back its attributes changed in ways equality does not see: reversed
-    (a limit then keeps others), ``False`` as ``0``, and the caller's dict changed in place at every call."""
-
-    def __init__(self) -> None:
-        self.calls = 0
+class OwnSampler(Sampler):
+    """A sampler of a user's own: :meth:`decide` from the trace id and the attributes it is given."""
 
     def should_sample(
         self,
@@ -77,6 +73,23 @@ class Reshaping(Sampler):
         links: Sequence[Any] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
+        return self.decide(trace_id, attributes)
+
+    def decide(self, trace_id: int, attributes: Any) -> SamplingResult:
+        raise NotImplementedError
+
+    def get_description(self) -> str:
+        return type(self).__name__
+
+
+class Reshaping(OwnSampler):
+    """Hands back its attributes changed in ways equality does not see: reversed (a limit then keeps others),
+    ``False`` as ``0``, and the caller's dict changed in place at every third call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decide(self, trace_id: int, attributes: Any) -> SamplingResult:
         self.calls += 1
         given = dict(attributes or {})
         if self.calls % 3 == 0:
@@ -86,28 +99,13 @@ class Reshaping(Sampler):
             return SamplingResult(Decision.RECORD_AND_SAMPLE, dict(reversed(given.items())))
         return SamplingResult(Decision.RECORD_AND_SAMPLE, {k: 0 if v is False else v for k, v in given.items()})
 
-    def get_description(self) -> str:
-        return "Reshaping"
 
+class Labelling(OwnSampler):
+    """Samples every other trace and adds an attribute and a trace state of its own."""
 
-class Labelling(Sampler):
-    """A sampler of a user's own that samples every other trace and adds an attribute of its own."""
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Any = None,
-        links: Sequence[Any] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
+    def decide(self, trace_id: int, attributes: Any) -> SamplingResult:
         decision = Decision.RECORD_AND_SAMPLE if trace_id % 2 else Decision.RECORD_ONLY
         return SamplingResult(decision, {**(attributes or {}), "sampler.label": "x"}, TraceState([("k", "v")]))
-
-    def get_description(self) -> str:
-        return "Labelling"
 
 
 SAMPLERS: dict[str, Sampler] = {
