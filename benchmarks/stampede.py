@@ -430,9 +430,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "CPU us per request: the CPU time of every process during the burst (`time.process_time()`), summed, over "
         "the requests; each process runs `gc.collect()` before the burst, so that every contender starts from a "
         "collected heap, and `GC gen 0/1/2` counts the collections during the burst (summed over the processes: a "
-        "full collection, gen 2, costs 10-90 ms of CPU on these heaps). Pool columns (cachelayer only): "
-        "connections of a waiting process's pool in use, sampled every ms until its first caller had the value; the "
-        "shared pub/sub connection is one of them.",
+        "full collection, gen 2, cost 12-90 ms of CPU on these heaps in a profile: docs/stampede.md). Pool "
+        "columns (cachelayer only): connections of a waiting process's pool in use, sampled every ms until its "
+        "first caller had the value; the shared pub/sub connection is one of them.",
         "",
         f"## Cold key ({args.requests} concurrent requests, {args.processes} processes)",
         "",

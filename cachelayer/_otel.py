@@ -31,7 +31,7 @@ before. Two things differ for a hit: the span is not current while the hit runs,
 50 ms later. Spans are made live from the start when opentelemetry-instrumentation-redis traces Redis commands
 (they must nest under the fetch span) or with ``defer_hit_spans=False``.
 With the SDK's tracer and only its batch or simple processor, a queued hit's span reaches the processors without a
-live ``Span`` in between (``_otel_direct.DirectHitSpans``: the same exported span for a quarter of the cost).
+live ``Span`` in between (``_otel_direct.DirectHitSpans``: the same exported span for less than half the cost).
 
 Metrics carry the function, never the key (keys can hold user data); spans carry the key only with
 ``record_keys=True``. Span attributes are computed only for a span that records. A tracer that drops every span is
@@ -338,11 +338,12 @@ class OpenTelemetryHooks(CacheHooks):
         record_keys = self.record_keys
         if self._proxied:
             self._unproxy()
-        direct = self._direct if self._direct is not None and self._direct.ready() else None
+        # A span with its key has attributes of its own per hit: start_span's path.
+        direct = self._direct if self._direct is not None and not record_keys and self._direct.ready() else None
         for hit in pending:
             outcome, error = hit.outcome, hit.error
             attributes = self.end_attributes(outcome, hit.tier)
-            if direct is not None and error is None and not record_keys:
+            if direct is not None and error is None:
                 direct.end_hit(hit.function, hit.parent, attributes, hit.started, hit.ended_at)
                 continue
             if record_keys:

@@ -1,13 +1,15 @@
 """A hit's span handed to the SDK's processors as the SDK would hand it, without building a live span first.
 
 A hit's span is made after the hit ended (``_otel.OpenTelemetryHooks.flush``): nothing happens to it between its
-start and its end. Through ``Tracer.start_span`` and ``Span.end`` such a span still costs the SDK ~11 us (a live
+start and its end. Through ``Tracer.start_span`` and ``Span.end`` such a span still costs the SDK ~12 us (a live
 ``Span`` with its lock, its attributes cleaned one by one, empty event and link lists, the processors' ``on_start``
 and ``_on_ending``, then a ``ReadableSpan`` copy for ``on_end``), more than the 15 % of a Redis hit the sampled
 budget allows (docs/observability.md, Overhead). :class:`DirectHitSpans` does what ``start_span`` + ``end`` do for
 such a span and nothing else: the same id generator calls in the same order, the same sampler call (with the same
 arguments), flags and trace state, the same resource and scope, the attributes bounded by the tracer's limits (once
-per attribute set, not per span), and the ``ReadableSpan`` that ``Span.end`` gives ``on_end``, for ~3 us.
+per attribute set, not per span), and the ``ReadableSpan`` that ``Span.end`` gives ``on_end``, for ~5 us
+(``benchmarks.hit_path``'s ``otel_sdk_span_vs_cachelayer``, 2026-12-06: 0.115-0.120 x a ~105 us Redis hit through
+``start_span``, 0.047-0.050 x this way).
 
 It is used only where that is the same span, decided per batch (:meth:`DirectHitSpans.ready`): the SDK's own
 ``Tracer`` of a version whose ``start_span`` was compared with this, exported span for exported span
@@ -22,14 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, Tracer, get_current_span
 from opentelemetry.util.types import AttributeValue
 
+from ._internals import Internal
+
 if TYPE_CHECKING:
-    from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.sdk.trace import Tracer as SdkTracer
 
 __all__ = ["PRIVATES", "VERIFIED_SDK", "DirectHitSpans"]
@@ -38,22 +42,16 @@ __all__ = ["PRIVATES", "VERIFIED_SDK", "DirectHitSpans"]
 VERIFIED_SDK: Final = frozenset({"1.45"})
 
 
-class Private(NamedTuple):
-    owner: str  # "module:Class"
-    name: str
-    use: str
-
-
 PRIVATES: Final = (
-    Private("opentelemetry.sdk.trace:Tracer", "_is_enabled", "a tracer its configurator disabled: start_span's path"),
-    Private(
+    Internal("opentelemetry.sdk.trace:Tracer", "_is_enabled", "a tracer its configurator disabled: start_span's path"),
+    Internal(
         "opentelemetry.sdk.trace:Tracer",
         "_tracer_metrics",
         "a tracer that counts its spans (internal metrics on): start_span's path",
     ),
-    Private("opentelemetry.sdk.trace:Tracer", "_span_limits", "the limits a span's attributes are bounded by"),
-    Private("opentelemetry.sdk.trace:Tracer", "_instrumentation_scope", "the scope every span names"),
-    Private(
+    Internal("opentelemetry.sdk.trace:Tracer", "_span_limits", "the limits a span's attributes are bounded by"),
+    Internal("opentelemetry.sdk.trace:Tracer", "_instrumentation_scope", "the scope every span names"),
+    Internal(
         "opentelemetry.sdk.trace:SynchronousMultiSpanProcessor",
         "_span_processors",
         "which processors a span reaches (only the SDK's batch and simple ones: this path)",
@@ -66,13 +64,17 @@ _MEMO_SIZE: Final = 256
 class DirectHitSpans:
     """Ends hit spans of one SDK tracer straight into its processors (see the module's docstring)."""
 
-    __slots__ = ("_bounded", "_quiet", "_tracer")
+    __slots__ = ("_bounded", "_multi", "_quiet", "_readable", "_tracer")
 
     def __init__(self, tracer: SdkTracer) -> None:
+        # The SDK's classes, looked up once (the SDK made ``tracer``, so it is imported): not on each span.
+        from opentelemetry.sdk.trace import ReadableSpan, SynchronousMultiSpanProcessor
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
         self._tracer = tracer
         self._quiet: tuple[type, ...] = (BatchSpanProcessor, SimpleSpanProcessor)
+        self._multi = SynchronousMultiSpanProcessor
+        self._readable = ReadableSpan
         # id(attributes) -> (the attributes, kept alive so the id stays theirs; their items when bounded; those
         # items bounded and frozen)
         self._bounded: dict[
@@ -99,13 +101,11 @@ class DirectHitSpans:
     def ready(self) -> bool:
         """Whether this batch may take the direct path: asked per batch, since a processor may have been added or
         the tracer disabled since the last."""
-        from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
-
         tracer = self._tracer
         if not tracer._is_enabled() or type(tracer._tracer_metrics).__name__ != "NoOpTracerMetrics":
             return False
         processor = tracer.span_processor
-        if type(processor) is not SynchronousMultiSpanProcessor:
+        if type(processor) is not self._multi:
             return False
         quiet = self._quiet
         return all(type(each) in quiet for each in processor._span_processors)
@@ -115,8 +115,6 @@ class DirectHitSpans:
     ) -> None:
         """What ``start_span(name, parent, INTERNAL, attributes, start_time=start)`` and ``end(end)`` would give the
         processors (nothing, when the sampler drops it)."""
-        from opentelemetry.sdk.trace import ReadableSpan
-
         tracer = self._tracer
         ids = tracer.id_generator
         parent_span = get_current_span(parent).get_span_context()
@@ -140,7 +138,7 @@ class DirectHitSpans:
         )  # fmt: skip
         if not decision.is_recording():  # type: ignore[no-untyped-call, unused-ignore]
             return
-        span = ReadableSpan(
+        span = self._readable(
             name=name,
             context=context,
             parent=parent_context,
@@ -164,8 +162,6 @@ class DirectHitSpans:
         found = self._bounded.get(id(given))
         if found is not None and found[0] is given and _same_items(found[1], sampled):
             return found[2]
-        from opentelemetry.attributes import BoundedAttributes
-
         limits = self._tracer._span_limits
         bounded = BoundedAttributes(
             limits.max_span_attributes, sampled, immutable=True, max_value_len=limits.max_span_attribute_length

@@ -47,7 +47,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from redis.asyncio import ConnectionPool, RedisCluster
 from redis.asyncio.client import PubSub
@@ -62,6 +62,7 @@ from redis.retry import Retry
 from ._backend import Message, StoreUnavailable
 from ._budget import note_waiting_for_connection
 from ._errors import CacheClosedError
+from ._internals import Internal
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -94,14 +95,6 @@ _FOLLOW_FAILOVER_FOR: Final = 30.0
 #: how long after a promotion a refresh that does not show it is taken for one from a node that has not heard of
 #: it yet (on loopback every node had after 5-50 ms; a partitioned node can take the node timeout)
 _PROMOTION_NEWS: Final = 2.0
-
-
-class Internal(NamedTuple):
-    """A name of redis-py (or of asyncio) this module relies on: ``owner`` is ``"module:Class"``."""
-
-    owner: str
-    name: str
-    use: str
 
 
 #: Every private name this module reads or writes, and why (pinned by tests/test_redis_privates.py).

@@ -98,10 +98,24 @@ class _Store:
         return answer
 
 
-async def _in_flight_then(reads: ReadCoalescer, store: _Store, callers: int) -> tuple[Any, list[Any]]:
-    """A read of "k" in flight, then ``callers`` more that arrive while it is."""
+async def _until_idle(reads: ReadCoalescer) -> None:
+    """Let the loop run until nothing is left behind (a yield at a time: no wait for time)."""
+    for _ in range(100):
+        if _idle(reads):
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the coalescer still holds a read after 100 turns of the loop")
+
+
+async def _in_flight_then(
+    reads: ReadCoalescer, store: _Store, callers: int, version: int | None = None
+) -> tuple[Any, list[Any]]:
+    """A read of "k" in flight, then (the store at ``version``, when given) ``callers`` more that arrive while
+    it is."""
     first = asyncio.create_task(reads.read("k", store.read))
     await asyncio.sleep(0)
+    if version is not None:
+        store.version = version
     waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(callers)]
     await asyncio.sleep(0)
     return first, waiting
@@ -111,11 +125,8 @@ async def test_a_caller_never_gets_the_answer_of_a_read_sent_before_it_began() -
     # The free-running consistency check's finding: a read joined one in flight, whose answer predated an
     # invalidation that had ended before the joining read began.
     reads, store = ReadCoalescer(), _Store()
-    first = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
-    store.version = 1  # an invalidation lands (and ends) while the first read's reply is on its way
-    second = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
+    # An invalidation lands (and ends) while the first read's reply is on its way; then a second read begins.
+    first, (second,) = await _in_flight_then(reads, store, 1, version=1)
     store.gate.set()
     assert await first == 0
     assert await second == 1  # not the first read's answer
@@ -125,11 +136,7 @@ async def test_a_caller_never_gets_the_answer_of_a_read_sent_before_it_began() -
 
 async def test_callers_that_arrive_during_one_read_share_the_next() -> None:
     reads, store = ReadCoalescer(), _Store()
-    first = asyncio.create_task(reads.read("k", store.read))
-    await asyncio.sleep(0)
-    store.version = 1
-    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(5)]
-    await asyncio.sleep(0)
+    first, waiting = await _in_flight_then(reads, store, 5, version=1)
     store.gate.set()
     assert await first == 0
     assert await asyncio.gather(*waiting) == [1] * 5
@@ -169,8 +176,7 @@ async def test_no_read_goes_out_for_callers_that_all_went_away() -> None:
     store.gate.set()
     assert await first == 0
     await asyncio.gather(*waiting, return_exceptions=True)
-    for _ in range(3):  # the next read's task sees that nobody waits
-        await asyncio.sleep(0)
+    await _until_idle(reads)  # the next read's task sees that nobody waits
     assert store.performed == 1
     assert _idle(reads)
 
