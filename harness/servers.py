@@ -61,8 +61,10 @@ class ServerUnavailable(RuntimeError):
 
 
 def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port on host that is free right now (the OS picks it; another process could take it before the caller
-    binds it, which in practice does not happen on a test machine)."""
+    """A TCP port on host that is free right now (the OS picks it). Another socket can take it before the caller
+    binds it (it did once in CI: a test server's port, taken in between, perhaps as an outgoing connection's local
+    port): a server in this process should bind port 0 itself; this is for servers in other processes, which must
+    be told their port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -11,7 +11,6 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
 
-from harness import free_port
 from harness.services import MySQLSettings
 from service.config import DEFAULT_CONFIG, Settings, load_settings
 from service.runtime import Servers, start_servers
@@ -102,10 +101,16 @@ async def run_service(settings: Settings, port: int | None = None) -> Running:
     """The service in this event loop on ``port`` (a free one when None: a browser test restarts it on its
     port, so that the browser sees one origin), its admin port on a free one."""
     services = await Services.start(settings)
-    port = free_port() if port is None else port
-    admin = _listening(0)
-    servers = await start_servers(services, [_listening(port)], [admin])
-    return Running(services, servers, port, admin.getsockname()[1])
+    try:
+        # Port 0: the kernel picks a free port for the socket itself (a port found free and bound later can be
+        # taken in between by another test's server: "Address already in use").
+        public = _listening(0 if port is None else port)
+        admin = _listening(0)
+    except BaseException:
+        await services.close()  # nothing of a failed start is left open for the next test
+        raise
+    servers = await start_servers(services, [public], [admin])
+    return Running(services, servers, public.getsockname()[1], admin.getsockname()[1])
 
 
 async def stop_service(running: Running) -> None:
