@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ._backend import Backend, StoreUnavailable
+from ._coalescing import NOT_TAKEN, HandedOff
 from ._codec import INVALIDATED_AT, Codec, Frame
 from ._deadline import effective_deadline
 from ._entry import CacheEntry, Outcome
@@ -63,7 +64,9 @@ class Pipeline:
         self.metrics = metrics
         self._clock = clock
         self._rand = rand
-        self.reader = Reader(codec, backend, local, metrics, keys=keys, shared_values=shared_values)
+        self.reader = Reader(
+            codec, backend, local, metrics, keys=keys, shared_values=shared_values, hand_off=self._hand_off
+        )
         self.filler = Filler(
             codec, backend, keys, local, metrics, clock=clock, rand=rand, jitter=jitter, monitor=monitor
         )
@@ -138,11 +141,17 @@ class Pipeline:
                 self.metrics.misses += 1
                 return self._heard(fetch, await self._join(fetch))
             try:
-                data, found = await self.reader.read(fetch)
+                read = await self.reader.read(fetch)
             except StoreUnavailable as exc:
-                data, found = None, None
+                read = None, None
                 if fetch.hooks is not None:
                     fetch.hooks.failed_open("read", str(exc))
+            if isinstance(read, HandedOff):  # the read found nothing and this caller already has the load's outcome
+                entry = self._handed_off(fetch, read)
+                if entry is None:
+                    return self._heard(fetch, await self.fetch(fetch))
+                return self._heard(fetch, entry)
+            data, found = read
             stale: CacheEntry[Any] | None = None
             if found is not None:
                 frame, decoded = found
@@ -230,6 +239,14 @@ class Pipeline:
             entry = await self.loads.wait(fetch.key)
         else:
             entry = await self._wait_for_flight(fetch, deadline)
+        if self._fetch_again(fetch, entry, joined_at):
+            return await self.fetch(fetch)
+        return entry
+
+    @staticmethod
+    def _fetch_again(fetch: Fetch[Any], entry: CacheEntry[Any], joined_at: int) -> bool:
+        """Whether a caller that joined a load at ``joined_at`` and got ``entry`` must fetch again (then marked
+        as retrying)."""
         if not fetch.retried and (
             isinstance(entry, UnconfirmedEntry) or (isinstance(entry, FoundEntry) and entry.read_sent < joined_at)
         ):
@@ -240,8 +257,30 @@ class Pipeline:
             # that one reads or loads comes after we started).
             fetch.retried = True
             fetch.joined = False
-            return await self.fetch(fetch)
-        return entry
+            return True
+        return False
+
+    def _hand_off(self, key: str, waiters: list[asyncio.Future[Any]]) -> object:
+        """The coalescer's ``hand_off``: callers whose shared read of ``key`` found nothing wait for the load of it
+        that runs now, as if each had joined it (it began after every one of them: a caller that finds a load
+        running joins it instead of reading), instead of waking to join it and waiting again."""
+        leader = self.loads.leader(key)
+        if not self.loads.adopt(key, waiters):
+            return NOT_TAKEN
+        self.metrics.misses += len(waiters)  # counted when they join, as callers that join by themselves are
+        return leader, moment()
+
+    def _handed_off(self, fetch: Fetch[Any], handed: HandedOff) -> CacheEntry[Any] | None:
+        """The outcome of the load a caller was handed to (:meth:`_hand_off`), as :meth:`_join` would give it;
+        None: fetch again."""
+        leader, joined_at = cast(tuple[object, int], handed.taker)
+        fetch.joined = True
+        if fetch.hooks is not None:
+            fetch.hooks.joined(leader if isinstance(leader, FetchHooks) else None)
+        if handed.error is not None:
+            raise handed.error
+        entry: CacheEntry[Any] = handed.result
+        return None if self._fetch_again(fetch, entry, joined_at) else entry
 
     async def _wait_for_flight(self, fetch: Fetch[Any], deadline: float) -> CacheEntry[Any]:
         # This caller's own future: cancelling it ends only this wait, the flight goes on for the others.

@@ -15,8 +15,9 @@ from typing import Any, Final
 import msgspec
 
 from ._backend import Backend, StoreUnavailable
-from ._coalescing import ReadCoalescer
+from ._coalescing import HandedOff, HandOff, ReadCoalescer
 from ._codec import Codec, Frame
+from ._deadline import current_deadline
 from ._entry import CacheEntry, Outcome
 from ._errors import CodecError
 from ._fetch import Fetch
@@ -55,13 +56,16 @@ class Reader:
         *,
         keys: KeyLayout,
         shared_values: bool,
+        hand_off: HandOff | None = None,
     ) -> None:
         self.codec = codec
         self.backend = backend
         self.keys = keys
         self.local = local
         self.metrics = metrics
-        self.reads = ReadCoalescer()
+        # A caller waiting for a shared read that finds nothing may be handed to the load that follows
+        # (``hand_off``, the pipeline's): one that joins single flights and waits without a deadline.
+        self.reads = ReadCoalescer(hand_off, _joins_without_deadline)
         # Stored bytes handed out unparsed (an HTTP body passthrough) must be JSON whose payload checks out.
         self._json_body = codec.serializer.id == OrjsonSerializer.id
         # An in-process store hands back its own bytes object: no round trip to share, so no read coalescing.
@@ -96,8 +100,10 @@ class Reader:
             return None
         return known.frame, decoded
 
-    async def read(self, fetch: Fetch[Any]) -> tuple[bytes | None, Decoded | None]:
-        """The stored bytes and their decoding (None, None on a miss; raises :class:`StoreUnavailable`)."""
+    async def read(self, fetch: Fetch[Any]) -> tuple[bytes | None, Decoded | None] | HandedOff:
+        """The stored bytes and their decoding (None, None on a miss; raises :class:`StoreUnavailable`), or
+        :class:`HandedOff`: the shared read this caller waited for found nothing, and the pipeline's ``hand_off``
+        gave the caller the outcome of the load that followed."""
         key = fetch.key
         tags = fetch.policy.tags
         if tags:
@@ -105,7 +111,10 @@ class Reader:
         if self._in_process:
             data = await self.backend.get(key)
         else:
-            data = await self.reads.read(key, lambda: self.backend.get(key))
+            shared = await self.reads.read_or_hand_off(key, self.backend.get, key, fetch)
+            if isinstance(shared, HandedOff):
+                return shared
+            data = shared
         if data is None:
             return None, None
         try:
@@ -125,7 +134,7 @@ class Reader:
             found = await self.backend.get_many(names)
         else:
             # Coalesced only with reads that ask for the same stamps.
-            found = await self.reads.read("\0".join(names), lambda: self.backend.get_many(names))
+            found = await self.reads.read("\0".join(names), self.backend.get_many, names)
         data = found[0]
         if data is None:
             return None, None
@@ -339,3 +348,9 @@ class _Checked:
                 self._bytes += extra
             known.verified, known.typed = value_type, typed
         return value
+
+
+def _joins_without_deadline(fetch: Fetch[Any]) -> bool:
+    """A caller that would join a single flight and wait for it without a deadline (``_wait_for_flight`` bounds
+    the others' waits, which a shared read's waiter has no place for)."""
+    return fetch.deadline is None and fetch.policy.stampede.single_flight and current_deadline() is None

@@ -64,7 +64,7 @@ from ._redis_cluster import (
     node_name_for_key,
 )
 from ._redis_pubsub import CLOSED_MESSAGE, RedisSubscription
-from ._redis_urls import check_redis_url
+from ._redis_urls import check_redis_url, driver_options
 
 __all__ = ["RedisBackend", "RedisClient"]
 
@@ -275,6 +275,7 @@ class RedisBackend:
                 max_connections=settings.max_connections,
                 timeout=settings.pool_timeout,
                 socket_timeout=settings.socket_timeout,
+                **driver_options(url),
             )
             return Redis.from_pool(pool)
 
@@ -314,6 +315,7 @@ class RedisBackend:
                 pool_timeout=settings.pool_timeout,
                 socket_timeout=settings.socket_timeout,
                 **remap,
+                **driver_options(url),
             )
 
         return cls(

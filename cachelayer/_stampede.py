@@ -138,6 +138,15 @@ class SingleFlight(Generic[T]):
         flight.waiters.append(future)
         return future
 
+    def adopt(self, key: str, waiters: list[asyncio.Future[T]]) -> bool:
+        """Resolve ``waiters`` with the running call of ``key`` as if each had called :meth:`wait`; False when no
+        call of ``key`` takes callers now (they are left as they are)."""
+        flight = self._flights.get(key)
+        if flight is None:
+            return False
+        flight.waiters.extend(waiters)
+        return True
+
     def leader(self, key: str) -> object:
         """What the caller that started ``key``'s running call left with it (``start(..., leader=)``), or None."""
         flight = self._flights.get(key)

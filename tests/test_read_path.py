@@ -1,19 +1,21 @@
 """The hit path's shortcuts keep every guarantee: a value is checked and decompressed once per stored value, never
 served after its stored bytes changed; a coalesced read never answers a caller with a reply to a read sent before
-the caller began; a coalesced read's caller or a flight's waiter that is cancelled ends only its own wait."""
+the caller began; a coalesced read's caller or a flight's waiter that is cancelled ends only its own wait; callers
+whose shared read found nothing are handed to the load that follows and wake once."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio
 
-from cachelayer import Cache
-from cachelayer._coalescing import ReadCoalescer
+from cachelayer import Cache, time_budget
+from cachelayer._coalescing import NOT_TAKEN, HandedOff, ReadCoalescer
 from cachelayer._codec import HEADER_SIZE, Codec
 from cachelayer._stampede import SingleFlight
 from cachelayer._typed import resolve_value_type
@@ -78,6 +80,10 @@ async def test_an_expiry_rewritten_in_place_is_seen_at_once(cache: Cache) -> Non
     assert loader.calls == 2
 
 
+async def _call(read: Callable[[], Awaitable[Any]]) -> Any:
+    return await read()
+
+
 def _idle(reads: ReadCoalescer) -> bool:
     """Nothing left behind: no read in flight, none waiting to go out."""
     return not reads._pending and not reads._tasks
@@ -112,11 +118,11 @@ async def _in_flight_then(
 ) -> tuple[Any, list[Any]]:
     """A read of "k" in flight, then (the store at ``version``, when given) ``callers`` more that arrive while
     it is."""
-    first = asyncio.create_task(reads.read("k", store.read))
+    first = asyncio.create_task(reads.read("k", _call, store.read))
     await asyncio.sleep(0)
     if version is not None:
         store.version = version
-    waiting = [asyncio.create_task(reads.read("k", store.read)) for _ in range(callers)]
+    waiting = [asyncio.create_task(reads.read("k", _call, store.read)) for _ in range(callers)]
     await asyncio.sleep(0)
     return first, waiting
 
@@ -194,9 +200,9 @@ async def test_the_next_reads_failure_reaches_each_of_its_callers() -> None:
             raise ConnectionError("store down")
         return b"value"
 
-    first = asyncio.create_task(reads.read("k", read))
+    first = asyncio.create_task(reads.read("k", _call, read))
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(reads.read("k", read)) for _ in range(2)]
+    waiting = [asyncio.create_task(reads.read("k", _call, read)) for _ in range(2)]
     await asyncio.sleep(0)
     gate.set()
     assert await first == b"value"
@@ -281,3 +287,135 @@ async def test_typed_hits_built_from_a_template_equal_decoding_and_are_each_call
             assert (await cache.fetch("s", load, value_type=small)).value() == [Row(1, [], 2.5, 3)]
     finally:
         await cache.aclose()
+
+
+# -- a shared read that finds nothing hands its callers to the load that follows --------------------------------
+
+
+class _Taker:
+    """A ``hand_off`` that takes every caller offered (or none) and keeps their futures, to resolve them itself."""
+
+    def __init__(self, take: bool = True) -> None:
+        self.take = take
+        self.given: list[asyncio.Future[Any]] = []
+
+    def __call__(self, key: str, waiters: list[asyncio.Future[Any]]) -> object:
+        if not self.take:
+            return NOT_TAKEN
+        self.given.extend(waiters)
+        return ("taken", key)
+
+
+async def _shared_read(reads: ReadCoalescer, store: _Store, callers: list[str]) -> tuple[Any, list[Any]]:
+    """A read of "k" in flight, then one caller per name in ``callers`` that waits for the next."""
+    first = asyncio.create_task(reads.read_or_hand_off("k", _call, store.read, "first"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(reads.read_or_hand_off("k", _call, store.read, name)) for name in callers]
+    await asyncio.sleep(0)
+    return first, waiting
+
+
+async def test_callers_whose_shared_read_finds_nothing_wake_once_with_what_the_taker_gave_them() -> None:
+    taker = _Taker()
+    reads, store = ReadCoalescer(taker, lambda caller: caller != "keeps-its-read"), _Store()
+    store.version = None  # type: ignore[assignment]  # a miss
+    first, waiting = await _shared_read(reads, store, ["a", "b", "keeps-its-read", "c"])
+    store.gate.set()
+    assert await first is None  # the lone reader reads for itself
+    assert await waiting[2] is None  # not allowed to be handed off: the read's answer
+    await _until_idle(reads)
+    assert len(taker.given) == 3
+    assert not any(task.done() for task in (waiting[0], waiting[1], waiting[3]))  # asleep until the taker says
+    failure = ValueError("the load failed")
+    taker.given[0].set_result("loaded")
+    taker.given[1].set_exception(failure)
+    taker.given[2].set_result("loaded")
+    assert await waiting[0] == HandedOff("loaded", None, ("taken", "k"))
+    assert await waiting[1] == HandedOff(None, failure, ("taken", "k"))
+    assert await waiting[3] == HandedOff("loaded", None, ("taken", "k"))
+    assert store.performed == 2
+
+
+@pytest.mark.parametrize("answer", ["a value", "a failure", "declined"])
+async def test_a_shared_read_hands_nobody_off_unless_it_found_nothing_and_the_taker_took_them(answer: str) -> None:
+    taker = _Taker(take=answer != "declined")
+    reads, store = ReadCoalescer(taker, lambda caller: True), _Store()
+    store.version = 7 if answer == "a value" else None  # type: ignore[assignment]
+    if answer == "a failure":
+
+        async def failing() -> int:
+            await store.gate.wait()
+            raise ConnectionError("store down")
+
+        store.read = failing  # type: ignore[method-assign]
+    first, waiting = await _shared_read(reads, store, ["a", "b"])
+    store.gate.set()
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    if answer == "a failure":
+        assert [type(r) for r in results] == [ConnectionError] * 3
+    else:
+        assert results == [store.version] * 3
+    assert taker.given == []
+    assert _idle(reads)
+
+
+async def test_a_cancelled_caller_is_not_handed_off() -> None:
+    taker = _Taker()
+    reads, store = ReadCoalescer(taker, lambda caller: True), _Store()
+    store.version = None  # type: ignore[assignment]
+    first, waiting = await _shared_read(reads, store, ["a", "b"])
+    waiting[0].cancel()
+    store.gate.set()
+    await first
+    await _until_idle(reads)
+    assert len(taker.given) == 1
+    taker.given[0].set_result("loaded")
+    assert await waiting[1] == HandedOff("loaded", None, ("taken", "k"))
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[0]
+
+
+async def _cold_burst(cache: Cache, monkeypatch: pytest.MonkeyPatch, callers: int) -> tuple[list[int], int]:
+    """``callers`` concurrent fetches of a cold key: how many callers each hand-off took, and how many callers
+    joined the flight by waking and calling ``wait``."""
+    handed: list[int] = []
+    joined = 0
+    adopt, wait = SingleFlight.adopt, SingleFlight.wait
+
+    def counting_adopt(self: SingleFlight[Any], key: str, waiters: list[asyncio.Future[Any]]) -> bool:
+        taken = adopt(self, key, waiters)
+        if taken:
+            handed.append(len(waiters))
+        return taken
+
+    def counting_wait(self: SingleFlight[Any], key: str) -> asyncio.Future[Any]:
+        nonlocal joined
+        joined += 1
+        return wait(self, key)
+
+    monkeypatch.setattr(SingleFlight, "adopt", counting_adopt)
+    monkeypatch.setattr(SingleFlight, "wait", counting_wait)
+    gate = asyncio.Event()
+    loader = CountingLoader(PAGE, gate=gate)
+    burst = asyncio.gather(*(cache.get_or_set("cold", loader) for _ in range(callers)))
+    await loader.started.wait()
+    gate.set()
+    assert await burst == [PAGE] * callers
+    assert loader.calls == 1
+    assert cache.stats()["misses"] == callers
+    return handed, joined
+
+
+async def test_a_cold_burst_wakes_each_waiting_caller_once(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    handed, joined = await _cold_burst(cache, monkeypatch, 20)
+    # The first caller reads alone and starts the load (its own wait); the other 19 waited for the next read,
+    # which found nothing: handed to the load at once, none woke to join it.
+    assert handed == [19]
+    assert joined == 1
+
+
+async def test_callers_with_a_deadline_join_the_load_themselves(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    with time_budget(60.0):  # their waits for the load are bounded: each joins it by itself (_wait_for_flight)
+        handed, joined = await _cold_burst(cache, monkeypatch, 20)
+    assert handed == []
+    assert joined == 20

@@ -38,6 +38,7 @@ __all__ = ["MUTANTS", "MutantState", "mutant_backend", "mutant_read_coalescer"]
 MUTANTS = ("naive", "no-revoke", "token-per-process", "generation", "stamp-missing-is-live", "read-joins-in-flight")
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 @dataclass
@@ -226,7 +227,7 @@ class JoiningReadCoalescer:
     def __init__(self) -> None:
         self._pending: dict[str, list[asyncio.Future[Any]]] = {}
 
-    async def read(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
+    async def read(self, key: str, read: Callable[[A], Awaitable[T]], arg: A) -> T:
         followers = self._pending.get(key)
         if followers is not None:
             future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -234,10 +235,10 @@ class JoiningReadCoalescer:
             try:
                 return await future  # the mistake: an answer the store may have given before this caller began
             except _LeaderGone:
-                return await read()
+                return await read(arg)
         followers = self._pending[key] = []
         try:
-            value = await read()
+            value = await read(arg)
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else _LeaderGone()
             for follower in self._pending.pop(key):
@@ -248,6 +249,9 @@ class JoiningReadCoalescer:
             if not follower.done():
                 follower.set_result(value)
         return value
+
+    async def read_or_hand_off(self, key: str, read: Callable[[A], Awaitable[T]], arg: A, caller: object) -> T:
+        return await self.read(key, read, arg)  # never hands a caller off: the mistake above is all this mutant adds
 
 
 class _LeaderGone(Exception):
