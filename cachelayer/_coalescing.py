@@ -79,27 +79,16 @@ class ReadCoalescer:
     async def read(self, key: str, read: Callable[[A], Awaitable[T]], arg: A) -> T:
         """What ``read(arg)`` returns: this caller's own call of it, or the next one, shared. (A function and its
         argument, not a closure: a closure is four objects a call, which a burst of callers keeps alive.)"""
-        pending = self._pending
-        if key not in pending:
-            pending[key] = None
-            try:
-                return await read(arg)
-            finally:
-                self._returned(key)
-        behind = self._behind(key, read, arg)
-        waiter: asyncio.Future[T] = behind.loop.create_future()
-        behind.waiters.append(waiter)
-        try:
-            return await waiter
-        except _NextGone:
-            return await read(arg)
+        value = await self.read_or_hand_off(key, read, arg, None)
+        assert not isinstance(value, HandedOff)  # a caller of None is never handed off
+        return value
 
     async def read_or_hand_off(
         self, key: str, read: Callable[[A], Awaitable[T]], arg: A, caller: object
     ) -> T | HandedOff:
         """:meth:`read`, or :class:`HandedOff` when the shared read found nothing and ``hand_off`` took this
-        caller. ``may_hand_off(caller)`` is asked only when the caller has to wait, in its own context (it may
-        read context variables)."""
+        caller (never a caller of None). ``may_hand_off(caller)`` is asked only when the caller has to wait, in its
+        own context (it may read context variables)."""
         pending = self._pending
         if key not in pending:
             pending[key] = None
@@ -109,7 +98,7 @@ class ReadCoalescer:
                 self._returned(key)
         behind = self._behind(key, read, arg)
         waiter: asyncio.Future[T] = behind.loop.create_future()
-        handable = self._may_hand_off is not None and self._may_hand_off(caller)
+        handable = caller is not None and self._may_hand_off is not None and self._may_hand_off(caller)
         (behind.handable if handable else behind.waiters).append(waiter)
         try:
             value = await waiter
