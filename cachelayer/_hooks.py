@@ -62,7 +62,9 @@ class FetchHooks:
 
     def joined(self, leader: FetchHooks | None) -> None:
         """This caller waits for the load another caller of this process started (single flight). ``leader`` is
-        that caller's hooks from the same subscriber (None when the subscriber made none for it)."""
+        that caller's hooks from the same subscriber (None when the subscriber made none for it). Told when the
+        caller joins; a caller that a shared read handed to the load (it found nothing) is told when it wakes, just
+        before ``ended``."""
 
     def lease_waited(self, seconds: float) -> None:
         """This caller waited ``seconds`` for another process's load (the lease was held elsewhere)."""
