@@ -111,7 +111,7 @@ class Reader:
         if self._in_process:
             data = await self.backend.get(key)
         else:
-            shared = await self.reads.read_or_hand_off(key, self.backend.get, key, fetch)
+            shared = await self.reads.read(key, self.backend.get, key, fetch)
             if isinstance(shared, HandedOff):
                 return shared
             data = shared
@@ -134,7 +134,9 @@ class Reader:
             found = await self.backend.get_many(names)
         else:
             # Coalesced only with reads that ask for the same stamps.
-            found = await self.reads.read("\0".join(names), self.backend.get_many, names)
+            shared = await self.reads.read("\0".join(names), self.backend.get_many, names)
+            assert not isinstance(shared, HandedOff)  # read without a caller: never handed off
+            found = shared
         data = found[0]
         if data is None:
             return None, None

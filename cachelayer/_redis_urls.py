@@ -122,9 +122,9 @@ def _driver_info() -> DriverInfo:
 def driver_options(url: str) -> dict[str, Any]:
     """``driver_info`` for the clients ``url`` makes (unless the URL names its own ``lib_name`` or
     ``lib_version``, which redis-py reads only without it). Without it redis-py builds one for every new
-    connection, reading its own version from the installed package's metadata each time (0.23 ms: the first
-    connections of every process pay it, a cold burst's among them); this one is read once per process and says
-    the same in ``CLIENT SETINFO``."""
+    connection, reading its own version from the installed package's metadata each time (0.23 ms: ``timeit`` of
+    ``redis.utils.get_lib_version``, 200 calls; the first connections of every process pay it, a cold burst's
+    too); this one is read once per process and says the same in ``CLIENT SETINFO``."""
     query = parse_qs(urlsplit(url).query)
     if "lib_name" in query or "lib_version" in query:
         return {}

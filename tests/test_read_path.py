@@ -308,9 +308,9 @@ class _Taker:
 
 async def _shared_read(reads: ReadCoalescer, store: _Store, callers: list[str]) -> tuple[Any, list[Any]]:
     """A read of "k" in flight, then one caller per name in ``callers`` that waits for the next."""
-    first = asyncio.create_task(reads.read_or_hand_off("k", _call, store.read, "first"))
+    first = asyncio.create_task(reads.read("k", _call, store.read, "first"))
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(reads.read_or_hand_off("k", _call, store.read, name)) for name in callers]
+    waiting = [asyncio.create_task(reads.read("k", _call, store.read, name)) for name in callers]
     await asyncio.sleep(0)
     return first, waiting
 

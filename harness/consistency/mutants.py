@@ -227,7 +227,8 @@ class JoiningReadCoalescer:
     def __init__(self) -> None:
         self._pending: dict[str, list[asyncio.Future[Any]]] = {}
 
-    async def read(self, key: str, read: Callable[[A], Awaitable[T]], arg: A) -> T:
+    async def read(self, key: str, read: Callable[[A], Awaitable[T]], arg: A, caller: object = None) -> T:
+        # Never hands a caller off: the mistake below is all this mutant adds.
         followers = self._pending.get(key)
         if followers is not None:
             future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -249,9 +250,6 @@ class JoiningReadCoalescer:
             if not follower.done():
                 follower.set_result(value)
         return value
-
-    async def read_or_hand_off(self, key: str, read: Callable[[A], Awaitable[T]], arg: A, caller: object) -> T:
-        return await self.read(key, read, arg)  # never hands a caller off: the mistake above is all this mutant adds
 
 
 class _LeaderGone(Exception):

@@ -101,14 +101,18 @@ async def run_service(settings: Settings, port: int | None = None) -> Running:
     """The service in this event loop on ``port`` (a free one when None: a browser test restarts it on its
     port, so that the browser sees one origin), its admin port on a free one."""
     services = await Services.start(settings)
+    # Port 0: the kernel picks a free port for the socket itself (a port found free and bound later can be taken in
+    # between by another test's server: "Address already in use").
+    opened: list[socket.socket] = []
     try:
-        # Port 0: the kernel picks a free port for the socket itself (a port found free and bound later can be
-        # taken in between by another test's server: "Address already in use").
-        public = _listening(0 if port is None else port)
-        admin = _listening(0)
+        for wanted in (0 if port is None else port, 0):  # the public port, then the admin port
+            opened.append(_listening(wanted))
     except BaseException:
-        await services.close()  # nothing of a failed start is left open for the next test
+        for sock in opened:  # nothing of a failed start is left open for the next test
+            sock.close()
+        await services.close()
         raise
+    public, admin = opened
     servers = await start_servers(services, [public], [admin])
     return Running(services, servers, public.getsockname()[1], admin.getsockname()[1])
 
