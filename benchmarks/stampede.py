@@ -1,9 +1,12 @@
 """Stampede benchmark: how many loader calls a cold or expiring key costs, and what the callers wait.
 
-``python -m benchmarks.stampede [--requests 1000] [--processes 2] [--max-connections 64] [--quick] [--json PATH]``
+``python -m benchmarks.stampede [--requests 1000] [--processes 2] [--max-connections 64] [--rounds 5] [--quick]
+[--json PATH]``
 
 Cold: N concurrent requests for one cold key, split across P processes that start at the same instant; the
-loader sleeps 50 ms and counts itself in Redis (so calls from every process add up). Each process's Redis pool
+loader sleeps 50 ms and counts itself in Redis (so calls from every process add up). Every contender runs it
+``--rounds`` times, interleaved, and the table shows the medians (the CPU of one run moves by 20-40 % with
+whatever else the machine does). Each process's Redis pool
 holds at most ``--max-connections`` (cachelayer, cashews; aiocache 0.12 takes no pool size). For cachelayer a
 second cold run samples each process's pool's in-use connections every millisecond until its first caller has the
 value: what its waiters hold while the loader runs elsewhere (the one pub/sub connection the process shares for
@@ -293,29 +296,63 @@ def _pool_while_waiting(samples_per_process: list[list[list[float]]]) -> dict[st
     }
 
 
-def cold(contenders: list[str], requests: int, processes: int, max_connections: int) -> dict[str, dict[str, Any]]:
+def _cold_round(run: dict[str, Any], requests: int) -> dict[str, Any]:
+    lat = run["latencies"]
+    return {
+        "loader_calls": run["loader_calls"],
+        "loader_ms": round(max(run["loader_ms"]), 1) if run["loader_ms"] else None,
+        "p50_ms": round(percentile(lat, 50), 1),
+        "p99_ms": round(percentile(lat, 99), 1),
+        "max_ms": round(max(lat), 1) if lat else None,
+        "requests": len(lat) + len(run["errors"]),
+        "errors": len(run["errors"]),
+        "first_error": run["errors"][0] if run["errors"] else None,
+        # From the load's end to each waiting process's first caller having the value: the library's wake-up.
+        "wake_max_ms": round(max(run["wake_ms"]), 1) if run["wake_ms"] else None,
+        "cpu_per_request_us": round(sum(run["burst_cpu_ms"]) * 1000 / requests, 1),
+        # Garbage collections during the burst, by generation, summed over the processes (the cold scenario).
+        "gc_collections": run["gc_collections"],
+    }
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for a contender's rounds: the medians of its timings and CPU, the worst of its counts (a round with
+    two loads or an error is not hidden by two good ones), each round's CPU and p99 kept beside them."""
+
+    def median(name: str) -> Any:
+        values = [r[name] for r in rounds if r[name] is not None]
+        return round(statistics.median(values), 1) if values else None
+
+    row = {name: median(name) for name in ("loader_ms", "p50_ms", "p99_ms", "max_ms", "wake_max_ms")}
+    row["cpu_per_request_us"] = median("cpu_per_request_us")
+    row["loader_calls"] = max(r["loader_calls"] for r in rounds)
+    row["requests"] = sum(r["requests"] for r in rounds)
+    row["errors"] = sum(r["errors"] for r in rounds)
+    row["first_error"] = next((r["first_error"] for r in rounds if r["first_error"]), None)
+    middle = sorted(rounds, key=lambda r: r["cpu_per_request_us"])[len(rounds) // 2]
+    row["gc_collections"] = middle["gc_collections"]  # the round whose CPU is the median's
+    row["rounds"] = rounds
+    return row
+
+
+def cold(
+    contenders: list[str], requests: int, processes: int, max_connections: int, rounds: int = 5
+) -> dict[str, dict[str, Any]]:
+    """Each contender's cold burst ``rounds`` times, interleaved (every contender once, then again): the CPU a
+    call costs moves by 20-40 % between runs on this shared 2-core machine, and between two contenders run one
+    after the other by as much as they differ; interleaved medians compare them under the same conditions."""
+    per_process = {"requests": requests // processes, "ttl": 60, "max_connections": max_connections}
+    runs: dict[str, list[dict[str, Any]]] = {contender: [] for contender in contenders}
+    for index in range(rounds):
+        for contender in contenders:
+            runs[contender].append(_cold_round(_run_scenario(contender, "cold", processes, per_process), requests))
+            print(f"  cold {contender} (round {index + 1} of {rounds}): {runs[contender][-1]}", file=sys.stderr)
     table: dict[str, dict[str, Any]] = {}
     for contender in contenders:
-        per_process = {"requests": requests // processes, "ttl": 60, "max_connections": max_connections}
-        run = _run_scenario(contender, "cold", processes, per_process)
-        lat = run["latencies"]
         table[contender] = {
-            "loader_calls": run["loader_calls"],
-            "loader_ms": round(max(run["loader_ms"]), 1) if run["loader_ms"] else None,
-            "p50_ms": round(percentile(lat, 50), 1),
-            "p99_ms": round(percentile(lat, 99), 1),
-            "max_ms": round(max(lat), 1) if lat else None,
-            "requests": len(lat) + len(run["errors"]),
-            "errors": len(run["errors"]),
-            "first_error": run["errors"][0] if run["errors"] else None,
-            # From the load's end to each waiting process's first caller having the value: the library's wake-up.
-            "wake_max_ms": round(max(run["wake_ms"]), 1) if run["wake_ms"] else None,
-            "cpu_per_request_us": round(sum(run["burst_cpu_ms"]) * 1000 / requests, 1),
-            # Garbage collections during the burst, by generation, summed over the processes (the cold scenario).
-            "gc_collections": run["gc_collections"],
+            **_median_round(runs[contender]),
             **_pool_while_waiting(_sampled_pool(contender, processes, per_process)),
         }
-        print(f"  cold {contender}: {table[contender]}", file=sys.stderr)
     return table
 
 
@@ -359,6 +396,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             r["p99_ms"],
             r["errors"],
             r["cpu_per_request_us"],
+            " / ".join(str(x["cpu_per_request_us"]) for x in r.get("rounds", ())),
             "/".join(str(n) for n in r["gc_collections"]) if "gc_collections" in r else "n/a",
             r.get("wait_pool_in_use_max"),
             r.get("wait_pool_in_use_max_besides_pubsub"),
@@ -386,12 +424,20 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "p99 ms",
         "errors",
         "CPU us per request",
+        "each round",
         "GC gen 0/1/2",
         "pool in use while waiting (max)",
         "same, besides pub/sub",
     ]
     hot_headers = [
-        "contender", "loads/refresh", "loads/expiry", "p99 ms", "hit p99 ms", "requests", "errors", "revoked fills"
+        "contender",
+        "loads/refresh",
+        "loads/expiry",
+        "p99 ms",
+        "hit p99 ms",
+        "requests",
+        "errors",
+        "revoked fills",
     ]
     print(
         f"\nCold key: {args.requests} concurrent requests over {args.processes} processes, "
@@ -438,17 +484,21 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "# Stampede benchmark",
         "",
         f"Command: `python -m benchmarks.stampede --requests {args.requests} --processes {args.processes}"
-        f" --max-connections {args.max_connections}{' --quick' if args.quick else ''}`; Redis {REDIS_URL}; "
+        f" --max-connections {args.max_connections}{' --quick' if args.quick else ''}"
+        f"{f' --rounds {args.rounds}' if args.rounds != 5 else ''}`; Redis {REDIS_URL}; "
         f"loader sleeps {LOADER_SLEEP * 1000:.0f} ms (loader ms: the measured load, INCR included).",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')}; load average {result['loadavg_start']} at start, "
         f"{result['loadavg_end']} at end: {json.dumps(environment(['redis', 'aiocache', 'cashews']))}",
         "",
+        f"Cold: {args.rounds} rounds, interleaved (every contender once, then again); each row shows the medians "
+        "of its rounds' latencies and CPU, the most loader calls of any round and the errors of all of them. "
         "CPU us per request: the CPU time of every process during the burst (`time.process_time()`), summed, over "
-        "the requests; each process runs `gc.collect()` before the burst, so that every contender starts from a "
-        "collected heap, and `GC gen 0/1/2` counts the collections during the burst (summed over the processes: a "
-        "full collection, gen 2, cost 12-90 ms of CPU on these heaps in a profile: docs/stampede.md). Pool "
-        "columns (cachelayer only): connections of a waiting process's pool in use, sampled every ms until its "
-        "first caller had the value, in a second cold run (the sampler's wake-ups cost CPU the first run's figures "
+        "the requests (`each round`: the rounds' own figures, in order); each process runs `gc.collect()` before "
+        "the burst, so that every contender starts from a collected heap, and `GC gen 0/1/2` counts the "
+        "collections during the burst (the median-CPU round's, summed over the processes: a full collection, gen "
+        "2, cost 12-90 ms of CPU on these heaps in a profile: docs/stampede.md). Pool columns (cachelayer only): "
+        "connections of a waiting process's pool in use, sampled every ms until its first caller had the value, "
+        "in a second cold run (the sampler's wake-ups cost CPU the first run's figures "
         "do not carry); the shared pub/sub connection is one of them.",
         "",
         f"## Cold key ({args.requests} concurrent requests, {args.processes} processes)",
@@ -484,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-connections", type=int, default=64, help="Redis pool size per process")
     parser.add_argument("--only", nargs="*", help="contenders to run (default: every one installed)")
     parser.add_argument("--skip-hot", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="cold bursts per contender, interleaved; the table shows medians"
+    )
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--contender", help=argparse.SUPPRESS)
@@ -502,7 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.duration = args.duration or (6.0 if args.quick else 12.0)
     contenders = args.only or _contenders.available()
     load_start = [round(x, 2) for x in os.getloadavg()]
-    result: dict[str, Any] = {"cold": cold(contenders, args.requests, args.processes, args.max_connections)}
+    result: dict[str, Any] = {
+        "cold": cold(contenders, args.requests, args.processes, args.max_connections, args.rounds)
+    }
     result["hot"] = (
         {} if args.skip_hot else hot(contenders, args.processes, args.duration, args.ttl, args.max_connections)
     )
