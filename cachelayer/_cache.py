@@ -373,6 +373,32 @@ class Cache:
             return pipeline.unstored(fetch)  # an invalidation of it has not landed: the stored value may be old
         return pipeline.fetch(fetch)
 
+    def _local_entry(
+        self,
+        name: str,
+        loader: Callable[[], Awaitable[T]],
+        policy: EntryPolicy,
+        value_type: ValueType[T] | None,
+        parse: bool,
+        function: str | None,
+    ) -> CacheEntry[T] | None:
+        """The fresh local-tier entry under ``name``, without awaiting (None: none; nothing counted). ``loader``
+        is what an early refresh (XFetch) of the hit runs. Everything :meth:`_start_fetch` checks first holds
+        here too: a closed cache raises, a disabled one or a pending invalidation of the key gives None."""
+        if self.local is None:
+            return None
+        pipeline = self._state()
+        key = self.keys.value_key(name)
+        fetch = Fetch(key, loader, self.resolve(policy), value_type, parse, function or _UNNAMED_FETCH)
+        if not self.enabled or (self._pending.active and self._pending.covers(key, fetch.policy.tags)):
+            return None
+        started = None
+        if self._hooks or GLOBAL_HOOKS.subscribers:
+            if self._hooks_generation != GLOBAL_HOOKS.generation:
+                self._subscribe()
+            started = self._fetch_started
+        return pipeline.local_entry(fetch, started)
+
     async def refresh(
         self,
         name: str,

@@ -171,6 +171,19 @@ class CachedFunction(IdentifiedCallable, Generic[P, R]):
         loader = functools.partial(self._func, *args, **kwargs)
         return await cache._start_fetch(name, loader, policy, value_type, False, self._label)
 
+    def local_entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R] | None:
+        """The entry :meth:`entry` would give, when the cache's local tier holds a fresh one: at once, with no
+        store read, no load and no await (what a server can answer before any asynchronous work). Counted and
+        heard as a local-tier hit; None otherwise, and then nothing is counted (fetch as usual). Needs the
+        running event loop, as every fetch does."""
+        name, policy = self._plan(args, kwargs)
+        cache = self._cache if type(self._cache) is Cache else self.cache
+        if cache.local is None:
+            return None
+        value_type = self._last_value_type if cache.codec is self._last_codec else self._value_type(cache)
+        loader = functools.partial(self._func, *args, **kwargs)  # an early refresh of the hit runs it
+        return cache._local_entry(name, loader, policy, value_type, False, self._label)
+
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.cache.key(self._keyer.name_and_tags(args, kwargs)[0])
 
@@ -213,6 +226,9 @@ class BoundCachedFunction(Generic[P, R]):
 
     async def entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R]:
         return await self._function.entry(self._instance, *args, **kwargs)
+
+    def local_entry(self, *args: P.args, **kwargs: P.kwargs) -> CacheEntry[R] | None:
+        return self._function.local_entry(self._instance, *args, **kwargs)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self._function.key(self._instance, *args, **kwargs)

@@ -317,6 +317,23 @@ class Pipeline:
 
     # -- the other ways in -----------------------------------------------------------------------------------
 
+    def local_entry(
+        self, fetch: Fetch[Any], started: Callable[[str, str], FetchHooks | None] | None
+    ) -> CacheEntry[Any] | None:
+        """:meth:`fetch`'s first step alone, without awaiting: the fresh local-tier entry, counted and heard as a
+        hit (``started`` makes the fetch's hooks, once there is a hit to tell them of), or None with nothing
+        counted or told (the caller then fetches as usual)."""
+        if not fetch.policy.local or self.local is None:
+            return None
+        now = self._clock()
+        held = self.reader.local_hit(fetch, now)
+        if held is None:
+            return None
+        fetch.tier = "local"
+        if started is not None:
+            fetch.hooks = started(fetch.function, fetch.key)
+        return self._hit(fetch, held[0], held[1], now)
+
     async def refresh(self, fetch: Fetch[Any]) -> CacheEntry[Any]:
         """Run the loader now and store its value, whatever is stored (unless an invalidation comes meanwhile)."""
         if fetch.hooks is None:

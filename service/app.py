@@ -146,22 +146,21 @@ def make_app(services: Services) -> tornado.web.Application:
     make_record = access_log.makeRecord
     lines = _access_lines(services)
 
-    def log_request(handler: tornado.web.RequestHandler) -> None:
-        route = getattr(handler, "route", "other")
-        if route == "bench":
-            return
-        request = handler.request
-        method = request.method or ""
-        status = handler.get_status()
-        seconds = request.request_time()
-        cache = getattr(handler, "cache_outcome", None)
+    def record(
+        route: str,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        cache: Any,
+        request_id: Any,
+        trace_id: str | None = None,
+    ) -> None:
+        """One answered request: the HTTP metrics and the access line (a handler's, or the lane's: lane.py)."""
         http.observe(route, method, status, cache, seconds)
-        request_id = getattr(handler, "request_id", None)
         duration_ms = int(seconds * 1_000_000) / 1000  # to the microsecond; round() reaches float formatting code
         if lines is not None:
-            traced = services.tracing is not None and isinstance(handler, BaseHandler)
-            trace_id = handler.trace_id() if traced else None  # type: ignore[attr-defined]
-            lines.line(request_id, method, request.path, status, duration_ms, cache, trace_id)
+            lines.line(request_id, method, path, status, duration_ms, cache, trace_id)
         elif not access_log.disabled and access_log.isEnabledFor(logging.INFO):
             # Logger.info() minus its stack walk (findCaller): the record is built directly and handed to the
             # handlers (the queue); the JSON line is formatted off the event loop by the listener thread.
@@ -176,7 +175,7 @@ def make_app(services: Services) -> tornado.web.Application:
                 extra={
                     "request_id": request_id,
                     "method": method,
-                    "path": request.path,
+                    "path": path,
                     "status": status,
                     "duration_ms": duration_ms,
                     "cache": cache,
@@ -184,6 +183,23 @@ def make_app(services: Services) -> tornado.web.Application:
                 },
             )
             access_log.handle(record)
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        route = getattr(handler, "route", "other")
+        if route == "bench":
+            return
+        request = handler.request
+        traced = lines is not None and services.tracing is not None and isinstance(handler, BaseHandler)
+        record(
+            route,
+            request.method or "",
+            request.path,
+            handler.get_status(),
+            request.request_time(),
+            getattr(handler, "cache_outcome", None),
+            getattr(handler, "request_id", None),
+            handler.trace_id() if traced else None,  # type: ignore[attr-defined]
+        )
 
     def route(path: str, handler: type[BaseHandler], name: str) -> tornado.routing.URLSpec:
         return tornado.web.url(path, handler, {"services": services, "route": name}, name=name)
@@ -208,5 +224,6 @@ def make_app(services: Services) -> tornado.web.Application:
         transforms=[GzipWhenAccepted] if services.settings.server.gzip else [],
         gzip_transform=services.settings.server.gzip,
         log_function=log_request,
+        record_request=record,  # the lane's way to the same metrics and access line
         serve_traceback=False,
     )

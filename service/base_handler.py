@@ -16,37 +16,22 @@ and trusted constant values go straight into it, without ``set_header``'s valida
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import orjson
-import tornado
 import tornado.web
 from tornado import httputil
 
+from .answers import JSON_TYPE, SERVER, http_date, put_cached, put_defaults, request_id_of
 from .errors import error_answer, log_failure, reason_phrase
-from .freshness import cache_status, freshness_headers
-from .negotiation import ETAGS, Entry, header, representation
-from .request_ids import Process, new_request_id
+from .freshness import cache_status
+from .negotiation import Entry, header
 from .services import Services
 from .validation import ApiError
 
 __all__ = ["JSON_TYPE", "BaseHandler", "http_date"]
-
-JSON_TYPE: Final = "application/json; charset=UTF-8"
-_REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_SERVER: Final = f"TornadoServer/{tornado.version}"
-_date: list[Any] = [0, ""]
-
-
-def http_date() -> str:
-    """The ``Date`` header value, formatted once per second (Tornado formats it for every response)."""
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, httputil.format_timestamp(now)
-    return str(_date[1])
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -62,26 +47,18 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def clear(self) -> None:
         """Tornado's ``clear()`` with the Date header formatted once per second and our defaults built in."""
-        self._headers = httputil.HTTPHeaders({"Server": _SERVER, "Date": http_date()})
+        self._headers = httputil.HTTPHeaders({"Server": SERVER, "Date": http_date()})
         self.set_default_headers()
         self._write_buffer = []
         self.set_status(200)
 
     def set_default_headers(self) -> None:
-        # Trusted constant values: straight into the header map (set_header re-validates each value).
-        headers = self._headers
-        headers["Content-Type"] = JSON_TYPE
-        headers["X-Worker-Pid"] = Process.pid
-        # Here, not in prepare(): every answer carries it, also a 405 Tornado raises before prepare() and an
-        # error page (send_error clears the headers and comes back here; the id is kept).
+        # Here, not in prepare(): every answer carries the request id, also a 405 Tornado raises before prepare()
+        # and an error page (send_error clears the headers and comes back here; the id is kept).
         request_id = self.__dict__.get("request_id")
         if request_id is None:
-            given = header(self.request.headers, "X-Request-Id")
-            request_id = given if given is not None and _REQUEST_ID_OK.fullmatch(given) else new_request_id()
-            self.request_id = request_id
-        headers["X-Request-Id"] = request_id
-        if not self.application.settings.get("gzip_transform"):
-            headers["Vary"] = "Accept-Encoding"
+            request_id = self.request_id = request_id_of(self.request.headers)
+        put_defaults(self._headers, request_id, bool(self.application.settings.get("gzip_transform")))
 
     def prepare(self) -> None:
         services = self.services
@@ -125,22 +102,11 @@ class BaseHandler(tornado.web.RequestHandler):
             # A cached "not found": the error page says where it came from too (send_error clears the headers).
             self._cache_headers = (outcome, cache_status(outcome, expires_at, now, entry.invalidated))
             raise not_found()
-        headers = self._headers  # values built here, all header-safe: no set_header validation per call
-        cache_control, status = freshness_headers(outcome, expires_at, now, entry.invalidated)
-        headers["Cache-Control"] = cache_control
-        headers["X-Cache"] = outcome
-        headers["Cache-Status"] = status
         request_headers = self.request.headers
-        dictionary = self.services.dictionary
-        if dictionary is not None:
-            headers["Link"] = dictionary.link
-            # Tornado's gzip transform appends ", Accept-Encoding" to this itself; without it, we name it here.
-            gzip = self.application.settings.get("gzip_transform")
-            headers["Vary"] = "Available-Dictionary" if gzip else "Accept-Encoding, Available-Dictionary"
-        coding, payload = representation(entry, body, request_headers, dictionary)
-        if coding is not None:
-            headers["Content-Encoding"] = coding
-        etag = headers["ETag"] = ETAGS.get(key, entry, body, coding)
+        gzip = bool(self.application.settings.get("gzip_transform"))
+        _, payload, etag = put_cached(
+            self._headers, entry, body, request_headers, self.services.dictionary, gzip, key, now
+        )
         inm = header(request_headers, "If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
             self.set_status(304)

@@ -108,6 +108,13 @@ class Catalog:
             self._known = (body, known)
         return slug in known
 
+    def may_exist_now(self, wallpaper_id: int) -> bool | None:
+        """:meth:`may_exist` when it needs no read (the highest id was read within the last second), else None."""
+        highest, read_at = self._highest
+        if time.monotonic() - read_at >= _HIGHEST_ID_REUSE:
+            return None
+        return wallpaper_id <= highest
+
     async def may_exist(self, wallpaper_id: int) -> bool:
         """Whether a wallpaper may have ``wallpaper_id``: not above the highest id. Ids are the client's to choose,
         and any fetch of an id leaves something in Redis (a "not found" entry, its tag's stamp), so one above the

@@ -14,6 +14,7 @@ from tornado import httputil
 
 from cachelayer import time_budget
 
+from .answers import handed
 from .base_handler import JSON_TYPE, BaseHandler
 from .catalog import ALL
 from .downloads import IDEMPOTENCY_KEY_RE
@@ -44,6 +45,7 @@ __all__ = [
     "NotFoundHandler",
     "OpenAPIHandler",
     "ReadyHandler",
+    "known_list_query",
     "list_args",
     "list_query",
 ]
@@ -54,6 +56,11 @@ _LIST_QUERIES: dict[str, ListQuery] = {}
 def list_args(query: ListQuery) -> tuple[str, str, int, int]:
     """The arguments of ``catalog.list_page`` for a list query."""
     return (query.category or ALL, query.sort, query.page, query.page_size)
+
+
+def known_list_query(query: str) -> ListQuery | None:
+    """The parsed list query of a raw query string that :func:`list_query` met and found valid, or None."""
+    return _LIST_QUERIES.get(query)
 
 
 def list_query(request: httputil.HTTPServerRequest) -> ListQuery:
@@ -77,7 +84,9 @@ class ListHandler(BaseHandler):
         with time_budget(self.services.settings.server.request_budget):
             if query.category is not None and not await catalog.category_known(query.category):
                 raise ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)")
-            entry = await catalog.list_page.entry(*args)
+            entry = handed(self.request)  # the lane's lookup (lane.py), when it did not answer itself
+            if entry is None:
+                entry = await catalog.list_page.entry(*args)
         self.send_entry(
             entry,
             lambda: ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)"),
@@ -94,7 +103,9 @@ class DetailHandler(BaseHandler):
         with time_budget(self.services.settings.server.request_budget):
             if not await catalog.may_exist(wallpaper_id):
                 raise ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}")
-            entry = await catalog.detail.entry(wallpaper_id)
+            entry = handed(self.request)
+            if entry is None:
+                entry = await catalog.detail.entry(wallpaper_id)
         self.send_entry(
             entry,
             lambda: ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}"),

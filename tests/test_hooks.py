@@ -85,6 +85,34 @@ async def test_local_tier_hit_says_its_tier(store: Backend) -> None:
         await cache.aclose()
 
 
+async def test_a_local_entry_is_told_and_counted_only_when_it_is_there(store: Backend) -> None:
+    # CachedFunction.local_entry: the pipeline's first step alone, for a server that answers before any await.
+    cache, recorder = new_cache(store, local=LocalCache())
+    loads = CountingLoader({"v": 1})
+
+    @cached(ttl=60, cache=cache, local=True, name="page")
+    async def page(n: int) -> Any:
+        return await loads()
+
+    try:
+        assert page.local_entry(1) is None  # nothing held: nothing counted, nothing told
+        assert cache.stats()["hits"] == 0
+        assert recorder.log == []
+        fetched = await page.entry(1)
+        held = page.local_entry(1)
+        assert held is not None
+        assert held.body() == fetched.body()
+        assert held.outcome.value == "hit"
+        assert recorder.log[-1] == ("page", ("ended", "hit", "local"))
+        assert cache.stats()["hits"] == 1
+        assert page.local_entry(2) is None  # other arguments, another entry
+        await page.invalidate(1)
+        assert page.local_entry(1) is None
+        assert loads.calls == 1
+    finally:
+        await cache.aclose()
+
+
 async def test_concurrent_callers_join_the_leaders_flight(store: Backend) -> None:
     cache, recorder = new_cache(store)
     gate = asyncio.Event()

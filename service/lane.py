@@ -1,0 +1,185 @@
+"""The local-tier lane: a GET of a list page or a wallpaper that the cache's local tier holds is answered before
+Tornado builds a request handler for it.
+
+Why: at one process, Tornado's routing and ``RequestHandler`` (building the handler, its default headers, the
+coroutine around ``get``, ``finish``, ``flush``, the transforms, ``on_finish``) cost about as much as all else a
+request does. A bare ``HTTPMessageDelegate`` writing the same bytes served 11,000-11,700 req/s where a bare
+``RequestHandler`` served 5,600-6,100 (docs/performance.md, "The local-tier lane"). For an answer that is a
+dictionary lookup away, that machinery is most of the cost.
+
+How: :class:`LocalTierLane` is the server's request callback (a Tornado ``HTTPServerConnectionDelegate``, a public
+interface) in front of the application. A request it can plan from its start line and headers alone (GET, no
+body, no ``If-None-Match``, tracing off; the list route with a query the list handler already validated and no
+category, or the detail route with an id the catalog knows may exist without a read) is looked up with
+``CachedFunction.local_entry``: no store read, no await. A fresh local-tier entry is answered here, with the
+headers ``answers.py`` writes for the handlers too, through the connection's public ``write_headers`` and
+``finish``, then counted and logged by the application's own ``record_request``. Everything else goes to the
+application unchanged: a request the lane does not plan, an entry the local tier does not hold, a cached "not
+found" and an answer the gzip transform would compress (those two with the entry found, ``answers.hand_over``, so
+the lookup counts once). ``tests/service/test_lane.py`` compares the lane's answers with the handlers' for the
+same requests, byte for byte but the date and the request id.
+
+What the lane leaves out, on purpose: the in-flight count (nothing in it awaits, so a drain could never see it in
+flight) and everything a planned request cannot need (cookies, XSRF, streaming bodies, HEAD, 304s).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import tornado.web
+from tornado import httputil
+
+from .answers import SERVER, gzip_applies, hand_over, http_date, put_cached, put_defaults, request_id_of
+from .openapi import PREFIX
+from .routes import known_list_query, list_args
+from .services import Services
+from .validation import ApiError, parse_wallpaper_id
+
+__all__ = ["LocalTierLane", "local_tier_lane"]
+
+log = logging.getLogger("wallpaper.lane")
+
+LIST_PATH: Final = f"{PREFIX}/wallpaperList.json"
+DETAIL_PREFIX: Final = f"{PREFIX}/wallpaper/"
+_OK: Final = httputil.ResponseStartLine("", 200, "OK")
+# A request with any of these is not the lane's: a body to read, a validator to answer (304), a method not GET.
+_NOT_PLANNED: Final = ("If-None-Match", "Content-Length", "Transfer-Encoding")
+
+# (the cached function, its arguments, the ETag memo's key, the route's name, the path)
+Plan = tuple[Any, tuple[Any, ...], Any, str, str]
+
+
+class LocalTierLane(httputil.HTTPServerConnectionDelegate):
+    """The server's request callback: local-tier hits answered here, everything else by ``app``."""
+
+    def __init__(self, app: tornado.web.Application, services: Services) -> None:
+        self.app = app
+        self.services = services
+        self.gzip = bool(app.settings.get("gzip_transform"))
+        self.record: Callable[..., None] = app.settings["record_request"]
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _LaneRequest(self, server_conn, request_conn)
+
+    def plan(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> Plan | None:
+        """What to look up for this request, or None: not the lane's."""
+        if start_line.method != "GET" or self.services.tracing is not None:
+            return None
+        for name in _NOT_PLANNED:
+            if name in headers:
+                return None
+        path, _, query = start_line.path.partition("?")
+        catalog = self.services.catalog
+        if path == LIST_PATH:
+            parsed = known_list_query(query)
+            if parsed is None or parsed.category is not None:  # unseen (validated by the handler first) or scoped
+                return None
+            args = list_args(parsed)
+            return catalog.list_page, args, ("list", args), "list", path
+        if path.startswith(DETAIL_PREFIX) and path.endswith(".json"):
+            raw = path[len(DETAIL_PREFIX) : -len(".json")]
+            if not 0 < len(raw) <= 64 or "/" in raw:
+                return None
+            try:
+                wallpaper_id = parse_wallpaper_id(raw)
+            except ApiError:
+                return None  # the handler answers the 400
+            if catalog.may_exist_now(wallpaper_id) is not True:
+                return None
+            return catalog.detail, (wallpaper_id,), ("detail", wallpaper_id), "detail", path
+        return None
+
+    def answer(self, request: _LaneRequest, plan: Plan) -> bool:
+        """Answer ``request`` from the local tier; False: its handler answers it (with the entry found, if any)."""
+        function, args, key, route, path = plan
+        request_headers = request.headers
+        try:
+            entry = function.local_entry(*args)
+            if entry is None:
+                return False
+            body = entry.body()
+            if body == b"null":  # a cached "not found": its handler raises the 404 in the API's envelope
+                hand_over(request.request_conn, entry)
+                return False
+            headers = httputil.HTTPHeaders({"Server": SERVER, "Date": http_date()})
+            request_id = request_id_of(request_headers)
+            put_defaults(headers, request_id, self.gzip)
+            dictionary = self.services.dictionary
+            coding, payload, _ = put_cached(
+                headers, entry, body, request_headers, dictionary, self.gzip, key, time.time()
+            )
+            if self.gzip and gzip_applies(request_headers, coding, payload):
+                hand_over(request.request_conn, entry)  # Tornado's transform compresses it there
+                return False
+            # What RequestHandler.finish and the gzip transform add, in their order.
+            headers["Content-Length"] = str(len(payload))
+            if self.gzip:
+                if "Vary" in headers:
+                    headers["Vary"] += ", Accept-Encoding"
+                else:
+                    headers["Vary"] = "Accept-Encoding"
+        except Exception:
+            log.exception("the local-tier lane failed; the request's handler answers it")
+            return False
+        request.request_conn.write_headers(_OK, headers, payload)
+        request.request_conn.finish()
+        self.record(route, "GET", path, 200, time.time() - request.started, entry.outcome.value, request_id)
+        return True
+
+
+class _LaneRequest(httputil.HTTPMessageDelegate):
+    """One request: planned and answered by the lane, or passed to the application's own delegate."""
+
+    __slots__ = ("headers", "inner", "lane", "plan", "request_conn", "server_conn", "start_line", "started")
+
+    def __init__(self, lane: LocalTierLane, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
+        self.lane = lane
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.inner: httputil.HTTPMessageDelegate | None = None
+        self.plan: Plan | None = None
+
+    def headers_received(
+        self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
+    ) -> Any:
+        self.start_line, self.headers = start_line, headers
+        if isinstance(start_line, httputil.RequestStartLine):
+            self.plan = self.lane.plan(start_line, headers)
+        if self.plan is None:
+            return self._to_app()
+        self.started = time.time()
+        return None
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.inner is not None:
+            return self.inner.data_received(chunk)
+        return None  # a planned request has no body (no Content-Length, no Transfer-Encoding)
+
+    def finish(self) -> None:
+        if self.inner is None:
+            assert self.plan is not None
+            if self.lane.answer(self, self.plan):
+                return
+            self._to_app()
+        assert self.inner is not None
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        if self.inner is not None:
+            self.inner.on_connection_close()
+
+    def _to_app(self) -> Any:
+        self.inner = self.lane.app.start_request(self.server_conn, self.request_conn)
+        return self.inner.headers_received(self.start_line, self.headers)
+
+
+def local_tier_lane(app: tornado.web.Application, services: Services) -> LocalTierLane | None:
+    """The lane in front of ``app`` when it can answer anything: the setting is on and the cache has a local
+    tier (``[cache] local``)."""
+    if not services.settings.server.local_lane or services.cache.local is None:
+        return None
+    return LocalTierLane(app, services)
