@@ -379,17 +379,17 @@ class Cache:
         loader: Callable[[], Awaitable[T]],
         policy: EntryPolicy,
         value_type: ValueType[T] | None,
-        parse: bool,
         function: str | None,
     ) -> CacheEntry[T] | None:
-        """The fresh local-tier entry under ``name``, without awaiting (None: none; nothing counted). ``loader``
-        is what an early refresh (XFetch) of the hit runs. Everything :meth:`_start_fetch` checks first holds
-        here too: a closed cache raises, a disabled one or a pending invalidation of the key gives None."""
+        """The fresh local-tier entry under ``name``, its stored bytes checked but not parsed (as ``parse=False``),
+        without awaiting (None: none; nothing counted). ``loader`` is what an early refresh (XFetch) of the hit
+        runs. Everything :meth:`_start_fetch` checks first holds here too: a closed cache raises, a disabled one
+        or a pending invalidation of the key gives None."""
         if self.local is None:
             return None
         pipeline = self._state()
         key = self.keys.value_key(name)
-        fetch = Fetch(key, loader, self.resolve(policy), value_type, parse, function or _UNNAMED_FETCH)
+        fetch = Fetch(key, loader, self.resolve(policy), value_type, False, function or _UNNAMED_FETCH)
         if not self.enabled or (self._pending.active and self._pending.covers(key, fetch.policy.tags)):
             return None
         started = None

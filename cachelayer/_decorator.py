@@ -182,7 +182,7 @@ class CachedFunction(IdentifiedCallable, Generic[P, R]):
             return None
         value_type = self._last_value_type if cache.codec is self._last_codec else self._value_type(cache)
         loader = functools.partial(self._func, *args, **kwargs)  # an early refresh of the hit runs it
-        return cache._local_entry(name, loader, policy, value_type, False, self._label)
+        return cache._local_entry(name, loader, policy, value_type, self._label)
 
     def key(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self.cache.key(self._keyer.name_and_tags(args, kwargs)[0])
