@@ -128,11 +128,9 @@ class Pipeline:
             policy = fetch.policy
             epoch = 0
             if policy.local and self.local is not None:
-                now = self._clock()
-                held = self.reader.local_hit(fetch, now)
-                if held is not None:
-                    fetch.tier = "local"
-                    return self._hit(fetch, held[0], held[1], now)
+                local = self.local_entry(fetch, None)  # this fetch's hooks, if any, were started by its caller
+                if local is not None:
+                    return local
                 epoch = self.local.epoch
             key = fetch.key
             if self.loads.running(key):
@@ -320,9 +318,9 @@ class Pipeline:
     def local_entry(
         self, fetch: Fetch[Any], started: Callable[[str, str], FetchHooks | None] | None
     ) -> CacheEntry[Any] | None:
-        """:meth:`fetch`'s first step alone, without awaiting: the fresh local-tier entry, counted and heard as a
-        hit (``started`` makes the fetch's hooks, once there is a hit to tell them of), or None with nothing
-        counted or told (the caller then fetches as usual)."""
+        """:meth:`fetch`'s first step, which a caller may also take alone, without awaiting: the fresh local-tier
+        entry, counted and heard as a hit (``started`` makes the fetch's hooks, once there is a hit to tell them
+        of; None: keep the fetch's own), or None with nothing counted or told (the caller then fetches as usual)."""
         if not fetch.policy.local or self.local is None:
             return None
         now = self._clock()

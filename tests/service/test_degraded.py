@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import redis.asyncio
 
 from harness import free_port
 from service.config import Settings
+from tests._doubles import eventually
 from tests.service._support import API, run_service, stop_service
 
 
@@ -55,9 +55,10 @@ async def test_mongo_down_serves_stale_when_cached(seeded: Settings, redis_clien
     try:
         fresh, body = await up.json(f"{API}/wallpaper/2.json")
         assert fresh.code == 200
+        expires_at = (await up.services.catalog.detail.entry(2)).expires_at
     finally:
         await stop_service(up)
-    await asyncio.sleep(0.8)  # past the TTL (with jitter), inside the stale window
+    await eventually(lambda: time.time() > expires_at, what="the entry's TTL to run out (inside its stale window)")
     down = await run_service(dead_mongo(healthy))
     try:
         response, stale_body = await down.json(f"{API}/wallpaper/2.json")
