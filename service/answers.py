@@ -1,11 +1,11 @@
 """The headers of an answer from the cache, written by one set of functions for both ways it goes out: a
-:class:`~service.base_handler.BaseHandler` (Tornado's request handlers) and the local-tier lane (``lane.py``),
-which answers a local-tier hit without one. What the two send is the same bytes but for ``Date`` and
+:class:`~service.base_handler.BaseHandler` (Tornado's request handlers) and the cache lane (``lane.py``), which
+answers from the cache without one. What the two send is the same bytes but for ``Date`` and
 ``X-Request-Id`` (``tests/service/test_lane.py`` compares them).
 
-Also the hand-over between them: a request the lane looked up but does not answer itself (a cached "not found",
-an answer Tornado's gzip transform will compress) goes to its handler with the entry the lane found
-(:func:`hand_over`, :func:`handed`), so that the lookup is made, and counted, once.
+Also the hand-over between them: a request the lane fetched but does not answer itself (a cached "not found", an
+answer Tornado's gzip transform will compress, a fetch that raised) goes to its handler with the entry or the
+exception (:func:`hand_over`, :func:`handed`), so that the fetch is made, and counted, once.
 """
 
 from __future__ import annotations
@@ -107,17 +107,22 @@ def gzip_applies(request_headers: httputil.HTTPHeaders, coding: str | None, payl
     return encoding is not None and accepts_cached(encoding, "gzip")
 
 
-# The entries the lane looked up for requests it handed to their handler, by the request's connection object (one
-# per request in Tornado's HTTP/1.1 server): weak, so that an entry never outlives the request it was found for.
-_HANDED: weakref.WeakKeyDictionary[object, CacheEntry[Any]] = weakref.WeakKeyDictionary()
+# What the lane fetched for requests it handed to their handler (an entry, or the exception its fetch raised), by
+# the request's connection object (one per request in Tornado's HTTP/1.1 server): weak, so that nothing outlives
+# the request it was fetched for.
+_HANDED: weakref.WeakKeyDictionary[object, CacheEntry[Any] | Exception] = weakref.WeakKeyDictionary()
 
 
-def hand_over(request_connection: object, entry: CacheEntry[Any]) -> None:
-    _HANDED[request_connection] = entry
+def hand_over(request_connection: object, fetched: CacheEntry[Any] | Exception) -> None:
+    _HANDED[request_connection] = fetched
 
 
 def handed(request: httputil.HTTPServerRequest) -> CacheEntry[Any] | None:
-    """The entry the lane found for this request (once), or None: fetch it."""
+    """The entry the lane fetched for this request (once), or None: fetch it. Raises what the lane's fetch
+    raised, here, where the handler maps it to its answer."""
     if not _HANDED:
         return None
-    return _HANDED.pop(request.connection, None)
+    fetched = _HANDED.pop(request.connection, None)
+    if isinstance(fetched, Exception):
+        raise fetched
+    return fetched

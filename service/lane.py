@@ -1,30 +1,35 @@
-"""The local-tier lane: a GET of a list page or a wallpaper that the cache's local tier holds is answered before
-Tornado builds a request handler for it.
+"""The cache lane: a GET of a list page or a wallpaper is answered from the cache before Tornado builds a request
+handler for it.
 
 Why: at one process, Tornado's routing and ``RequestHandler`` (building the handler, its default headers, the
 coroutine around ``get``, ``finish``, ``flush``, the transforms, ``on_finish``) cost about as much as all else a
 request does. A bare ``HTTPMessageDelegate`` writing the same bytes served 11,000-11,700 req/s where a bare
 ``RequestHandler`` served 5,600-6,100 (docs/performance.md, "The local-tier lane"). For an answer that is a
-dictionary lookup away, that machinery is most of the cost.
+dictionary lookup or one Redis read away, that machinery is most of the cost.
 
-How: :class:`LocalTierLane` is the server's request callback (a Tornado ``HTTPServerConnectionDelegate``, a public
+How: :class:`CacheLane` is the server's request callback (a Tornado ``HTTPServerConnectionDelegate``, a public
 interface) in front of the application. A request it can plan from its start line and headers alone (GET, no
 body, no ``If-None-Match``, tracing off; the list route with a query the list handler already validated and no
-category, or the detail route with an id the catalog knows may exist without a read) is looked up with
-``CachedFunction.local_entry``: no store read, no await. A fresh local-tier entry is answered here, with the
-headers ``answers.py`` writes for the handlers too, through the connection's public ``write_headers`` and
-``finish``, then counted and logged by the application's own ``record_request``. Everything else goes to the
-application unchanged: a request the lane does not plan, an entry the local tier does not hold, a cached "not
-found" and an answer the gzip transform would compress (those two with the entry found, ``answers.hand_over``, so
-the lookup counts once). ``tests/service/test_lane.py`` compares the lane's answers with the handlers' for the
-same requests, byte for byte but the date and the request id.
+category, or the detail route with an id the catalog knows may exist without a read) is looked up in the cache's
+local tier first (``CachedFunction.local_entry``: no store read, no await) and answered at once from a fresh
+entry there. Otherwise the lane fetches it as its handler would (``CachedFunction.entry`` in a task, under the
+request's ``time_budget``, counted in flight for the drain) and answers when the entry comes. Answers carry the
+headers ``answers.py`` writes for the handlers too, go out through the connection's public ``write_headers`` and
+``finish``, and are counted and logged by the application's own ``record_request``.
 
-What the lane leaves out, on purpose: the in-flight count (nothing in it awaits, so a drain could never see it in
-flight) and everything a planned request cannot need (cookies, XSRF, streaming bodies, HEAD, 304s).
+Everything else goes to the application unchanged: a request the lane does not plan, and what it fetched but does
+not answer itself: a cached "not found", an answer the gzip transform would compress, a fetch that raised (those
+with the entry or the exception, ``answers.hand_over``, so that the fetch is made, and counted, once; the handler
+answers the 404, the gzip or the error envelope). ``tests/service/test_lane.py`` compares the lane's answers with
+the handlers' for the same requests, byte for byte but the date and the request id.
+
+What the lane leaves out, on purpose: everything a planned request cannot need (cookies, XSRF, streaming bodies,
+HEAD, 304s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -33,13 +38,15 @@ from typing import Any, Final
 import tornado.web
 from tornado import httputil
 
+from cachelayer import CacheEntry, time_budget
+
 from .answers import SERVER, gzip_applies, hand_over, http_date, put_cached, put_defaults, request_id_of
 from .openapi import PREFIX
 from .routes import known_list_query, list_args
 from .services import Services
 from .validation import ApiError, parse_wallpaper_id
 
-__all__ = ["LocalTierLane", "local_tier_lane"]
+__all__ = ["CacheLane", "cache_lane"]
 
 log = logging.getLogger("wallpaper.lane")
 
@@ -53,14 +60,16 @@ _NOT_PLANNED: Final = ("If-None-Match", "Content-Length", "Transfer-Encoding")
 Plan = tuple[Any, tuple[Any, ...], Any, str, str]
 
 
-class LocalTierLane(httputil.HTTPServerConnectionDelegate):
-    """The server's request callback: local-tier hits answered here, everything else by ``app``."""
+class CacheLane(httputil.HTTPServerConnectionDelegate):
+    """The server's request callback: planned GETs answered here from the cache, everything else by ``app``."""
 
     def __init__(self, app: tornado.web.Application, services: Services) -> None:
         self.app = app
         self.services = services
         self.gzip = bool(app.settings.get("gzip_transform"))
         self.record: Callable[..., None] = app.settings["record_request"]
+        self.local = services.cache.local is not None
+        self.budget = services.settings.server.request_budget
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         return _LaneRequest(self, server_conn, request_conn)
@@ -93,14 +102,11 @@ class LocalTierLane(httputil.HTTPServerConnectionDelegate):
             return catalog.detail, (wallpaper_id,), ("detail", wallpaper_id), "detail", path
         return None
 
-    def answer(self, request: _LaneRequest, plan: Plan) -> bool:
-        """Answer ``request`` from the local tier; False: its handler answers it (with the entry found, if any)."""
-        function, args, key, route, path = plan
+    def answer(self, request: _LaneRequest, plan: Plan, entry: CacheEntry[Any]) -> bool:
+        """Answer ``request`` with ``entry``; False: its handler answers it (with the entry, handed over)."""
+        _, _, key, route, path = plan
         request_headers = request.headers
         try:
-            entry = function.local_entry(*args)
-            if entry is None:
-                return False
             body = entry.body()
             if body == b"null":  # a cached "not found": its handler raises the 404 in the API's envelope
                 hand_over(request.request_conn, entry)
@@ -123,7 +129,7 @@ class LocalTierLane(httputil.HTTPServerConnectionDelegate):
                 else:
                     headers["Vary"] = "Accept-Encoding"
         except Exception:
-            log.exception("the local-tier lane failed; the request's handler answers it")
+            log.exception("the cache lane failed to answer; the request's handler answers it")
             return False
         request.request_conn.write_headers(_OK, headers, payload)
         request.request_conn.finish()
@@ -134,14 +140,15 @@ class LocalTierLane(httputil.HTTPServerConnectionDelegate):
 class _LaneRequest(httputil.HTTPMessageDelegate):
     """One request: planned and answered by the lane, or passed to the application's own delegate."""
 
-    __slots__ = ("headers", "inner", "lane", "plan", "request_conn", "server_conn", "start_line", "started")
+    __slots__ = ("fetching", "headers", "inner", "lane", "plan", "request_conn", "server_conn", "start_line", "started")
 
-    def __init__(self, lane: LocalTierLane, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
+    def __init__(self, lane: CacheLane, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
         self.lane = lane
         self.server_conn = server_conn
         self.request_conn = request_conn
         self.inner: httputil.HTTPMessageDelegate | None = None
         self.plan: Plan | None = None
+        self.fetching: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
 
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
@@ -161,12 +168,40 @@ class _LaneRequest(httputil.HTTPMessageDelegate):
 
     def finish(self) -> None:
         if self.inner is None:
-            assert self.plan is not None
-            if self.lane.answer(self, self.plan):
+            plan = self.plan
+            assert plan is not None
+            lane = self.lane
+            entry = plan[0].local_entry(*plan[1]) if lane.local else None
+            if entry is None:
+                lane.services.request_started()  # now, not when the task starts: a drain must see it in flight
+                self.fetching = asyncio.ensure_future(self._fetch_and_answer(plan))
+                return
+            if lane.answer(self, plan, entry):
                 return
             self._to_app()
         assert self.inner is not None
         self.inner.finish()
+
+    async def _fetch_and_answer(self, plan: Plan) -> None:
+        """The handler's fetch (under the request's budget, counted in flight), then the answer: here, or by the
+        handler with what the fetch gave (an entry or an exception). Counted in flight by :meth:`finish`."""
+        lane = self.lane
+        try:
+            try:
+                with time_budget(lane.budget):
+                    entry = await plan[0].entry(*plan[1])
+            except Exception as exc:  # the handler maps it to its answer (errors.py) and logs it
+                hand_over(self.request_conn, exc)
+            else:
+                if lane.answer(self, plan, entry):
+                    return
+            self._to_app()
+            assert self.inner is not None
+            self.inner.finish()
+        except Exception:
+            log.exception("the cache lane failed to pass a request to its handler")
+        finally:
+            lane.services.request_finished()
 
     def on_connection_close(self) -> None:
         if self.inner is not None:
@@ -177,9 +212,8 @@ class _LaneRequest(httputil.HTTPMessageDelegate):
         return self.inner.headers_received(self.start_line, self.headers)
 
 
-def local_tier_lane(app: tornado.web.Application, services: Services) -> LocalTierLane | None:
-    """The lane in front of ``app`` when it can answer anything: the setting is on and the cache has a local
-    tier (``[cache] local``)."""
-    if not services.settings.server.local_lane or services.cache.local is None:
+def cache_lane(app: tornado.web.Application, services: Services) -> CacheLane | None:
+    """The lane in front of ``app``, unless ``[server] lane`` is off."""
+    if not services.settings.server.lane:
         return None
-    return LocalTierLane(app, services)
+    return CacheLane(app, services)

@@ -30,7 +30,7 @@ from .app import make_app
 from .config import Settings
 from .exposition import Exposition, ProcessExposition
 from .http_edges import EdgeHTTPServer
-from .lane import local_tier_lane
+from .lane import cache_lane
 from .listeners import Sockets, addresses, bind, port_taken
 from .logs import setup_logging
 from .services import Services
@@ -57,7 +57,7 @@ async def start_servers(
     # xheaders=False: Tornado's X-Real-Ip handling validates an address with getaddrinfo() on every request;
     # the one handler that uses the client's address reads the proxy headers itself, from trusted proxies only.
     server = EdgeHTTPServer(
-        local_tier_lane(app, services) or app,
+        cache_lane(app, services) or app,
         xheaders=False,
         max_body_size=64 * 1024,
         idle_connection_timeout=s.header_timeout,  # Tornado's header timeout too

@@ -24,6 +24,7 @@ from benchmarks.http_load import (
     DEFAULT_WALLPAPERS,
     LIST_PATH,
     REPO,
+    SMOKE_VARIANTS,
     Plan,
     Row,
     _get,
@@ -242,9 +243,9 @@ def test_quick_and_smoke_plans_measure_cached_dcz_beside_cached_zstd() -> None:
     full = Plan(quick=False, duration=10, warmup=2, rounds=3, combos=[("uvloop", 2)])
     assert "cached-dcz" in full.variants("uvloop", 2)
     smoke = Plan(quick=True, duration=1, warmup=1, rounds=3, combos=[("asyncio", 1)], smoke=True)
-    assert smoke.planned() == {"ceiling", "cached", "cached-zstd", "cached-dcz", "cached-l1", "cached-l1-handlers"}
-    assert "cached-l1-handlers" in full.variants("asyncio", 1)
-    assert "cached-l1-handlers" not in full.variants("uvloop", 2)  # what the lane is worth: one process
+    assert smoke.planned() == set(SMOKE_VARIANTS)
+    assert {"cached-handlers", "cached-l1-handlers"} <= set(full.variants("asyncio", 1))
+    assert not {"cached-handlers", "cached-l1-handlers"} & set(full.variants("uvloop", 2))  # the lane: 1 process
     assert smoke.ab_combos() == []
 
 
@@ -306,7 +307,7 @@ def test_smoke_run_measures_cached_dcz_checked_to_answer_dcz(bench_database: str
     data = json.loads(out.read_text())
     assert data["smoke"] is True
     rows = {row["variant"]: row for row in data["rows"]}
-    assert set(rows) == {"ceiling", "cached", "cached-zstd", "cached-dcz", "cached-l1", "cached-l1-handlers"}
+    assert set(rows) == set(SMOKE_VARIANTS)
     for row in rows.values():
         assert row["errors"] == 0, row
         assert row["rps"] > 0, row

@@ -7,11 +7,13 @@ import re
 import pymysql
 import pytest
 import redis.asyncio
+import tornado.web
 import zstandard
 
 from cachelayer import Outcome
 from service import demo_data
 from service.config import Settings
+from service.lane import CacheLane
 from service.openapi import X_CACHE_VALUES, openapi_document
 from service.validation import MAX_PAGE_SIZE
 from tests.service._support import API, N_WALLPAPERS, Running, run_service, stop_service, with_sections
@@ -318,10 +320,10 @@ async def test_openapi_matches_routes(service: Running) -> None:
         for method in operations:
             response = await service.fetch(concrete, method.upper())
             assert response.code == 200, (method, path, response.code)
-    routes = {
-        rule.matcher.regex.pattern
-        for rule in service.server.request_callback.wildcard_router.rules  # type: ignore[attr-defined]
-    }
+    callback = service.server.request_callback
+    app = callback.app if isinstance(callback, CacheLane) else callback  # the lane stands in front of the app
+    assert isinstance(app, tornado.web.Application)
+    routes = {rule.matcher.regex.pattern for rule in app.wildcard_router.rules}  # type: ignore[attr-defined]
     assert len(routes) == len(spec["paths"])
 
 

@@ -1,21 +1,25 @@
-"""The local-tier lane (service/lane.py) answers what the handlers would: the same status, headers (in the same
-order) and bytes, but for ``Date`` and a generated ``X-Request-Id``; what it does not answer reaches the handlers,
-and a lookup it made is counted once."""
+"""The cache lane (service/lane.py) answers what the handlers would: the same status, headers (in the same order)
+and bytes, but for ``Date`` and a generated ``X-Request-Id``, from the local tier and from Redis, for a hit and a
+miss; what it does not answer reaches the handlers, with what it fetched (an entry counted once, or the exception
+the fetch raised)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pymongo.errors
 import pytest
 import pytest_asyncio
 import redis.asyncio
+import tornado.web
 from tornado.httpclient import HTTPResponse
 
 from service.config import Settings
-from service.lane import LocalTierLane, local_tier_lane
+from service.lane import CacheLane, cache_lane
 from tests._doubles import eventually
 from tests.service._support import API, Running, run_service, stop_service, with_sections
 
@@ -24,16 +28,16 @@ PATHS = [LIST, f"{API}/wallpaperList.json?pageSize=5&page=2&sort=hot", f"{API}/w
 _FRESHNESS = re.compile(r"(max-age=|ttl=)(-?\d+)")
 
 
-def _lane(running: Running) -> LocalTierLane:
+def _lane(running: Running) -> CacheLane:
     lane = running.server.request_callback
-    assert isinstance(lane, LocalTierLane)
+    assert isinstance(lane, CacheLane)
     return lane
 
 
 class Answered:
-    """Counts the requests the lane answered itself (a spy on ``LocalTierLane.answer``)."""
+    """Counts the requests the lane answered itself (a spy on ``CacheLane.answer``)."""
 
-    def __init__(self, lane: LocalTierLane, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, lane: CacheLane, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         real: Callable[..., bool] = lane.answer
 
@@ -45,21 +49,26 @@ class Answered:
         monkeypatch.setattr(lane, "answer", answer)
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(params=["local-tier", "redis"])
 async def pair(
-    seeded: Settings, redis_client: redis.asyncio.Redis, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    seeded: Settings,
+    redis_client: redis.asyncio.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[Running, Running]]:
-    """Two services on one Redis, each with its local tier: one with the lane, one without. On a loaded machine
-    the lane would decline what these tests expect it to answer once a second had passed: the tiers keep entries
-    60 s even while their channel is not heard (1 s by default), and the catalog reuses the highest wallpaper id
-    it read for an hour (a second by default; the lane plans a detail only while it holds one)."""
+    """Two services on one Redis, with the local tier or without (the shipped config): one with the lane, one
+    without. On a loaded machine the lane would decline what these tests expect it to answer once a second had
+    passed: the tiers keep entries 60 s even while their channel is not heard (1 s by default), and the catalog
+    reuses the highest wallpaper id it read for an hour (a second by default; the lane plans a detail only while
+    it holds one). The list queries the handlers have seen start empty (the lane plans only those)."""
     monkeypatch.setattr("service.catalog._HIGHEST_ID_REUSE", 3600.0)
-    local = {"local": True, "local_max_staleness": 60.0}
+    monkeypatch.setattr("service.routes._LIST_QUERIES", {})
+    local = {"local": True, "local_max_staleness": 60.0} if request.param == "local-tier" else {}
     lane = await run_service(with_sections(seeded, cache=local))
-    plain = await run_service(with_sections(seeded, cache=local, server={"local_lane": False}))
+    plain = await run_service(with_sections(seeded, cache=local, server={"lane": False}))
     try:
-        assert isinstance(lane.server.request_callback, LocalTierLane)
-        assert not isinstance(plain.server.request_callback, LocalTierLane)
+        assert isinstance(lane.server.request_callback, CacheLane)
+        assert not isinstance(plain.server.request_callback, CacheLane)
         yield lane, plain
     finally:
         await stop_service(lane)
@@ -148,11 +157,78 @@ async def test_what_the_lane_does_not_answer_reaches_the_handlers_counted_once(
     assert answered.count == before
 
 
-async def test_no_lane_without_a_local_tier_or_when_it_is_off(seeded: Settings) -> None:
-    running = await run_service(seeded)  # the shipped config: no local tier
+async def test_a_miss_and_a_failed_fetch_are_answered_as_the_handlers_do(
+    pair: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lane, plain = pair
+    answered = Answered(_lane(lane), monkeypatch)
+    await _warm(lane, plain, answered, LIST)  # the list handler has seen the query (the lane plans no other)
+    detail = f"{API}/wallpaper/7.json"
+    await _warm(lane, plain, answered, detail)  # the catalog holds the highest id
+    for running in (lane, plain):
+        await running.services.cache.clear()
+    # A miss: loaded from MongoDB by the lane's fetch, answered by the lane.
+    before = answered.count
+    ours = await lane.fetch(detail)
+    assert ours.headers["X-Cache"] == "miss"
+    assert answered.count == before + 1
+    assert ours.body == (await plain.fetch(detail)).body
+    # A fetch that raises: handed to the handler with its exception, which answers the API's error envelope.
+    failures = 0
+
+    async def unreachable(*args: Any) -> None:
+        nonlocal failures
+        failures += 1
+        raise pymongo.errors.ServerSelectionTimeoutError("127.0.0.1:1: connection refused (a test's fault)")
+
+    for running in (lane, plain):
+        await running.services.cache.clear()
+        monkeypatch.setattr(running.services.catalog.wallpapers, "get", unreachable)
+    before = answered.count
+    ours, theirs = await lane.fetch(detail), await plain.fetch(detail)
+    assert failures == 2  # one load each: the handler did not fetch again what the lane's fetch raised
+    assert answered.count == before
+    assert _shape(ours) == _shape(theirs)
+    assert ours.code == 503
+
+
+async def test_the_lane_is_on_unless_turned_off(seeded: Settings) -> None:
+    shipped = await run_service(seeded)  # no local tier: Redis hits are the lane's too
+    off = await run_service(with_sections(seeded, server={"lane": False}))
     try:
-        assert local_tier_lane(running.server.request_callback, running.services) is None
-        assert not isinstance(running.server.request_callback, LocalTierLane)
-        assert (await running.fetch(LIST)).code == 200
+        assert isinstance(shipped.server.request_callback, CacheLane)
+        app = off.server.request_callback
+        assert isinstance(app, tornado.web.Application)  # no lane in front of it
+        assert cache_lane(app, off.services) is None
+        assert (await off.fetch(LIST)).code == 200
     finally:
-        await stop_service(running)
+        await stop_service(shipped)
+        await stop_service(off)
+
+
+async def test_a_fetch_in_the_lane_is_in_flight_for_the_drain(
+    pair: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lane, plain = pair
+    answered = Answered(_lane(lane), monkeypatch)
+    detail = f"{API}/wallpaper/7.json"
+    await _warm(lane, plain, answered, detail)
+    await lane.services.cache.clear()
+    real = lane.services.catalog.wallpapers.get
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any) -> Any:
+        loading.set()
+        await release.wait()
+        return await real(*args)
+
+    monkeypatch.setattr(lane.services.catalog.wallpapers, "get", held)
+    before = answered.count
+    request = asyncio.ensure_future(lane.fetch(detail))
+    await loading.wait()
+    assert lane.services.in_flight == 1  # what Services.drain waits for at SIGTERM
+    release.set()
+    response = await request
+    assert response.code == 200
+    assert answered.count == before + 1
+    assert lane.services.in_flight == 0
