@@ -31,6 +31,7 @@ __all__ = [
     "SERVER",
     "gzip_applies",
     "hand_over",
+    "hand_over_done",
     "handed",
     "http_date",
     "put_cached",
@@ -107,14 +108,19 @@ def gzip_applies(request_headers: httputil.HTTPHeaders, coding: str | None, payl
     return encoding is not None and accepts_cached(encoding, "gzip")
 
 
-# What the lane fetched for requests it handed to their handler (an entry, or the exception its fetch raised), by
-# the request's connection object (one per request in Tornado's HTTP/1.1 server): weak, so that nothing outlives
-# the request it was fetched for.
+# What the lane fetched for requests it handed to their handler (an entry, or the exception its fetch raised), and
+# when the lane received each, by the request's connection object (one per request in Tornado's HTTP/1.1 server):
+# weak keys, and popped when the handler finishes (:func:`hand_over_done`) even if it never asked: a handed
+# exception's traceback holds the connection, so a leftover would keep its own key alive.
 _HANDED: weakref.WeakKeyDictionary[object, CacheEntry[Any] | Exception] = weakref.WeakKeyDictionary()
+_STARTED: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
 
 
-def hand_over(request_connection: object, fetched: CacheEntry[Any] | Exception) -> None:
+def hand_over(request_connection: object, fetched: CacheEntry[Any] | Exception, started: float) -> None:
+    """Pass what the lane fetched to the request's handler; ``started``: when the lane received the request
+    (``time.time()``), for the access line's duration."""
     _HANDED[request_connection] = fetched
+    _STARTED[request_connection] = started
 
 
 def handed(request: httputil.HTTPServerRequest) -> CacheEntry[Any] | None:
@@ -126,3 +132,14 @@ def handed(request: httputil.HTTPServerRequest) -> CacheEntry[Any] | None:
     if isinstance(fetched, Exception):
         raise fetched
     return fetched
+
+
+def hand_over_done(request: httputil.HTTPServerRequest) -> float:
+    """The request's duration so far, in seconds, from when it was received: by the lane, when the lane handed it
+    over (Tornado's own clock for the request starts when its handler does). Drops what the handler left."""
+    if _STARTED:
+        started = _STARTED.pop(request.connection, None)
+        if started is not None:
+            _HANDED.pop(request.connection, None)
+            return time.time() - started
+    return request.request_time()

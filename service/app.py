@@ -16,6 +16,7 @@ import tornado.ioloop
 import tornado.routing
 import tornado.web
 
+from .answers import hand_over_done
 from .base_handler import BaseHandler
 from .logs import ACCESS_LOGGER, writes_text
 from .metrics import register_metrics
@@ -195,7 +196,7 @@ def make_app(services: Services) -> tornado.web.Application:
             request.method or "",
             request.path,
             handler.get_status(),
-            request.request_time(),
+            hand_over_done(request),  # from when the lane received it, if it handed it over
             getattr(handler, "cache_outcome", None),
             getattr(handler, "request_id", None),
             handler.trace_id() if traced else None,  # type: ignore[attr-defined]

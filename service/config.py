@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -159,8 +159,9 @@ class ServerSettings(_Section):
     max_request_line: int = Field(default=8192, ge=256, le=1 << 20)  # longer: 414
     max_header_bytes: int = Field(default=32768, ge=1024, le=1 << 20)  # request line + headers; more: 431
     # A GET of a list page or a wallpaper is answered from the cache before Tornado builds a handler for it
-    # (service/lane.py; the same bytes, 1.4-1.5 x the requests a second). Off: every request through Tornado.
-    lane: bool = True
+    # (service/lane.py; the same bytes, more requests a second: docs/performance.md, "The cache lane"). Off: every
+    # request through Tornado. Also read under its first name, local_lane (2026-12-06: local-tier hits only).
+    lane: bool = Field(default=True, validation_alias=AliasChoices("lane", "local_lane"))
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -17,10 +17,12 @@ request's ``time_budget``, counted in flight for the drain) and answers when the
 headers ``answers.py`` writes for the handlers too, go out through the connection's public ``write_headers`` and
 ``finish``, and are counted and logged by the application's own ``record_request``.
 
-Everything else goes to the application unchanged: a request the lane does not plan, and what it fetched but does
-not answer itself: a cached "not found", an answer the gzip transform would compress, a fetch that raised (those
-with the entry or the exception, ``answers.hand_over``, so that the fetch is made, and counted, once; the handler
-answers the 404, the gzip or the error envelope). ``tests/service/test_lane.py`` compares the lane's answers with
+Everything else goes to the application unchanged: a request the lane does not plan (one that Tornado's gzip
+transform will most likely compress among them), and what it fetched but does not answer itself: a cached "not
+found", an answer the gzip transform would compress, a fetch that raised (those with the entry or the exception
+and the time the lane received the request, ``answers.hand_over``, so that the fetch is made, and counted, once
+and the access line's duration counts from the start; the handler answers the 404, the gzip or the error
+envelope, and counts the request in flight before the lane stops counting it). ``tests/service/test_lane.py`` compares the lane's answers with
 the handlers' for the same requests, byte for byte but the date and the request id.
 
 What the lane leaves out, on purpose: everything a planned request cannot need (cookies, XSRF, streaming bodies,
@@ -41,7 +43,9 @@ from tornado import httputil
 from cachelayer import CacheEntry, time_budget
 
 from .answers import SERVER, gzip_applies, hand_over, http_date, put_cached, put_defaults, request_id_of
+from .negotiation import accepts_cached, header
 from .openapi import PREFIX
+from .representations import available_dictionary
 from .routes import known_list_query, list_args
 from .services import Services
 from .validation import ApiError, parse_wallpaper_id
@@ -81,6 +85,8 @@ class CacheLane(httputil.HTTPServerConnectionDelegate):
         for name in _NOT_PLANNED:
             if name in headers:
                 return None
+        if self.gzip and self._gzipped(headers):
+            return None
         path, _, query = start_line.path.partition("?")
         catalog = self.services.catalog
         if path == LIST_PATH:
@@ -102,6 +108,20 @@ class CacheLane(httputil.HTTPServerConnectionDelegate):
             return catalog.detail, (wallpaper_id,), ("detail", wallpaper_id), "detail", path
         return None
 
+    def _gzipped(self, headers: httputil.HTTPHeaders) -> bool:
+        """Whether Tornado's gzip transform will most likely compress the answer: the client accepts gzip, and
+        none of the codings a stored frame goes out as (dcz with the dictionary it holds; zstd, when the cache
+        stores without a dictionary). Such a request goes to its handler at once; a wrong guess either way costs
+        a little time, never a different answer (:meth:`answer` hands over what the transform compresses)."""
+        encoding = header(headers, "Accept-Encoding")
+        if encoding is None or not accepts_cached(encoding, "gzip"):
+            return False
+        dictionary = self.services.dictionary
+        if dictionary is None:
+            return not accepts_cached(encoding, "zstd")
+        held = available_dictionary(header(headers, "Available-Dictionary"))
+        return not (held == dictionary.sha256 and accepts_cached(encoding, "dcz"))
+
     def answer(self, request: _LaneRequest, plan: Plan, entry: CacheEntry[Any]) -> bool:
         """Answer ``request`` with ``entry``; False: its handler answers it (with the entry, handed over)."""
         _, _, key, route, path = plan
@@ -109,7 +129,7 @@ class CacheLane(httputil.HTTPServerConnectionDelegate):
         try:
             body = entry.body()
             if body == b"null":  # a cached "not found": its handler raises the 404 in the API's envelope
-                hand_over(request.request_conn, entry)
+                hand_over(request.request_conn, entry, request.started)
                 return False
             headers = httputil.HTTPHeaders({"Server": SERVER, "Date": http_date()})
             request_id = request_id_of(request_headers)
@@ -119,7 +139,7 @@ class CacheLane(httputil.HTTPServerConnectionDelegate):
                 headers, entry, body, request_headers, dictionary, self.gzip, key, time.time()
             )
             if self.gzip and gzip_applies(request_headers, coding, payload):
-                hand_over(request.request_conn, entry)  # Tornado's transform compresses it there
+                hand_over(request.request_conn, entry, request.started)  # Tornado's transform compresses it there
                 return False
             # What RequestHandler.finish and the gzip transform add, in their order.
             headers["Content-Length"] = str(len(payload))
@@ -148,7 +168,8 @@ class _LaneRequest(httputil.HTTPMessageDelegate):
         self.request_conn = request_conn
         self.inner: httputil.HTTPMessageDelegate | None = None
         self.plan: Plan | None = None
-        self.fetching: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference
+        # The fetch's task: asyncio's loop holds tasks weakly (its docs: keep a reference while it runs).
+        self.fetching: asyncio.Task[None] | None = None
 
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
@@ -171,7 +192,14 @@ class _LaneRequest(httputil.HTTPMessageDelegate):
             plan = self.plan
             assert plan is not None
             lane = self.lane
-            entry = plan[0].local_entry(*plan[1]) if lane.local else None
+            try:
+                entry = plan[0].local_entry(*plan[1]) if lane.local else None
+            except Exception:
+                log.exception("the cache lane's local-tier lookup failed; the request's handler answers it")
+                self._to_app()
+                assert self.inner is not None
+                self.inner.finish()
+                return
             if entry is None:
                 lane.services.request_started()  # now, not when the task starts: a drain must see it in flight
                 self.fetching = asyncio.ensure_future(self._fetch_and_answer(plan))
@@ -183,25 +211,36 @@ class _LaneRequest(httputil.HTTPMessageDelegate):
         self.inner.finish()
 
     async def _fetch_and_answer(self, plan: Plan) -> None:
-        """The handler's fetch (under the request's budget, counted in flight), then the answer: here, or by the
-        handler with what the fetch gave (an entry or an exception). Counted in flight by :meth:`finish`."""
+        """The handler's fetch (under the request's budget), then the answer: here, or by the handler with what
+        the fetch gave (an entry or an exception). Counted in flight by :meth:`finish`, until the answer or until
+        the handler has counted it itself."""
         lane = self.lane
+        handler_counts = False
         try:
             try:
                 with time_budget(lane.budget):
                     entry = await plan[0].entry(*plan[1])
             except Exception as exc:  # the handler maps it to its answer (errors.py) and logs it
-                hand_over(self.request_conn, exc)
+                hand_over(self.request_conn, exc, self.started)
             else:
                 if lane.answer(self, plan, entry):
                     return
             self._to_app()
             assert self.inner is not None
-            self.inner.finish()
+            self.inner.finish()  # schedules the handler's task, whose first step (prepare) counts the request
+            handler_counts = True
         except Exception:
-            log.exception("the cache lane failed to pass a request to its handler")
+            log.exception("the cache lane failed to answer or to pass on a request; its connection is closed")
+            close = getattr(self.request_conn, "close", None)  # HTTP1Connection's (not on HTTPConnection)
+            if callable(close):
+                close()
         finally:
-            lane.services.request_finished()
+            if handler_counts:
+                # After that first step (the loop runs callbacks in the order they were scheduled): the count
+                # never reaches 0 in between, where a drain at SIGTERM would stop waiting for this request.
+                asyncio.get_running_loop().call_soon(lane.services.request_finished)
+            else:
+                lane.services.request_finished()
 
     def on_connection_close(self) -> None:
         if self.inner is not None:

@@ -82,10 +82,10 @@ class ListHandler(BaseHandler):
         args = list_args(query)
         catalog = self.services.catalog
         with time_budget(self.services.settings.server.request_budget):
-            if query.category is not None and not await catalog.category_known(query.category):
-                raise ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)")
-            entry = handed(self.request)  # the lane's lookup (lane.py), when it did not answer itself
+            entry = handed(self.request)  # the lane's fetch (lane.py), when it did not answer itself: no category
             if entry is None:
+                if query.category is not None and not await catalog.category_known(query.category):
+                    raise ApiError(404, CATEGORY_NOT_FOUND, f"unknown category {query.category!r} (parameter category)")
                 entry = await catalog.list_page.entry(*args)
         self.send_entry(
             entry,
@@ -101,10 +101,10 @@ class DetailHandler(BaseHandler):
         wallpaper_id = parse_wallpaper_id(raw_id)
         catalog = self.services.catalog
         with time_budget(self.services.settings.server.request_budget):
-            if not await catalog.may_exist(wallpaper_id):
-                raise ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}")
-            entry = handed(self.request)
+            entry = handed(self.request)  # the lane's fetch (lane.py): it asked may_exist before it planned one
             if entry is None:
+                if not await catalog.may_exist(wallpaper_id):
+                    raise ApiError(404, WALLPAPER_NOT_FOUND, f"no wallpaper with id {wallpaper_id}")
                 entry = await catalog.detail.entry(wallpaper_id)
         self.send_entry(
             entry,

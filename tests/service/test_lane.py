@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,8 @@ import redis.asyncio
 import tornado.web
 from tornado.httpclient import HTTPResponse
 
-from service.config import Settings
+from service.answers import hand_over, hand_over_done, handed
+from service.config import ServerSettings, Settings
 from service.lane import CacheLane, cache_lane
 from tests._doubles import eventually
 from tests.service._support import API, Running, run_service, stop_service, with_sections
@@ -99,7 +101,8 @@ async def _same_answer(lane: Running, plain: Running, path: str, answered: Answe
 
 
 async def _warm(lane: Running, plain: Running, answered: Answered, path: str) -> None:
-    """Both local tiers hold ``path``'s entry (the lane answers it)."""
+    """Both services have cached ``path``'s entry (in their local tiers, when they have one) and the lane answers
+    it."""
     await plain.fetch(path)
     await plain.fetch(path)
 
@@ -140,11 +143,11 @@ async def test_what_the_lane_does_not_answer_reaches_the_handlers_counted_once(
     answered = Answered(_lane(lane), monkeypatch)
     await _warm(lane, plain, answered, LIST)
     hits = lane.services.cache.stats()["hits"]
-    # Looked up, then handed over: Tornado's gzip transform compresses this one.
+    # Tornado's gzip transform compresses this one: its handler answers it (the lane does not plan it).
     gzipped = await lane.fetch(LIST, headers={"Accept-Encoding": "gzip"})
     assert gzipped.headers["Content-Encoding"] == "gzip"
     assert gzipped.headers["X-Cache"] == "hit"
-    assert lane.services.cache.stats()["hits"] == hits + 1  # one lookup: the lane's, used by the handler
+    assert lane.services.cache.stats()["hits"] == hits + 1  # one lookup
     assert gzipped.body == (await plain.fetch(LIST, headers={"Accept-Encoding": "gzip"})).body
     # Not planned: a validator, HEAD, a query its handler has not seen yet, invalid input.
     etag = gzipped.headers["ETag"]
@@ -232,3 +235,28 @@ async def test_a_fetch_in_the_lane_is_in_flight_for_the_drain(
     assert response.code == 200
     assert answered.count == before + 1
     assert lane.services.in_flight == 0
+
+
+def test_a_hand_over_gives_the_access_line_the_lanes_start_and_leaves_nothing_behind() -> None:
+    class Connection:  # a key of a weak mapping, as Tornado's HTTP1Connection is
+        pass
+
+    class Request:  # what hand_over_done reads of Tornado's HTTPServerRequest
+        def __init__(self) -> None:
+            self.connection = Connection()
+
+        def request_time(self) -> float:
+            return 0.001
+
+    request = Request()
+    failure = TimeoutError("a test's store timeout")
+    hand_over(request.connection, failure, time.time() - 5.0)  # the lane received it 5 s ago; never consumed
+    assert 5.0 <= hand_over_done(request) < 60  # type: ignore[arg-type]
+    assert hand_over_done(request) == 0.001  # type: ignore[arg-type]  # not handed over: Tornado's own clock
+    assert handed(request) is None  # type: ignore[arg-type]  # what the handler left is gone
+
+
+def test_the_setting_is_read_under_its_first_name_too() -> None:
+    assert ServerSettings.model_validate({"local_lane": False}).lane is False
+    assert ServerSettings.model_validate({"lane": False}).lane is False
+    assert ServerSettings().lane is True
