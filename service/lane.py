@@ -22,8 +22,9 @@ transform will most likely compress among them), and what it fetched but does no
 found", an answer the gzip transform would compress, a fetch that raised (those with the entry or the exception
 and the time the lane received the request, ``answers.hand_over``, so that the fetch is made, and counted, once
 and the access line's duration counts from the start; the handler answers the 404, the gzip or the error
-envelope, and counts the request in flight before the lane stops counting it). ``tests/service/test_lane.py`` compares the lane's answers with
-the handlers' for the same requests, byte for byte but the date and the request id.
+envelope, and counts the request in flight before the lane stops counting it). ``tests/service/test_lane.py``
+compares the lane's answers with the handlers' for the same requests, byte for byte but the date and the request
+id.
 
 What the lane leaves out, on purpose: everything a planned request cannot need (cookies, XSRF, streaming bodies,
 HEAD, 304s).
