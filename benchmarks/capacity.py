@@ -237,11 +237,19 @@ def load_inputs(results: Path = RESULTS_DIR) -> Inputs:
         values[field] = terms[0] - sum(terms[1:])
         sources[field] = f"capacity.json: measured/{how}"
     wire, wd, wp = "python -m benchmarks.wire_bytes", "variants/dictionary", "variants/plain"
+    local_hit_us = _http_us(results, "cached-l1", sources, "local_hit_us")
+    cache_local_hit_us = take("cache_local_hit_us", "hit_path.json", "cachelayer_memory_us",
+                              "python -m benchmarks.hit_path")
+    # Not 1e6 / req/s of cached-cluster: the HTTP run asks for one page, and concurrent reads of one key share a
+    # GET (the read coalescer), so that figure is a hit of a hot key, cheaper than a hit over many keys. Both
+    # requests take the same road through the service (the cache lane), so the difference is the cache's, which
+    # --measure takes over 200 keys.
+    redis_hit_us = local_hit_us + values["cache_redis_hit_us"] - cache_local_hit_us
+    sources["redis_hit_us"] = "local_hit_us + cache_redis_hit_us - cache_local_hit_us"
     return Inputs(
-        local_hit_us=_http_us(results, "cached-l1", sources, "local_hit_us"),
-        redis_hit_us=_http_us(results, "cached-cluster", sources, "redis_hit_us"),
-        cache_local_hit_us=take("cache_local_hit_us", "hit_path.json", "cachelayer_memory_us",
-                                "python -m benchmarks.hit_path"),
+        local_hit_us=local_hit_us,
+        redis_hit_us=redis_hit_us,
+        cache_local_hit_us=cache_local_hit_us,
         stored_bytes=take("stored_bytes", "wire_bytes.json", f"{wd}/redis/detail/stored", wire),
         stored_bytes_plain=take("stored_bytes_plain", "wire_bytes.json", f"{wp}/redis/detail/stored", wire),
         memory_usage=take("memory_usage", "wire_bytes.json", f"{wd}/redis/detail/memory_usage", wire),

@@ -137,3 +137,11 @@ def test_the_doc_tables_are_what_the_command_computes() -> None:
     doc = DOC.read_text()
     assert capacity.table(plan(inputs, WORKED_EXAMPLE)) in doc
     assert capacity.variants_table(inputs) in doc
+
+
+def test_a_redis_hit_costs_a_local_one_plus_what_the_cache_adds() -> None:
+    """Not the HTTP run's Redis row: that run asks for one hot page, whose concurrent reads share a GET."""
+    inputs = load_inputs()
+    extra = inputs.cache_redis_hit_us - inputs.cache_local_hit_us
+    assert inputs.redis_hit_us == pytest.approx(inputs.local_hit_us + extra)
+    assert "cache_redis_hit_us" in inputs.sources["redis_hit_us"]
