@@ -125,15 +125,7 @@ ONE_PROCESS_VARIANTS = ("cached-l1-handlers", "cached-handlers")
 #: Measured only at 1 process asyncio in ``--quick``.
 ENCODING_VARIANTS = ("cached-zstd", "cached-dcz")
 #: ``--smoke``: what runs (asyncio, 1 process; no uncached row, no cluster, no bursts).
-SMOKE_VARIANTS = (
-    "ceiling",
-    "cached",
-    "cached-zstd",
-    "cached-dcz",
-    "cached-l1",
-    "cached-l1-handlers",
-    "cached-handlers",
-)
+SMOKE_VARIANTS = tuple(v for v in VARIANTS if v not in ("cached-cluster", "uncached"))
 #: The service configuration whose ``[cache] dictionaries`` the ``cached-dcz`` server is given.
 SHIPPED_CONFIG = REPO / "config" / "wallpaper.toml"
 #: What Chromium sends once it holds a compression dictionary (tests/service/test_dictionary_transport.py).
